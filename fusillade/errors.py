@@ -1,0 +1,88 @@
+"""The one error tree of fusillade.
+
+::
+
+    FusilladeError
+    ├── ConfigError                  bad configuration or command-line input
+    ├── ValidationError              bad user input (JSONL lines, batch parameters)
+    │   └── InvalidJSONL             carries the first problems, each with line and field
+    ├── NotFound                     no such file/batch/request (or not the caller's)
+    ├── Conflict                     the operation does not fit the current state
+    ├── IllegalTransition            a (state, event) pair the state table does not allow
+    └── StoreError                   the database failed; psycopg errors are translated here
+        ├── StoreUnavailable         cannot connect / connection lost / timed out
+        └── MigrationError           migrations cannot be applied (e.g. checksum mismatch)
+
+psycopg errors become ``StoreError`` at exactly one boundary (``fusillade.store.errors``);
+httpx errors become outcomes (not exceptions) in the dispatcher.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+
+class FusilladeError(Exception):
+    """Base of every error fusillade raises on purpose."""
+
+
+class ConfigError(FusilladeError):
+    """Configuration or command-line input that cannot be used."""
+
+
+class ValidationError(FusilladeError):
+    """User input that breaks a documented rule."""
+
+    def __init__(self, message: str, *, param: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+
+
+class InvalidJSONL(ValidationError):
+    """A JSONL input with problems; ``problems`` holds the first ones, in line order."""
+
+    def __init__(self, problems: Sequence[Any], *, truncated: bool = False) -> None:
+        self.problems = tuple(problems)
+        self.truncated = truncated
+        first = self.problems[0] if self.problems else None
+        message = getattr(first, "message", "invalid JSONL input")
+        more = len(self.problems) - 1
+        if more > 0 or truncated:
+            message += f" (and {more}{'+' if truncated else ''} more problems)"
+        super().__init__(message, param=getattr(first, "param", None))
+
+
+class NotFound(FusilladeError):
+    """The object does not exist, or belongs to another owner (never distinguished)."""
+
+    def __init__(self, kind: str, ident: object) -> None:
+        super().__init__(f"no {kind} with id {ident}")
+        self.kind = kind
+        self.ident = ident
+
+
+class Conflict(FusilladeError):
+    """The operation is not allowed in the object's current state."""
+
+
+class IllegalTransition(FusilladeError):
+    """A (state, event) pair that the state table does not contain."""
+
+    def __init__(self, state: object, event: object) -> None:
+        super().__init__(f"illegal transition: {event} from {state}")
+        self.state = state
+        self.event = event
+
+
+class StoreError(FusilladeError):
+    """The database failed in a way the caller cannot fix by changing its input."""
+
+
+class StoreUnavailable(StoreError):
+    """The database cannot be reached, the connection dropped, or a query timed out."""
+
+
+class MigrationError(StoreError):
+    """Migrations cannot be applied, e.g. an applied file's checksum changed."""
