@@ -182,9 +182,11 @@ class Usage:
 class BatchRecord:
     """A batch row as stored: the inputs of ``fusillade.core.batches.derive``.
 
-    Stamps other than ``created_at``/``expires_at``/``cancelling_at`` are written once the
-    derived status reaches them; ``frozen_counts`` is set when the batch is terminal, under
-    ``version`` (which a retry bumps) so a stale freeze can never land.
+    Only two stamps are stored, ``cancelling_at`` (the cancel request) and
+    ``expired_at`` (set by the expiry sweep when the window passed with work left);
+    every other OpenAI timestamp is derived from these, the frozen counts and
+    ``last_finished_at``. ``frozen_counts`` is written once the batch is terminal,
+    under ``version`` (which a retry bumps) so a stale freeze can never land.
     """
 
     id: UUID
@@ -197,15 +199,14 @@ class BatchRecord:
     created_at: datetime
     expires_at: datetime
     total: int
+    models: tuple[str, ...] = ()
     version: int = 0
     metadata: dict[str, str] | None = None
     cancelling_at: datetime | None = None
-    finalizing_at: datetime | None = None
-    completed_at: datetime | None = None
-    failed_at: datetime | None = None
     expired_at: datetime | None = None
-    cancelled_at: datetime | None = None
     frozen_counts: RequestCounts | None = None
+    # token totals of completed requests, frozen with the counts (None while running)
+    usage: Usage | None = None
     last_finished_at: datetime | None = None
 
 

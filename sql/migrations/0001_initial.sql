@@ -14,6 +14,8 @@ CREATE TABLE files (
     purpose     text        NOT NULL CHECK (purpose IN ('batch', 'batch_output', 'batch_error')),
     bytes       bigint      NOT NULL DEFAULT 0 CHECK (bytes >= 0),
     line_count  integer     NOT NULL DEFAULT 0 CHECK (line_count >= 0),
+    -- distinct models of the templates, so a batch knows its models without a scan
+    models      text[]      NOT NULL DEFAULT '{}',
     -- output and error files are views of one batch's requests ("virtual files")
     batch_id    uuid        NULL,
     created_at  timestamptz NOT NULL,
@@ -50,14 +52,13 @@ CREATE TABLE batches (
     created_at        timestamptz NOT NULL,
     expires_at        timestamptz NOT NULL,
     total             integer     NOT NULL CHECK (total >= 0),
+    models            text[]      NOT NULL DEFAULT '{}',
     -- bumped by every retry; stamp and freeze writes are guarded by it
     version           integer     NOT NULL DEFAULT 0,
+    -- The only stamps stored: the rest (finalizing, completed, cancelled) are derived
+    -- by fusillade.core.batches from these, the frozen counts and last_finished_at.
     cancelling_at     timestamptz NULL,
-    finalizing_at     timestamptz NULL,
-    completed_at      timestamptz NULL,
-    failed_at         timestamptz NULL,
     expired_at        timestamptz NULL,
-    cancelled_at      timestamptz NULL,
     -- counts frozen once the batch is terminal, so old batches are never recounted
     frozen_completed  integer     NULL,
     frozen_failed     integer     NULL,

@@ -1,0 +1,233 @@
+"""What every repository offers, and the records that cross its boundary.
+
+Both ``fusillade.store.postgres.PostgresRepository`` and
+``fusillade.store.memory.MemoryRepository`` implement ``Repository``; a stateful
+hypothesis test drives both with the same operations and checks they agree.
+
+All methods are synchronous and may block (the runtime calls them from worker threads).
+Owner checks are part of every user-facing read and write: another owner's id raises
+``NotFound``, exactly like an unknown id.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from datetime import datetime, timedelta
+from typing import Generic, Protocol, TypeVar
+from uuid import UUID
+
+import attrs
+
+from fusillade.core.models import (
+    BatchView,
+    Failure,
+    FilePurpose,
+    FileRecord,
+    RequestState,
+    RequestTemplate,
+)
+
+T = TypeVar("T")
+
+
+@attrs.frozen
+class Page(Generic[T]):
+    """One page of a keyset-paginated listing."""
+
+    items: tuple[T, ...]
+    has_more: bool
+
+
+@attrs.frozen
+class ClaimedRequest:
+    """Everything needed to send one claimed request, returned by the claim itself."""
+
+    id: UUID
+    batch_id: UUID
+    attempt: int
+    budget_used: int
+    model: str
+    batch_expires_at: datetime
+    custom_id: str
+    endpoint: str
+    method: str
+    path: str
+    body: str
+    api_key: str | None = attrs.field(default=None, repr=False)
+
+
+class ResultKind(enum.StrEnum):
+    """What a daemon records for one attempt; maps to the state written."""
+
+    SUCCEEDED = "completed"
+    RETRY = "pending"
+    FAILED = "failed"
+    CANCELED = "canceled"
+
+
+@attrs.frozen
+class AttemptResult:
+    """The outcome of one attempt, fenced by ``attempt`` (the request's attempt count
+    when it was claimed) and by the daemon that records it."""
+
+    request_id: UUID
+    attempt: int
+    kind: ResultKind
+    finished_at: datetime
+    status: int | None = None
+    body: str | None = None
+    failure: Failure | None = None
+    not_before: datetime | None = None
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+
+
+@attrs.frozen
+class RecordStats:
+    """How many results were written, and which lost their race (fence failed)."""
+
+    written: int
+    lost: tuple[UUID, ...] = ()
+
+
+@attrs.frozen
+class ReclaimStats:
+    requeued: int
+    failed: int
+
+
+@attrs.frozen
+class ResultLine:
+    """One line of an output or error file, before formatting."""
+
+    request_id: UUID
+    custom_id: str
+    state: RequestState
+    status: int | None
+    body: str | None
+    failure_reason: str | None
+    failure_message: str | None
+    finished_at: datetime
+
+
+@attrs.frozen
+class RequestSummary:
+    """A request as the per-request listing shows it."""
+
+    id: UUID
+    batch_id: UUID
+    custom_id: str
+    model: str
+    state: RequestState
+    attempts: int
+    line_number: int
+    response_status: int | None
+    failure_reason: str | None
+    failure_message: str | None
+    claimed_at: datetime | None
+    finished_at: datetime | None
+
+
+@attrs.frozen
+class RequestDetail:
+    summary: RequestSummary
+    method: str
+    path: str
+    request_body: str
+    response_body: str | None
+
+
+@attrs.frozen
+class DaemonInfo:
+    id: UUID
+    hostname: str
+    pid: int
+    version: str
+    config: Mapping[str, object] = attrs.field(factory=dict)
+
+
+@attrs.frozen
+class BatchSpec:
+    """What ``create_batch`` needs; ``batch_id`` makes creation idempotent."""
+
+    input_file_id: UUID
+    endpoint: str
+    completion_window: str
+    window: timedelta
+    metadata: Mapping[str, str] | None = None
+    batch_id: UUID | None = None
+
+
+class Repository(Protocol):
+    # files
+    def create_file(
+        self,
+        owner: str,
+        filename: str,
+        templates: Iterable[RequestTemplate],
+        *,
+        now: datetime,
+        size_bytes: int | None = None,
+        expires_at: datetime | None = None,
+    ) -> FileRecord: ...
+    def get_file(self, owner: str, file_id: UUID) -> FileRecord: ...
+    def list_files(
+        self,
+        owner: str,
+        *,
+        after: UUID | None = None,
+        limit: int = 20,
+        purpose: FilePurpose | None = None,
+    ) -> Page[FileRecord]: ...
+    def delete_file(self, owner: str, file_id: UUID, *, now: datetime) -> None: ...
+    def iter_templates(self, owner: str, file_id: UUID) -> Iterator[RequestTemplate]: ...
+
+    # batches
+    def create_batch(self, owner: str, spec: BatchSpec, *, now: datetime) -> BatchView: ...
+    def get_batch(self, owner: str | None, batch_id: UUID, *, now: datetime) -> BatchView: ...
+    def list_batches(
+        self, owner: str, *, now: datetime, after: UUID | None = None, limit: int = 20
+    ) -> Page[BatchView]: ...
+    def cancel_batch(self, owner: str, batch_id: UUID, *, now: datetime) -> BatchView: ...
+    def retry_batch(
+        self, owner: str, batch_id: UUID, *, now: datetime, include_cancelled: bool = False
+    ) -> BatchView: ...
+
+    # results
+    def iter_results(
+        self, owner: str | None, batch_id: UUID, *, errors: bool, page_size: int = 1000
+    ) -> Iterator[ResultLine]: ...
+    def list_requests(
+        self,
+        owner: str,
+        batch_id: UUID,
+        *,
+        states: Sequence[RequestState] | None = None,
+        after: UUID | None = None,
+        limit: int = 20,
+    ) -> Page[RequestSummary]: ...
+    def get_request(self, owner: str | None, request_id: UUID) -> RequestDetail: ...
+
+    # daemon side
+    def active_models(self, *, now: datetime) -> list[str]: ...
+    def claim(
+        self, daemon_id: UUID, slots: Mapping[str, int], *, now: datetime
+    ) -> list[ClaimedRequest]: ...
+    def record_results(self, daemon_id: UUID, results: Sequence[AttemptResult]) -> RecordStats: ...
+    def release(
+        self, daemon_id: UUID, *, now: datetime, request_ids: Sequence[UUID] | None = None
+    ) -> int: ...
+    def reclaim_dead(
+        self, *, now: datetime, stale_before: datetime, max_attempts: int, limit: int = 1000
+    ) -> ReclaimStats: ...
+    def reclaim_timed_out(
+        self, *, now: datetime, claimed_before: datetime, max_attempts: int, limit: int = 1000
+    ) -> ReclaimStats: ...
+    def batches_to_abort(
+        self, batch_ids: Sequence[UUID], *, now: datetime
+    ) -> dict[UUID, str]: ...
+    def sweep(self, *, now: datetime, limit: int = 5000) -> int: ...
+    def register_daemon(self, info: DaemonInfo, *, now: datetime) -> None: ...
+    def heartbeat(self, daemon_id: UUID, *, now: datetime) -> bool: ...
+    def stop_daemon(self, daemon_id: UUID, *, now: datetime) -> None: ...

@@ -1,0 +1,3 @@
+-- lock_batch: serialise concurrent creations of one batch id (idempotent create_batch).
+-- Parameters: id. Transaction-scoped advisory lock, released at commit.
+SELECT pg_advisory_xact_lock(hashtextextended(%(id)s::text, 0))

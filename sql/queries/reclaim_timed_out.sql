@@ -1,0 +1,24 @@
+-- reclaim_timed_out: time-based fallback: rows in flight since before claimed_before
+-- (request timeout plus a margin), whoever owns them, go back to pending (or failed,
+-- reason lost, when the budget is spent). Parameters: now, claimed_before, limit,
+-- max_attempts. Uses requests_in_flight_age.
+WITH victims AS (
+    SELECT r.id
+    FROM requests r
+    WHERE r.state IN ('claimed', 'processing')
+      AND r.claimed_at < %(claimed_before)s
+    LIMIT %(limit)s
+    FOR UPDATE OF r SKIP LOCKED
+)
+UPDATE requests r
+SET state = CASE WHEN r.attempts - r.budget_base >= %(max_attempts)s
+                 THEN 'failed' ELSE 'pending' END,
+    daemon_id = NULL, claimed_at = NULL, started_at = NULL,
+    finished_at = CASE WHEN r.attempts - r.budget_base >= %(max_attempts)s
+                       THEN %(now)s END,
+    failure_reason = 'lost',
+    failure_message = 'the request stayed in flight past its time limit',
+    not_before = %(now)s
+FROM victims
+WHERE r.id = victims.id
+RETURNING r.id, r.state

@@ -1,0 +1,63 @@
+-- record_results: many attempt results in one statement, each fenced by its owner and
+-- attempt: a row is written only while it is still processing under this daemon and this
+-- attempt (lesson 1), or, for a success, when it was canceled after that attempt was sent
+-- (billed work wins; lesson 2: the frozen counts of its batch are repaired in the same
+-- statement). Rows that fail the fence are lost races: counted by the caller, not raised.
+-- Parameters: daemon_id; arrays of equal length: ids, attempts, states ('completed',
+-- 'pending' for a retry, 'failed', 'canceled'), finished_at, not_before, statuses,
+-- bodies, reasons, messages, input_tokens, output_tokens.
+-- Returns the ids written.
+WITH input AS (
+    SELECT *
+    FROM unnest(
+        %(ids)s::uuid[], %(attempts)s::int[], %(states)s::text[], %(finished_at)s::timestamptz[],
+        %(not_before)s::timestamptz[], %(statuses)s::smallint[], %(bodies)s::text[],
+        %(reasons)s::text[], %(messages)s::text[], %(input_tokens)s::int[],
+        %(output_tokens)s::int[]
+    ) AS i (id, attempt, state, finished_at, not_before, status, body, reason, message,
+            input_tokens, output_tokens)
+), locked AS (
+    SELECT r.id, r.batch_id, r.state AS old_state
+    FROM requests r
+    JOIN input i ON i.id = r.id
+    WHERE r.daemon_id = %(daemon_id)s
+      AND r.attempts = i.attempt
+      AND (r.state = 'processing'
+           OR (i.state = 'completed' AND r.state = 'canceled' AND r.started_at IS NOT NULL))
+    FOR UPDATE OF r
+), written AS (
+    UPDATE requests r
+    SET state = i.state,
+        daemon_id = CASE WHEN i.state = 'pending' THEN NULL ELSE r.daemon_id END,
+        claimed_at = CASE WHEN i.state = 'pending' THEN NULL ELSE r.claimed_at END,
+        started_at = CASE WHEN i.state = 'pending' THEN NULL ELSE r.started_at END,
+        finished_at = CASE WHEN i.state = 'pending' THEN NULL ELSE i.finished_at END,
+        not_before = coalesce(i.not_before, r.not_before),
+        response_status = i.status,
+        response_body = i.body,
+        failure_reason = i.reason,
+        failure_message = i.message,
+        input_tokens = i.input_tokens,
+        output_tokens = i.output_tokens
+    FROM input i, locked l
+    WHERE r.id = i.id AND l.id = i.id
+    RETURNING r.id, r.batch_id, l.old_state, r.state AS new_state, r.input_tokens,
+              r.output_tokens
+), repaired AS (
+    UPDATE batches b
+    SET frozen_completed = b.frozen_completed + x.n,
+        frozen_canceled = b.frozen_canceled - x.n,
+        frozen_input_tokens = b.frozen_input_tokens + x.input_tokens,
+        frozen_output_tokens = b.frozen_output_tokens + x.output_tokens
+    FROM (
+        SELECT batch_id, count(*) AS n,
+               coalesce(sum(input_tokens), 0) AS input_tokens,
+               coalesce(sum(output_tokens), 0) AS output_tokens
+        FROM written
+        WHERE old_state = 'canceled'
+        GROUP BY batch_id
+    ) x
+    WHERE b.id = x.batch_id AND b.frozen_completed IS NOT NULL
+    RETURNING b.id
+)
+SELECT id FROM written

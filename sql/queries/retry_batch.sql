@@ -1,0 +1,28 @@
+-- retry_batch: failed (and, when asked, canceled) requests go back to pending with a
+-- fresh attempt budget, and the batch's frozen counts and stamps are reset in the same
+-- statement under a version bump (so no freeze computed before it can land).
+-- Parameters: id, owner, version (as read), include_cancelled, now, window (interval).
+WITH b AS (
+    UPDATE batches
+    SET version = version + 1,
+        frozen_completed = NULL, frozen_failed = NULL, frozen_canceled = NULL,
+        frozen_input_tokens = NULL, frozen_output_tokens = NULL, last_finished_at = NULL,
+        cancelling_at = NULL, expired_at = NULL,
+        -- an expired batch gets a fresh window; a running one keeps its deadline
+        expires_at = CASE WHEN expired_at IS NOT NULL OR expires_at <= %(now)s
+                          THEN %(now)s + %(window)s ELSE expires_at END
+    WHERE id = %(id)s AND owner = %(owner)s AND version = %(version)s
+    RETURNING id, expires_at
+), r AS (
+    UPDATE requests q
+    SET state = 'pending', daemon_id = NULL, claimed_at = NULL, started_at = NULL,
+        finished_at = NULL, response_status = NULL, response_body = NULL,
+        failure_reason = NULL, failure_message = NULL, input_tokens = NULL,
+        output_tokens = NULL, not_before = %(now)s, budget_base = q.attempts,
+        batch_expires_at = b.expires_at
+    FROM b
+    WHERE q.batch_id = b.id
+      AND (q.state = 'failed' OR (%(include_cancelled)s AND q.state = 'canceled'))
+    RETURNING q.id
+)
+SELECT (SELECT count(*) FROM b) AS batches, (SELECT count(*) FROM r) AS requests

@@ -1,0 +1,444 @@
+"""The PostgreSQL repository against a real server: files, batches, claims, results."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from uuid import UUID, uuid4
+
+import psycopg
+import pytest
+
+from fusillade.core.models import (
+    BatchStatus,
+    Failure,
+    FailureReason,
+    FilePurpose,
+    RequestState,
+    RequestTemplate,
+)
+from fusillade.errors import Conflict, NotFound, ValidationError
+from fusillade.store.interface import AttemptResult, BatchSpec, DaemonInfo, ResultKind
+from fusillade.store.postgres import PostgresRepository
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def templates(n: int, models: tuple[str, ...] = ("m1",)) -> Iterator[RequestTemplate]:
+    for i in range(n):
+        yield RequestTemplate(
+            custom_id=f"req-{i}",
+            model=models[i % len(models)],
+            body=f'{{"model":"{models[i % len(models)]}","i":{i}}}',
+        )
+
+
+@pytest.fixture
+def repo(database_url: str) -> Iterator[PostgresRepository]:
+    with PostgresRepository(database_url, max_size=10) as r:
+        yield r
+
+
+def make_batch(
+    repo: PostgresRepository, n: int, *, owner: str = "alice", models: tuple[str, ...] = ("m1",)
+) -> UUID:
+    f = repo.create_file(owner, "in.jsonl", templates(n, models), now=T0)
+    view = repo.create_batch(
+        owner,
+        BatchSpec(f.id, "/v1/chat/completions", "24h", timedelta(hours=24)),
+        now=T0,
+    )
+    return view.record.id
+
+
+def daemon(repo: PostgresRepository, now: datetime = T0) -> UUID:
+    d = uuid4()
+    repo.register_daemon(DaemonInfo(d, "host", 1, "test"), now=now)
+    return d
+
+
+def ok(claimed_id: UUID, attempt: int, now: datetime = T0) -> AttemptResult:
+    return AttemptResult(claimed_id, attempt, ResultKind.SUCCEEDED, now, status=200, body="{}")
+
+
+def test_file_roundtrip_and_isolation(repo: PostgresRepository) -> None:
+    f = repo.create_file("alice", "in.jsonl", templates(3), now=T0)
+    assert f.line_count == 3
+    assert repo.get_file("alice", f.id) == f
+    with pytest.raises(NotFound):
+        repo.get_file("bob", f.id)
+    assert [t.custom_id for t in repo.iter_templates("alice", f.id)] == [
+        "req-0",
+        "req-1",
+        "req-2",
+    ]
+    repo.delete_file("alice", f.id, now=T0)
+    with pytest.raises(NotFound):
+        repo.get_file("alice", f.id)
+
+
+def test_values_stored_byte_for_byte(repo: PostgresRepository) -> None:
+    nasty = "x'; DROP TABLE requests; --\r\nX-Injected: 1\t\u00e9\U0001f600"
+    t = RequestTemplate(custom_id=nasty, model=nasty, body='{"model":"\\u0000"}')
+    f = repo.create_file("alice", nasty, [t], now=T0)
+    assert repo.get_file("alice", f.id).filename == nasty
+    (back,) = repo.iter_templates("alice", f.id)
+    assert (back.custom_id, back.model, back.body) == (t.custom_id, t.model, t.body)
+
+
+def test_list_files_pages_newest_first(repo: PostgresRepository) -> None:
+    ids = [repo.create_file("alice", f"{i}", templates(1), now=T0).id for i in range(5)]
+    seen: list[UUID] = []
+    after = None
+    while True:
+        page = repo.list_files("alice", after=after, limit=2)
+        seen += [f.id for f in page.items]
+        if not page.has_more:
+            break
+        after = page.items[-1].id
+    assert seen == ids[::-1]
+    with pytest.raises(ValidationError):
+        repo.list_files("alice", after=uuid4())
+
+
+def test_create_batch_validates(repo: PostgresRepository) -> None:
+    f = repo.create_file("alice", "in", templates(2), now=T0)
+    spec = BatchSpec(f.id, "/v1/embeddings", "24h", timedelta(hours=24))
+    with pytest.raises(ValidationError, match="line 1"):
+        repo.create_batch("alice", spec, now=T0)
+    with pytest.raises(NotFound):
+        repo.create_batch(
+            "bob", BatchSpec(f.id, "/v1/chat/completions", "24h", timedelta(hours=24)), now=T0
+        )
+    empty = repo.create_file("alice", "empty", [], now=T0)
+    with pytest.raises(ValidationError, match="no requests"):
+        repo.create_batch(
+            "alice",
+            BatchSpec(empty.id, "/v1/chat/completions", "24h", timedelta(hours=24)),
+            now=T0,
+        )
+
+
+def test_lesson3_create_batch_is_idempotent(repo: PostgresRepository) -> None:
+    """A re-delivered create (same batch id) must not insert every request twice."""
+    f = repo.create_file("alice", "in", templates(50), now=T0)
+    spec = BatchSpec(f.id, "/v1/chat/completions", "24h", timedelta(hours=24), batch_id=uuid4())
+    first = repo.create_batch("alice", spec, now=T0)
+    second = repo.create_batch("alice", spec, now=T0 + timedelta(seconds=5))
+    assert first.record.id == second.record.id
+    assert second.counts.total == 50 and second.counts.pending == 50
+    with psycopg.connect(repo.conninfo) as conn:
+        (n,) = conn.execute("SELECT count(*) FROM requests").fetchone()  # type: ignore[misc]
+    assert n == 50
+    with pytest.raises(Conflict):
+        repo.create_batch("bob", spec, now=T0)
+
+
+def test_claim_respects_slots_and_models(repo: PostgresRepository) -> None:
+    make_batch(repo, 10, models=("a", "b"))
+    d = daemon(repo)
+    assert sorted(repo.active_models(now=T0)) == ["a", "b"]
+    claimed = repo.claim(d, {"a": 2, "b": 3, "c": 5}, now=T0)
+    assert sorted(c.model for c in claimed) == ["a", "a", "b", "b", "b"]
+    assert all(c.attempt == 1 and c.budget_used == 1 for c in claimed)
+    # earliest line first
+    assert {c.custom_id for c in claimed if c.model == "a"} == {"req-0", "req-2"}
+
+
+def test_eight_threads_never_claim_a_row_twice(repo: PostgresRepository) -> None:
+    make_batch(repo, 5000)
+    seen: list[UUID] = []
+    lock = threading.Lock()
+    daemons = [daemon(repo) for _ in range(8)]
+
+    def worker(d: UUID) -> None:
+        while True:
+            got = repo.claim(d, {"m1": 37}, now=T0)
+            if not got:
+                return
+            with lock:
+                seen.extend(c.id for c in got)
+
+    threads = [threading.Thread(target=worker, args=(d,)) for d in daemons]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert len(seen) == 5000
+    assert len(set(seen)) == 5000
+
+
+def test_results_complete_batch_and_freeze(repo: PostgresRepository) -> None:
+    b = make_batch(repo, 4)
+    d = daemon(repo)
+    claimed = repo.claim(d, {"m1": 4}, now=T0)
+    t1 = T0 + timedelta(seconds=1)
+    results = [
+        AttemptResult(
+            claimed[0].id, 1, ResultKind.SUCCEEDED, t1, 200, '{"ok":1}', None, None, 3, 4
+        ),
+        AttemptResult(claimed[1].id, 1, ResultKind.SUCCEEDED, t1, 200, '{"ok":2}', None, None, 1),
+        AttemptResult(
+            claimed[2].id,
+            1,
+            ResultKind.FAILED,
+            t1,
+            400,
+            '{"error":"bad"}',
+            Failure(FailureReason.HTTP_STATUS, "upstream answered 400", 400, '{"error":"bad"}'),
+        ),
+        AttemptResult(
+            claimed[3].id,
+            1,
+            ResultKind.RETRY,
+            t1,
+            failure=Failure(FailureReason.TIMEOUT, "read timeout"),
+            not_before=t1 + timedelta(seconds=2),
+        ),
+    ]
+    stats = repo.record_results(d, results)
+    assert stats.written == 4 and stats.lost == ()
+    view = repo.get_batch("alice", b, now=t1)
+    assert view.status is BatchStatus.IN_PROGRESS
+    assert (view.counts.completed, view.counts.failed, view.counts.pending) == (2, 1, 1)
+    # not due yet
+    assert repo.claim(d, {"m1": 5}, now=t1) == []
+    t3 = t1 + timedelta(seconds=2)
+    (again,) = repo.claim(d, {"m1": 5}, now=t3)
+    assert again.attempt == 2 and again.budget_used == 2
+    repo.record_results(d, [ok(again.id, 2, t3)])
+    view = repo.get_batch("alice", b, now=t3)
+    assert view.status is BatchStatus.COMPLETED
+    assert view.record.frozen_counts is not None
+    assert view.record.usage is not None and view.record.usage.input_tokens == 4
+    out = list(repo.iter_results("alice", b, errors=False))
+    err = list(repo.iter_results("alice", b, errors=True))
+    assert len(out) == 3 and len(err) == 1
+    assert err[0].status == 400 and err[0].body == '{"error":"bad"}'
+    with pytest.raises(NotFound):
+        list(repo.iter_results("bob", b, errors=False))
+
+
+def test_frozen_counts_equal_a_recount_and_are_not_recounted(repo: PostgresRepository) -> None:
+    """Lesson 7: a terminal batch is read from its row, never recounted."""
+    b = make_batch(repo, 20)
+    d = daemon(repo)
+    claimed = repo.claim(d, {"m1": 20}, now=T0)
+    repo.record_results(d, [ok(c.id, c.attempt) for c in claimed])
+    view = repo.get_batch("alice", b, now=T0)
+    with psycopg.connect(repo.conninfo) as conn:
+        rows = conn.execute(
+            "SELECT state, count(*) FROM requests WHERE batch_id = %s GROUP BY state", (b,)
+        ).fetchall()
+        assert dict(rows) == {"completed": 20}
+        assert view.counts.completed == 20 and view.counts.total == 20
+        # Tamper with the rows: a frozen batch must not notice.
+        conn.execute("UPDATE requests SET state = 'failed', failure_reason = 'lost'")
+    again = repo.get_batch("alice", b, now=T0)
+    assert again.counts == view.counts
+
+
+def test_lesson1_late_write_after_reclaim_is_refused(repo: PostgresRepository) -> None:
+    """A late result from a daemon whose claim was reclaimed must not revive the row."""
+    b = make_batch(repo, 1)
+    d1 = daemon(repo)
+    (c1,) = repo.claim(d1, {"m1": 1}, now=T0)
+    later = T0 + timedelta(minutes=5)
+    d2 = daemon(repo, later)
+    stats = repo.reclaim_dead(now=later, stale_before=later - timedelta(seconds=30), max_attempts=5)
+    assert stats.requeued == 1
+    (c2,) = repo.claim(d2, {"m1": 1}, now=later)
+    assert c2.id == c1.id and c2.attempt == 2
+    repo.record_results(d2, [ok(c2.id, 2, later)])
+    late = repo.record_results(
+        d1,
+        [AttemptResult(c1.id, 1, ResultKind.RETRY, later, not_before=later)],
+    )
+    assert late.written == 0 and late.lost == (c1.id,)
+    view = repo.get_batch("alice", b, now=later)
+    assert view.status is BatchStatus.COMPLETED and view.counts.completed == 1
+
+
+def test_reclaim_spends_the_budget(repo: PostgresRepository) -> None:
+    b = make_batch(repo, 1)
+    now = T0
+    for attempt in range(1, 4):
+        d = daemon(repo, now)
+        (c,) = repo.claim(d, {"m1": 1}, now=now)
+        assert c.attempt == attempt
+        now += timedelta(minutes=5)
+        stats = repo.reclaim_dead(now=now, stale_before=now - timedelta(minutes=1), max_attempts=3)
+    assert stats.failed == 1
+    view = repo.get_batch("alice", b, now=now)
+    assert view.counts.failed == 1
+    (line,) = repo.iter_results("alice", b, errors=True)
+    assert line.failure_reason == "lost"
+
+
+def test_release_refunds_the_attempt(repo: PostgresRepository) -> None:
+    make_batch(repo, 3)
+    d1, d2 = daemon(repo), daemon(repo)
+    claimed = repo.claim(d1, {"m1": 3}, now=T0)
+    assert repo.release(d1, now=T0) == 3
+    again = repo.claim(d2, {"m1": 3}, now=T0)
+    assert {c.id for c in again} == {c.id for c in claimed}
+    assert all(c.attempt == 2 and c.budget_used == 1 for c in again)
+
+
+def test_timed_out_rows_are_reclaimed(repo: PostgresRepository) -> None:
+    make_batch(repo, 2)
+    d = daemon(repo)
+    repo.claim(d, {"m1": 1}, now=T0)
+    later = T0 + timedelta(minutes=10)
+    repo.claim(d, {"m1": 1}, now=later)
+    stats = repo.reclaim_timed_out(
+        now=later, claimed_before=later - timedelta(minutes=5), max_attempts=5
+    )
+    assert stats.requeued == 1
+
+
+def test_lesson6_cancelled_batch_rows_are_never_claimed(repo: PostgresRepository) -> None:
+    """Rows of a cancelled batch must not fill the claim limit and block other work."""
+    cancelled = make_batch(repo, 30_000 // 1000)
+    live = make_batch(repo, 5)
+    d = daemon(repo)
+    view = repo.cancel_batch("alice", cancelled, now=T0)
+    assert view.status is BatchStatus.CANCELLED
+    claimed = repo.claim(d, {"m1": 10}, now=T0)
+    assert {c.batch_id for c in claimed} == {live}
+    assert len(claimed) == 5
+    errors = list(repo.iter_results("alice", cancelled, errors=True))
+    assert len(errors) == 30 and {e.failure_reason for e in errors} == {"cancelled"}
+
+
+def test_cancel_with_work_in_flight(repo: PostgresRepository) -> None:
+    b = make_batch(repo, 3)
+    d = daemon(repo)
+    claimed = repo.claim(d, {"m1": 2}, now=T0)
+    view = repo.cancel_batch("alice", b, now=T0)
+    assert view.status is BatchStatus.CANCELLING
+    assert repo.batches_to_abort([b], now=T0) == {b: "cancelled"}
+    assert repo.claim(d, {"m1": 5}, now=T0) == []
+    cancel = Failure(FailureReason.CANCELLED, "batch cancelled")
+    repo.record_results(
+        d,
+        [
+            ok(claimed[0].id, 1),
+            AttemptResult(claimed[1].id, 1, ResultKind.CANCELED, T0, failure=cancel),
+        ],
+    )
+    view = repo.get_batch("alice", b, now=T0)
+    assert view.status is BatchStatus.CANCELLED
+    assert (view.counts.completed, view.counts.canceled) == (1, 2)
+    # cancelling a finished batch returns it unchanged
+    assert repo.cancel_batch("alice", b, now=T0).status is BatchStatus.CANCELLED
+
+
+def test_lesson2_late_success_repairs_frozen_counts(repo: PostgresRepository) -> None:
+    """A billed result may replace canceled; the frozen counts are repaired with it."""
+    b = make_batch(repo, 2)
+    d = daemon(repo)
+    c = repo.claim(d, {"m1": 2}, now=T0)
+    repo.cancel_batch("alice", b, now=T0)
+    cancel = Failure(FailureReason.CANCELLED, "batch cancelled")
+    repo.record_results(
+        d, [AttemptResult(x.id, 1, ResultKind.CANCELED, T0, failure=cancel) for x in c]
+    )
+    frozen = repo.get_batch("alice", b, now=T0)
+    assert frozen.record.frozen_counts is not None and frozen.counts.canceled == 2
+    late = repo.record_results(d, [ok(c[0].id, 1, T0 + timedelta(seconds=1))])
+    assert late.written == 1
+    view = repo.get_batch("alice", b, now=T0)
+    assert (view.counts.completed, view.counts.canceled) == (1, 1)
+    assert view.counts.is_consistent
+    # a late retry/failure for a canceled row is refused
+    lost = repo.record_results(d, [AttemptResult(c[1].id, 1, ResultKind.RETRY, T0, not_before=T0)])
+    assert lost.written == 0
+
+
+def test_expiry(repo: PostgresRepository) -> None:
+    b = make_batch(repo, 3)
+    d = daemon(repo)
+    (c,) = repo.claim(d, {"m1": 1}, now=T0)
+    repo.record_results(d, [ok(c.id, 1)])
+    late = T0 + timedelta(hours=25)
+    assert repo.claim(d, {"m1": 5}, now=late) == []
+    assert repo.sweep(now=late) == 2
+    view = repo.get_batch("alice", b, now=late)
+    assert view.status is BatchStatus.EXPIRED
+    assert (view.counts.completed, view.counts.canceled) == (1, 2)
+    errors = list(repo.iter_results("alice", b, errors=True))
+    assert {e.failure_reason for e in errors} == {"expired"}
+
+
+def test_retry_failed_resets_counts_and_budget(repo: PostgresRepository) -> None:
+    b = make_batch(repo, 2)
+    d = daemon(repo)
+    c = repo.claim(d, {"m1": 2}, now=T0)
+    bad = Failure(FailureReason.HTTP_STATUS, "500", 500, "oops")
+    repo.record_results(
+        d,
+        [ok(c[0].id, 1), AttemptResult(c[1].id, 1, ResultKind.FAILED, T0, 500, "oops", bad)],
+    )
+    assert repo.get_batch("alice", b, now=T0).status is BatchStatus.COMPLETED
+    view = repo.retry_batch("alice", b, now=T0)
+    assert view.status is BatchStatus.IN_PROGRESS
+    assert view.record.frozen_counts is None and view.counts.pending == 1
+    (again,) = repo.claim(d, {"m1": 2}, now=T0)
+    assert again.id == c[1].id and again.attempt == 2 and again.budget_used == 1
+    repo.record_results(d, [ok(again.id, 2)])
+    view = repo.get_batch("alice", b, now=T0)
+    assert view.status is BatchStatus.COMPLETED and view.counts.completed == 2
+
+
+def test_list_batches_pages_and_isolation(repo: PostgresRepository) -> None:
+    ids = [make_batch(repo, 1) for _ in range(5)]
+    make_batch(repo, 1, owner="bob")
+    got: list[UUID] = []
+    after = None
+    while True:
+        page = repo.list_batches("alice", now=T0, after=after, limit=2)
+        got += [v.record.id for v in page.items]
+        if not page.has_more:
+            break
+        after = page.items[-1].record.id
+    assert got == ids[::-1]
+    with pytest.raises(NotFound):
+        repo.get_batch("bob", ids[0], now=T0)
+    with pytest.raises(NotFound):
+        repo.cancel_batch("bob", ids[0], now=T0)
+
+
+def test_list_requests_and_detail(repo: PostgresRepository) -> None:
+    b = make_batch(repo, 5)
+    d = daemon(repo)
+    (c,) = repo.claim(d, {"m1": 1}, now=T0)
+    repo.record_results(d, [ok(c.id, 1)])
+    page = repo.list_requests("alice", b, limit=3)
+    assert [r.line_number for r in page.items] == [1, 2, 3] and page.has_more
+    nxt = repo.list_requests("alice", b, after=page.items[-1].id, limit=3)
+    assert [r.line_number for r in nxt.items] == [4, 5] and not nxt.has_more
+    done = repo.list_requests("alice", b, states=[RequestState.COMPLETED])
+    assert [r.id for r in done.items] == [c.id]
+    detail = repo.get_request("alice", c.id)
+    assert detail.response_body == "{}" and detail.summary.custom_id == "req-0"
+    with pytest.raises(NotFound):
+        repo.get_request("bob", c.id)
+
+
+def test_heartbeat_after_declared_dead(repo: PostgresRepository) -> None:
+    d = daemon(repo)
+    assert repo.heartbeat(d, now=T0)
+    later = T0 + timedelta(minutes=5)
+    repo.reclaim_dead(now=later, stale_before=later - timedelta(minutes=1), max_attempts=5)
+    assert not repo.heartbeat(d, now=later)
+    repo.register_daemon(DaemonInfo(d, "host", 1, "test"), now=later)
+    assert repo.heartbeat(d, now=later)
+
+
+def test_output_files_are_listed_as_files(repo: PostgresRepository) -> None:
+    b = make_batch(repo, 1)
+    view = repo.get_batch("alice", b, now=T0)
+    out = repo.get_file("alice", view.record.output_file_id)
+    assert out.purpose is FilePurpose.BATCH_OUTPUT and out.batch_id == b
