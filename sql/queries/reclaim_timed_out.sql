@@ -11,11 +11,11 @@ WITH victims AS (
     FOR UPDATE OF r SKIP LOCKED
 )
 UPDATE requests r
-SET state = CASE WHEN r.attempts - r.budget_base >= %(max_attempts)s
+SET state = CASE WHEN r.attempts - r.budget_base >= %(max_attempts)s::int
                  THEN 'failed' ELSE 'pending' END,
     daemon_id = NULL, claimed_at = NULL, started_at = NULL,
-    finished_at = CASE WHEN r.attempts - r.budget_base >= %(max_attempts)s
-                       THEN %(now)s END,
+    finished_at = CASE WHEN r.attempts - r.budget_base >= %(max_attempts)s::int
+                       THEN %(now)s::timestamptz END,
     failure_reason = 'lost',
     failure_message = 'the request stayed in flight past its time limit',
     not_before = %(now)s

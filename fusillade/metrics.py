@@ -1,0 +1,30 @@
+"""Prometheus metrics. Labels carry model names and reasons, never keys or bodies."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+CLAIMED = Counter("fusillade_requests_claimed", "Requests claimed by this process", ["model"])
+IN_FLIGHT = Gauge("fusillade_requests_in_flight", "Requests in flight", ["model"])
+COMPLETED = Counter(
+    "fusillade_requests_completed", "Requests completed", ["model", "status"]
+)
+FAILED = Counter("fusillade_requests_failed", "Requests failed for good", ["model", "reason"])
+RETRIED = Counter("fusillade_requests_retried", "Attempts scheduled again", ["model", "reason"])
+CANCELED = Counter("fusillade_requests_canceled", "In-flight requests aborted", ["reason"])
+LOST_RACES = Counter(
+    "fusillade_lost_races", "Results refused by the (state, owner, attempt) fence"
+)
+RECLAIMED = Counter("fusillade_requests_reclaimed", "Rows taken back from dead daemons")
+CLAIM_SECONDS = Histogram("fusillade_claim_seconds", "Duration of one claim statement")
+FLUSH_SECONDS = Histogram("fusillade_flush_seconds", "Duration of one result flush")
+FLUSH_SIZE = Histogram(
+    "fusillade_flush_size", "Results per flush", buckets=(1, 5, 10, 50, 100, 250, 500, 1000)
+)
+UPSTREAM_SECONDS = Histogram(
+    "fusillade_upstream_seconds",
+    "Upstream latency per attempt",
+    ["model"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
+)
+DB_ERRORS = Counter("fusillade_db_errors", "Database calls that failed", ["loop"])
