@@ -219,8 +219,8 @@ def render_markdown() -> str:
         lines.append(f"    {src.value} --> {rule.target.value}: {kind.value}")
     lines += ["```", "", "| from | event | to | guard | notes |", "|---|---|---|---|---|"]
     for (src, kind), rule in TRANSITIONS.items():
-        guard = rule.guard or ""
-        lines.append(f"| {src.value} | {kind.value} | {rule.target.value} | {guard} | {rule.note} |")
+        cells = (src.value, kind.value, rule.target.value, rule.guard or "", rule.note)
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 

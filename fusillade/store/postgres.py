@@ -8,8 +8,8 @@ holds a connection while a caller consumes results (``iter_results`` fetches one
 per connection use). Daemon writes are fenced in SQL by (state, owner, attempt); a
 fence that fails is a lost race, counted in the returned stats, never raised.
 
-psycopg errors are translated to the error tree here and nowhere else
-(``_translate``). Server-side prepared statements are off (``prepare_threshold=None``):
+psycopg errors are translated by ``fusillade.store.errors.translate_errors``, the one
+boundary for them. Server-side prepared statements are off (``prepare_threshold=None``):
 every execution is planned with its real parameters, so a generic plan can never make
 a list or claim query slow on a large table (lesson 10). Connections carry a statement
 timeout and TCP keepalives, so a silently dropped connection cannot freeze a periodic
@@ -29,7 +29,7 @@ import psycopg
 import psycopg.errors
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
-from psycopg_pool import ConnectionPool, PoolTimeout
+from psycopg_pool import ConnectionPool
 
 from fusillade.core.batches import derive, needs_freeze
 from fusillade.core.models import (
@@ -41,15 +41,10 @@ from fusillade.core.models import (
     RequestState,
     RequestTemplate,
 )
-from fusillade.errors import (
-    Conflict,
-    NotFound,
-    StoreError,
-    StoreUnavailable,
-    ValidationError,
-)
+from fusillade.errors import Conflict, NotFound, ValidationError
 from fusillade.ids import uuid7
 from fusillade.serde import structure
+from fusillade.store.errors import translate_errors
 from fusillade.store.interface import (
     AttemptResult,
     BatchSpec,
@@ -77,17 +72,6 @@ _COPY_TEMPLATES = (
     "(file_id, line_number, custom_id, endpoint, method, path, model, body, api_key) "
     "FROM STDIN"
 )
-
-
-@contextlib.contextmanager
-def _translate() -> Iterator[None]:
-    """The one place psycopg errors become fusillade errors."""
-    try:
-        yield
-    except (psycopg.OperationalError, psycopg.errors.QueryCanceled, PoolTimeout) as exc:
-        raise StoreUnavailable(f"database unavailable: {exc}") from exc
-    except psycopg.Error as exc:
-        raise StoreError(f"database error: {exc}") from exc
 
 
 def connection_kwargs(statement_timeout_ms: int) -> dict[str, Any]:
@@ -129,7 +113,7 @@ class PostgresRepository:
         )
 
     def open(self, *, wait: bool = True, timeout: float = 30.0) -> None:
-        with _translate():
+        with translate_errors():
             self.pool.open(wait=wait, timeout=timeout)
 
     def close(self) -> None:
@@ -145,12 +129,12 @@ class PostgresRepository:
     @contextlib.contextmanager
     def _tx(self) -> Iterator[psycopg.Cursor[dict[str, Any]]]:
         """A cursor inside one transaction (committed on success, rolled back on error)."""
-        with _translate(), self.pool.connection() as conn, conn.transaction():
+        with translate_errors(), self.pool.connection() as conn, conn.transaction():
             yield conn.cursor()
 
     def listen(self) -> PostgresListener:
         """A dedicated connection that waits for wake-up notifications."""
-        with _translate():
+        with translate_errors():
             return PostgresListener(self.conninfo, self.q.listen)
 
     def ping(self) -> None:
@@ -243,9 +227,10 @@ class PostgresRepository:
         purpose: FilePurpose | None = None,
     ) -> Page[FileRecord]:
         with self._tx() as cur:
-            if after is not None and cur.execute(
-                self.q.get_file, {"id": after, "owner": owner}
-            ).fetchone() is None:
+            if (
+                after is not None
+                and cur.execute(self.q.get_file, {"id": after, "owner": owner}).fetchone() is None
+            ):
                 raise ValidationError(f"after: no file with id {after}", param="after")
             rows = cur.execute(
                 self.q.list_files,
@@ -457,9 +442,10 @@ class PostgresRepository:
         self, owner: str, *, now: datetime, after: UUID | None = None, limit: int = 20
     ) -> Page[BatchView]:
         with self._tx() as cur:
-            if after is not None and cur.execute(
-                self.q.get_batch, {"id": after, "owner": owner}
-            ).fetchone() is None:
+            if (
+                after is not None
+                and cur.execute(self.q.get_batch, {"id": after, "owner": owner}).fetchone() is None
+            ):
                 raise ValidationError(f"after: no batch with id {after}", param="after")
             rows = cur.execute(
                 self.q.list_batches, {"owner": owner, "after": after, "limit": limit + 1}
@@ -746,9 +732,10 @@ class PostgresRepository:
     def heartbeat(self, daemon_id: UUID, *, now: datetime) -> bool:
         """Refresh the heartbeat; False when the daemon was declared dead meanwhile."""
         with self._tx() as cur:
-            return cur.execute(
-                self.q.daemon_heartbeat, {"id": daemon_id, "now": now}
-            ).fetchone() is not None
+            return (
+                cur.execute(self.q.daemon_heartbeat, {"id": daemon_id, "now": now}).fetchone()
+                is not None
+            )
 
     def stop_daemon(self, daemon_id: UUID, *, now: datetime) -> None:
         with self._tx() as cur:
@@ -766,7 +753,7 @@ class PostgresListener:
 
     def wait(self, timeout: float) -> list[str]:
         """Channels notified within ``timeout`` seconds (empty when none)."""
-        with _translate():
+        with translate_errors():
             return [n.channel for n in self._conn.notifies(timeout=timeout, stop_after=1)]
 
     def close(self) -> None:

@@ -1,0 +1,157 @@
+"""A batch's status, timestamps and counts, derived from its row, its counts and ``now``.
+
+Theory of operation
+-------------------
+The store keeps few facts per batch: ``created_at``, ``expires_at``, the ``cancelling_at``
+and ``expired_at`` stamps, and, once nothing is unsettled, the frozen counts with
+``last_finished_at`` (``freeze_batch.sql``; ``freeze`` here is its pure twin). Everything
+else is derived by ``derive``, first matching rule wins:
+
+1. ``total == 0``: ``failed`` (``failed_at = created_at``; ``in_progress_at`` null). Creation
+   refuses empty files, so this is a safety net.
+2. A cancel requested before the deadline (``cancelling_at < expires_at``): ``cancelling``
+   until the counts are frozen, then ``cancelled`` with ``cancelled_at`` = the later of
+   ``cancelling_at`` and ``last_finished_at`` (when the last request settled, never before
+   the cancel). A cancel at or after the deadline came too late and is ignored: the batch
+   had already expired by rule 3.
+3. ``expired`` when the ``expired_at`` stamp is set; or ``now >= expires_at`` while
+   requests are unsettled (the expiry sweep has not stamped it yet); or the frozen
+   ``last_finished_at >= expires_at`` (the work ended after the deadline: "not completed
+   within the window", even when the last in-flight requests succeeded before the sweep).
+   ``expired_at`` is the stamp, else ``expires_at``.
+4. Frozen: ``completed``, ``completed_at = finalizing_at = last_finished_at``.
+5. Nothing unsettled but not yet frozen: ``finalizing`` (``finalizing_at`` null: the time
+   is only known once frozen). The freeze follows within a maintenance interval;
+   ``needs_freeze`` says when it is due.
+6. Otherwise ``in_progress``.
+
+``in_progress_at = created_at`` (input is validated before the batch exists, so
+``validating`` never shows). ``completed`` and ``cancelled`` need frozen counts, so once
+a batch is frozen or stamped expired its status and timestamps never change until a
+retry resets the row, and reading it never recounts its requests. One transient remains:
+a batch expired by rule 3's clock whose last in-flight requests finish before the sweep
+reads ``finalizing`` until its freeze, which makes it ``expired`` again (never
+``completed``). The stateful test in ``tests/unit/test_batches.py`` checks all of this.
+
+Counts are the frozen ones when set (live counts are ignored), else the live ones.
+``has_output`` (an ``output_file_id``) needs a completed request; ``has_errors`` (an
+``error_file_id``) a failed or canceled one, so a batch where every line failed has
+``output_file_id: null`` as at OpenAI. Token usage is summed by the store, not here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime
+
+import attrs
+
+from fusillade.core.models import (
+    BatchRecord,
+    BatchStatus,
+    BatchView,
+    RequestCounts,
+    RequestState,
+)
+
+
+def derive(record: BatchRecord, counts: RequestCounts, now: datetime) -> BatchView:
+    """The batch as readers see it at ``now``; the rules are in the module docstring.
+
+    ``counts`` are the live counts (ignored when ``record.frozen_counts`` is set). Never
+    raises, whatever the inputs: a read must not fail on an odd row.
+    """
+    frozen = record.frozen_counts is not None
+    c = record.frozen_counts if record.frozen_counts is not None else counts
+    last = record.last_finished_at
+    stamps: dict[str, datetime | None] = {"in_progress_at": record.created_at}
+
+    if record.total == 0:
+        status = BatchStatus.FAILED
+        stamps = {"failed_at": record.created_at}
+    elif record.cancelling_at is not None and record.cancelling_at < record.expires_at:
+        stamps["cancelling_at"] = record.cancelling_at
+        if frozen:
+            status = BatchStatus.CANCELLED
+            settled = max(record.cancelling_at, last) if last else record.cancelling_at
+            stamps["cancelled_at"] = settled
+        else:
+            status = BatchStatus.CANCELLING
+    elif (
+        record.expired_at is not None
+        or (not frozen and c.unsettled > 0 and now >= record.expires_at)
+        or (frozen and last is not None and last >= record.expires_at)
+    ):
+        status = BatchStatus.EXPIRED
+        stamps["expired_at"] = record.expired_at or record.expires_at
+    elif frozen:
+        status = BatchStatus.COMPLETED
+        # last_finished_at is set by every freeze of a non-empty batch.
+        completed_at = last or record.created_at
+        stamps["completed_at"] = completed_at
+        stamps["finalizing_at"] = completed_at
+    elif c.unsettled <= 0:
+        status = BatchStatus.FINALIZING
+    else:
+        status = BatchStatus.IN_PROGRESS
+
+    return BatchView(
+        record=record,
+        status=status,
+        counts=c,
+        in_progress_at=stamps.get("in_progress_at"),
+        finalizing_at=stamps.get("finalizing_at"),
+        completed_at=stamps.get("completed_at"),
+        failed_at=stamps.get("failed_at"),
+        expired_at=stamps.get("expired_at"),
+        cancelling_at=stamps.get("cancelling_at"),
+        cancelled_at=stamps.get("cancelled_at"),
+        has_output=c.completed > 0,
+        has_errors=c.failed + c.canceled > 0,
+    )
+
+
+def needs_freeze(view: BatchView) -> bool:
+    """Whether the store should freeze this batch's counts now.
+
+    True when the counts are not frozen yet, nothing is unsettled and they add up to the
+    batch total (``freeze_batch.sql`` checks the same in its statement).
+    """
+    return (
+        view.record.frozen_counts is None
+        and view.counts.unsettled == 0
+        and recount_consistent(view.record, view.counts)
+    )
+
+
+def freeze(
+    record: BatchRecord, counts: RequestCounts, last_finished_at: datetime | None
+) -> BatchRecord:
+    """``record`` with ``counts`` frozen: the pure twin of ``freeze_batch.sql``.
+
+    Raises:
+        ValueError: requests are unsettled, or the counts do not add up to the total.
+    """
+    if counts.unsettled != 0 or not recount_consistent(record, counts):
+        raise ValueError(f"cannot freeze batch {record.id} with counts {counts}")
+    return attrs.evolve(record, frozen_counts=counts, last_finished_at=last_finished_at)
+
+
+def recount_consistent(record: BatchRecord, counts: RequestCounts) -> bool:
+    """Whether ``counts`` are non-negative, sum to their total, and that is the batch's."""
+    return counts.is_consistent and counts.total == record.total
+
+
+def count_states(states: Iterable[RequestState]) -> RequestCounts:
+    """Counts of a batch from its requests' states (claimed and processing are in progress)."""
+    tally = dict.fromkeys(RequestState, 0)
+    for state in states:
+        tally[state] += 1
+    return RequestCounts(
+        total=sum(tally.values()),
+        pending=tally[RequestState.PENDING],
+        in_progress=tally[RequestState.CLAIMED] + tally[RequestState.PROCESSING],
+        completed=tally[RequestState.COMPLETED],
+        failed=tally[RequestState.FAILED],
+        canceled=tally[RequestState.CANCELED],
+    )

@@ -1,0 +1,122 @@
+"""Output, error and input lines in OpenAI's batch format (engine.md section 6).
+
+The upstream body is embedded as JSON when it parses (re-serialised on one line) and as
+a JSON string otherwise.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Any, Final
+from uuid import UUID
+
+from fusillade.core.ids import format_id
+from fusillade.core.models import FailureReason, RequestTemplate
+from fusillade.core.strictjson import BadJSON, dumps_compact, loads_strict
+
+ERROR_CODES: Final[Mapping[FailureReason, str]] = MappingProxyType(
+    {
+        FailureReason.TIMEOUT: "request_timeout",
+        FailureReason.CONNECT: "connection_error",
+        FailureReason.BUILDER: "invalid_request",
+        FailureReason.CANCELLED: "batch_cancelled",
+        FailureReason.EXPIRED: "batch_expired",
+        FailureReason.LOST: "request_lost",
+        # Only used when an HTTP failure has no status (never written by the engine).
+        FailureReason.HTTP_STATUS: "upstream_error",
+    }
+)
+
+# Upstream bodies are trusted more than input lines, but must still re-serialise
+# without hitting the recursion limit.
+_EMBED_MAX_DEPTH: Final = 256
+
+
+def _embed(text: str | None) -> Any:
+    """``text`` parsed as JSON when it is JSON, else the text itself (``None`` stays)."""
+    if text is None:
+        return None
+    try:
+        return loads_strict(text, _EMBED_MAX_DEPTH)
+    except BadJSON:
+        return text
+
+
+def _response(
+    request_id: UUID, status_code: int, body: str | None, upstream_request_id: str | None
+) -> dict[str, Any]:
+    return {
+        "status_code": status_code,
+        "request_id": upstream_request_id if upstream_request_id is not None else str(request_id),
+        "body": _embed(body),
+    }
+
+
+def format_output_line(
+    request_id: UUID,
+    custom_id: str,
+    status_code: int,
+    body_text: str | None,
+    *,
+    upstream_request_id: str | None = None,
+) -> str:
+    """One output-file line (no ``\\n``) for a completed request.
+
+    ``response.request_id`` is the upstream's request id when known, else our request
+    uuid in its canonical hyphenated form.
+    """
+    response = _response(request_id, status_code, body_text, upstream_request_id)
+    line = {
+        "id": format_id("request", request_id),
+        "custom_id": custom_id,
+        "response": response,
+        "error": None,
+    }
+    return dumps_compact(line)
+
+
+def format_error_line(
+    request_id: UUID,
+    custom_id: str,
+    failure_reason: FailureReason,
+    message: str,
+    status_code: int | None = None,
+    body: str | None = None,
+    *,
+    upstream_request_id: str | None = None,
+) -> str:
+    """One error-file line (no ``\\n``) for a failed or canceled request.
+
+    An HTTP failure (``http_status`` with a status) keeps the upstream's answer under
+    ``response`` with ``"error": null``, as OpenAI does. Any other failure has
+    ``"response": null`` and ``"error": {"code", "message"}``, the code from
+    ``ERROR_CODES``.
+    """
+    response: dict[str, Any] | None = None
+    error: dict[str, str] | None = None
+    if failure_reason is FailureReason.HTTP_STATUS and status_code is not None:
+        response = _response(request_id, status_code, body, upstream_request_id)
+    else:
+        error = {"code": ERROR_CODES[failure_reason], "message": message}
+    line = {
+        "id": format_id("request", request_id),
+        "custom_id": custom_id,
+        "response": response,
+        "error": error,
+    }
+    return dumps_compact(line)
+
+
+def format_input_line(template: RequestTemplate) -> str:
+    """An input line (no ``\\n``) that validates back to ``template``.
+
+    Holds ``custom_id``, ``method``, ``url`` and ``body``; never ``endpoint`` or ``api_key``.
+    """
+    line = {
+        "custom_id": template.custom_id,
+        "method": template.method,
+        "url": template.path,
+        "body": _embed(template.body),
+    }
+    return dumps_compact(line)

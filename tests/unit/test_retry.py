@@ -1,0 +1,433 @@
+"""Failure classification, retry-after parsing and the retry decision."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from fusillade.core.models import FailureReason
+from fusillade.core.retry import (
+    DEFAULT_POLICY,
+    DelaySource,
+    GiveUp,
+    GiveUpReason,
+    HttpResponse,
+    Permanent,
+    Retriable,
+    RetryAt,
+    RetryPolicy,
+    Success,
+    TransportError,
+    TransportErrorKind,
+    backoff,
+    classify,
+    decide,
+    format_retry_after,
+    parse_retry_after,
+)
+
+NOW = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
+FAR = NOW + timedelta(days=1)
+
+nows = st.datetimes(
+    min_value=datetime(2000, 1, 1), max_value=datetime(2100, 1, 1), timezones=st.just(UTC)
+)
+jitters = st.floats(min_value=0.0, max_value=1.0, exclude_max=True)
+seconds = st.floats(min_value=0.001, max_value=3_600.0)
+policies = st.builds(
+    RetryPolicy,
+    max_attempts=st.integers(min_value=1, max_value=50),
+    base=seconds.map(lambda s: timedelta(seconds=s)),
+    factor=st.floats(min_value=1.0, max_value=10.0),
+    cap=seconds.map(lambda s: timedelta(seconds=s)),
+    retry_after_ceiling=st.integers(min_value=0, max_value=3_600).map(
+        lambda s: timedelta(seconds=s)
+    ),
+    deadline_margin=st.integers(min_value=0, max_value=600).map(lambda s: timedelta(seconds=s)),
+)
+
+
+def expected_verdict(status: int) -> type[Success | Retriable | Permanent]:
+    """The spec's rule, written independently of the implementation."""
+    if 200 <= status <= 299:
+        return Success
+    if status in (408, 409, 429, 499) or 500 <= status <= 599:
+        return Retriable
+    return Permanent
+
+
+# ---------------------------------------------------------------------- classification
+
+
+def test_classification_table_for_every_status() -> None:
+    for status in range(100, 600):
+        result = classify(HttpResponse(status, {}, f"body {status}"))
+        assert type(result) is expected_verdict(status), status
+        if isinstance(result, Success):
+            assert result.response.status == status
+        else:
+            assert result.failure.reason is FailureReason.HTTP_STATUS
+            assert result.failure.status == status
+            assert result.failure.body == f"body {status}"
+            assert str(status) in result.failure.message
+
+
+@pytest.mark.parametrize(
+    ("kind", "verdict", "reason"),
+    [
+        (TransportErrorKind.CONNECT_TIMEOUT, Retriable, FailureReason.TIMEOUT),
+        (TransportErrorKind.READ_TIMEOUT, Retriable, FailureReason.TIMEOUT),
+        (TransportErrorKind.WRITE_TIMEOUT, Retriable, FailureReason.TIMEOUT),
+        (TransportErrorKind.POOL_TIMEOUT, Retriable, FailureReason.TIMEOUT),
+        (TransportErrorKind.CONNECT, Retriable, FailureReason.CONNECT),
+        (TransportErrorKind.READ, Retriable, FailureReason.CONNECT),
+        (TransportErrorKind.WRITE, Retriable, FailureReason.CONNECT),
+        (TransportErrorKind.PROTOCOL, Retriable, FailureReason.CONNECT),
+        (TransportErrorKind.BUILDER, Permanent, FailureReason.BUILDER),
+        (TransportErrorKind.LOST, Retriable, FailureReason.LOST),
+    ],
+)
+def test_transport_classification(
+    kind: TransportErrorKind, verdict: type[Retriable | Permanent], reason: FailureReason
+) -> None:
+    result = classify(TransportError(kind))
+    assert type(result) is verdict
+    assert isinstance(result, Retriable | Permanent)
+    assert result.failure.reason is reason
+    assert result.failure.status is None
+    assert result.failure.body is None
+    assert result.failure.message  # a default message when none is given
+    detailed = classify(TransportError(kind, "dns lookup failed"))
+    assert isinstance(detailed, Retriable | Permanent)
+    assert detailed.failure.message == "dns lookup failed"
+
+
+def test_every_transport_kind_is_classified() -> None:
+    for kind in TransportErrorKind:
+        assert isinstance(classify(TransportError(kind)), Retriable | Permanent)
+
+
+@given(
+    status=st.integers(min_value=100, max_value=599).filter(lambda s: not 200 <= s <= 299),
+    value=st.sampled_from(["true", "false"]),
+    spelling=st.sampled_from(["x-should-retry", "X-Should-Retry", "X-SHOULD-RETRY"]),
+    upper=st.booleans(),
+    pad=st.sampled_from(["", " ", "\t"]),
+)
+def test_x_should_retry_overrides(
+    status: int, value: str, spelling: str, upper: bool, pad: str
+) -> None:
+    header = pad + (value.upper() if upper else value) + pad
+    result = classify(HttpResponse(status, {spelling: header}))
+    assert type(result) is (Retriable if value == "true" else Permanent)
+
+
+@pytest.mark.parametrize("value", ["", "yes", "1", "maybe", "truefalse"])
+def test_unknown_x_should_retry_is_ignored(value: str) -> None:
+    for status in (400, 429, 503):
+        result = classify(HttpResponse(status, {"x-should-retry": value}))
+        assert type(result) is expected_verdict(status)
+
+
+def test_x_should_retry_does_not_turn_success_into_failure() -> None:
+    assert isinstance(classify(HttpResponse(200, {"x-should-retry": "true"})), Success)
+    assert isinstance(classify(HttpResponse(201, {"x-should-retry": "false"})), Success)
+
+
+def test_policy_status_lists() -> None:
+    policy = RetryPolicy(extra_retriable_statuses=[404], extra_permanent_statuses=[501])
+    assert isinstance(classify(HttpResponse(404), policy), Retriable)
+    assert isinstance(classify(HttpResponse(501), policy), Permanent)
+    assert isinstance(classify(HttpResponse(499), policy), Permanent)  # default replaced
+    assert isinstance(classify(HttpResponse(499)), Retriable)
+
+
+def test_headers_are_lower_cased_and_immutable() -> None:
+    response = HttpResponse(429, {"Retry-After": "3", "X-Request-Id": "abc"})
+    assert dict(response.headers) == {"retry-after": "3", "x-request-id": "abc"}
+    with pytest.raises(TypeError):
+        response.headers["retry-after"] = "4"  # type: ignore[index]  # proving it is read-only
+    assert response == HttpResponse(429, {"retry-after": "3", "x-request-id": "abc"})
+    hash(response)
+
+
+def test_rate_limited_only_for_429() -> None:
+    rate_limited = classify(HttpResponse(429))
+    assert isinstance(rate_limited, Retriable)
+    assert rate_limited.rate_limited
+    overloaded = classify(HttpResponse(503))
+    assert isinstance(overloaded, Retriable)
+    assert not overloaded.rate_limited
+
+
+# ---------------------------------------------------------------------------- policy
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"max_attempts": 0},
+        {"base": timedelta(0)},
+        {"cap": timedelta(seconds=-1)},
+        {"factor": 0.5},
+        {"factor": float("inf")},
+        {"retry_after_ceiling": timedelta(seconds=-1)},
+        {"deadline_margin": timedelta(seconds=-1)},
+        {"extra_retriable_statuses": [500], "extra_permanent_statuses": [500]},
+    ],
+)
+def test_policy_rejects_nonsense(kwargs: dict[str, object]) -> None:
+    with pytest.raises(ValueError):  # noqa: PT011 - attrs validators raise plain ValueError
+        RetryPolicy(**kwargs)  # type: ignore[arg-type]  # kwargs are deliberately wrong
+
+
+def test_policy_defaults() -> None:
+    assert DEFAULT_POLICY.max_attempts == 6
+    assert DEFAULT_POLICY.base == timedelta(seconds=1)
+    assert DEFAULT_POLICY.factor == 2.0
+    assert DEFAULT_POLICY.cap == timedelta(seconds=60)
+    assert DEFAULT_POLICY.extra_retriable_statuses == frozenset({499})
+    assert RetryPolicy(max_attempts=5).max_attempts == 5
+    assert RetryPolicy(max_attempts=100).max_attempts == 100
+
+
+# --------------------------------------------------------------------------- backoff
+
+
+def test_backoff_values() -> None:
+    assert backoff(1, jitter=0.0) == timedelta(0)
+    assert backoff(1, jitter=0.5) == timedelta(seconds=0.5)
+    assert backoff(3, jitter=0.5) == timedelta(seconds=2)
+    assert backoff(100, jitter=0.5) == timedelta(seconds=30)  # capped at 60 s before jitter
+    assert backoff(0, jitter=0.5) == backoff(1, jitter=0.5)
+
+
+@pytest.mark.parametrize("jitter", [-0.1, 1.0, 1.5, float("nan")])
+def test_backoff_rejects_jitter_outside_unit_interval(jitter: float) -> None:
+    with pytest.raises(ValueError, match="jitter"):
+        backoff(1, jitter=jitter)
+
+
+@given(budget_used=st.integers(min_value=-5, max_value=100_000), jitter=jitters, policy=policies)
+def test_backoff_never_exceeds_cap(budget_used: int, jitter: float, policy: RetryPolicy) -> None:
+    delay = backoff(budget_used, jitter=jitter, policy=policy)
+    assert timedelta(0) <= delay <= policy.cap
+
+
+@given(budget_used=st.integers(min_value=1, max_value=60), jitter=jitters)
+def test_backoff_grows_with_the_budget_used(budget_used: int, jitter: float) -> None:
+    assert backoff(budget_used, jitter=jitter) <= backoff(budget_used + 1, jitter=jitter)
+
+
+# ------------------------------------------------------------------------ retry-after
+
+
+@given(delay=st.timedeltas(min_value=timedelta(0), max_value=timedelta(days=10_000)), now=nows)
+def test_retry_after_seconds_round_trip(delay: timedelta, now: datetime) -> None:
+    assert parse_retry_after({"Retry-After": format_retry_after(delay)}, now) == delay
+
+
+@given(now=nows, offset=st.integers(min_value=-86_400 * 30, max_value=86_400 * 30))
+def test_retry_after_http_date_round_trip(now: datetime, offset: int) -> None:
+    when = (now + timedelta(seconds=offset)).replace(microsecond=0)
+    text = format_retry_after(when)
+    assert text.endswith(" GMT")
+    assert parse_retry_after({"retry-after": text}, now) == max(when - now, timedelta(0))
+
+
+@given(ms=st.integers(min_value=0, max_value=10**9), now=nows)
+def test_retry_after_ms_round_trip(ms: int, now: datetime) -> None:
+    headers = {"retry-after-ms": str(ms), "retry-after": "99999"}
+    assert parse_retry_after(headers, now) == timedelta(milliseconds=ms)
+
+
+@pytest.mark.parametrize(
+    ("headers", "expected"),
+    [
+        ({}, None),
+        ({"retry-after": "3"}, timedelta(seconds=3)),
+        ({"Retry-After": " 2.5 "}, timedelta(seconds=2.5)),
+        ({"retry-after": "0"}, timedelta(0)),
+        ({"retry-after": "-5"}, timedelta(0)),
+        ({"retry-after-ms": "1500.5"}, timedelta(milliseconds=1500.5)),
+        ({"retry-after-ms": "-1"}, timedelta(0)),
+        ({"retry-after-ms": "soon", "retry-after": "7"}, timedelta(seconds=7)),
+        ({"RETRY-AFTER-MS": "250"}, timedelta(milliseconds=250)),
+        ({"retry-after": "Sat, 01 Mar 2025 12:00:30 GMT"}, timedelta(seconds=30)),
+        ({"retry-after": "Sat, 01 Mar 2025 11:00:00 GMT"}, timedelta(0)),
+        ({"retry-after": "Sat, 01 Mar 2025 12:01:00 -0000"}, timedelta(minutes=1)),
+        ({"retry-after": "9" * 40}, timedelta.max),
+        ({"retry-after": ""}, None),
+        ({"retry-after": "soon"}, None),
+        ({"retry-after": "nan"}, None),
+        ({"retry-after": "inf"}, None),
+        ({"retry-after": "1e3"}, None),
+        ({"retry-after": "1_000"}, None),
+        ({"retry-after": "\u0663"}, None),  # an Arabic-Indic digit is not a delay
+        ({"retry-after": "Sat, 99 Foo 2025 99:99:99 GMT"}, None),
+    ],
+)
+def test_parse_retry_after_examples(headers: dict[str, str], expected: timedelta | None) -> None:
+    assert parse_retry_after(headers, NOW) == expected
+
+
+@given(ms=st.text(max_size=30), value=st.text(max_size=60), now=nows)
+def test_parse_retry_after_never_raises(ms: str, value: str, now: datetime) -> None:
+    result = parse_retry_after({"retry-after-ms": ms, "retry-after": value}, now)
+    assert result is None or result >= timedelta(0)
+
+
+def test_parse_retry_after_accepts_a_naive_now() -> None:
+    naive = NOW.replace(tzinfo=None)
+    headers = {"retry-after": format_datetime(NOW + timedelta(seconds=9), usegmt=True)}
+    assert parse_retry_after(headers, naive) == timedelta(seconds=9)
+
+
+def test_format_retry_after_rejects_negative_delays() -> None:
+    with pytest.raises(ValueError, match="negative"):
+        format_retry_after(timedelta(seconds=-1))
+
+
+# ---------------------------------------------------------------------------- decide
+
+
+def failed(status: int, headers: dict[str, str] | None = None) -> Retriable | Permanent:
+    result = classify(HttpResponse(status, headers or {}, "{}"))
+    assert isinstance(result, Retriable | Permanent)
+    return result
+
+
+@given(
+    now=nows,
+    window=st.integers(min_value=0, max_value=86_400),
+    budget_used=st.integers(min_value=1, max_value=60),
+    jitter=jitters,
+    policy=policies,
+    status=st.sampled_from([408, 429, 500, 503, 499]),
+    retry_after=st.none() | st.integers(min_value=-10, max_value=7_200).map(str),
+)
+def test_decide_never_schedules_outside_now_and_deadline(
+    now: datetime,
+    window: int,
+    budget_used: int,
+    jitter: float,
+    policy: RetryPolicy,
+    status: int,
+    retry_after: str | None,
+) -> None:
+    deadline = now + timedelta(seconds=window)
+    headers = {} if retry_after is None else {"retry-after": retry_after}
+    classification = failed(status, headers)
+    decision = decide(
+        classification,
+        budget_used=budget_used,
+        now=now,
+        deadline=deadline,
+        jitter=jitter,
+        policy=policy,
+    )
+    if budget_used >= policy.max_attempts:
+        assert isinstance(decision, GiveUp)
+        assert decision.reason is GiveUpReason.BUDGET_SPENT
+    if isinstance(decision, RetryAt):
+        assert now <= decision.not_before < deadline - policy.deadline_margin
+        assert decision.not_before == now + decision.delay
+        if decision.source is DelaySource.BACKOFF:
+            assert decision.delay <= policy.cap
+        else:
+            assert decision.delay <= policy.retry_after_ceiling
+        assert decision.failure == classification.failure
+    else:
+        assert decision.failure == classification.failure
+    if status == 429:
+        assert decision.pause_until is not None
+        assert decision.pause_until >= now
+        if isinstance(decision, RetryAt):
+            assert decision.pause_until == decision.not_before
+    else:
+        assert decision.pause_until is None
+
+
+def test_retry_after_within_ceiling_replaces_backoff() -> None:
+    decision = decide(
+        failed(503, {"retry-after": "120"}), budget_used=1, now=NOW, deadline=FAR, jitter=0.5
+    )
+    assert decision == RetryAt(
+        NOW + timedelta(seconds=120),
+        timedelta(seconds=120),
+        failed(503).failure,
+        DelaySource.RETRY_AFTER,
+    )
+
+
+def test_retry_after_beyond_ceiling_is_ignored() -> None:
+    decision = decide(
+        failed(503, {"retry-after": "301"}), budget_used=1, now=NOW, deadline=FAR, jitter=0.5
+    )
+    assert isinstance(decision, RetryAt)
+    assert decision.source is DelaySource.BACKOFF
+    assert decision.delay == timedelta(seconds=0.5)
+
+
+def test_429_pauses_the_model() -> None:
+    decision = decide(
+        failed(429, {"retry-after-ms": "2500"}), budget_used=2, now=NOW, deadline=FAR, jitter=0.1
+    )
+    assert isinstance(decision, RetryAt)
+    assert decision.pause_until == NOW + timedelta(seconds=2.5)
+    # A rate limit still pauses the model when this request gives up.
+    spent = decide(
+        failed(429, {"retry-after": "4"}), budget_used=6, now=NOW, deadline=FAR, jitter=0.1
+    )
+    assert isinstance(spent, GiveUp)
+    assert spent.pause_until == NOW + timedelta(seconds=4)
+
+
+def test_permanent_failures_give_up_at_once() -> None:
+    decision = decide(failed(400), budget_used=1, now=NOW, deadline=FAR, jitter=0.5)
+    assert decision == GiveUp(failed(400).failure, GiveUpReason.PERMANENT)
+    builder = classify(TransportError(TransportErrorKind.BUILDER, "CR/LF in header"))
+    assert isinstance(builder, Permanent)
+    assert decide(builder, budget_used=1, now=NOW, deadline=FAR, jitter=0.5) == GiveUp(
+        builder.failure, GiveUpReason.PERMANENT
+    )
+
+
+def test_budget_exhaustion_gives_up() -> None:
+    policy = RetryPolicy(max_attempts=5)
+    lost = classify(TransportError(TransportErrorKind.LOST))
+    assert isinstance(lost, Retriable)
+    for used in range(1, 5):
+        decision = decide(lost, budget_used=used, now=NOW, deadline=FAR, jitter=0.5, policy=policy)
+        assert isinstance(decision, RetryAt)
+    decision = decide(lost, budget_used=5, now=NOW, deadline=FAR, jitter=0.5, policy=policy)
+    assert decision == GiveUp(lost.failure, GiveUpReason.BUDGET_SPENT)
+
+
+def test_deadline_and_margin_give_up() -> None:
+    retriable = failed(500)
+    # Backoff of 0.5 s would land exactly on the deadline: not allowed.
+    at_deadline = NOW + timedelta(seconds=0.5)
+    decision = decide(retriable, budget_used=1, now=NOW, deadline=at_deadline, jitter=0.5)
+    assert decision == GiveUp(retriable.failure, GiveUpReason.DEADLINE)
+    # Just inside the deadline, but not inside the margin.
+    policy = RetryPolicy(deadline_margin=timedelta(seconds=10))
+    deadline = NOW + timedelta(seconds=10.4)
+    decision = decide(
+        retriable, budget_used=1, now=NOW, deadline=deadline, jitter=0.5, policy=policy
+    )
+    assert decision == GiveUp(retriable.failure, GiveUpReason.DEADLINE)
+    ok = decide(retriable, budget_used=1, now=NOW, deadline=deadline, jitter=0.5)
+    assert isinstance(ok, RetryAt)
+    # Already past the deadline.
+    late = decide(retriable, budget_used=1, now=NOW, deadline=NOW, jitter=0.0)
+    assert late == GiveUp(retriable.failure, GiveUpReason.DEADLINE)
+
+
+def test_decide_rejects_bad_jitter() -> None:
+    with pytest.raises(ValueError, match="jitter"):
+        decide(failed(500), budget_used=1, now=NOW, deadline=FAR, jitter=1.0)
