@@ -6,15 +6,11 @@ from prometheus_client import Counter, Gauge, Histogram
 
 CLAIMED = Counter("fusillade_requests_claimed", "Requests claimed by this process", ["model"])
 IN_FLIGHT = Gauge("fusillade_requests_in_flight", "Requests in flight", ["model"])
-COMPLETED = Counter(
-    "fusillade_requests_completed", "Requests completed", ["model", "status"]
-)
+COMPLETED = Counter("fusillade_requests_completed", "Requests completed", ["model", "status"])
 FAILED = Counter("fusillade_requests_failed", "Requests failed for good", ["model", "reason"])
 RETRIED = Counter("fusillade_requests_retried", "Attempts scheduled again", ["model", "reason"])
 CANCELED = Counter("fusillade_requests_canceled", "In-flight requests aborted", ["reason"])
-LOST_RACES = Counter(
-    "fusillade_lost_races", "Results refused by the (state, owner, attempt) fence"
-)
+LOST_RACES = Counter("fusillade_lost_races", "Results refused by the (state, owner, attempt) fence")
 RECLAIMED = Counter("fusillade_requests_reclaimed", "Rows taken back from dead daemons")
 CLAIM_SECONDS = Histogram("fusillade_claim_seconds", "Duration of one claim statement")
 FLUSH_SECONDS = Histogram("fusillade_flush_seconds", "Duration of one result flush")

@@ -228,11 +228,12 @@ class Daemon:
         while True:
             try:
                 await self._db(self.repo.sync.register_daemon, info, now=self.now())
-                return
             except (StoreError, TimeoutError) as exc:
                 log.warning("daemon registration failed, retrying: %s", exc)
                 await anyio.sleep(delay)
                 delay = min(delay * 2, 5.0)
+            else:
+                return
 
     async def _record(self, results: Any) -> RecordStats:
         started = anyio.current_time()
@@ -263,9 +264,7 @@ class Daemon:
             if slots:
                 started = anyio.current_time()
                 try:
-                    claimed = await self._db(
-                        self.repo.sync.claim, self.id, slots, now=self.now()
-                    )
+                    claimed = await self._db(self.repo.sync.claim, self.id, slots, now=self.now())
                 except (StoreError, TimeoutError) as exc:
                     backoff = await self._claim_failed(exc, backoff)
                     continue
@@ -357,12 +356,18 @@ class Daemon:
             if entry.abort_reason in (None, _SHUTDOWN):
                 return  # released at shutdown, without a result
             reason = (
-                FailureReason.EXPIRED if entry.abort_reason == "expired" else FailureReason.CANCELLED
+                FailureReason.EXPIRED
+                if entry.abort_reason == "expired"
+                else FailureReason.CANCELLED
             )
             message = "batch expired" if reason is FailureReason.EXPIRED else "batch cancelled"
             metrics.CANCELED.labels(reason.value).inc()
             result = AttemptResult(
-                req.id, req.attempt, ResultKind.CANCELED, self.now(), failure=Failure(reason, message)
+                req.id,
+                req.attempt,
+                ResultKind.CANCELED,
+                self.now(),
+                failure=Failure(reason, message),
             )
         else:
             result = self._result_of(req, sent)

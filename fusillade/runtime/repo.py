@@ -32,4 +32,3 @@ class AsyncRepository:
             return fn(*args, **kwargs)
         bound: Callable[[], R] = functools.partial(fn, *args, **kwargs)
         return await anyio.to_thread.run_sync(bound, limiter=self._limiter)
-

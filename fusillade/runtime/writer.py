@@ -70,7 +70,9 @@ class ResultWriter:
         await item.done.wait()
         return item.written
 
-    async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+    async def run(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
         """Flush forever (until cancelled); cancel only after ``drain``."""
         async with anyio.create_task_group() as tg:
             task_status.started()
@@ -106,7 +108,9 @@ class ResultWriter:
                     stats = await self._record([p.result for p in chunk])
             except StoreError as exc:
                 self.failures_in_a_row += 1
-                log.warning("writing %d results failed, retrying in %.2fs: %s", len(chunk), delay, exc)
+                log.warning(
+                    "writing %d results failed, retrying in %.2fs: %s", len(chunk), delay, exc
+                )
                 await anyio.sleep(delay)
                 delay = min(delay * 2, 5.0)
                 continue

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from uuid import UUID
@@ -49,12 +50,14 @@ async def make_batch(
     repo: PostgresRepository, n: int, models: tuple[str, ...] = ("m1",), window: str = "24h"
 ) -> UUID:
     def go() -> UUID:
-        ts = (
-            RequestTemplate(
-                custom_id=f"c{i}",
-                model=models[i % len(models)],
-                body=f'{{"model":"{models[i % len(models)]}","messages":[{{"role":"user","content":"hi {i}"}}]}}',
+        def body(i: int) -> str:
+            model = models[i % len(models)]
+            return json.dumps(
+                {"model": model, "messages": [{"role": "user", "content": f"hi {i}"}]}
             )
+
+        ts = (
+            RequestTemplate(custom_id=f"c{i}", model=models[i % len(models)], body=body(i))
             for i in range(n)
         )
         f = repo.create_file("alice", "in", ts, now=now())
