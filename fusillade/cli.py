@@ -16,6 +16,7 @@ import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 
 import attrs
 
@@ -94,8 +95,103 @@ def _mock_upstream(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def _run_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("input", type=Path, help="an OpenAI batch JSONL file")
+    parser.add_argument(
+        "-o", "--output", type=Path, required=True, help="where to write the successes (JSONL)"
+    )
+    parser.add_argument(
+        "--errors",
+        type=Path,
+        default=None,
+        help="where to write failed/cancelled lines (default: OUTPUT with .errors.jsonl)",
+    )
+    parser.add_argument(
+        "--single-file", action="store_true", help="write error lines to OUTPUT as well"
+    )
+    parser.add_argument(
+        "--upstream",
+        metavar="URL",
+        help="send every model to this OpenAI-compatible server (e.g. http://127.0.0.1:8001)",
+    )
+    parser.add_argument(
+        "--api-key-env",
+        metavar="NAME",
+        default="OPENAI_API_KEY",
+        help="environment variable holding the upstream api key (default: OPENAI_API_KEY)",
+    )
+    parser.add_argument(
+        "--concurrency", type=int, default=16, help="requests in flight per model (default 16)"
+    )
+    parser.add_argument(
+        "--endpoint", help="the batch endpoint (default: the url of the first line)"
+    )
+    parser.add_argument("--completion-window", default="24h", help="deadline (default 24h)")
+    parser.add_argument(
+        "--max-attempts", type=int, default=6, help="attempts per request (default 6)"
+    )
+    parser.add_argument(
+        "--stale-after",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="reclaim requests of a daemon silent this long (default 30)",
+    )
+    parser.add_argument(
+        "--progress-interval",
+        type=float,
+        default=5.0,
+        metavar="SECONDS",
+        help="seconds between progress lines when not on a terminal (default 5)",
+    )
+    _add_database_url(parser)
+
+
+def _run(args: argparse.Namespace) -> int:
+    import trio
+
+    from fusillade.errors import InvalidJSONL, ValidationError
+    from fusillade.runner import EXIT_USAGE, RunOptions, check_options, run_batch
+
+    options = RunOptions(
+        input=args.input,
+        output=args.output,
+        errors=args.errors,
+        single_file=args.single_file,
+        upstream=args.upstream,
+        api_key_env=args.api_key_env,
+        concurrency=args.concurrency,
+        endpoint=args.endpoint,
+        completion_window=args.completion_window,
+        max_attempts=args.max_attempts,
+        stale_after=args.stale_after,
+        progress_interval=args.progress_interval,
+    )
+    try:
+        check_options(options)
+        with _database(args) as url:
+            status, _ = trio.run(run_batch, url, options)
+    except InvalidJSONL as exc:
+        print(f"fusillade run: {options.input} is not a valid batch file:", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem.message}", file=sys.stderr)
+        if exc.truncated:
+            print("  (more problems not shown)", file=sys.stderr)
+        return EXIT_USAGE
+    except ValidationError as exc:
+        print(f"fusillade run: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    return status
+
+
 COMMANDS: tuple[Command, ...] = (
     Command("migrate", "apply pending database migrations", _migrate_arguments, _migrate),
+    Command(
+        "run",
+        "run one batch JSONL file end to end (resumable), writing results to -o",
+        _run_arguments,
+        _run,
+    ),
     Command(
         "mock-upstream",
         "serve an OpenAI-compatible fake upstream (tests, benchmarks, trying fusillade out)",
