@@ -79,5 +79,7 @@ def load_queries(directory: Path | None = None) -> Queries:
     fields = {f.name for f in attrs.fields(Queries)}
     missing, extra = sorted(fields - files.keys()), sorted(files.keys() - fields)
     if missing or extra:
-        raise RuntimeError(f"sql/queries out of step with Queries: missing {missing}, extra {extra}")
+        raise RuntimeError(
+            f"sql/queries out of step with Queries: missing {missing}, extra {extra}"
+        )
     return Queries(**{name: files[name].read_text(encoding="utf-8") for name in sorted(fields)})

@@ -1,0 +1,66 @@
+"""Progress display for ``run`` and ``submit --wait``: a bar on a terminal, lines otherwise.
+
+The display only formats; the caller feeds it batch views. On a terminal one line is
+redrawn in place (``\\r``); elsewhere (CI logs, pipes) a plain line is printed at most
+every ``interval`` seconds and once at the end.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TextIO
+
+from fusillade.core.models import BatchView
+
+_BAR = 24
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s" if m else f"{s}s"
+
+
+class Progress:
+    def __init__(self, stream: TextIO, *, interval: float = 5.0, tty: bool | None = None) -> None:
+        self.stream = stream
+        self.tty = stream.isatty() if tty is None else tty
+        self.interval = interval
+        self._start = time.monotonic()
+        self._first_done: int | None = None
+        self._last_print = 0.0
+        self._drawn = False
+
+    def line(self, view: BatchView) -> str:
+        """The progress text for ``view`` (no line ending)."""
+        c = view.counts
+        done = c.completed + c.failed + c.canceled
+        elapsed = max(time.monotonic() - self._start, 1e-6)
+        if self._first_done is None:
+            self._first_done = done  # resumed runs: rate counts only this run's work
+        rate = (done - self._first_done) / elapsed
+        left = c.total - done
+        eta = _duration(left / rate) if rate > 0 and left > 0 else "-"
+        share = done / c.total if c.total else 1.0
+        text = (
+            f"{view.status.value:<11} {done}/{c.total} ({share:6.1%}) "
+            f"ok {c.completed} failed {c.failed} canceled {c.canceled} "
+            f"in flight {c.in_progress} | {rate:,.1f} req/s | ETA {eta}"
+        )
+        if self.tty:
+            filled = int(share * _BAR)
+            text = f"[{'#' * filled}{'.' * (_BAR - filled)}] {text}"
+        return text
+
+    def update(self, view: BatchView, *, final: bool = False) -> None:
+        text = self.line(view)
+        now = time.monotonic()
+        if self.tty:
+            self.stream.write("\r\x1b[2K" + text + ("\n" if final else ""))
+            self.stream.flush()
+            self._drawn = not final
+        elif final or now - self._last_print >= self.interval:
+            self.stream.write(text + "\n")
+            self.stream.flush()
+            self._last_print = now

@@ -1,0 +1,218 @@
+"""Daemons in real processes: SIGKILL mid-batch, replicas, and the ``run`` command."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Sequence
+from datetime import UTC, datetime, timedelta
+from functools import partial
+from pathlib import Path
+from uuid import UUID
+
+import pytest
+import trio
+from upstream import mock_upstream_fixture  # noqa: F401 (registers ``mock_upstream``)
+
+from fusillade.core.models import BatchStatus, BatchView, RequestTemplate
+from fusillade.mock_upstream import Behaviour, MockUpstream
+from fusillade.store.interface import BatchSpec
+from fusillade.store.postgres import PostgresRepository
+
+TESTS = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.slow
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def body(i: int) -> dict[str, object]:
+    return {"model": "m", "messages": [{"role": "user", "content": f"hi {i}"}]}
+
+
+@pytest.fixture
+async def repo(database_url: str) -> AsyncIterator[PostgresRepository]:
+    r = PostgresRepository(database_url)
+    await trio.to_thread.run_sync(r.open)
+    yield r
+    await trio.to_thread.run_sync(r.close)
+
+
+async def make_batch(repo: PostgresRepository, n: int) -> UUID:
+    def go() -> UUID:
+        ts = (RequestTemplate(f"c{i}", "m", json.dumps(body(i))) for i in range(n))
+        f = repo.create_file("alice", "in", ts, now=now())
+        spec = BatchSpec(f.id, "/v1/chat/completions", "24h", timedelta(hours=24))
+        return repo.create_batch("alice", spec, now=now()).record.id
+
+    return await trio.to_thread.run_sync(go)
+
+
+async def view_of(repo: PostgresRepository, batch: UUID) -> BatchView:
+    return await trio.to_thread.run_sync(lambda: repo.get_batch("alice", batch, now=now()))
+
+
+async def until_finished(repo: PostgresRepository, batch: UUID, timeout: float = 60) -> BatchView:
+    with trio.fail_after(timeout):
+        while not (view := await view_of(repo, batch)).status.is_terminal:
+            await trio.sleep(0.05)
+    return view
+
+
+async def start_daemon(
+    nursery: trio.Nursery, database_url: str, upstream: str, concurrency: int, stale: float
+) -> trio.Process:
+    args = [sys.executable, str(TESTS / "daemon_process.py"), database_url, upstream]
+    proc: trio.Process = await nursery.start(
+        partial(
+            trio.run_process,
+            [*args, str(concurrency), str(stale)],
+            stdout=subprocess.PIPE,
+            check=False,
+        )
+    )
+    assert proc.stdout is not None
+    with trio.fail_after(30):
+        seen = b""
+        while b"ready" not in seen:
+            seen += await proc.stdout.receive_some(100)
+    return proc
+
+
+async def until_seen(server: MockUpstream, n: int) -> None:
+    with trio.fail_after(30):
+        while server.stats.total < n:
+            await trio.sleep(0.01)
+
+
+async def test_sigkill_mid_batch_three_times_loses_nothing(
+    repo: PostgresRepository, database_url: str, mock_upstream: MockUpstream, nursery: trio.Nursery
+) -> None:
+    mock_upstream.config.default = Behaviour(latency=0.05)
+    n, concurrency = 600, 10
+    batch = await make_batch(repo, n)
+    in_flight_at_kills = 0
+    for kill in range(3):
+        proc = await start_daemon(nursery, database_url, mock_upstream.url, concurrency, 1.0)
+        await until_seen(mock_upstream, (kill + 1) * 120)
+        in_flight_at_kills += mock_upstream.stats.in_flight_total
+        proc.send_signal(signal.SIGKILL)
+        await proc.wait()
+    last = await start_daemon(nursery, database_url, mock_upstream.url, concurrency, 1.0)
+    view = await until_finished(repo, batch)
+    assert view.status is BatchStatus.COMPLETED
+    assert view.counts.completed == n
+    lines = await trio.to_thread.run_sync(
+        lambda: list(repo.iter_results("alice", batch, errors=False))
+    )
+    assert sorted(line.custom_id for line in lines) == sorted(f"c{i}" for i in range(n))
+    seen = mock_upstream.stats.by_request_id
+    assert len(seen) == n and min(seen.values()) >= 1
+    # at most once, plus what was in flight (sent, not yet recorded) at each kill
+    assert sum(seen.values()) - n <= in_flight_at_kills + 3 * concurrency
+    last.send_signal(signal.SIGTERM)
+    await last.wait()
+
+
+async def test_two_replicas_share_a_batch_within_their_limits(
+    repo: PostgresRepository, database_url: str, mock_upstream: MockUpstream, nursery: trio.Nursery
+) -> None:
+    mock_upstream.config.default = Behaviour(latency=0.02)
+    batch = await make_batch(repo, 400)
+    procs = [await start_daemon(nursery, database_url, mock_upstream.url, 4, 5.0) for _ in "ab"]
+    view = await until_finished(repo, batch)
+    assert view.counts.completed == 400
+    assert max(mock_upstream.stats.by_request_id.values()) == 1  # nothing sent twice
+    assert mock_upstream.stats.peak_in_flight["m"] <= 2 * 4
+    for proc in procs:
+        proc.send_signal(signal.SIGTERM)
+    for proc in procs:
+        assert await proc.wait() == 0
+
+
+def run_command(args: Sequence[str]) -> list[str]:
+    return [sys.executable, "-m", "fusillade", "run", *args]
+
+
+def write_input(path: Path, n: int) -> Path:
+    with path.open("w") as f:
+        for i in range(n):
+            line = {"custom_id": f"c{i}", "method": "POST", "url": "/v1/chat/completions"}
+            f.write(json.dumps({**line, "body": body(i)}) + "\n")
+    return path
+
+
+async def test_run_killed_and_rerun_resumes(
+    database_url: str, mock_upstream: MockUpstream, nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    mock_upstream.config.default = Behaviour(latency=0.05)
+    src = write_input(tmp_path / "in.jsonl", 300)
+    out = tmp_path / "out.jsonl"
+    args = [
+        str(src), "-o", str(out), "--upstream", mock_upstream.url, "--database-url",
+        database_url, "--concurrency", "8", "--stale-after", "1", "--progress-interval", "0.2",
+    ]  # fmt: skip
+    first: trio.Process = await nursery.start(
+        partial(trio.run_process, run_command(args), check=False, stderr=subprocess.DEVNULL)
+    )
+    await until_seen(mock_upstream, 60)
+    first.send_signal(signal.SIGKILL)
+    await first.wait()
+    assert not out.exists()
+    done = await trio.run_process(run_command(args), check=False, capture_stderr=True)
+    stderr = done.stderr.decode()
+    assert done.returncode == 0, stderr
+    assert "resuming batch" in stderr
+    assert "completed   300/300" in stderr  # the plain (not a terminal) progress form
+    ids = [json.loads(line)["custom_id"] for line in out.read_text().splitlines()]
+    assert sorted(ids) == sorted(f"c{i}" for i in range(300))
+    assert (tmp_path / "out.errors.jsonl").read_text() == ""
+    # finished requests were not sent again: only those in flight at the kill were
+    assert sum(mock_upstream.stats.by_request_id.values()) <= 300 + 8
+
+
+async def test_run_bad_input_exits_2_with_the_line(database_url: str, tmp_path: Path) -> None:
+    src = tmp_path / "in.jsonl"
+    good = {"custom_id": "a", "method": "POST", "url": "/v1/chat/completions", "body": body(0)}
+    src.write_text(json.dumps(good) + "\n" + json.dumps(good) + "\n{oops\n")
+    done = await trio.run_process(
+        run_command([str(src), "-o", str(tmp_path / "o.jsonl"), "--database-url", database_url]),
+        check=False,
+        capture_stderr=True,
+        env={**os.environ},
+    )
+    stderr = done.stderr.decode()
+    assert done.returncode == 2, stderr
+    assert "line 2" in stderr and "duplicate" in stderr
+    assert "line 3" in stderr
+
+
+async def test_run_with_failures_exits_1(
+    database_url: str, mock_upstream: MockUpstream, tmp_path: Path
+) -> None:
+    mock_upstream.config.default = Behaviour(status=400)
+    src = write_input(tmp_path / "in.jsonl", 3)
+    out = tmp_path / "out.jsonl"
+    done = await trio.run_process(
+        run_command(
+            [
+                str(src),
+                "-o",
+                str(out),
+                "--upstream",
+                mock_upstream.url,
+                "--database-url",
+                database_url,
+            ]
+        ),
+        check=False,
+        capture_stderr=True,
+    )
+    assert done.returncode == 1, done.stderr.decode()
+    assert out.read_text() == ""
+    errors = [json.loads(x) for x in (tmp_path / "out.errors.jsonl").read_text().splitlines()]
+    assert {e["response"]["status_code"] for e in errors} == {400}
