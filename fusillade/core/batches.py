@@ -14,24 +14,24 @@ else is derived by ``derive``, first matching rule wins:
    ``cancelling_at`` and ``last_finished_at`` (when the last request settled, never before
    the cancel). A cancel at or after the deadline came too late and is ignored: the batch
    had already expired by rule 3.
-3. ``expired`` when the ``expired_at`` stamp is set; or ``now >= expires_at`` while
-   requests are unsettled (the expiry sweep has not stamped it yet); or the frozen
-   ``last_finished_at >= expires_at`` (the work ended after the deadline: "not completed
-   within the window", even when the last in-flight requests succeeded before the sweep).
-   ``expired_at`` is the stamp, else ``expires_at``.
+3. ``expired`` once frozen, when the ``expired_at`` stamp is set (the window passed with
+   work left) or the frozen ``last_finished_at >= expires_at`` (the work ended after the
+   deadline: "not completed within the window", even when the last in-flight requests
+   succeeded before the sweep). ``expired_at`` is the stamp, else ``expires_at``.
 4. Frozen: ``completed``, ``completed_at = finalizing_at = last_finished_at``.
-5. Nothing unsettled but not yet frozen: ``finalizing`` (``finalizing_at`` null: the time
-   is only known once frozen). The freeze follows within a maintenance interval;
-   ``needs_freeze`` says when it is due.
+5. Not frozen, and nothing unsettled or the window has passed: ``finalizing``
+   (``finalizing_at`` null: the time is only known once frozen). Past the deadline this
+   is the expiry being applied: the sweep turns the pending requests ``canceled`` (reason
+   ``expired``) and daemons abort those in flight; a terminal status is reported only
+   once the counts stop moving, so a client that sees ``expired`` can download final
+   results. The freeze follows on the next read or maintenance round; ``needs_freeze``
+   says when it is due.
 6. Otherwise ``in_progress``.
 
 ``in_progress_at = created_at`` (input is validated before the batch exists, so
 ``validating`` never shows). ``completed`` and ``cancelled`` need frozen counts, so once
 a batch is frozen or stamped expired its status and timestamps never change until a
-retry resets the row, and reading it never recounts its requests. One transient remains:
-a batch expired by rule 3's clock whose last in-flight requests finish before the sweep
-reads ``finalizing`` until its freeze, which makes it ``expired`` again (never
-``completed``). The stateful test in ``tests/unit/test_batches.py`` checks all of this.
+retry resets the row, and reading it never recounts its requests. The stateful test in ``tests/unit/test_batches.py`` checks all of this.
 
 Counts are the frozen ones when set (live counts are ignored), else the live ones.
 ``has_output`` (an ``output_file_id``) needs a completed request; ``has_errors`` (an
@@ -77,10 +77,8 @@ def derive(record: BatchRecord, counts: RequestCounts, now: datetime) -> BatchVi
             stamps["cancelled_at"] = settled
         else:
             status = BatchStatus.CANCELLING
-    elif (
-        record.expired_at is not None
-        or (not frozen and c.unsettled > 0 and now >= record.expires_at)
-        or (frozen and last is not None and last >= record.expires_at)
+    elif frozen and (
+        record.expired_at is not None or (last is not None and last >= record.expires_at)
     ):
         status = BatchStatus.EXPIRED
         stamps["expired_at"] = record.expired_at or record.expires_at
@@ -90,7 +88,7 @@ def derive(record: BatchRecord, counts: RequestCounts, now: datetime) -> BatchVi
         completed_at = last or record.created_at
         stamps["completed_at"] = completed_at
         stamps["finalizing_at"] = completed_at
-    elif c.unsettled <= 0:
+    elif c.unsettled <= 0 or record.expired_at is not None or now >= record.expires_at:
         status = BatchStatus.FINALIZING
     else:
         status = BatchStatus.IN_PROGRESS

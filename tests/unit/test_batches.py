@@ -131,15 +131,22 @@ def test_cancel_wins_over_a_later_deadline() -> None:
 def test_cancel_after_the_deadline_is_too_late() -> None:
     r = record(cancelling_at=T0 + WINDOW + timedelta(seconds=1))
     view = derive(r, counts(pending=3), T0 + WINDOW + timedelta(seconds=2))
-    assert view.status is BatchStatus.EXPIRED
+    assert view.status is BatchStatus.FINALIZING  # the expiry is being applied
     assert view.cancelling_at is None
-    assert view.expired_at == T0 + WINDOW
+    done = derive(
+        frozen(counts(canceled=3), T0 + WINDOW, cancelling_at=r.cancelling_at),
+        counts(),
+        T0 + 2 * WINDOW,
+    )
+    assert done.status is BatchStatus.EXPIRED
+    assert done.expired_at == T0 + WINDOW
 
 
-def test_expired_by_time_before_the_sweep() -> None:
+def test_past_the_deadline_before_the_sweep_is_finalizing() -> None:
+    """Terminal only once the counts stop moving: a client seeing expired gets final files."""
     view = derive(record(), counts(pending=1, completed=2), T0 + WINDOW)
-    assert view.status is BatchStatus.EXPIRED
-    assert view.expired_at == T0 + WINDOW
+    assert view.status is BatchStatus.FINALIZING
+    assert view.expired_at is None
     assert not needs_freeze(view)  # the sweep settles the rest first
 
 
@@ -151,9 +158,16 @@ def test_not_expired_just_before_the_deadline() -> None:
 def test_expired_stamp() -> None:
     r = record(expired_at=T0 + WINDOW)
     view = derive(r, counts(completed=1, canceled=2), T0 + WINDOW + timedelta(hours=1))
-    assert view.status is BatchStatus.EXPIRED
-    assert view.expired_at == T0 + WINDOW
+    assert view.status is BatchStatus.FINALIZING
     assert needs_freeze(view)
+    last = T0 + WINDOW - timedelta(seconds=1)
+    done = derive(
+        frozen(counts(completed=1, canceled=2), last, expired_at=r.expired_at),
+        counts(),
+        T0 + 2 * WINDOW,
+    )
+    assert done.status is BatchStatus.EXPIRED
+    assert done.expired_at == T0 + WINDOW
 
 
 def test_work_ending_after_the_deadline_is_expired() -> None:
@@ -399,13 +413,15 @@ class BatchModel(RuleBasedStateMachine):
             assert b.cancelling_at is not None
             assert b.frozen_counts is None
         if status is BatchStatus.FINALIZING:
-            assert c.unsettled == 0
+            assert c.unsettled == 0 or self.now >= b.expires_at
             assert b.frozen_counts is None
         if status is BatchStatus.IN_PROGRESS:
             assert c.unsettled > 0
             assert self.now < b.expires_at
         if status is BatchStatus.EXPIRED:
             assert self.now >= b.expires_at
+            assert b.frozen_counts is not None
+            assert c.unsettled == 0
             assert view.expired_at == b.expires_at
         assert view.has_output == (c.completed > 0)
         assert view.has_errors == (c.failed + c.canceled > 0)
@@ -416,16 +432,9 @@ class BatchModel(RuleBasedStateMachine):
         prev, self.prev = self.prev, view
         if prev is None or prev.status not in TERMINAL:
             return
-        settled = prev.record.frozen_counts is not None or prev.record.expired_at is not None
-        if settled:
-            # Frozen or stamped: status and timestamps never move again.
-            assert _stamps(view) == _stamps(prev)
-        elif prev.status is BatchStatus.EXPIRED:
-            # Expired by time, before the sweep: the last in-flight results may land
-            # first, showing finalizing until the freeze makes it expired again.
-            assert view.status in (BatchStatus.EXPIRED, BatchStatus.FINALIZING)
-        if view.status is BatchStatus.FINALIZING:
-            self.prev = prev  # keep watching the earlier terminal view
+        # Terminal statuses are all frozen: status and timestamps never move again.
+        assert prev.record.frozen_counts is not None
+        assert _stamps(view) == _stamps(prev)
 
 
 TestBatchModel = BatchModel.TestCase
