@@ -442,3 +442,14 @@ def test_output_files_are_listed_as_files(repo: PostgresRepository) -> None:
     view = repo.get_batch("alice", b, now=T0)
     out = repo.get_file("alice", view.record.output_file_id)
     assert out.purpose is FilePurpose.BATCH_OUTPUT and out.batch_id == b
+
+
+def test_lesson4_a_hung_query_times_out_instead_of_freezing(database_url: str) -> None:
+    """Every connection carries a statement timeout: a stuck query becomes
+    StoreUnavailable (the daemon's loops back off and go on) instead of hanging."""
+    from fusillade.errors import StoreUnavailable
+
+    with PostgresRepository(database_url, statement_timeout_ms=200) as repo:
+        with pytest.raises(StoreUnavailable), repo._tx() as cur:
+            cur.execute("SELECT pg_sleep(5)")
+        repo.ping()  # the pool recovers
