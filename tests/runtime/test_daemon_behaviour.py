@@ -70,10 +70,12 @@ async def view_of(repo: PostgresRepository, batch: UUID) -> BatchView:
 async def test_a_new_batch_starts_on_notify_not_on_the_poll(
     repo: PostgresRepository, mock_upstream: MockUpstream, nursery: trio.Nursery
 ) -> None:
-    daemon = Daemon(repo, config(mock_upstream, poll_interval=60))
+    quiet = {"maintenance_interval": 60, "cancel_check_interval": 60, "heartbeat_interval": 60}
+    daemon = Daemon(repo, config(mock_upstream, poll_interval=60, **quiet))
     await nursery.start(daemon.run)
     # until the daemon sits in its (minute-long) wait for work
-    await trio.testing.wait_all_tasks_blocked(cushion=0.1)
+    with trio.fail_after(10):
+        await trio.testing.wait_all_tasks_blocked(cushion=0.2)
     started = trio.current_time()
     await make_batch(repo, 1)
     with trio.fail_after(5):
