@@ -68,6 +68,7 @@ from fusillade.store.interface import (
     AttemptResult,
     ClaimedRequest,
     DaemonInfo,
+    ReclaimStats,
     RecordStats,
     Repository,
     ResultKind,
@@ -475,33 +476,25 @@ class Daemon:
     async def _maintenance_loop(self) -> None:
         chunk = 1000
 
+        async def in_chunks(reclaim: Callable[..., ReclaimStats], **kwargs: Any) -> int:
+            """Run a bounded reclaim until a chunk comes back short; rows touched."""
+            total = 0
+            while True:
+                stats = await self._db(
+                    reclaim, max_attempts=self.config.retry.max_attempts, limit=chunk, **kwargs
+                )
+                total += stats.requeued + stats.failed
+                if stats.requeued + stats.failed < chunk:
+                    return total
+
         async def maintain() -> None:
             now = self.now()
             stale = now - timedelta(seconds=self.config.stale_after)
             timed_out = now - timedelta(seconds=self.config.request_timeout * 1.5 + 60)
-            requeued = 0
-            while True:
-                stats = await self._db(
-                    self.repo.sync.reclaim_dead,
-                    now=now,
-                    stale_before=stale,
-                    max_attempts=self.config.retry.max_attempts,
-                    limit=chunk,
-                )
-                requeued += stats.requeued + stats.failed
-                if stats.requeued + stats.failed < chunk:
-                    break
-            while True:
-                stats = await self._db(
-                    self.repo.sync.reclaim_timed_out,
-                    now=now,
-                    claimed_before=timed_out,
-                    max_attempts=self.config.retry.max_attempts,
-                    limit=chunk,
-                )
-                requeued += stats.requeued + stats.failed
-                if stats.requeued + stats.failed < chunk:
-                    break
+            requeued = await in_chunks(self.repo.sync.reclaim_dead, now=now, stale_before=stale)
+            requeued += await in_chunks(
+                self.repo.sync.reclaim_timed_out, now=now, claimed_before=timed_out
+            )
             while await self._db(self.repo.sync.sweep, now=now, limit=5 * chunk) >= 5 * chunk:
                 pass
             if requeued:

@@ -2,69 +2,24 @@
 
 from __future__ import annotations
 
-import json
-from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta
-from uuid import UUID
+from datetime import timedelta
 
-import pytest
 import trio
 import trio.testing
+from helpers import daemon_config, make_batch, result_lines, view_of
 from prometheus_client import REGISTRY
-from upstream import mock_upstream_fixture  # noqa: F401 (registers ``mock_upstream``)
 
-from fusillade.core.models import BatchStatus, BatchView, RequestTemplate
+from fusillade.core.models import BatchStatus
 from fusillade.mock_upstream import Behaviour, MockUpstream
-from fusillade.runtime.config import DaemonConfig, Upstream
+from fusillade.runtime.config import DaemonConfig
 from fusillade.runtime.daemon import Daemon
-from fusillade.store.interface import BatchSpec
 from fusillade.store.postgres import PostgresRepository
 
 
-def now() -> datetime:
-    return datetime.now(UTC)
-
-
-@pytest.fixture
-async def repo(database_url: str) -> AsyncIterator[PostgresRepository]:
-    r = PostgresRepository(database_url)
-    await trio.to_thread.run_sync(r.open)
-    yield r
-    await trio.to_thread.run_sync(r.close)
-
-
-def config(server: MockUpstream, **kw: object) -> DaemonConfig:
-    base: dict[str, object] = {
-        "upstreams": {"mock": Upstream(server.url)},
-        "default_upstream": "mock",
-        "maintenance_interval": 0.2,
-        "cancel_check_interval": 0.1,
-    }
-    base.update(kw)
-    return DaemonConfig(**base)  # type: ignore[arg-type]
-
-
-async def make_batch(
-    repo: PostgresRepository, n: int, window: timedelta = timedelta(hours=24)
-) -> UUID:
-    def go() -> UUID:
-        ts = [
-            RequestTemplate(
-                f"c{i}",
-                "m",
-                json.dumps({"model": "m", "messages": [{"role": "user", "content": "x"}]}),
-            )
-            for i in range(n)
-        ]
-        f = repo.create_file("alice", "in", ts, now=now())
-        spec = BatchSpec(f.id, "/v1/chat/completions", f"{int(window.total_seconds())}s", window)
-        return repo.create_batch("alice", spec, now=now()).record.id
-
-    return await trio.to_thread.run_sync(go)
-
-
-async def view_of(repo: PostgresRepository, batch: UUID) -> BatchView:
-    return await trio.to_thread.run_sync(lambda: repo.get_batch("alice", batch, now=now()))
+def config(server: MockUpstream, **overrides: object) -> DaemonConfig:
+    settings: dict[str, object] = {"maintenance_interval": 0.2, "poll_interval": 1.0}
+    settings.update(overrides)
+    return daemon_config(server, **settings)
 
 
 async def test_a_new_batch_starts_on_notify_not_on_the_poll(
@@ -115,9 +70,7 @@ async def test_expiry_aborts_in_flight_and_cancels_the_rest(
             await trio.sleep(0.05)
     assert view.status is BatchStatus.EXPIRED
     assert view.counts.canceled == 10
-    errors = await trio.to_thread.run_sync(
-        lambda: list(repo.iter_results("alice", batch, errors=True))
-    )
+    errors = await result_lines(repo, batch, errors=True)
     assert {e.failure_reason for e in errors} == {"expired"}
     assert mock_upstream.stats.total == 3  # nothing claimed after the deadline
     daemon.stop()

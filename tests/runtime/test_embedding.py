@@ -12,7 +12,6 @@ from pathlib import Path
 import anyio
 import pytest
 import trio
-from upstream import mock_upstream_fixture  # noqa: F401 (registers ``mock_upstream``)
 
 import fusillade
 from fusillade.mock_upstream import MockUpstream

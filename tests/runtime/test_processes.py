@@ -7,60 +7,24 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Sequence
-from datetime import UTC, datetime, timedelta
+from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
-from uuid import UUID
 
 import pytest
 import trio
-from upstream import mock_upstream_fixture  # noqa: F401 (registers ``mock_upstream``)
+from helpers import chat_body, make_batch, result_lines, wait_status
 
-from fusillade.core.models import BatchStatus, BatchView, RequestTemplate
+from fusillade.core.models import BatchStatus
 from fusillade.mock_upstream import Behaviour, MockUpstream
-from fusillade.store.interface import BatchSpec
 from fusillade.store.postgres import PostgresRepository
 
 TESTS = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
 
 
-def now() -> datetime:
-    return datetime.now(UTC)
-
-
-def body(i: int) -> dict[str, object]:
-    return {"model": "m", "messages": [{"role": "user", "content": f"hi {i}"}]}
-
-
-@pytest.fixture
-async def repo(database_url: str) -> AsyncIterator[PostgresRepository]:
-    r = PostgresRepository(database_url)
-    await trio.to_thread.run_sync(r.open)
-    yield r
-    await trio.to_thread.run_sync(r.close)
-
-
-async def make_batch(repo: PostgresRepository, n: int) -> UUID:
-    def go() -> UUID:
-        ts = (RequestTemplate(f"c{i}", "m", json.dumps(body(i))) for i in range(n))
-        f = repo.create_file("alice", "in", ts, now=now())
-        spec = BatchSpec(f.id, "/v1/chat/completions", "24h", timedelta(hours=24))
-        return repo.create_batch("alice", spec, now=now()).record.id
-
-    return await trio.to_thread.run_sync(go)
-
-
-async def view_of(repo: PostgresRepository, batch: UUID) -> BatchView:
-    return await trio.to_thread.run_sync(lambda: repo.get_batch("alice", batch, now=now()))
-
-
-async def until_finished(repo: PostgresRepository, batch: UUID, timeout: float = 60) -> BatchView:
-    with trio.fail_after(timeout):
-        while not (view := await view_of(repo, batch)).status.is_terminal:
-            await trio.sleep(0.05)
-    return view
+def body(i: int) -> object:
+    return json.loads(chat_body(i))
 
 
 async def start_daemon(
@@ -103,12 +67,10 @@ async def test_sigkill_mid_batch_three_times_loses_nothing(
         proc.send_signal(signal.SIGKILL)
         await proc.wait()
     last = await start_daemon(nursery, database_url, mock_upstream.url, concurrency, 1.0)
-    view = await until_finished(repo, batch)
+    view = await wait_status(repo, batch, timeout=60)
     assert view.status is BatchStatus.COMPLETED
     assert view.counts.completed == n
-    lines = await trio.to_thread.run_sync(
-        lambda: list(repo.iter_results("alice", batch, errors=False))
-    )
+    lines = await result_lines(repo, batch)
     assert sorted(line.custom_id for line in lines) == sorted(f"c{i}" for i in range(n))
     seen = mock_upstream.stats.by_request_id
     assert len(seen) == n and min(seen.values()) >= 1
@@ -124,7 +86,7 @@ async def test_two_replicas_share_a_batch_within_their_limits(
     mock_upstream.config.default = Behaviour(latency=0.02)
     batch = await make_batch(repo, 400)
     procs = [await start_daemon(nursery, database_url, mock_upstream.url, 4, 5.0) for _ in "ab"]
-    view = await until_finished(repo, batch)
+    view = await wait_status(repo, batch, timeout=60)
     assert view.counts.completed == 400
     assert max(mock_upstream.stats.by_request_id.values()) == 1  # nothing sent twice
     assert mock_upstream.stats.peak_in_flight["m"] <= 2 * 4

@@ -1,0 +1,86 @@
+"""Shared helpers for tests that run batches through a real repository and daemon."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from uuid import UUID
+
+import trio
+
+from fusillade.core.models import BatchStatus, BatchView, RequestTemplate
+from fusillade.core.retry import RetryPolicy
+from fusillade.mock_upstream import MockUpstream
+from fusillade.runtime.config import DaemonConfig, Upstream
+from fusillade.store.interface import BatchSpec, Repository, ResultLine
+
+OWNER = "alice"
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def chat_body(i: int = 0, model: str = "m") -> str:
+    """A chat completion body the mock upstream accepts."""
+    return json.dumps({"model": model, "messages": [{"role": "user", "content": f"hi {i}"}]})
+
+
+def daemon_config(server: MockUpstream, **overrides: Any) -> DaemonConfig:
+    """Every model to ``server``, with intervals short enough for tests."""
+    settings: dict[str, Any] = {
+        "upstreams": {"mock": Upstream(server.url, api_key_env="MOCK_KEY")},
+        "default_upstream": "mock",
+        "poll_interval": 0.2,
+        "heartbeat_interval": 0.5,
+        "maintenance_interval": 0.3,
+        "cancel_check_interval": 0.1,
+        "retry": RetryPolicy(base=timedelta(milliseconds=50), cap=timedelta(milliseconds=200)),
+    }
+    settings.update(overrides)
+    return DaemonConfig(**settings)
+
+
+async def make_batch(
+    repo: Repository,
+    models: Sequence[str] | int,
+    *,
+    window: timedelta = timedelta(hours=24),
+) -> UUID:
+    """A batch of one request per entry of ``models`` (an int: that many of model "m")."""
+    names = ["m"] * models if isinstance(models, int) else list(models)
+
+    def create() -> UUID:
+        templates = (
+            RequestTemplate(f"c{i}", model, chat_body(i, model)) for i, model in enumerate(names)
+        )
+        stored = repo.create_file(OWNER, "in.jsonl", templates, now=now())
+        label = f"{int(window.total_seconds())}s"
+        spec = BatchSpec(stored.id, "/v1/chat/completions", label, window)
+        return repo.create_batch(OWNER, spec, now=now()).record.id
+
+    return await trio.to_thread.run_sync(create)
+
+
+async def view_of(repo: Repository, batch: UUID) -> BatchView:
+    return await trio.to_thread.run_sync(lambda: repo.get_batch(OWNER, batch, now=now()))
+
+
+async def wait_status(
+    repo: Repository, batch: UUID, *statuses: BatchStatus, timeout: float = 30
+) -> BatchView:
+    """Poll until the batch has one of ``statuses`` (any terminal one when none given)."""
+    with trio.fail_after(timeout):
+        while True:
+            view = await view_of(repo, batch)
+            if view.status in statuses or (not statuses and view.status.is_terminal):
+                return view
+            await trio.sleep(0.05)
+
+
+async def result_lines(repo: Repository, batch: UUID, *, errors: bool = False) -> list[ResultLine]:
+    return await trio.to_thread.run_sync(
+        lambda: list(repo.iter_results(OWNER, batch, errors=errors))
+    )
