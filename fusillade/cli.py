@@ -184,6 +184,31 @@ def _run(args: argparse.Namespace) -> int:
     return status
 
 
+def _config_arguments(parser: argparse.ArgumentParser) -> None:
+    from fusillade.config import add_arguments
+
+    add_arguments(parser)
+
+
+def _config(args: argparse.Namespace) -> int:
+    from fusillade.config import render, settings_from_args
+
+    print(render(settings_from_args(args)), end="")
+    return 0
+
+
+def _serve_arguments(parser: argparse.ArgumentParser) -> None:
+    from fusillade.server.command import add_arguments
+
+    add_arguments(parser)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from fusillade.server.command import run
+
+    return run(args)
+
+
 COMMANDS: tuple[Command, ...] = (
     Command("migrate", "apply pending database migrations", _migrate_arguments, _migrate),
     Command(
@@ -198,6 +223,10 @@ COMMANDS: tuple[Command, ...] = (
         _mock_upstream_arguments,
         _mock_upstream,
     ),
+    Command(
+        "config", "print the effective configuration, secrets masked", _config_arguments, _config
+    ),
+    Command("serve", "run the HTTP API and a daemon", _serve_arguments, _serve),
 )
 
 

@@ -1,0 +1,570 @@
+"""Configuration: file, environment and flags, validation, masking, the daemon mapping."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import tomllib
+from datetime import timedelta
+from pathlib import Path
+from tempfile import TemporaryDirectory
+from typing import Any
+
+import attrs
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fusillade.cli import main
+from fusillade.config import (
+    ApiKey,
+    DaemonSettings,
+    ModelSettings,
+    ServerSettings,
+    Settings,
+    UpstreamSettings,
+    load_settings,
+    render,
+)
+from fusillade.errors import ConfigError
+from fusillade.runtime.config import Upstream
+
+FULL = """
+database_url = "postgresql://app@db/fusillade"
+data_dir = "/var/lib/fusillade"
+default_upstream = "openai"
+
+[server]
+host = "0.0.0.0"
+port = 9000
+api_keys = [
+  { key_env = "FUSILLADE_KEY_ALICE", owner = "alice" },
+  { key_env = "FUSILLADE_KEY_BOB", owner = "bob" },
+]
+max_upload_bytes = 1000
+max_lines = 10
+max_line_bytes = 100
+allowed_endpoints = ["/v1/chat/completions"]
+completion_windows = ["24h", "1h"]
+max_request_bytes = 2000
+
+[daemon]
+default_concurrency = 8
+heartbeat_interval = "2s"
+stale_after = "20s"
+poll_interval = "250ms"
+request_timeout = "2m"
+shutdown_grace = "0s"
+max_attempts = 3
+backoff_base = "500ms"
+backoff_cap = "30s"
+
+[upstreams.openai]
+base_url = "https://api.openai.com"
+api_key_env = "OPENAI_API_KEY"
+
+[upstreams.local-vllm]
+base_url = "http://127.0.0.1:8001/v1"
+
+[models."llama-3.1-8b"]
+upstream = "local-vllm"
+concurrency = 64
+
+[models."gpt-4o-mini"]
+concurrency = 4
+"""
+
+FULL_SETTINGS = Settings(
+    database_url="postgresql://app@db/fusillade",
+    data_dir=Path("/var/lib/fusillade"),
+    default_upstream="openai",
+    server=ServerSettings(
+        host="0.0.0.0",
+        port=9000,
+        api_keys=(ApiKey("FUSILLADE_KEY_ALICE", "alice"), ApiKey("FUSILLADE_KEY_BOB", "bob")),
+        max_upload_bytes=1000,
+        max_lines=10,
+        max_line_bytes=100,
+        allowed_endpoints=("/v1/chat/completions",),
+        completion_windows=("24h", "1h"),
+        max_request_bytes=2000,
+    ),
+    daemon=DaemonSettings(
+        default_concurrency=8,
+        heartbeat_interval="2s",
+        stale_after="20s",
+        poll_interval="250ms",
+        request_timeout="2m",
+        shutdown_grace="0s",
+        max_attempts=3,
+        backoff_base="500ms",
+        backoff_cap="30s",
+    ),
+    upstreams={
+        "openai": UpstreamSettings("https://api.openai.com", "OPENAI_API_KEY"),
+        "local-vllm": UpstreamSettings("http://127.0.0.1:8001/v1"),
+    },
+    models={
+        "llama-3.1-8b": ModelSettings("local-vllm", 64),
+        "gpt-4o-mini": ModelSettings(concurrency=4),
+    },
+)
+
+
+@pytest.fixture
+def full(tmp_path: Path) -> Path:
+    path = tmp_path / "fusillade.toml"
+    path.write_text(FULL)
+    return path
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "config.toml"
+    path.write_text(text)
+    return path
+
+
+def error(tmp_path: Path, text: str, **kwargs: Any) -> str:
+    with pytest.raises(ConfigError) as info:
+        load_settings(write(tmp_path, text), env=kwargs.pop("env", {}), **kwargs)
+    return str(info.value)
+
+
+# --- sources and precedence -------------------------------------------------------------
+
+
+def test_defaults() -> None:
+    assert load_settings(env={}) == Settings()
+    assert Settings().daemon.max_attempts >= 5  # api.md: the default budget allows 5 or more
+
+
+def test_file_sets_every_key(full: Path) -> None:
+    assert load_settings(full, env={}) == FULL_SETTINGS
+
+
+def test_every_field_is_a_key() -> None:
+    from fusillade.config import _SCHEMA  # the table the loader and render() both read
+
+    shapes = {"server": ServerSettings, "daemon": DaemonSettings}
+    shapes |= {"upstreams": UpstreamSettings, "models": ModelSettings}
+    for section, cls in shapes.items():
+        assert set(_SCHEMA[section]) == set(attrs.fields_dict(cls)), section
+    top = set(attrs.fields_dict(Settings)) - {*shapes, "sources"}
+    assert set(_SCHEMA[""]) == top
+
+
+def test_config_env_names_the_file(full: Path) -> None:
+    assert load_settings(env={"FUSILLADE_CONFIG": str(full)}) == FULL_SETTINGS
+
+
+def test_env_overrides_file(full: Path) -> None:
+    env = {
+        "FUSILLADE_DATABASE_URL": "postgresql://other/db",
+        "FUSILLADE_DATA_DIR": "/tmp/data",
+        "FUSILLADE_SERVER_PORT": "9100",
+        "FUSILLADE_SERVER_API_KEYS": "carol=CAROL_KEY, dave = DAVE_KEY",
+        "FUSILLADE_SERVER_COMPLETION_WINDOWS": "24h, 7d",
+        "FUSILLADE_DAEMON_DEFAULT_CONCURRENCY": "32",
+        "FUSILLADE_DAEMON_STALE_AFTER": "1m",
+    }
+    s = load_settings(full, env=env)
+    assert s.database_url == "postgresql://other/db"
+    assert s.data_dir == Path("/tmp/data")
+    assert s.server.port == 9100
+    assert s.server.api_keys == (ApiKey("CAROL_KEY", "carol"), ApiKey("DAVE_KEY", "dave"))
+    assert s.server.completion_windows == ("24h", "7d")
+    assert s.daemon.default_concurrency == 32
+    assert s.daemon.stale_after == "1m"
+    assert s.server.host == "0.0.0.0"  # untouched keys keep the file's value
+    assert s.sources[("server", "port")] == "FUSILLADE_SERVER_PORT"
+    assert s.sources[("server", "host")] == str(full)
+
+
+def test_flags_override_env(full: Path) -> None:
+    env = {"FUSILLADE_SERVER_PORT": "9100", "FUSILLADE_DATABASE_URL": "postgresql://env/db"}
+    flags = {
+        "server.port": 9200,
+        "database_url": "postgresql://flag/db",
+        "daemon.max_attempts": "9",
+    }
+    s = load_settings(full, env=env, flags=flags)
+    assert (s.server.port, s.database_url, s.daemon.max_attempts) == (
+        9200,
+        "postgresql://flag/db",
+        9,
+    )
+    assert s.sources[("server", "port")] == "command line"
+
+
+def test_none_flags_are_skipped() -> None:
+    assert load_settings(env={}, flags={"server.port": None, "upstream": None}) == Settings()
+
+
+def test_empty_and_unknown_env_variables_are_ignored() -> None:
+    env = {"FUSILLADE_SERVER_PORT": "", "FUSILLADE_KEY_ALICE": "x", "FUSILLADE_SERVER_PROT": "1"}
+    assert load_settings(env=env) == Settings()
+
+
+def test_every_server_and_daemon_key_has_a_variable() -> None:
+    env = {
+        f"FUSILLADE_{section.upper()}_{name.upper()}": "7"
+        for section, cls in (("server", ServerSettings), ("daemon", DaemonSettings))
+        for name, field in attrs.fields_dict(cls).items()
+        if field.type in ("int", int)
+    }
+    s = load_settings(env=env)
+    assert s.server.port == s.server.max_lines == s.daemon.max_attempts == 7
+
+
+# --- the --upstream shortcut ------------------------------------------------------------
+
+
+def test_upstream_flag() -> None:
+    s = load_settings(env={}, flags={"upstream": "http://127.0.0.1:8001"})
+    assert s.upstreams == {"default": UpstreamSettings("http://127.0.0.1:8001")}
+    assert s.default_upstream == "default"
+    flags = {"upstream": "http://h:1", "upstream_api_key_env": "MY_KEY"}
+    s = load_settings(env={}, flags=flags)
+    assert s.upstreams["default"] == UpstreamSettings("http://h:1", "MY_KEY")
+    assert s.daemon_config().upstream_for("any-model") == Upstream("http://h:1", "MY_KEY")
+
+
+def test_upstream_flag_beats_the_files_default_upstream(full: Path) -> None:
+    s = load_settings(full, env={}, flags={"upstream": "http://h:1"})
+    assert s.default_upstream == "default"
+    assert s.models["llama-3.1-8b"].upstream == "local-vllm"  # listed models keep theirs
+
+
+def test_upstream_env() -> None:
+    env = {"FUSILLADE_UPSTREAM": "http://h:1", "FUSILLADE_UPSTREAM_API_KEY_ENV": "K"}
+    assert load_settings(env=env).upstreams == {"default": UpstreamSettings("http://h:1", "K")}
+
+
+def test_upstream_api_key_env_alone_is_an_error() -> None:
+    with pytest.raises(ConfigError, match="upstream_api_key_env needs upstream"):
+        load_settings(env={}, flags={"upstream_api_key_env": "K"})
+
+
+# --- unknown keys -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "named"),
+    [
+        ("prot = 1", "unknown key prot"),
+        ("[server]\nprot = 1", "unknown key [server] prot"),
+        ("[daemon]\nheartbeat = '5s'", "unknown key [daemon] heartbeat"),
+        ("[upstreams.a]\nbase_url = 'http://h'\nkey = 'x'", "unknown key [upstreams.a] key"),
+        ('[models."gpt-4.1"]\nupstreams = "a"', 'unknown key [models."gpt-4.1"] upstreams'),
+        ("[servers]\nport = 1", "unknown key servers"),
+    ],
+)
+def test_unknown_key_in_file(tmp_path: Path, text: str, named: str) -> None:
+    assert error(tmp_path, text) == f"{tmp_path / 'config.toml'}: {named}"
+
+
+def test_unknown_api_key_field(tmp_path: Path) -> None:
+    message = error(tmp_path, '[server]\napi_keys = [{key_env = "K", owner = "o", x = 1}]')
+    assert "[server] api_keys" in message
+
+
+@pytest.mark.parametrize("key", ["prot", "server.prot", "upstreams.a.base_url", "serve.port"])
+def test_unknown_flag(key: str) -> None:
+    with pytest.raises(ConfigError, match=f"command line: unknown setting '{key}'"):
+        load_settings(env={}, flags={key: 1})
+
+
+# --- bad values -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "named"),
+    [
+        ('database_url = ""', "database_url: must be a non-empty string"),
+        ("data_dir = 3", "data_dir: must be a non-empty string"),
+        ("[server]\nport = '8000'", "[server] port: must be an integer from 1 to 65535"),
+        ("[server]\nport = 0", "[server] port: must be an integer from 1 to 65535, got 0"),
+        ("[server]\nport = 65536", "[server] port: must be an integer"),
+        ("[server]\nport = true", "[server] port: must be an integer"),
+        ("[server]\nmax_lines = 1.5", "[server] max_lines: must be an integer >= 1"),
+        ("[server]\napi_keys = 'K'", "[server] api_keys: must be a list"),
+        ('[server]\napi_keys = [{key_env = "K", owner = ""}]', "[server] api_keys: entry 1"),
+        (
+            '[server]\napi_keys = [{key_env = "K", owner = "a"}, {key_env = "K", owner = "b"}]',
+            "[server] api_keys: the same key_env is listed twice",
+        ),
+        ("[server]\nallowed_endpoints = ['v1/x']", "[server] allowed_endpoints: endpoints start"),
+        ("[server]\nallowed_endpoints = []", "[server] allowed_endpoints: must be a non-empty"),
+        ("[server]\ncompletion_windows = ['1 day']", "[server] completion_windows: invalid"),
+        ("[server]\ncompletion_windows = ['0h']", "[server] completion_windows"),
+        ("server = 1", "[server] must be a table"),
+        (
+            "[daemon]\ndefault_concurrency = 0",
+            "[daemon] default_concurrency: must be an integer >= 1",
+        ),
+        ("[daemon]\nmax_attempts = 0", "[daemon] max_attempts"),
+        ("[daemon]\nheartbeat_interval = 5", "[daemon] heartbeat_interval: must be a duration"),
+        ("[daemon]\npoll_interval = '5 s'", "[daemon] poll_interval: invalid duration"),
+        ("[daemon]\nbackoff_base = '0s'", "[daemon] backoff_base: must be longer than 0s"),
+        ("[daemon]\nstale_after = '5s'", "[daemon] stale_after: stale_after '5s' must be longer"),
+        ("upstreams = 1", "[upstreams] must be a table"),
+        ("[upstreams.a]\napi_key_env = 'K'", "[upstreams.a] base_url: required"),
+        ("[upstreams.a]\nbase_url = 'ftp://h'", "[upstreams.a] base_url: must be an http"),
+        ("[upstreams.a]\nbase_url = 'http://'", "[upstreams.a] base_url: must be an http"),
+        ('[models."m"]\nconcurrency = 0', "[models.m] concurrency: must be an integer >= 1"),
+        (
+            '[models."m"]\nupstream = "nope"',
+            "[models.m] upstream: no upstream named 'nope' in [upstreams] (defined: none)",
+        ),
+        ("default_upstream = 'nope'", "default_upstream: no upstream named 'nope'"),
+    ],
+)
+def test_bad_values_name_the_key(tmp_path: Path, text: str, named: str) -> None:
+    assert error(tmp_path, text).startswith(f"{tmp_path / 'config.toml'}: {named}")
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        ({"FUSILLADE_SERVER_PORT": "80a"}, "FUSILLADE_SERVER_PORT: [server] port: must be"),
+        ({"FUSILLADE_SERVER_API_KEYS": "alice"}, "FUSILLADE_SERVER_API_KEYS: [server] api_keys:"),
+        ({"FUSILLADE_DAEMON_STALE_AFTER": "soon"}, "FUSILLADE_DAEMON_STALE_AFTER: [daemon]"),
+        ({"FUSILLADE_DEFAULT_UPSTREAM": "x"}, "FUSILLADE_DEFAULT_UPSTREAM: default_upstream: no"),
+        ({"FUSILLADE_UPSTREAM": "localhost:1"}, "FUSILLADE_UPSTREAM: [upstreams.default] base_url"),
+    ],
+)
+def test_bad_env_values_name_the_variable(env: dict[str, str], named: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(env=env)
+    assert str(info.value).startswith(named)
+
+
+def test_heartbeat_blamed_when_only_it_changed() -> None:
+    with pytest.raises(
+        ConfigError, match=r"^FUSILLADE_DAEMON_HEARTBEAT_INTERVAL: \[daemon\] heart"
+    ):
+        load_settings(env={"FUSILLADE_DAEMON_HEARTBEAT_INTERVAL": "1m"})
+
+
+def test_key_env_holding_a_secret_is_rejected_without_echoing_it(tmp_path: Path) -> None:
+    secret = "sk-proj-abc123"
+    message = error(tmp_path, f'[upstreams.a]\nbase_url = "http://h"\napi_key_env = "{secret}"')
+    assert "[upstreams.a] api_key_env: must be the NAME" in message
+    assert secret not in message
+    message = error(tmp_path, f'[server]\napi_keys = [{{key_env = "{secret}", owner = "o"}}]')
+    assert secret not in message
+
+
+def test_unreadable_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read the configuration file"):
+        load_settings(tmp_path / "missing.toml", env={})
+    assert "not valid TOML" in error(tmp_path, "port = ")
+
+
+# --- render -----------------------------------------------------------------------------
+
+
+def test_render_masks_api_keys(full: Path) -> None:
+    env = {"FUSILLADE_KEY_ALICE": "alice-secret-value", "OPENAI_API_KEY": "sk-openai-secret"}
+    out = render(load_settings(full, env=env), env=env)
+    assert "alice-secret-value" not in out
+    assert "sk-openai-secret" not in out
+    assert '{ key_env = "FUSILLADE_KEY_ALICE", owner = "alice" },  # set' in out
+    assert '{ key_env = "FUSILLADE_KEY_BOB", owner = "bob" },  # NOT SET' in out
+    assert f'api_key_env = "OPENAI_API_KEY"  # set; from {full}' in out
+
+
+@pytest.mark.parametrize(
+    ("url", "masked"),
+    [
+        ("postgresql://user:hunter2@host/db", "postgresql://user:***@host/db"),
+        ("postgres://user:hun@ter2@host:5432/db", "postgres://user:***@host:5432/db"),
+        ("postgresql://:hunter2@host/db", "postgresql://:***@host/db"),
+        ("postgresql://host/db?password=hunter2&x=1", "postgresql://host/db?password=***&x=1"),
+        ("host=db user=app password=hunter2 dbname=f", "host=db user=app password=*** dbname=f"),
+        ("host=db password = 'hun ter2'", "host=db password = ***"),
+        ("postgresql://user@host/db", "postgresql://user@host/db"),
+    ],
+)
+def test_render_masks_the_database_password(url: str, masked: str) -> None:
+    out = render(load_settings(env={}, flags={"database_url": url}), env={})
+    assert "hunter2" not in out
+    assert "hun ter2" not in out
+    assert f'database_url = "{masked}"  # from command line' in out
+
+
+def test_render_reads_back(full: Path, tmp_path: Path) -> None:
+    for s in (Settings(), load_settings(full, env={})):
+        path = tmp_path / "rendered.toml"
+        path.write_text(render(s, env={}))
+        assert load_settings(path, env={}) == s
+
+
+def test_render_quotes_odd_names(tmp_path: Path) -> None:
+    s = load_settings(
+        write(
+            tmp_path, '[upstreams."a b"]\nbase_url = "http://h"\n[models."x\\"y"]\nupstream = "a b"'
+        ),
+        env={},
+    )
+    out = render(s, env={})
+    assert '[upstreams."a b"]' in out
+    assert '[models."x\\"y"]' in out
+    assert tomllib.loads(out)["models"] == {'x"y': {"upstream": "a b"}}
+
+
+# --- the daemon's config ----------------------------------------------------------------
+
+
+def test_daemon_config(full: Path) -> None:
+    config = load_settings(full, env={}).daemon_config()
+    assert config.default_concurrency == 8
+    assert config.model_concurrency == {"llama-3.1-8b": 64, "gpt-4o-mini": 4}
+    assert config.upstreams == {
+        "openai": Upstream("https://api.openai.com", "OPENAI_API_KEY"),
+        "local-vllm": Upstream("http://127.0.0.1:8001/v1", None),
+    }
+    assert config.model_upstreams == {"llama-3.1-8b": "local-vllm"}
+    assert config.default_upstream == "openai"
+    assert config.upstream_for("gpt-4o-mini") == config.upstreams["openai"]
+    assert config.retry.max_attempts == 3
+    assert config.retry.base == timedelta(milliseconds=500)
+    assert config.retry.cap == timedelta(seconds=30)
+    assert (config.heartbeat_interval, config.stale_after, config.poll_interval) == (2, 20, 0.25)
+    assert (config.request_timeout, config.shutdown_grace) == (120, 0)
+
+
+def test_default_daemon_config_matches_the_runtime_defaults() -> None:
+    from fusillade.runtime.config import DaemonConfig
+
+    assert Settings().daemon_config() == DaemonConfig()
+
+
+# --- the command ------------------------------------------------------------------------
+
+
+def test_config_command(
+    full: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("FUSILLADE_KEY_ALICE", "alice-secret-value")
+    monkeypatch.setenv("FUSILLADE_SERVER_PORT", "9100")
+    argv = ["config", "--config", str(full), "--database-url", "postgresql://u:pw@h/d"]
+    assert main([*argv, "--upstream", "http://up:1"]) == 0
+    out = capsys.readouterr().out
+    assert "alice-secret-value" not in out
+    assert ":pw@" not in out
+    assert "port = 9100  # from FUSILLADE_SERVER_PORT" in out
+    assert 'base_url = "http://up:1"  # from command line' in out
+    assert tomllib.loads(out)["upstreams"]["default"]["api_key_env"] == "OPENAI_API_KEY"
+
+
+def test_config_command_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("FUSILLADE_CONFIG", raising=False)
+    assert main(["config", "--config", str(write(tmp_path, "[server]\nprot = 1"))]) == 1
+    err = capsys.readouterr().err
+    assert err.strip().endswith("config.toml: unknown key [server] prot")
+    assert len(err.strip().splitlines()) == 1
+
+
+# --- anything else is a ConfigError -----------------------------------------------------
+
+KEYS = st.sampled_from(
+    [
+        *("database_url", "data_dir", "default_upstream", "port", "host", "api_keys", "key_env"),
+        *("owner", "base_url", "api_key_env", "upstream", "concurrency", "stale_after", "x"),
+    ]
+)
+SCALARS = st.one_of(
+    st.integers(-(2**63), 2**63 - 1),
+    st.booleans(),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.text(st.characters(min_codepoint=32, max_codepoint=126), max_size=12),
+    st.sampled_from(["5s", "24h", "/v1/x", "http://h:1", "K", "0s", "a"]),
+)
+VALUES = st.recursive(
+    SCALARS,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(KEYS, inner, max_size=3),
+    max_leaves=8,
+)
+SECTIONS = st.fixed_dictionaries(
+    {},
+    optional={
+        "server": st.dictionaries(KEYS, VALUES, max_size=3),
+        "daemon": st.dictionaries(KEYS, VALUES, max_size=3),
+        "upstreams": st.dictionaries(KEYS, st.dictionaries(KEYS, VALUES, max_size=3), max_size=2),
+        "models": st.dictionaries(KEYS, st.dictionaries(KEYS, VALUES, max_size=3), max_size=2),
+    },
+)
+
+
+def toml_value(value: object) -> str:
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{json.dumps(k)} = {toml_value(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, list):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return repr(value)
+    return json.dumps(value)
+
+
+@settings(max_examples=300, deadline=None)
+@given(top=st.dictionaries(KEYS, VALUES, max_size=3), sections=SECTIONS)
+def test_arbitrary_files_raise_only_config_errors(
+    top: dict[str, object], sections: dict[str, object]
+) -> None:
+    text = "\n".join(f"{json.dumps(k)} = {toml_value(v)}" for k, v in {**top, **sections}.items())
+    with TemporaryDirectory() as directory:
+        path = Path(directory) / "config.toml"
+        path.write_text(text)
+        try:
+            s = load_settings(path, env={})
+        except ConfigError:
+            return
+        render(s, env={})
+        s.daemon_config()
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    env=st.dictionaries(
+        st.sampled_from(
+            [
+                *("FUSILLADE_SERVER_PORT", "FUSILLADE_SERVER_API_KEYS", "FUSILLADE_DATA_DIR"),
+                *("FUSILLADE_SERVER_ALLOWED_ENDPOINTS", "FUSILLADE_SERVER_COMPLETION_WINDOWS"),
+                *("FUSILLADE_UPSTREAM", "FUSILLADE_UPSTREAM_API_KEY_ENV"),
+                *("FUSILLADE_DAEMON_STALE_AFTER", "FUSILLADE_DAEMON_HEARTBEAT_INTERVAL"),
+            ]
+        ),
+        st.text(max_size=20),
+    )
+)
+def test_arbitrary_environments_raise_only_config_errors(env: dict[str, str]) -> None:
+    with contextlib.suppress(ConfigError):
+        load_settings(env=env).daemon_config()
+
+
+# --- the reference stays current --------------------------------------------------------
+
+DOC = Path(__file__).parents[2] / "docs" / "configuration.md"
+
+
+def test_docs_example_loads(tmp_path: Path) -> None:
+    example = DOC.read_text().split("```toml\n")[1].split("```")[0]
+    s = load_settings(write(tmp_path, example), env={})
+    assert s.models["llama-3.1-8b"] == ModelSettings("local-vllm", 64)
+
+
+def test_docs_name_every_key_and_variable() -> None:
+    from fusillade.config import _SCHEMA
+
+    text = DOC.read_text()
+    for section, keys in _SCHEMA.items():
+        for key in keys:
+            assert f"| `{key}` |" in text, key
+            if section in ("", "server", "daemon"):
+                variable = "_".join(["FUSILLADE", *filter(None, (section, key))]).upper()
+                assert f"`{variable}`" in text, variable
