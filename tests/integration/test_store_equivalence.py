@@ -108,6 +108,7 @@ class StoresAgree(RuleBasedStateMachine):
         self.keys: tuple[dict[UUID, Key], dict[UUID, Key]] = ({}, {})
         self.daemons: list[UUID] = []
         self.claims: list[Claim] = []
+        self.deadlines: dict[UUID, datetime] = {}
         self.next_batch_ms = int(T0.timestamp() * 1000)
 
     # ------------------------------------------------------------ plumbing
@@ -214,6 +215,8 @@ class StoresAgree(RuleBasedStateMachine):
 
         view = self.same(create)
         event(f"create_batch: {'refused' if view is None else 'ok'}")
+        if view is not None:
+            self.deadlines[batch_id] = view.record.expires_at
         if view is not None and batch_id not in self.batches:
             self.batches.append(batch_id)
             self.learn_requests(batch_id)
@@ -235,8 +238,10 @@ class StoresAgree(RuleBasedStateMachine):
         return (key, c.attempt, c.budget_used, c.model, c.batch_expires_at, c.endpoint,
                 c.method, c.path, c.body, c.api_key)  # fmt: skip
 
-    def record(self, data: st.DataObject, d: UUID, picks: list[Claim]) -> None:
-        draws = [(key, attempt, self._draw_result(data, key)) for _, key, attempt in picks]
+    def record(
+        self, data: st.DataObject, d: UUID, picks: list[Claim], kind: ResultKind | None = None
+    ) -> None:
+        draws = [(key, attempt, self._draw_result(data, key, kind)) for _, key, attempt in picks]
 
         def record(repo: Repository, side: int) -> tuple[int, list[Key]]:
             results = [
@@ -252,12 +257,14 @@ class StoresAgree(RuleBasedStateMachine):
         else:
             event(f"results: {_label(got[0])} written, {_label(len(got[1]))} lost")
 
-    def _draw_result(self, data: st.DataObject, key: Key) -> tuple[Any, ...]:
+    def _draw_result(
+        self, data: st.DataObject, key: Key, kind: ResultKind | None = None
+    ) -> tuple[Any, ...]:
         """The fields of an AttemptResult after request_id and attempt."""
-        kind = data.draw(
-            st.sampled_from([*ResultKind, ResultKind.SUCCEEDED, ResultKind.RETRY]), label="kind"
-        )
-        broken = data.draw(st.integers(0, 19), label="broken") == 0  # breaks a constraint
+        if kind is None:
+            kinds = [*ResultKind, ResultKind.SUCCEEDED, ResultKind.CANCELED]
+            kind = data.draw(st.sampled_from(kinds), label="kind")
+        broken = data.draw(st.integers(0, 49), label="broken") == 0  # breaks a constraint
         body = json.dumps({"for": key[1]})
         if kind is ResultKind.SUCCEEDED:
             tokens = data.draw(st.one_of(st.none(), st.integers(0, 9)), label="tokens")
@@ -270,7 +277,8 @@ class StoresAgree(RuleBasedStateMachine):
         if kind is ResultKind.FAILED:
             failure = Failure(FailureReason.HTTP_STATUS, "upstream answered 400", 400, body)
             return (kind, self.now, 400, body, None if broken else failure)
-        reasons = [FailureReason.CANCELLED, FailureReason.EXPIRED, FailureReason.TIMEOUT]
+        # a reason other than cancelled/expired breaks the canceled row's constraint
+        reasons = [FailureReason.CANCELLED, FailureReason.EXPIRED] * 2 + [FailureReason.TIMEOUT]
         reason = data.draw(st.sampled_from(reasons), label="cancel reason")
         return (kind, self.now, None, None, None if broken else Failure(reason, "aborted"))
 
@@ -287,10 +295,29 @@ class StoresAgree(RuleBasedStateMachine):
         """A daemon claims, then reports on some of what it got (the main road)."""
         d = data.draw(st.sampled_from(self.daemons), label="daemon")
         claims = self.claim(d, slots)
+        if not claims and data.draw(st.booleans(), label="more work"):
+            n = data.draw(st.integers(1, 4), label="lines")
+            self.new_batch(self.new_file(n, ("a", "b"), None), "1h")
+            claims = self.claim(d, slots)
         if claims:
             some = st.lists(st.sampled_from(claims), min_size=1, unique=True)
             picks = data.draw(st.one_of(st.just(claims), some), label="report")
             self.record(data, d, picks)
+        if data.draw(st.booleans(), label="late success"):
+            self.late_success(data, d)
+
+    def late_success(self, data: st.DataObject, d: UUID) -> None:
+        """A success for an attempt ``d`` sent, after the row was canceled (billed work
+        wins); sometimes after a read froze the batch, so its counts must be repaired."""
+        canceled = {(r.batch_id, r.custom_id) for r in self._rows_in(("canceled",))}
+        sent = [c for c in self.claims if c[0] == d and c[1] in canceled]
+        event(f"late success: {_label(len(sent))} candidates")
+        if sent:
+            pick = data.draw(st.sampled_from(sent), label="canceled claim")
+            b = pick[1][0]
+            if data.draw(st.booleans(), label="read first"):
+                self.same(lambda repo, _: _view(repo.get_batch(OWNER, b, now=self.now)))
+            self.record(data, d, [pick], ResultKind.SUCCEEDED)
 
     @rule(
         data=st.data(),
@@ -322,7 +349,7 @@ class StoresAgree(RuleBasedStateMachine):
 
     @rule(
         data=st.data(),
-        action=st.sampled_from(["new file"] * 4 + ["old file", "old id", "cancel", "retry"]),
+        action=st.sampled_from(["new file"] * 3 + ["old file", "old id"] + ["cancel", "retry"] * 2),
     )
     def batch_admin(self, data: st.DataObject, action: str) -> None:
         """Create a batch (from a new or an old file, or again with an old id), or cancel
@@ -340,6 +367,8 @@ class StoresAgree(RuleBasedStateMachine):
                     )
                 )
             event(f"{action}: {'refused' if view is None else view.status.value}")
+            if view is not None:
+                self.deadlines[b] = view.record.expires_at
             assert view is None or view.counts.is_consistent
             return
         window = data.draw(st.sampled_from(sorted(WINDOWS)), label="window")
@@ -375,7 +404,8 @@ class StoresAgree(RuleBasedStateMachine):
         d = data.draw(st.sampled_from(self.daemons), label="daemon")
         if action == "release":
             keys = None
-            if self.claims and data.draw(st.booleans(), label="some"):
+            some = data.draw(st.booleans(), label="some")
+            if self.claims and some:
                 pool = [c[1] for c in self.claims]
                 keys = data.draw(st.lists(st.sampled_from(pool), max_size=3), label="requests")
             got = self.same(
@@ -431,24 +461,24 @@ class StoresAgree(RuleBasedStateMachine):
             )
         )
 
-    @rule(seconds=st.sampled_from([1, 1, 5, 30, 60, 300, 600, 1800, 3600]))
-    def advance_time(self, seconds: int) -> None:
-        self.now += timedelta(seconds=seconds)
+    @rule(data=st.data(), step=st.sampled_from([1, 1, 5, 30, 60, 300, 600, 1800, 3600, "due"]))
+    def advance_time(self, data: st.DataObject, step: int | str) -> None:
+        """Move the clock on by some seconds, or to (just before, at, or just after) the
+        next batch deadline, where the ``<`` versus ``<=`` of every rule is tested."""
+        if isinstance(step, int):
+            self.now += timedelta(seconds=step)
+            return
+        due = sorted(t for t in self.deadlines.values() if t >= self.now - timedelta(seconds=1))
+        if due:
+            offset = data.draw(st.sampled_from([-1, 0, 0, 1]), label="offset")
+            self.now = max(self.now, due[0] + timedelta(seconds=offset))
 
     @rule()
     def compare_batches(self) -> None:
         """Read every batch (which freezes the settled ones) and its result lines, and
         list the batches in pages."""
         for batch_id in self.batches:
-            self.same(lambda repo, _, b=batch_id: self.results_of(repo, b, errors=False))
-            self.same(lambda repo, _, b=batch_id: self.results_of(repo, b, errors=True))
-            view = self.same(
-                lambda repo, _, b=batch_id: _view(repo.get_batch(OWNER, b, now=self.now))
-            )
-            assert view is not None
-            assert view.counts.is_consistent, view
-            frozen = "frozen" if view.record.frozen_counts is not None else "live"
-            event(f"batch read: {view.status.value}, {frozen}")
+            self.compare_batch(batch_id)
 
         def pages(repo: Repository, _: int) -> list[tuple[BatchView, ...]]:
             out, after = [], None
@@ -461,11 +491,23 @@ class StoresAgree(RuleBasedStateMachine):
 
         self.same(pages)
 
+    def compare_batch(self, b: UUID) -> None:
+        self.same(lambda repo, _: self.results_of(repo, b, errors=False))
+        self.same(lambda repo, _: self.results_of(repo, b, errors=True))
+        view = self.same(lambda repo, _: _view(repo.get_batch(OWNER, b, now=self.now)))
+        assert view is not None
+        assert view.counts.is_consistent, view
+        frozen = "frozen" if view.record.frozen_counts is not None else "live"
+        event(f"batch read: {view.status.value}, {frozen}")
+
     @invariant()
     def requests_agree(self) -> None:
         """Every request is the same (read without freezing anything)."""
         for batch_id in self.batches:
-            self.same(lambda repo, _, b=batch_id: self.requests_of(repo, b))
+            self.requests_agree_in(batch_id)
+
+    def requests_agree_in(self, b: UUID) -> None:
+        self.same(lambda repo, _: self.requests_of(repo, b))
 
     def teardown(self) -> None:
         self.compare_batches()
@@ -489,7 +531,7 @@ def test_memory_and_postgres_stores_agree() -> None:
         settings=settings(
             settings.default,
             # a fraction of the profile's examples: every step runs several statements
-            max_examples=max(10, settings.default.max_examples * 2 // 5),
+            max_examples=max(10, settings().max_examples * 2 // 5),
             stateful_step_count=50,
             deadline=None,
             suppress_health_check=[HealthCheck.too_slow],

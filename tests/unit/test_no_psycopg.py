@@ -7,6 +7,7 @@ A subprocess installs a meta-path finder that refuses ``psycopg`` and ``psycopg_
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -84,7 +85,7 @@ def test_core_and_memory_store_work_without_psycopg(tmp_path: Path) -> None:
     proc = subprocess.run(
         [sys.executable, "-c", _SCRIPT],
         cwd=tmp_path,
-        env={"PYTHONPATH": _IMPORT_ROOT, "PYTHONDONTWRITEBYTECODE": "1"},
+        env={**os.environ, "PYTHONPATH": _IMPORT_ROOT, "PYTHONDONTWRITEBYTECODE": "1"},
         capture_output=True,
         text=True,
         timeout=60,
