@@ -8,8 +8,24 @@ RFC 9562 section 5.7: 48-bit Unix milliseconds, version, 74 random bits.
 from __future__ import annotations
 
 import os
+import threading
 import time
 from uuid import UUID
+
+_last = 0
+_lock = threading.Lock()
+
+
+def next_uuid7() -> UUID:
+    """A uuid7 greater than every earlier one from this process, so two ids made in the
+    same millisecond still sort in creation order."""
+    global _last
+    with _lock:
+        value = uuid7().int
+        if value <= _last:
+            value = _last + 1  # same millisecond: count up in the random bits
+        _last = value
+    return UUID(int=value)
 
 
 def uuid7(unix_ms: int | None = None) -> UUID:

@@ -44,7 +44,7 @@ from fusillade.core.models import (
 from fusillade.core.results import format_error_line, format_output_line
 from fusillade.core.retry import RetryPolicy
 from fusillade.errors import NotFound, ValidationError
-from fusillade.ids import uuid7
+from fusillade.ids import next_uuid7
 from fusillade.progress import Progress
 from fusillade.runtime.config import DaemonConfig, Upstream
 from fusillade.store.interface import ResultLine
@@ -96,7 +96,7 @@ def _batch_id_for(options: RunOptions, input_hash: str) -> tuple[UUID, bool]:
             return UUID(state["batch_id"]), True
     except (OSError, ValueError, KeyError):
         pass
-    batch_id = uuid7()
+    batch_id = next_uuid7()
     tmp = options.state_path.with_name(options.state_path.name + ".tmp")
     tmp.write_text(json.dumps({"batch_id": str(batch_id), "input_sha256": input_hash}) + "\n")
     os.replace(tmp, options.state_path)

@@ -29,9 +29,10 @@ else is derived by ``derive``, first matching rule wins:
 6. Otherwise ``in_progress``.
 
 ``in_progress_at = created_at`` (input is validated before the batch exists, so
-``validating`` never shows). ``completed`` and ``cancelled`` need frozen counts, so once
-a batch is frozen or stamped expired its status and timestamps never change until a
-retry resets the row, and reading it never recounts its requests. The stateful test in ``tests/unit/test_batches.py`` checks all of this.
+``validating`` never shows). Every terminal status needs frozen counts, so once a batch
+is terminal its status and timestamps never change until a retry resets the row, and
+reading it never recounts its requests. The stateful test in
+``tests/unit/test_batches.py`` checks all of this.
 
 Counts are the frozen ones when set (live counts are ignored), else the live ones.
 ``has_output`` (an ``output_file_id``) needs a completed request; ``has_errors`` (an

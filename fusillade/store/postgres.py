@@ -34,6 +34,7 @@ from psycopg_pool import ConnectionPool
 from fusillade.core.batches import derive, needs_freeze
 from fusillade.core.models import (
     BatchRecord,
+    BatchStatus,
     BatchView,
     FilePurpose,
     FileRecord,
@@ -41,8 +42,9 @@ from fusillade.core.models import (
     RequestState,
     RequestTemplate,
 )
+from fusillade.core.windows import parse_completion_window
 from fusillade.errors import Conflict, NotFound, ValidationError
-from fusillade.ids import uuid7
+from fusillade.ids import next_uuid7
 from fusillade.serde import structure
 from fusillade.store.errors import translate_errors
 from fusillade.store.interface import (
@@ -160,7 +162,7 @@ class PostgresRepository:
         back and nothing of the file is stored. ``size_bytes`` defaults to the sum of
         the bodies' UTF-8 lengths.
         """
-        file_id = uuid7()
+        file_id = next_uuid7()
         lines = 0
         body_bytes = 0
         models: set[str] = set()
@@ -290,7 +292,7 @@ class PostgresRepository:
             ValidationError: the file is not an input file, is empty, or has a line
                 whose url differs from the endpoint.
         """
-        batch_id = spec.batch_id or uuid7()
+        batch_id = spec.batch_id or next_uuid7()
         with self._tx() as cur:
             cur.execute(self.q.lock_batch, {"id": batch_id})
             existing = cur.execute(self.q.get_batch, {"id": batch_id, "owner": None}).fetchone()
@@ -331,7 +333,7 @@ class PostgresRepository:
                 param="endpoint",
             )
         expires_at = now + spec.window
-        output_id, error_id = uuid7(), uuid7()
+        output_id, error_id = next_uuid7(), next_uuid7()
         for file_id, purpose in (
             (output_id, FilePurpose.BATCH_OUTPUT),
             (error_id, FilePurpose.BATCH_ERROR),
@@ -480,10 +482,8 @@ class PostgresRepository:
         Raises:
             Conflict: the batch is still cancelling.
         """
-        from fusillade.core.windows import parse_completion_window
-
         view = self.get_batch(owner, batch_id, now=now)
-        if view.status.value == "cancelling":
+        if view.status is BatchStatus.CANCELLING:
             raise Conflict("the batch is still cancelling; retry once it is cancelled")
         record = view.record
         with self._tx() as cur:
@@ -499,7 +499,10 @@ class PostgresRepository:
                 },
             ).fetchone()
             if row is None or row["batches"] == 0:
-                raise Conflict("the batch changed while retrying; try again")
+                current = self._read_batch(cur, owner, batch_id)
+                if current.version != record.version:
+                    raise Conflict("the batch changed while retrying; try again")
+                return view  # nothing to retry: the batch is left as it is
             cur.execute(self.q.notify, {"channel": WORK_CHANNEL, "payload": str(batch_id)})
         return self.get_batch(owner, batch_id, now=now)
 

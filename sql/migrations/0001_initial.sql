@@ -124,7 +124,8 @@ CREATE TABLE requests (
     CONSTRAINT requests_failed_fields CHECK (state <> 'failed' OR (
         finished_at IS NOT NULL AND failure_reason IS NOT NULL)),
     CONSTRAINT requests_canceled_fields CHECK (state <> 'canceled' OR (
-        finished_at IS NOT NULL AND failure_reason IN ('cancelled', 'expired'))),
+        finished_at IS NOT NULL AND failure_reason IS NOT NULL
+        AND failure_reason IN ('cancelled', 'expired'))),
     CONSTRAINT requests_budget CHECK (budget_base <= attempts)
 );
 

@@ -32,7 +32,10 @@ WITH input AS (
         claimed_at = CASE WHEN i.state = 'pending' THEN NULL ELSE r.claimed_at END,
         started_at = CASE WHEN i.state = 'pending' THEN NULL ELSE r.started_at END,
         finished_at = CASE WHEN i.state = 'pending' THEN NULL ELSE i.finished_at END,
-        not_before = coalesce(i.not_before, r.not_before),
+        -- a retry is never due before its attempt ended
+        not_before = CASE WHEN i.state = 'pending'
+                          THEN greatest(coalesce(i.not_before, i.finished_at), i.finished_at)
+                          ELSE r.not_before END,
         response_status = i.status,
         response_body = i.body,
         failure_reason = i.reason,

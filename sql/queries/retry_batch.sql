@@ -2,6 +2,7 @@
 -- fresh attempt budget, and the batch's frozen counts and stamps are reset in the same
 -- statement under a version bump (so no freeze computed before it can land).
 -- Parameters: id, owner, version (as read), include_cancelled, now, window (interval).
+-- A batch with nothing to retry is left as it is (no version bump, stamps kept).
 WITH b AS (
     UPDATE batches
     SET version = version + 1,
@@ -12,7 +13,21 @@ WITH b AS (
         expires_at = CASE WHEN expired_at IS NOT NULL OR expires_at <= %(now)s
                           THEN %(now)s + %(window)s ELSE expires_at END
     WHERE id = %(id)s AND owner = %(owner)s AND version = %(version)s
+      AND EXISTS (
+          SELECT 1 FROM requests q
+          WHERE q.batch_id = %(id)s
+            AND (q.state = 'failed' OR (%(include_cancelled)s AND q.state = 'canceled'))
+      )
     RETURNING id, expires_at
+), moved AS (
+    -- unsettled rows follow the batch to its new deadline, or they could never be claimed
+    UPDATE requests q
+    SET batch_expires_at = b.expires_at
+    FROM b
+    WHERE q.batch_id = b.id
+      AND q.state IN ('pending', 'claimed', 'processing')
+      AND q.batch_expires_at <> b.expires_at
+    RETURNING q.id
 ), r AS (
     UPDATE requests q
     SET state = 'pending', daemon_id = NULL, claimed_at = NULL, started_at = NULL,

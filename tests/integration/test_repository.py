@@ -453,3 +453,34 @@ def test_lesson4_a_hung_query_times_out_instead_of_freezing(database_url: str) -
         with pytest.raises(StoreUnavailable), repo._tx() as cur:
             cur.execute("SELECT pg_sleep(5)")
         repo.ping()  # the pool recovers
+
+
+def test_retry_of_a_batch_with_nothing_to_retry_leaves_it_alone(
+    repo: PostgresRepository,
+) -> None:
+    b = make_batch(repo, 2)
+    d = daemon(repo)
+    cancelled = repo.cancel_batch("alice", b, now=T0)
+    assert cancelled.status is BatchStatus.CANCELLED
+    assert repo.claim(d, {"m1": 2}, now=T0) == []
+    again = repo.retry_batch("alice", b, now=T0)  # nothing failed: no-op
+    assert again.status is BatchStatus.CANCELLED
+    assert again.record.version == cancelled.record.version
+
+
+def test_retry_after_the_deadline_moves_every_unsettled_row(repo: PostgresRepository) -> None:
+    b = make_batch(repo, 3)
+    d = daemon(repo)
+    c = repo.claim(d, {"m1": 1}, now=T0)
+    bad = Failure(FailureReason.HTTP_STATUS, "500", 500, "oops")
+    repo.record_results(d, [AttemptResult(c[0].id, 1, ResultKind.FAILED, T0, 500, "oops", bad)])
+    late = T0 + timedelta(hours=24, seconds=1)  # past the deadline, before any sweep
+    view = repo.retry_batch("alice", b, now=late)
+    assert view.record.expires_at == late + timedelta(hours=24)
+    # the retried row and the two never-claimed ones are all claimable again
+    assert len(repo.claim(d, {"m1": 5}, now=late)) == 3
+
+
+def test_ids_sort_in_creation_order_within_one_millisecond(repo: PostgresRepository) -> None:
+    ids = [repo.create_file("alice", f"{i}", templates(1), now=T0).id for i in range(50)]
+    assert ids == sorted(ids)
