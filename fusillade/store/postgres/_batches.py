@@ -1,0 +1,253 @@
+"""Batches: idempotent creation, derived status with frozen counts, cancel, retry."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+import psycopg
+import psycopg.errors
+from psycopg.types.json import Jsonb
+
+from fusillade.core.batches import derive, needs_freeze
+from fusillade.core.models import (
+    BatchRecord,
+    BatchStatus,
+    BatchView,
+    FilePurpose,
+    RequestCounts,
+)
+from fusillade.core.windows import parse_completion_window
+from fusillade.errors import Conflict, NotFound, ValidationError
+from fusillade.ids import next_uuid7
+from fusillade.serde import structure
+from fusillade.store.interface import (
+    BatchSpec,
+    Page,
+)
+from fusillade.store.postgres._base import CANCEL_CHANNEL, WORK_CHANNEL, PostgresBase
+
+# Pending rows of a cancelled batch turned canceled inline by cancel_batch; the rest
+# are swept by daemons, so the cancel call stays O(1) for large batches.
+_INLINE_SWEEP = 10_000
+
+
+class BatchQueries(PostgresBase):
+    def create_batch(self, owner: str, spec: BatchSpec, *, now: datetime) -> BatchView:
+        """Create a batch and all its requests in one transaction.
+
+        Idempotent for a given ``spec.batch_id``: a repeated call (a retried request, a
+        re-delivered job) returns the existing batch and inserts nothing (lesson 3).
+
+        Raises:
+            NotFound: the input file does not exist or is not the owner's.
+            ValidationError: the file is not an input file, is empty, or has a line
+                whose url differs from the endpoint.
+        """
+        batch_id = spec.batch_id or next_uuid7()
+        with self._tx() as cur:
+            cur.execute(self.q.lock_batch, {"id": batch_id})
+            existing = cur.execute(self.q.get_batch, {"id": batch_id, "owner": None}).fetchone()
+            if existing is not None:
+                if existing["owner"] != owner:
+                    raise Conflict(f"batch id {batch_id} is taken")
+            else:
+                self._insert_batch(cur, owner, batch_id, spec, now)
+        return self.get_batch(owner, batch_id, now=now)
+
+    def _insert_batch(
+        self,
+        cur: psycopg.Cursor[dict[str, Any]],
+        owner: str,
+        batch_id: UUID,
+        spec: BatchSpec,
+        now: datetime,
+    ) -> None:
+        file_row = cur.execute(
+            self.q.get_file, {"id": spec.input_file_id, "owner": owner}
+        ).fetchone()
+        if file_row is None:
+            raise NotFound("file", spec.input_file_id)
+        if file_row["purpose"] != FilePurpose.BATCH.value:
+            raise ValidationError(
+                f"file {spec.input_file_id} is not a batch input file", param="input_file_id"
+            )
+        if file_row["line_count"] == 0:
+            raise ValidationError("the input file has no requests", param="input_file_id")
+        mismatch = cur.execute(
+            self.q.first_path_mismatch,
+            {"file_id": spec.input_file_id, "endpoint": spec.endpoint},
+        ).fetchone()
+        if mismatch is not None:
+            raise ValidationError(
+                f"line {mismatch['line_number']}: url {mismatch['path']!r} does not match "
+                f"the batch endpoint {spec.endpoint!r}",
+                param="endpoint",
+            )
+        expires_at = now + spec.window
+        output_id, error_id = next_uuid7(), next_uuid7()
+        for file_id, purpose in (
+            (output_id, FilePurpose.BATCH_OUTPUT),
+            (error_id, FilePurpose.BATCH_ERROR),
+        ):
+            cur.execute(
+                self.q.insert_file,
+                {
+                    "id": file_id,
+                    "owner": owner,
+                    "filename": f"batch_{batch_id.hex}_{purpose.value.removeprefix('batch_')}"
+                    ".jsonl",
+                    "purpose": purpose.value,
+                    "batch_id": batch_id,
+                    "created_at": now,
+                    "expires_at": None,
+                },
+            )
+        cur.execute(
+            self.q.insert_batch,
+            {
+                "id": batch_id,
+                "owner": owner,
+                "input_file_id": spec.input_file_id,
+                "output_file_id": output_id,
+                "error_file_id": error_id,
+                "endpoint": spec.endpoint,
+                "completion_window": spec.completion_window,
+                "metadata": Jsonb(dict(spec.metadata)) if spec.metadata is not None else None,
+                "created_at": now,
+                "expires_at": expires_at,
+                "total": file_row["line_count"],
+                "models": file_row["models"],
+            },
+        )
+        cur.execute(
+            self.q.create_batch_requests,
+            {
+                "batch_id": batch_id,
+                "file_id": spec.input_file_id,
+                "expires_at": expires_at,
+                "now": now,
+            },
+        )
+        cur.execute(self.q.notify, {"channel": WORK_CHANNEL, "payload": str(batch_id)})
+
+    def _live_counts(
+        self, cur: psycopg.Cursor[dict[str, Any]], records: Sequence[BatchRecord]
+    ) -> dict[UUID, RequestCounts]:
+        live = [r.id for r in records if r.frozen_counts is None]
+        tallies: dict[UUID, dict[str, int]] = {i: {} for i in live}
+        if live:
+            for row in cur.execute(self.q.count_batch_requests, {"batch_ids": live}):
+                tallies[row["batch_id"]][row["state"]] = row["n"]
+        out: dict[UUID, RequestCounts] = {}
+        for r in records:
+            if r.frozen_counts is not None:
+                out[r.id] = r.frozen_counts
+                continue
+            t = tallies[r.id]
+            out[r.id] = RequestCounts(
+                total=r.total,
+                pending=t.get("pending", 0),
+                in_progress=t.get("claimed", 0) + t.get("processing", 0),
+                completed=t.get("completed", 0),
+                failed=t.get("failed", 0),
+                canceled=t.get("canceled", 0),
+            )
+        return out
+
+    def _views(
+        self,
+        cur: psycopg.Cursor[dict[str, Any]],
+        records: Sequence[BatchRecord],
+        owner: str | None,
+        now: datetime,
+    ) -> list[BatchView]:
+        """Derive views, freezing (once) any batch that is terminal but not yet frozen."""
+        counts = self._live_counts(cur, records)
+        views = []
+        for record in records:
+            view = derive(record, counts[record.id], now)
+            if needs_freeze(view):
+                frozen = cur.execute(
+                    self.q.freeze_batch, {"id": record.id, "version": record.version}
+                ).fetchone()
+                if frozen is not None:
+                    record = self._read_batch(cur, owner, record.id)
+                    assert record.frozen_counts is not None
+                    view = derive(record, record.frozen_counts, now)
+            views.append(view)
+        return views
+
+    def get_batch(self, owner: str | None, batch_id: UUID, *, now: datetime) -> BatchView:
+        """A batch with its derived status; ``owner=None`` reads any owner's batch."""
+        with self._tx() as cur:
+            record = self._read_batch(cur, owner, batch_id)
+            return self._views(cur, [record], owner, now)[0]
+
+    def list_batches(
+        self, owner: str, *, now: datetime, after: UUID | None = None, limit: int = 20
+    ) -> Page[BatchView]:
+        with self._tx() as cur:
+            if (
+                after is not None
+                and cur.execute(self.q.get_batch, {"id": after, "owner": owner}).fetchone() is None
+            ):
+                raise ValidationError(f"after: no batch with id {after}", param="after")
+            rows = cur.execute(
+                self.q.list_batches, {"owner": owner, "after": after, "limit": limit + 1}
+            ).fetchall()
+            records = [structure(r, BatchRecord) for r in rows[:limit]]
+            views = self._views(cur, records, owner, now)
+        return Page(tuple(views), has_more=len(rows) > limit)
+
+    def cancel_batch(self, owner: str, batch_id: UUID, *, now: datetime) -> BatchView:
+        """Cancel a batch: O(1) on its row, plus a bounded inline sweep of pending rows.
+
+        A batch that is already finished, cancelled or expired is returned unchanged.
+        """
+        with self._tx() as cur:
+            self._read_batch(cur, owner, batch_id)
+            hit = cur.execute(
+                self.q.cancel_batch, {"id": batch_id, "owner": owner, "now": now}
+            ).fetchone()
+            if hit is not None:
+                cur.execute(
+                    self.q.sweep_cancelled,
+                    {"now": now, "limit": _INLINE_SWEEP, "batch_id": batch_id},
+                )
+                cur.execute(self.q.notify, {"channel": CANCEL_CHANNEL, "payload": str(batch_id)})
+        return self.get_batch(owner, batch_id, now=now)
+
+    def retry_batch(
+        self, owner: str, batch_id: UUID, *, now: datetime, include_cancelled: bool = False
+    ) -> BatchView:
+        """Run the failed (and optionally canceled) requests of a batch again.
+
+        Raises:
+            Conflict: the batch is still cancelling.
+        """
+        view = self.get_batch(owner, batch_id, now=now)
+        if view.status is BatchStatus.CANCELLING:
+            raise Conflict("the batch is still cancelling; retry once it is cancelled")
+        record = view.record
+        with self._tx() as cur:
+            row = cur.execute(
+                self.q.retry_batch,
+                {
+                    "id": batch_id,
+                    "owner": owner,
+                    "version": record.version,
+                    "include_cancelled": include_cancelled,
+                    "now": now,
+                    "window": parse_completion_window(record.completion_window),
+                },
+            ).fetchone()
+            if row is None or row["batches"] == 0:
+                current = self._read_batch(cur, owner, batch_id)
+                if current.version != record.version:
+                    raise Conflict("the batch changed while retrying; try again")
+                return view  # nothing to retry: the batch is left as it is
+            cur.execute(self.q.notify, {"channel": WORK_CHANNEL, "payload": str(batch_id)})
+        return self.get_batch(owner, batch_id, now=now)

@@ -1,0 +1,186 @@
+"""The daemon side: claim, fenced result writes, release, reclaim, sweeps, heartbeats."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+from psycopg.types.json import Jsonb
+
+from fusillade.store.interface import (
+    AttemptResult,
+    ClaimedRequest,
+    DaemonInfo,
+    ReclaimStats,
+    RecordStats,
+    ResultKind,
+)
+from fusillade.store.postgres._base import WORK_CHANNEL, PostgresBase
+
+
+class DaemonQueries(PostgresBase):
+    def active_models(self, *, now: datetime) -> list[str]:
+        with self._tx() as cur:
+            return sorted(r["model"] for r in cur.execute(self.q.active_models, {"now": now}))
+
+    def claim(
+        self, daemon_id: UUID, slots: Mapping[str, int], *, now: datetime
+    ) -> list[ClaimedRequest]:
+        """Claim and start up to ``slots[model]`` due requests per model, in one statement."""
+        wanted = {m: n for m, n in slots.items() if n > 0}
+        if not wanted:
+            return []
+        with self._tx() as cur:
+            rows = cur.execute(
+                self.q.claim,
+                {
+                    "daemon_id": daemon_id,
+                    "now": now,
+                    "models": list(wanted),
+                    "slots": list(wanted.values()),
+                },
+            ).fetchall()
+        return [
+            ClaimedRequest(
+                id=r["id"],
+                batch_id=r["batch_id"],
+                attempt=r["attempts"],
+                budget_used=r["attempts"] - r["budget_base"],
+                model=r["model"],
+                batch_expires_at=r["batch_expires_at"],
+                custom_id=r["custom_id"],
+                endpoint=r["endpoint"],
+                method=r["method"],
+                path=r["path"],
+                body=r["body"],
+                api_key=r["api_key"],
+            )
+            for r in rows
+        ]
+
+    def record_results(self, daemon_id: UUID, results: Sequence[AttemptResult]) -> RecordStats:
+        """Write many attempt results in one statement; fenced rows count as lost."""
+        if not results:
+            return RecordStats(written=0)
+        params: dict[str, Any] = {
+            "daemon_id": daemon_id,
+            "ids": [r.request_id for r in results],
+            "attempts": [r.attempt for r in results],
+            "states": [r.kind.value for r in results],
+            "finished_at": [r.finished_at for r in results],
+            "not_before": [r.not_before if r.kind is ResultKind.RETRY else None for r in results],
+            "statuses": [r.status for r in results],
+            "bodies": [r.body for r in results],
+            "reasons": [r.failure.reason.value if r.failure else None for r in results],
+            "messages": [r.failure.message if r.failure else None for r in results],
+            "input_tokens": [r.input_tokens for r in results],
+            "output_tokens": [r.output_tokens for r in results],
+        }
+        with self._tx() as cur:
+            written = {row["id"] for row in cur.execute(self.q.record_results, params)}
+        lost = tuple(r.request_id for r in results if r.request_id not in written)
+        return RecordStats(written=len(written), lost=lost)
+
+    def release(
+        self, daemon_id: UUID, *, now: datetime, request_ids: Sequence[UUID] | None = None
+    ) -> int:
+        with self._tx() as cur:
+            rows = cur.execute(
+                self.q.release,
+                {
+                    "daemon_id": daemon_id,
+                    "now": now,
+                    "ids": list(request_ids) if request_ids is not None else None,
+                },
+            ).fetchall()
+            if rows:
+                cur.execute(self.q.notify, {"channel": WORK_CHANNEL, "payload": "released"})
+        return len(rows)
+
+    def reclaim_dead(
+        self, *, now: datetime, stale_before: datetime, max_attempts: int, limit: int = 1000
+    ) -> ReclaimStats:
+        with self._tx() as cur:
+            rows = cur.execute(
+                self.q.reclaim_dead_daemons,
+                {
+                    "now": now,
+                    "stale_before": stale_before,
+                    "limit": limit,
+                    "max_attempts": max_attempts,
+                },
+            ).fetchall()
+        return _reclaim_stats(rows)
+
+    def reclaim_timed_out(
+        self, *, now: datetime, claimed_before: datetime, max_attempts: int, limit: int = 1000
+    ) -> ReclaimStats:
+        with self._tx() as cur:
+            rows = cur.execute(
+                self.q.reclaim_timed_out,
+                {
+                    "now": now,
+                    "claimed_before": claimed_before,
+                    "limit": limit,
+                    "max_attempts": max_attempts,
+                },
+            ).fetchall()
+        return _reclaim_stats(rows)
+
+    def batches_to_abort(self, batch_ids: Sequence[UUID], *, now: datetime) -> dict[UUID, str]:
+        if not batch_ids:
+            return {}
+        with self._tx() as cur:
+            rows = cur.execute(
+                self.q.batches_to_abort, {"batch_ids": list(batch_ids), "now": now}
+            ).fetchall()
+        return {r["id"]: r["reason"] for r in rows}
+
+    def sweep(self, *, now: datetime, limit: int = 5000) -> int:
+        """One round of maintenance: stamp expired batches, then turn a bounded chunk of
+        pending rows of cancelled and expired batches canceled. Returns rows changed."""
+        with self._tx() as cur:
+            cur.execute(self.q.expire_batches, {"now": now})
+            swept = len(
+                cur.execute(
+                    self.q.sweep_cancelled, {"now": now, "limit": limit, "batch_id": None}
+                ).fetchall()
+            )
+            swept += len(
+                cur.execute(self.q.expire_requests, {"now": now, "limit": limit}).fetchall()
+            )
+        return swept
+
+    def register_daemon(self, info: DaemonInfo, *, now: datetime) -> None:
+        with self._tx() as cur:
+            cur.execute(
+                self.q.daemon_register,
+                {
+                    "id": info.id,
+                    "hostname": info.hostname,
+                    "pid": info.pid,
+                    "version": info.version,
+                    "now": now,
+                    "config": Jsonb(json.loads(json.dumps(dict(info.config), default=str))),
+                },
+            )
+
+    def heartbeat(self, daemon_id: UUID, *, now: datetime) -> bool:
+        """Refresh the heartbeat; False when the daemon was declared dead meanwhile."""
+        with self._tx() as cur:
+            return (
+                cur.execute(self.q.daemon_heartbeat, {"id": daemon_id, "now": now}).fetchone()
+                is not None
+            )
+
+    def stop_daemon(self, daemon_id: UUID, *, now: datetime) -> None:
+        with self._tx() as cur:
+            cur.execute(self.q.daemon_stop, {"id": daemon_id, "now": now})
+
+
+def _reclaim_stats(rows: Sequence[Mapping[str, Any]]) -> ReclaimStats:
+    failed = sum(1 for r in rows if r["state"] == "failed")
+    return ReclaimStats(requeued=len(rows) - failed, failed=failed)
