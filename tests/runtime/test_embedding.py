@@ -85,3 +85,17 @@ def test_under_asyncio(database_url: str, upstream_process: str, tmp_path: Path)
 
     got = anyio.run(main, backend="asyncio")
     assert sorted(got) == sorted(f"c{i}" for i in range(30))
+
+
+async def test_without_a_database(mock_upstream: MockUpstream, tmp_path: Path) -> None:
+    """The in-memory repository runs the same engine, for tests and experiments."""
+    from fusillade.store.memory import MemoryRepository
+
+    jsonl = write_jsonl(tmp_path / "in.jsonl", 20)
+    cfg = config(mock_upstream.url)
+    async with fusillade.open(repository=MemoryRepository(), config=cfg) as engine:
+        stored = await engine.create_file(jsonl)
+        batch = await engine.create_batch(stored.id)
+        done = await engine.wait(batch.record.id, interval=0.05)
+        assert done.status is fusillade.BatchStatus.COMPLETED
+        assert done.counts.completed == 20

@@ -1,0 +1,183 @@
+"""The in-memory tables, their lock and the helpers every part uses."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from datetime import datetime
+from typing import TYPE_CHECKING, Self
+from uuid import UUID
+
+import attrs
+
+from fusillade.core.batches import count_states, derive, freeze, needs_freeze
+from fusillade.core.models import (
+    BatchRecord,
+    BatchView,
+    RequestCounts,
+    RequestState,
+    RequestTemplate,
+    Usage,
+)
+from fusillade.core.transitions import Event, EventKind, step
+from fusillade.errors import NotFound
+from fusillade.ids import uuid7
+from fusillade.store.interface import (
+    RequestSummary,
+    ResultKind,
+)
+from fusillade.store.memory._rows import _Daemon, _File, _Row
+
+if TYPE_CHECKING:
+    pass
+
+P = RequestState.PENDING
+PR = RequestState.PROCESSING
+CA = RequestState.CANCELED
+IN_FLIGHT = (RequestState.CLAIMED, PR)
+UNSETTLED = (P, *IN_FLIGHT)
+# As in postgres.py: cancel_batch turns this many pending rows canceled inline.
+_INLINE_SWEEP = 10_000
+_RESULT_EVENTS = {
+    ResultKind.SUCCEEDED: EventKind.SUCCEED,
+    ResultKind.RETRY: EventKind.RETRY,
+    ResultKind.FAILED: EventKind.FAIL,
+    ResultKind.CANCELED: EventKind.CANCEL,
+}
+_LOST_DEAD = "the daemon running this request stopped without recording a result"
+_LOST_TIMED_OUT = "the request stayed in flight past its time limit"
+_SMALLINT = range(-32768, 32768)
+
+
+class MemoryBase:
+    """The tables and the lock; the repository's parts are its subclasses."""
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        self._files: dict[UUID, _File] = {}
+        self._templates: dict[UUID, list[RequestTemplate]] = {}
+        self._batches: dict[UUID, BatchRecord] = {}
+        self._rows: dict[UUID, _Row] = {}
+        self._batch_rows: dict[UUID, list[UUID]] = {}  # in line order
+        self._by_state: dict[RequestState, set[UUID]] = {s: set() for s in RequestState}
+        self._daemons: dict[UUID, _Daemon] = {}
+        self._last_id = UUID(int=0)
+
+    # Parity with PostgresRepository, so either can be used as a context manager.
+    def open(self, *, wait: bool = True, timeout: float = 30.0) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def ping(self) -> None:
+        pass
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def _new_id(self) -> UUID:
+        """A uuid7 strictly greater than every earlier one, so id order is creation
+        order even within one millisecond."""
+        new = uuid7()
+        if new <= self._last_id:
+            new = uuid7((self._last_id.int >> 80) + 1)
+        self._last_id = new
+        return new
+
+    def _put(self, row: _Row) -> None:
+        old = self._rows.get(row.req.id)
+        if old is not None:
+            self._by_state[old.req.state].discard(row.req.id)
+        self._rows[row.req.id] = row
+        self._by_state[row.req.state].add(row.req.id)
+
+    def _live_file(self, owner: str, file_id: UUID) -> _File | None:
+        f = self._files.get(file_id)
+        if f is None or f.record.owner != owner or f.deleted_at is not None:
+            return None
+        return f
+
+    def _batch(self, owner: str | None, batch_id: UUID) -> BatchRecord:
+        record = self._batches.get(batch_id)
+        if record is None or (owner is not None and record.owner != owner):
+            raise NotFound("batch", batch_id)
+        return record
+
+    def _rows_of(self, batch_id: UUID) -> Iterator[_Row]:
+        for rid in self._batch_rows.get(batch_id, ()):
+            yield self._rows[rid]
+
+    def _counts(self, record: BatchRecord) -> RequestCounts:
+        return attrs.evolve(
+            count_states(r.req.state for r in self._rows_of(record.id)), total=record.total
+        )
+
+    def _view(self, record: BatchRecord, now: datetime) -> BatchView:
+        """Derive the view, freezing (once) a batch whose requests are all settled."""
+        view = derive(record, record.frozen_counts or self._counts(record), now)
+        if not needs_freeze(view):
+            return view
+        rows = list(self._rows_of(record.id))
+        done = [r for r in rows if r.req.state is RequestState.COMPLETED]
+        finished = [r.req.finished_at for r in rows if r.req.finished_at is not None]
+        try:
+            frozen = freeze(
+                record, count_states(r.req.state for r in rows), max(finished, default=None)
+            )
+        except ValueError:  # freeze_batch.sql's "nothing unsettled, sums to total" guard
+            return view
+        tokens_in = sum(r.input_tokens or 0 for r in done)
+        tokens_out = sum(r.output_tokens or 0 for r in done)
+        frozen = attrs.evolve(frozen, usage=Usage(tokens_in, tokens_out, tokens_in + tokens_out))
+        self._batches[record.id] = frozen
+        assert frozen.frozen_counts is not None
+        return derive(frozen, frozen.frozen_counts, now)
+
+    def _request_of(self, owner: str | None, request_id: UUID) -> tuple[_Row, RequestTemplate]:
+        row = self._rows.get(request_id)
+        if row is None:
+            raise NotFound("request", request_id)
+        if owner is not None and self._batches[row.req.batch_id].owner != owner:
+            raise NotFound("request", request_id)
+        return row, self._templates[row.file_id][row.line_number - 1]
+
+    def _summary(self, row: _Row) -> RequestSummary:
+        r = row.req
+        t = self._templates[row.file_id][row.line_number - 1]
+        return RequestSummary(
+            id=r.id,
+            batch_id=r.batch_id,
+            custom_id=t.custom_id,
+            model=row.model,
+            state=r.state,
+            attempts=r.attempts,
+            line_number=row.line_number,
+            response_status=r.response_status,
+            failure_reason=r.failure.reason.value if r.failure else None,
+            failure_message=r.failure.message if r.failure else None,
+            claimed_at=r.claimed_at,
+            finished_at=r.finished_at,
+        )
+
+    def _sweep_pending(
+        self,
+        event: EventKind,
+        now: datetime,
+        limit: int,
+        picks: Callable[[BatchRecord], bool],
+    ) -> int:
+        """Pending rows of unfrozen batches that ``picks`` accepts go ``canceled``."""
+        victims = []
+        for rid in self._by_state[P]:
+            row = self._rows[rid]
+            b = self._batches[row.req.batch_id]
+            if b.frozen_counts is None and picks(b):
+                victims.append(row)
+        victims.sort(key=lambda r: (r.req.batch_id, r.line_number))
+        for row in victims[:limit]:
+            self._put(attrs.evolve(row, req=step(row.req, Event(event), now).request))
+        return min(len(victims), limit)

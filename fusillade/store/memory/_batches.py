@@ -1,0 +1,217 @@
+"""Batches in memory: creation, derived status with frozen counts, cancel, retry."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import TYPE_CHECKING
+from uuid import UUID, uuid4
+
+import attrs
+
+from fusillade.core.models import (
+    UNSETTLED_STATES,
+    BatchRecord,
+    BatchStatus,
+    BatchView,
+    FilePurpose,
+    FileRecord,
+    Request,
+    RequestState,
+)
+from fusillade.core.transitions import Event, EventKind, step
+from fusillade.core.windows import parse_completion_window
+from fusillade.errors import Conflict, NotFound, ValidationError
+from fusillade.store.interface import (
+    BatchSpec,
+    Page,
+    ResultKind,
+)
+from fusillade.store.memory._base import MemoryBase
+from fusillade.store.memory._rows import _File, _Row
+
+if TYPE_CHECKING:
+    pass
+
+P = RequestState.PENDING
+PR = RequestState.PROCESSING
+CA = RequestState.CANCELED
+IN_FLIGHT = (RequestState.CLAIMED, PR)
+UNSETTLED = (P, *IN_FLIGHT)
+# As in postgres.py: cancel_batch turns this many pending rows canceled inline.
+_INLINE_SWEEP = 10_000
+_RESULT_EVENTS = {
+    ResultKind.SUCCEEDED: EventKind.SUCCEED,
+    ResultKind.RETRY: EventKind.RETRY,
+    ResultKind.FAILED: EventKind.FAIL,
+    ResultKind.CANCELED: EventKind.CANCEL,
+}
+_LOST_DEAD = "the daemon running this request stopped without recording a result"
+_LOST_TIMED_OUT = "the request stayed in flight past its time limit"
+_SMALLINT = range(-32768, 32768)
+
+
+class BatchParts(MemoryBase):
+    def create_batch(self, owner: str, spec: BatchSpec, *, now: datetime) -> BatchView:
+        """Create a batch and its requests; idempotent for a given ``spec.batch_id``.
+
+        Raises:
+            NotFound: the input file does not exist or is not the owner's.
+            ValidationError: the file is not an input file, is empty, or has a line
+                whose url differs from the endpoint.
+            Conflict: ``spec.batch_id`` is another owner's batch.
+        """
+        with self._lock:
+            batch_id = spec.batch_id or self._new_id()
+            existing = self._batches.get(batch_id)
+            if existing is not None:
+                if existing.owner != owner:
+                    raise Conflict(f"batch id {batch_id} is taken")
+            else:
+                self._insert_batch(owner, batch_id, spec, now)
+            return self.get_batch(owner, batch_id, now=now)
+
+    def _insert_batch(self, owner: str, batch_id: UUID, spec: BatchSpec, now: datetime) -> None:
+        f = self._live_file(owner, spec.input_file_id)
+        if f is None:
+            raise NotFound("file", spec.input_file_id)
+        if f.record.purpose is not FilePurpose.BATCH:
+            raise ValidationError(
+                f"file {spec.input_file_id} is not a batch input file", param="input_file_id"
+            )
+        if f.record.line_count == 0:
+            raise ValidationError("the input file has no requests", param="input_file_id")
+        templates = self._templates[spec.input_file_id]
+        for line, t in enumerate(templates, start=1):
+            if t.path != spec.endpoint:
+                raise ValidationError(
+                    f"line {line}: url {t.path!r} does not match "
+                    f"the batch endpoint {spec.endpoint!r}",
+                    param="endpoint",
+                )
+        expires_at = now + spec.window
+        output_id, error_id = self._new_id(), self._new_id()
+        for file_id, purpose in (
+            (output_id, FilePurpose.BATCH_OUTPUT),
+            (error_id, FilePurpose.BATCH_ERROR),
+        ):
+            name = f"batch_{batch_id.hex}_{purpose.value.removeprefix('batch_')}.jsonl"
+            self._files[file_id] = _File(
+                FileRecord(file_id, owner, name, purpose, 0, 0, now, None, batch_id)
+            )
+            self._templates[file_id] = []
+        self._batches[batch_id] = BatchRecord(
+            id=batch_id,
+            owner=owner,
+            input_file_id=spec.input_file_id,
+            output_file_id=output_id,
+            error_file_id=error_id,
+            endpoint=spec.endpoint,
+            completion_window=spec.completion_window,
+            created_at=now,
+            expires_at=expires_at,
+            total=f.record.line_count,
+            models=f.models,
+            metadata=dict(spec.metadata) if spec.metadata is not None else None,
+        )
+        ids = []
+        for line, t in enumerate(templates, start=1):
+            req = Request(id=uuid4(), batch_id=batch_id, state=P, not_before=now)
+            self._put(_Row(req, spec.input_file_id, line, t.model, expires_at))
+            ids.append(req.id)
+        self._batch_rows[batch_id] = ids
+
+    def get_batch(self, owner: str | None, batch_id: UUID, *, now: datetime) -> BatchView:
+        """A batch with its derived status; ``owner=None`` reads any owner's batch."""
+        with self._lock:
+            return self._view(self._batch(owner, batch_id), now)
+
+    def list_batches(
+        self, owner: str, *, now: datetime, after: UUID | None = None, limit: int = 20
+    ) -> Page[BatchView]:
+        with self._lock:
+            if after is not None:
+                b = self._batches.get(after)
+                if b is None or b.owner != owner:
+                    raise ValidationError(f"after: no batch with id {after}", param="after")
+            found = sorted(
+                (
+                    b
+                    for b in self._batches.values()
+                    if b.owner == owner and (after is None or b.id < after)
+                ),
+                key=lambda b: b.id,
+                reverse=True,
+            )
+            views = tuple(self._view(b, now) for b in found[:limit])
+        return Page(views, has_more=len(found) > limit)
+
+    def cancel_batch(self, owner: str, batch_id: UUID, *, now: datetime) -> BatchView:
+        """Cancel a batch and cancel up to 10,000 of its pending requests at once.
+
+        A batch with nothing unsettled, already cancelled or expired, or past its window
+        is returned unchanged.
+        """
+        with self._lock:
+            record = self._batch(owner, batch_id)
+            if (
+                record.cancelling_at is None
+                and record.expired_at is None
+                and record.expires_at > now
+                and record.frozen_counts is None
+                and any(r.req.state in UNSETTLED for r in self._rows_of(batch_id))
+            ):
+                self._batches[batch_id] = attrs.evolve(record, cancelling_at=now)
+                self._sweep_pending(
+                    EventKind.CANCEL,
+                    now,
+                    _INLINE_SWEEP,
+                    lambda b: b.id == batch_id and b.cancelling_at is not None,
+                )
+            return self.get_batch(owner, batch_id, now=now)
+
+    def retry_batch(
+        self, owner: str, batch_id: UUID, *, now: datetime, include_cancelled: bool = False
+    ) -> BatchView:
+        """Run the failed (and optionally canceled) requests of a batch again.
+
+        Raises:
+            Conflict: the batch is still cancelling.
+        """
+        with self._lock:
+            view = self.get_batch(owner, batch_id, now=now)
+            if view.status is BatchStatus.CANCELLING:
+                raise Conflict("the batch is still cancelling; retry once it is cancelled")
+            record = view.record
+            again = (RequestState.FAILED, CA) if include_cancelled else (RequestState.FAILED,)
+            if not any(row.req.state in again for row in self._rows_of(batch_id)):
+                return view  # nothing to retry: the batch is left as it is
+            window = parse_completion_window(record.completion_window)
+            expires_at = record.expires_at
+            if record.expired_at is not None or expires_at <= now:
+                expires_at = now + window
+            self._batches[batch_id] = attrs.evolve(
+                record,
+                version=record.version + 1,
+                frozen_counts=None,
+                usage=None,
+                last_finished_at=None,
+                cancelling_at=None,
+                expired_at=None,
+                expires_at=expires_at,
+            )
+            for row in list(self._rows_of(batch_id)):
+                if row.req.state in UNSETTLED_STATES:
+                    # unsettled rows follow the batch to its new deadline
+                    self._put(attrs.evolve(row, batch_expires_at=expires_at))
+                elif row.req.state in again:
+                    req = step(row.req, Event(EventKind.MANUAL_RETRY), now).request
+                    self._put(
+                        attrs.evolve(
+                            row,
+                            req=req,
+                            input_tokens=None,
+                            output_tokens=None,
+                            batch_expires_at=expires_at,
+                        )
+                    )
+            return self.get_batch(owner, batch_id, now=now)

@@ -1,0 +1,327 @@
+"""The daemon side in memory: claim, fenced results, release, reclaim, sweeps."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from datetime import datetime
+from typing import TYPE_CHECKING
+from uuid import UUID
+
+import attrs
+
+from fusillade.core.models import (
+    BatchRecord,
+    Failure,
+    FailureReason,
+    RequestState,
+    Usage,
+)
+from fusillade.core.transitions import Event, EventKind, step
+from fusillade.errors import StoreError
+from fusillade.store.interface import (
+    AttemptResult,
+    ClaimedRequest,
+    DaemonInfo,
+    ReclaimStats,
+    RecordStats,
+    ResultKind,
+)
+from fusillade.store.memory._base import MemoryBase
+from fusillade.store.memory._rows import _check, _Daemon, _no_nul, _Row
+
+if TYPE_CHECKING:
+    pass
+
+P = RequestState.PENDING
+PR = RequestState.PROCESSING
+CA = RequestState.CANCELED
+IN_FLIGHT = (RequestState.CLAIMED, PR)
+UNSETTLED = (P, *IN_FLIGHT)
+# As in postgres.py: cancel_batch turns this many pending rows canceled inline.
+_INLINE_SWEEP = 10_000
+_RESULT_EVENTS = {
+    ResultKind.SUCCEEDED: EventKind.SUCCEED,
+    ResultKind.RETRY: EventKind.RETRY,
+    ResultKind.FAILED: EventKind.FAIL,
+    ResultKind.CANCELED: EventKind.CANCEL,
+}
+_LOST_DEAD = "the daemon running this request stopped without recording a result"
+_LOST_TIMED_OUT = "the request stayed in flight past its time limit"
+_SMALLINT = range(-32768, 32768)
+
+
+class DaemonParts(MemoryBase):
+    def _claimable(self, b: BatchRecord) -> bool:
+        return b.cancelling_at is None and b.expired_at is None
+
+    def active_models(self, *, now: datetime) -> list[str]:
+        with self._lock:
+            return sorted(
+                {
+                    m
+                    for b in self._batches.values()
+                    if b.frozen_counts is None and self._claimable(b) and b.expires_at > now
+                    for m in b.models
+                }
+            )
+
+    def claim(
+        self, daemon_id: UUID, slots: Mapping[str, int], *, now: datetime
+    ) -> list[ClaimedRequest]:
+        """Claim and start up to ``slots[model]`` due requests per model, in claim order:
+        earliest batch deadline, then batch id, then line."""
+        wanted = {m: n for m, n in slots.items() if n > 0}
+        if not wanted:
+            return []
+        with self._lock:
+            due: dict[str, list[_Row]] = {m: [] for m in wanted}
+            for rid in self._by_state[P]:
+                row = self._rows[rid]
+                if (
+                    row.model in due
+                    and row.req.not_before <= now
+                    and row.batch_expires_at > now
+                    and self._claimable(self._batches[row.req.batch_id])
+                ):
+                    due[row.model].append(row)
+            out = []
+            for model, n in wanted.items():
+                rows = sorted(
+                    due[model], key=lambda r: (r.batch_expires_at, r.req.batch_id, r.line_number)
+                )
+                for row in rows[:n]:
+                    req = step(row.req, Event(EventKind.CLAIM, daemon_id=daemon_id), now).request
+                    req = step(req, Event(EventKind.START, attempt=req.attempts), now).request
+                    self._put(attrs.evolve(row, req=req))
+                    t = self._templates[row.file_id][row.line_number - 1]
+                    out.append(
+                        ClaimedRequest(
+                            id=req.id,
+                            batch_id=req.batch_id,
+                            attempt=req.attempts,
+                            budget_used=req.budget_used,
+                            model=row.model,
+                            batch_expires_at=row.batch_expires_at,
+                            custom_id=t.custom_id,
+                            endpoint=t.endpoint,
+                            method=t.method,
+                            path=t.path,
+                            body=t.body,
+                            api_key=t.api_key,
+                        )
+                    )
+            return out
+
+    def _apply_result(self, row: _Row, daemon_id: UUID, result: AttemptResult) -> _Row | None:
+        """The row after ``result``, or ``None`` when the fence refuses it (a lost race)."""
+        r = row.req
+        sent_then_canceled = (
+            result.kind is ResultKind.SUCCEEDED and r.state is CA and r.started_at is not None
+        )
+        if r.daemon_id != daemon_id or r.attempts != result.attempt:
+            return None
+        if r.state is not PR and not sent_then_canceled:
+            return None
+        event = Event(
+            _RESULT_EVENTS[result.kind],
+            attempt=result.attempt,
+            not_before=result.not_before,
+            status=result.status,
+            body=result.body,
+            failure=result.failure,
+        )
+        new = step(r, event, result.finished_at).request
+        # record_results.sql stores what the attempt reported, as reported: the status
+        # and body for every kind, the typed reason without the HTTP details, and a
+        # retry's not_before as given, never before the attempt ended.
+        retry = result.kind is ResultKind.RETRY
+        new = attrs.evolve(
+            new,
+            not_before=max(result.not_before or result.finished_at, result.finished_at)
+            if retry
+            else r.not_before,
+            response_status=result.status,
+            response_body=result.body,
+            failure=Failure(result.failure.reason, result.failure.message)
+            if result.failure
+            else None,
+        )
+        return attrs.evolve(
+            row, req=new, input_tokens=result.input_tokens, output_tokens=result.output_tokens
+        )
+
+    def record_results(self, daemon_id: UUID, results: Sequence[AttemptResult]) -> RecordStats:
+        """Write many attempt results at once; fenced ones count as lost.
+
+        A success that replaces ``canceled`` repairs its batch's frozen counts and usage.
+        Raises ``StoreError`` (writing nothing) when a result breaks a table constraint.
+        """
+        with self._lock:
+            staged: dict[UUID, tuple[_Row, _Row]] = {}
+            for result in results:
+                # The statement casts and stores every input, fenced or not.
+                _no_nul(result.body, result.failure.message if result.failure else None)
+                if result.status is not None and result.status not in _SMALLINT:
+                    raise StoreError(f"database error: status {result.status} out of range")
+            for result in results:
+                row = self._rows.get(result.request_id)
+                if row is None:
+                    continue
+                new = self._apply_result(row, daemon_id, result)
+                if new is not None:
+                    _check(new)
+                    staged[result.request_id] = (row, new)
+            for old, new in staged.values():
+                self._put(new)
+                b = self._batches[new.req.batch_id]
+                if old.req.state is CA and b.frozen_counts is not None and b.usage is not None:
+                    c, u = b.frozen_counts, b.usage
+                    tin, tout = new.input_tokens or 0, new.output_tokens or 0
+                    self._batches[b.id] = attrs.evolve(
+                        b,
+                        frozen_counts=attrs.evolve(
+                            c, completed=c.completed + 1, canceled=c.canceled - 1
+                        ),
+                        usage=Usage(
+                            u.input_tokens + tin,
+                            u.output_tokens + tout,
+                            u.total_tokens + tin + tout,
+                        ),
+                    )
+        lost = tuple(r.request_id for r in results if r.request_id not in staged)
+        return RecordStats(written=len(staged), lost=lost)
+
+    def release(
+        self, daemon_id: UUID, *, now: datetime, request_ids: Sequence[UUID] | None = None
+    ) -> int:
+        """Hand this daemon's in-flight rows back to pending, the attempt refunded."""
+        wanted = set(request_ids) if request_ids is not None else None
+        with self._lock:
+            victims = [
+                self._rows[rid]
+                for s in IN_FLIGHT
+                for rid in self._by_state[s]
+                if self._rows[rid].req.daemon_id == daemon_id and (wanted is None or rid in wanted)
+            ]
+            for row in victims:
+                self._put(
+                    attrs.evolve(row, req=step(row.req, Event(EventKind.RELEASE), now).request)
+                )
+            return len(victims)
+
+    def _reclaim(
+        self, victims: list[_Row], now: datetime, max_attempts: int, message: str, limit: int
+    ) -> ReclaimStats:
+        """In-flight rows go back to pending (the attempt stays used), or end failed
+        (reason lost) when their budget is spent."""
+        requeued = failed = 0
+        victims.sort(key=lambda r: (r.req.claimed_at or now, r.req.id))
+        for row in victims[:limit]:
+            spent = row.req.budget_used >= max_attempts
+            # Claim and start are one write here, so in-flight rows are processing and
+            # FAIL applies; the SQL also clears the owner and stamps the reason.
+            kind = EventKind.FAIL if spent else EventKind.RECLAIM
+            req = step(row.req, Event(kind), now).request
+            req = attrs.evolve(
+                req,
+                daemon_id=None,
+                claimed_at=None,
+                started_at=None,
+                not_before=now,
+                failure=Failure(FailureReason.LOST, message),
+            )
+            self._put(attrs.evolve(row, req=req))
+            failed += spent
+            requeued += not spent
+        return ReclaimStats(requeued=requeued, failed=failed)
+
+    def _in_flight(self) -> Iterator[_Row]:
+        for s in IN_FLIGHT:
+            for rid in self._by_state[s]:
+                yield self._rows[rid]
+
+    def reclaim_dead(
+        self, *, now: datetime, stale_before: datetime, max_attempts: int, limit: int = 1000
+    ) -> ReclaimStats:
+        """Reclaim rows of daemons not running or silent since ``stale_before``, and mark
+        the silent running ones dead."""
+        with self._lock:
+            dead = {
+                d.info.id
+                for d in self._daemons.values()
+                if d.status != "running" or d.heartbeat_at < stale_before
+            }
+            victims = [r for r in self._in_flight() if r.req.daemon_id in dead]
+            for d in list(self._daemons.values()):
+                if d.status == "running" and d.heartbeat_at < stale_before:
+                    self._daemons[d.info.id] = attrs.evolve(d, status="dead", stopped_at=now)
+            return self._reclaim(victims, now, max_attempts, _LOST_DEAD, limit)
+
+    def reclaim_timed_out(
+        self, *, now: datetime, claimed_before: datetime, max_attempts: int, limit: int = 1000
+    ) -> ReclaimStats:
+        with self._lock:
+            victims = [
+                r
+                for r in self._in_flight()
+                if r.req.claimed_at is not None and r.req.claimed_at < claimed_before
+            ]
+            return self._reclaim(victims, now, max_attempts, _LOST_TIMED_OUT, limit)
+
+    def batches_to_abort(self, batch_ids: Sequence[UUID], *, now: datetime) -> dict[UUID, str]:
+        with self._lock:
+            out = {}
+            for batch_id in batch_ids:
+                b = self._batches.get(batch_id)
+                if b is None:
+                    continue
+                if b.cancelling_at is not None:
+                    out[b.id] = "cancelled"
+                elif b.expired_at is not None or b.expires_at <= now:
+                    out[b.id] = "expired"
+            return out
+
+    def sweep(self, *, now: datetime, limit: int = 5000) -> int:
+        """Stamp expired batches, then cancel a bounded chunk of pending rows of cancelled
+        and of expired batches. Returns the rows changed."""
+        with self._lock:
+            for b in list(self._batches.values()):
+                if (
+                    b.frozen_counts is None
+                    and self._claimable(b)
+                    and b.expires_at <= now
+                    and any(r.req.state in UNSETTLED for r in self._rows_of(b.id))
+                ):
+                    self._batches[b.id] = attrs.evolve(b, expired_at=b.expires_at)
+            swept = self._sweep_pending(
+                EventKind.CANCEL, now, limit, lambda b: b.cancelling_at is not None
+            )
+            swept += self._sweep_pending(
+                EventKind.EXPIRE, now, limit, lambda b: b.expired_at is not None
+            )
+            return swept
+
+    def register_daemon(self, info: DaemonInfo, *, now: datetime) -> None:
+        with self._lock:
+            d = self._daemons.get(info.id)
+            if d is None:
+                self._daemons[info.id] = _Daemon(info, "running", now, now)
+            else:
+                self._daemons[info.id] = attrs.evolve(
+                    d, status="running", heartbeat_at=now, stopped_at=None
+                )
+
+    def heartbeat(self, daemon_id: UUID, *, now: datetime) -> bool:
+        """Refresh the heartbeat; False when the daemon was declared dead meanwhile."""
+        with self._lock:
+            d = self._daemons.get(daemon_id)
+            if d is None or d.status != "running":
+                return False
+            self._daemons[daemon_id] = attrs.evolve(d, heartbeat_at=now)
+            return True
+
+    def stop_daemon(self, daemon_id: UUID, *, now: datetime) -> None:
+        with self._lock:
+            d = self._daemons.get(daemon_id)
+            if d is not None:
+                self._daemons[daemon_id] = attrs.evolve(d, status="stopped", stopped_at=now)

@@ -1,0 +1,126 @@
+"""Results and per-request views in memory, a page at a time."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from datetime import datetime
+from typing import TYPE_CHECKING
+from uuid import UUID
+
+from fusillade.core.models import (
+    RequestState,
+)
+from fusillade.core.transitions import EventKind
+from fusillade.errors import ValidationError
+from fusillade.store.interface import (
+    Page,
+    RequestDetail,
+    RequestSummary,
+    ResultKind,
+    ResultLine,
+)
+from fusillade.store.memory._base import MemoryBase
+
+if TYPE_CHECKING:
+    pass
+
+P = RequestState.PENDING
+PR = RequestState.PROCESSING
+CA = RequestState.CANCELED
+IN_FLIGHT = (RequestState.CLAIMED, PR)
+UNSETTLED = (P, *IN_FLIGHT)
+# As in postgres.py: cancel_batch turns this many pending rows canceled inline.
+_INLINE_SWEEP = 10_000
+_RESULT_EVENTS = {
+    ResultKind.SUCCEEDED: EventKind.SUCCEED,
+    ResultKind.RETRY: EventKind.RETRY,
+    ResultKind.FAILED: EventKind.FAIL,
+    ResultKind.CANCELED: EventKind.CANCEL,
+}
+_LOST_DEAD = "the daemon running this request stopped without recording a result"
+_LOST_TIMED_OUT = "the request stayed in flight past its time limit"
+_SMALLINT = range(-32768, 32768)
+
+
+class ResultParts(MemoryBase):
+    def iter_results(
+        self, owner: str | None, batch_id: UUID, *, errors: bool, page_size: int = 1000
+    ) -> Iterator[ResultLine]:
+        """Output (or error) lines of a batch in the order they ended, a page at a time."""
+        with self._lock:
+            self._batch(owner, batch_id)
+        states = (RequestState.FAILED, CA) if errors else (RequestState.COMPLETED,)
+        cursor: tuple[datetime, UUID] | None = None
+        while True:
+            with self._lock:
+                page: list[tuple[datetime, UUID, ResultLine]] = []
+                for row in self._rows_of(batch_id):
+                    r = row.req
+                    if r.state not in states or r.finished_at is None:
+                        continue
+                    key = (r.finished_at, r.id)
+                    if cursor is not None and key <= cursor:
+                        continue
+                    t = self._templates[row.file_id][row.line_number - 1]
+                    line = ResultLine(
+                        request_id=r.id,
+                        custom_id=t.custom_id,
+                        state=r.state,
+                        status=r.response_status,
+                        body=r.response_body,
+                        failure_reason=r.failure.reason.value if r.failure else None,
+                        failure_message=r.failure.message if r.failure else None,
+                        finished_at=r.finished_at,
+                    )
+                    page.append((*key, line))
+                page.sort(key=lambda x: (x[0], x[1]))
+                page = page[:page_size]
+            yield from (line for _, _, line in page)
+            if len(page) < page_size:
+                return
+            cursor = (page[-1][0], page[-1][1])
+
+    def list_requests(
+        self,
+        owner: str,
+        batch_id: UUID,
+        *,
+        states: Sequence[RequestState] | None = None,
+        after: UUID | None = None,
+        limit: int = 20,
+    ) -> Page[RequestSummary]:
+        with self._lock:
+            self._batch(owner, batch_id)
+            after_line = 0
+            if after is not None:
+                row = self._rows.get(after)
+                if (
+                    row is None
+                    or row.req.batch_id != batch_id
+                    or self._batches[row.req.batch_id].owner != owner
+                ):
+                    raise ValidationError(f"after: no request with id {after}", param="after")
+                after_line = row.line_number
+            wanted = set(states) if states else None
+            found = []
+            for row in self._rows_of(batch_id):
+                if row.line_number <= after_line:
+                    continue
+                if wanted is not None and row.req.state not in wanted:
+                    continue
+                found.append(row)
+                if len(found) > limit:
+                    break
+            items = tuple(self._summary(r) for r in found[:limit])
+        return Page(items, has_more=len(found) > limit)
+
+    def get_request(self, owner: str | None, request_id: UUID) -> RequestDetail:
+        with self._lock:
+            row, t = self._request_of(owner, request_id)
+            return RequestDetail(
+                summary=self._summary(row),
+                method=t.method,
+                path=t.path,
+                request_body=t.body,
+                response_body=row.req.response_body,
+            )
