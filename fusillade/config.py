@@ -261,7 +261,7 @@ _SCHEMA: Mapping[str, Mapping[str, _Kind]] = {
     "": {"database_url": _STR, "data_dir": _Kind(_path), "default_upstream": _STR},
     "server": {
         "host": _STR,
-        "port": _integer(1, 65535),
+        "port": _integer(0, 65535),  # 0: any free port (tests, ad-hoc runs)
         "api_keys": _Kind(_api_keys, _api_keys_from_text),
         "max_upload_bytes": _POSITIVE,
         "max_lines": _POSITIVE,

@@ -99,10 +99,21 @@ def show(text: str, limit: int = 64) -> str:
 
 
 def dumps_compact(value: Any) -> str:
-    """Compact JSON, UTF-8 kept as is; never contains a line break."""
+    """Compact JSON, UTF-8 kept as is; never contains a line break.
+
+    Not even one that only some readers see: U+2028, U+2029 and U+0085 are escaped,
+    because ``str.splitlines()`` (and so the common ``text.splitlines()`` over a
+    downloaded JSONL file) splits on them.
+    """
     text: str = ENCODER.encode(value)
     if not storable(text):
         # An unpaired surrogate (from a "\ud800" escape) cannot be written as UTF-8:
         # escape everything instead, which keeps the same JSON value.
-        text = ASCII_ENCODER.encode(value)
+        return str(ASCII_ENCODER.encode(value))
+    if not text.isascii():
+        text = text.translate(_LINE_BREAKS)
     return text
+
+
+# Inside JSON strings only (JSON's own syntax is ASCII), so escaping is always valid.
+_LINE_BREAKS = {0x2028: "\\u2028", 0x2029: "\\u2029", 0x85: "\\u0085"}

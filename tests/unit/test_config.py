@@ -282,8 +282,8 @@ def test_unknown_flag(key: str) -> None:
     [
         ('database_url = ""', "database_url: must be a non-empty string"),
         ("data_dir = 3", "data_dir: must be a non-empty string"),
-        ("[server]\nport = '8000'", "[server] port: must be an integer from 1 to 65535"),
-        ("[server]\nport = 0", "[server] port: must be an integer from 1 to 65535, got 0"),
+        ("[server]\nport = '8000'", "[server] port: must be an integer from 0 to 65535"),
+        ("[server]\nport = 70000", "[server] port: must be an integer from 0 to 65535, got 70000"),
         ("[server]\nport = 65536", "[server] port: must be an integer"),
         ("[server]\nport = true", "[server] port: must be an integer"),
         ("[server]\nmax_lines = 1.5", "[server] max_lines: must be an integer >= 1"),

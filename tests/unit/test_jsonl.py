@@ -738,3 +738,11 @@ def test_result_lines_are_one_valid_utf8_json_line(
                 expected = body
             if expected == expected:  # NaN never equals itself; it is embedded as text
                 assert parsed["response"]["body"] in (expected, body)
+
+
+@given(st.text())
+def test_result_lines_survive_splitlines(text: str) -> None:
+    """Readers split downloads with str.splitlines(): no line may contain a break it sees."""
+    line = format_output_line(RID, text, 200, json.dumps({"content": text}))
+    assert len(line.splitlines()) == 1
+    assert json.loads(line)["custom_id"] == text

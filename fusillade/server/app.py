@@ -1,0 +1,128 @@
+"""The Litestar application: the ``/v1`` router (bearer keys), health, metrics, OpenAPI.
+
+``create_app(ctx)`` builds it around a ``ServerContext``; ``fusillade.server.serve``
+runs it on hypercorn's trio worker beside the daemon.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+import anyio
+from litestar import Litestar, MediaType, Request, Response, Router, get
+from litestar.connection import ASGIConnection
+from litestar.datastructures import State
+from litestar.di import Provide
+from litestar.handlers import BaseRouteHandler
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.datastructures import ResponseSpec
+from litestar.openapi.plugins import JsonRenderPlugin
+from litestar.openapi.spec import Components, SecurityScheme
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from fusillade import __version__
+from fusillade.server import batches, files
+from fusillade.server.context import ServerContext
+from fusillade.server.errors import exception_to_response
+from fusillade.server.wire import Health
+
+READY_TIMEOUT: Final = 5.0
+"""Seconds the readiness probe waits for the database before answering 503."""
+_OWNER_KEY: Final = "fusillade_owner"
+
+
+def _ctx(connection: ASGIConnection[Any, Any, Any, Any]) -> ServerContext:
+    ctx: ServerContext = connection.app.state["ctx"]
+    return ctx
+
+
+def require_key(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+    """Guard of every ``/v1`` route: the bearer key decides the owner (else 401)."""
+    owner = _ctx(connection).keys.owner_for(connection.headers.get("authorization"))
+    connection.state[_OWNER_KEY] = owner
+
+
+def provide_owner(request: Request[Any, Any, Any]) -> str:
+    owner: str = request.state[_OWNER_KEY]
+    return owner
+
+
+def provide_ctx(request: Request[Any, Any, Any]) -> ServerContext:
+    return _ctx(request)
+
+
+@get("/healthz", summary="Liveness", tags=["operations"])
+async def healthz() -> Health:
+    return Health(status="ok", database=None, daemon=None)
+
+
+@get(
+    "/readyz",
+    summary="Readiness: the database answers and the daemon (if any) is healthy",
+    tags=["operations"],
+    responses={
+        503: ResponseSpec(data_container=Health, description="Not ready", generate_examples=False)
+    },
+)
+async def readyz(request: Request[Any, Any, Any]) -> Response[Health]:
+    ctx = _ctx(request)
+    database = False
+    ping = getattr(ctx.repo, "ping", None)
+    with anyio.move_on_after(READY_TIMEOUT):
+        try:
+            if ping is not None:
+                await ctx.call(ping)
+            database = True
+        except Exception:
+            database = False
+    daemon = ctx.daemon.healthy if ctx.daemon is not None else None
+    ok = database and daemon is not False
+    health = Health(status="ok" if ok else "unavailable", database=database, daemon=daemon)
+    return Response(health, status_code=200 if ok else 503, media_type=MediaType.JSON)
+
+
+@get("/metrics", summary="Prometheus metrics", tags=["operations"], media_type=MediaType.TEXT)
+async def metrics() -> Response[bytes]:
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+
+@get("/openapi.json", include_in_schema=False)
+async def openapi_json(request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
+    return Response(
+        request.app.openapi_schema.to_schema(), media_type="application/vnd.oai.openapi+json"
+    )
+
+
+def create_app(ctx: ServerContext) -> Litestar:
+    """The ASGI application serving ``ctx``'s repository."""
+    v1 = Router(
+        "/v1",
+        route_handlers=[*files.ROUTES, *batches.ROUTES],
+        guards=[require_key],
+        dependencies={
+            "owner": Provide(provide_owner, sync_to_thread=False),
+            "ctx": Provide(provide_ctx, sync_to_thread=False),
+        },
+        security=[{"BearerAuth": []}],
+        tags=["v1"],
+    )
+    return Litestar(
+        route_handlers=[v1, healthz, readyz, metrics, openapi_json],
+        exception_handlers={Exception: exception_to_response},
+        state=State({"ctx": ctx}),
+        request_max_body_size=ctx.settings.max_request_bytes,
+        openapi_config=OpenAPIConfig(
+            title="fusillade",
+            version=__version__,
+            description="OpenAI-compatible Files and Batches API (plus extensions).",
+            # No HTML UI (it would load scripts from a CDN): the document only, also
+            # at /openapi.json.
+            path="/docs",
+            render_plugins=[JsonRenderPlugin()],
+            components=Components(
+                security_schemes={"BearerAuth": SecurityScheme(type="http", scheme="bearer")}
+            ),
+        ),
+        logging_config=None,
+        debug=False,
+    )

@@ -1,0 +1,336 @@
+"""``fusillade submit|status|cancel|results``: against a running server or the database.
+
+With ``--server URL`` (or ``$FUSILLADE_SERVER_URL``) the commands speak the HTTP API with
+the bearer key in ``$FUSILLADE_API_KEY`` (``--key-env`` names another variable).
+Otherwise they open the database (``--database-url``, the configuration, or the embedded
+PostgreSQL) and act as ``--owner`` (default ``default``, the owner of a server without
+keys). Both print the same OpenAI Batch JSON on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, Any, Protocol
+
+import attrs
+
+from fusillade.config import ServerSettings, Settings, load_settings
+from fusillade.core.models import FilePurpose
+from fusillade.errors import FusilladeError, InvalidJSONL, ValidationError
+
+SERVER_ENV = "FUSILLADE_SERVER_URL"
+KEY_ENV = "FUSILLADE_API_KEY"
+TERMINAL = frozenset({"completed", "failed", "expired", "cancelled"})
+Batch = dict[str, Any]
+
+
+class Backend(Protocol):
+    def submit(
+        self, path: Path, endpoint: str, window: str, metadata: dict[str, str] | None
+    ) -> Batch: ...
+    def get(self, batch_id: str) -> Batch: ...
+    def cancel(self, batch_id: str) -> Batch: ...
+    def download(self, file_id: str, target: IO[bytes]) -> None: ...
+
+
+class HttpBackend:
+    """The HTTP API through a blocking httpx client."""
+
+    def __init__(self, url: str, key: str | None) -> None:
+        import httpx
+
+        base = url.rstrip("/")
+        base = base if base.endswith("/v1") else base + "/v1"
+        headers = {"authorization": f"Bearer {key}"} if key else {}
+        self._http = httpx.Client(
+            base_url=base, headers=headers, timeout=httpx.Timeout(60.0, read=600.0)
+        )
+
+    def close(self) -> None:
+        self._http.close()
+
+    def _json(self, response: Any) -> Batch:
+        if response.status_code >= 400:
+            raise _server_error(response.status_code, response.read())
+        data: Batch = response.json()
+        return data
+
+    def submit(
+        self, path: Path, endpoint: str, window: str, metadata: dict[str, str] | None
+    ) -> Batch:
+        with path.open("rb") as f:  # httpx streams the file part from the open file
+            files = {"file": (path.name, f, "application/jsonl")}
+            stored = self._json(self._http.post("/files", files=files, data={"purpose": "batch"}))
+        body: Batch = {"input_file_id": stored["id"], "endpoint": endpoint}
+        body["completion_window"] = window
+        if metadata:
+            body["metadata"] = metadata
+        return self._json(self._http.post("/batches", json=body))
+
+    def get(self, batch_id: str) -> Batch:
+        return self._json(self._http.get(f"/batches/{batch_id}"))
+
+    def cancel(self, batch_id: str) -> Batch:
+        return self._json(self._http.post(f"/batches/{batch_id}/cancel"))
+
+    def download(self, file_id: str, target: IO[bytes]) -> None:
+        with self._http.stream("GET", f"/files/{file_id}/content") as response:
+            if response.status_code >= 400:
+                raise _server_error(response.status_code, response.read())
+            for chunk in response.iter_bytes():
+                target.write(chunk)
+
+
+def _server_error(status: int, body: bytes) -> FusilladeError:
+    try:
+        error = json.loads(body)["error"]
+        message = str(error["message"])
+    except (ValueError, KeyError, TypeError):
+        message = body.decode("utf-8", "replace")[:200]
+    return FusilladeError(f"the server answered {status}: {message}")
+
+
+class DatabaseBackend:
+    """The repository directly, as one owner (the same rules as the API)."""
+
+    def __init__(self, url: str, owner: str, settings: ServerSettings) -> None:
+        from fusillade.store.postgres import PostgresRepository
+
+        self._repo = PostgresRepository(url, max_size=2)
+        self._repo.open()
+        self._owner = owner
+        self._settings = settings
+
+    def close(self) -> None:
+        self._repo.close()
+
+    def submit(
+        self, path: Path, endpoint: str, window: str, metadata: dict[str, str] | None
+    ) -> Batch:
+        from fusillade.core.jsonl import JsonlLimits, iter_validated
+        from fusillade.server.batches import batch_spec
+        from fusillade.server.wire import CreateBatchBody, batch_object, file_object
+
+        limits = JsonlLimits(  # a local file: no upload limits
+            max_lines=None, max_file_bytes=None, allowed_endpoints=self._settings.allowed_endpoints
+        )
+        with path.open("rb") as f:
+            record = self._repo.create_file(
+                self._owner,
+                path.name,
+                iter_validated(f, limits),
+                now=_now(),
+                size_bytes=path.stat().st_size,
+            )
+        body = CreateBatchBody(file_object(record).id, endpoint, window, metadata)
+        spec = batch_spec(body, self._settings)
+        return _plain(batch_object(self._repo.create_batch(self._owner, spec, now=_now())))
+
+    def get(self, batch_id: str) -> Batch:
+        from fusillade.server.batches import batch_uuid
+        from fusillade.server.wire import batch_object
+
+        view = self._repo.get_batch(self._owner, batch_uuid(batch_id), now=_now())
+        return _plain(batch_object(view))
+
+    def cancel(self, batch_id: str) -> Batch:
+        from fusillade.server.batches import batch_uuid
+        from fusillade.server.wire import batch_object
+
+        view = self._repo.cancel_batch(self._owner, batch_uuid(batch_id), now=_now())
+        return _plain(batch_object(view))
+
+    def download(self, file_id: str, target: IO[bytes]) -> None:
+        from fusillade.core.results import format_input_line
+        from fusillade.server.files import file_uuid, result_line
+
+        record = self._repo.get_file(self._owner, file_uuid(file_id))
+        if record.purpose is FilePurpose.BATCH:
+            for template in self._repo.iter_templates(self._owner, record.id):
+                target.write(format_input_line(template).encode() + b"\n")
+            return
+        assert record.batch_id is not None
+        errors = record.purpose is FilePurpose.BATCH_ERROR
+        for line in self._repo.iter_results(self._owner, record.batch_id, errors=errors):
+            target.write(result_line(line).encode() + b"\n")
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _plain(value: Any) -> Batch:
+    data: Batch = json.loads(json.dumps(attrs.asdict(value), default=str))
+    return data
+
+
+# --------------------------------------------------------------------- arguments
+
+
+def add_target_arguments(parser: argparse.ArgumentParser) -> None:
+    target = parser.add_argument_group("where (a running server, else the database)")
+    target.add_argument(
+        "--server", metavar="URL", help=f"a running fusillade server (default: ${SERVER_ENV})"
+    )
+    target.add_argument(
+        "--key-env",
+        metavar="NAME",
+        default=KEY_ENV,
+        help=f"variable holding the server's api key (default: {KEY_ENV})",
+    )
+    target.add_argument("--config", type=Path, metavar="FILE", help="TOML configuration")
+    target.add_argument("--database-url", metavar="URL", help="PostgreSQL URL or conninfo")
+    target.add_argument(
+        "--owner", default="default", help="owner to act as on the database (default: default)"
+    )
+
+
+def add_submit_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("input", type=Path, help="an OpenAI batch JSONL file")
+    parser.add_argument("--endpoint", help="the batch endpoint (default: the url of line 1)")
+    parser.add_argument("--completion-window", default="24h", help="deadline (default 24h)")
+    parser.add_argument(
+        "--metadata", action="append", default=[], metavar="KEY=VALUE", help="repeatable"
+    )
+    parser.add_argument(
+        "--wait", action="store_true", help="wait until the batch ends (exit 1 if any failed)"
+    )
+    add_target_arguments(parser)
+
+
+def add_id_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("batch_id", metavar="ID", help="a batch id (batch_...)")
+    add_target_arguments(parser)
+
+
+def add_results_arguments(parser: argparse.ArgumentParser) -> None:
+    add_id_arguments(parser)
+    parser.add_argument(
+        "-o", "--output", type=Path, required=True, help="where to write the successes"
+    )
+    parser.add_argument(
+        "--errors", type=Path, help="where to write the failures (default: OUTPUT.errors.jsonl)"
+    )
+
+
+# ---------------------------------------------------------------------- commands
+
+
+@contextmanager
+def backend(args: argparse.Namespace) -> Iterator[Backend]:
+    server = args.server or os.environ.get(SERVER_ENV)
+    if server:
+        http = HttpBackend(server, os.environ.get(args.key_env))
+        try:
+            yield http
+        finally:
+            http.close()
+        return
+    settings = load_settings(args.config, flags={"database_url": args.database_url})
+    with ExitStack() as stack:
+        url = settings.database_url or _embedded(stack, settings)
+        db = DatabaseBackend(url, args.owner, settings.server)
+        stack.callback(db.close)
+        yield db
+
+
+def _embedded(stack: ExitStack, settings: Settings) -> str:
+    from fusillade.embedded import default_data_dir, start_embedded
+
+    data_dir = settings.data_dir / "pg" if settings.data_dir else default_data_dir()
+    print(f"using the embedded PostgreSQL in {data_dir}", file=sys.stderr)
+    url: str = stack.enter_context(start_embedded(data_dir)).url
+    return url
+
+
+def _show(batch: Batch) -> None:
+    print(json.dumps(batch, indent=2, ensure_ascii=False))
+
+
+def _first_url(path: Path) -> str:
+    try:
+        with path.open("rb") as f:
+            for raw in f:
+                if raw.strip():
+                    url = json.loads(raw).get("url")
+                    return url if isinstance(url, str) else "/v1/chat/completions"
+    except (OSError, ValueError, AttributeError):
+        pass
+    return "/v1/chat/completions"
+
+
+def _metadata(pairs: list[str]) -> dict[str, str] | None:
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise ValidationError(f"--metadata {pair!r}: expected KEY=VALUE")
+        out[key] = value
+    return out or None
+
+
+def _progress(batch: Batch) -> str:
+    c = batch["request_counts"]
+    return f"{batch['status']} {c['completed'] + c['failed']}/{c['total']} (failed {c['failed']})"
+
+
+def submit(args: argparse.Namespace) -> int:
+    if not args.input.is_file():
+        raise ValidationError(f"no input file at {args.input}")
+    endpoint = args.endpoint or _first_url(args.input)
+    with backend(args) as where:
+        try:
+            batch = where.submit(
+                args.input, endpoint, args.completion_window, _metadata(args.metadata)
+            )
+        except InvalidJSONL as exc:
+            print(f"fusillade submit: {args.input} is not a valid batch file:", file=sys.stderr)
+            for problem in exc.problems:
+                print(f"  {problem.message}", file=sys.stderr)
+            return 2
+        print(f"submitted {batch['id']}", file=sys.stderr)
+        if args.wait:
+            while batch["status"] not in TERMINAL:
+                time.sleep(1.0)
+                batch = where.get(batch["id"])
+                print(_progress(batch), file=sys.stderr)
+    _show(batch)
+    if args.wait:
+        ok = batch["status"] == "completed" and batch["request_counts"]["failed"] == 0
+        return 0 if ok else 1
+    return 0
+
+
+def status(args: argparse.Namespace) -> int:
+    with backend(args) as where:
+        _show(where.get(args.batch_id))
+    return 0
+
+
+def cancel(args: argparse.Namespace) -> int:
+    with backend(args) as where:
+        _show(where.cancel(args.batch_id))
+    return 0
+
+
+def results(args: argparse.Namespace) -> int:
+    errors_path = args.errors or args.output.with_name(args.output.stem + ".errors.jsonl")
+    with backend(args) as where:
+        batch = where.get(args.batch_id)
+        for file_id, path in ((batch["output_file_id"], args.output),
+                              (batch["error_file_id"], errors_path)):  # fmt: skip
+            tmp = path.with_name(path.name + ".tmp")
+            with tmp.open("wb") as target:
+                if file_id is not None:
+                    where.download(file_id, target)
+            tmp.replace(path)
+    print(f"{_progress(batch)}; results in {args.output} and {errors_path}", file=sys.stderr)
+    return 0

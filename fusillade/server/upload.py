@@ -1,0 +1,293 @@
+"""``POST /v1/files``: a multipart upload checked while it streams, spooled, never held whole.
+
+Theory of operation
+-------------------
+``UploadReceiver`` is sans-I/O and synchronous: ``feed(chunk)`` pushes raw body bytes
+through a push multipart parser (``multipart.PushMultipartParser``); the bytes of the
+``file`` part go into a ``JsonlValidator``, and the templates it returns into a
+``TemplateSpool`` (in memory up to ``SPOOL_MEMORY`` bytes, then a temporary file); the
+``purpose`` part is kept (it is short); other parts are skipped. ``finish()`` checks the
+multipart stream was complete and the fields were right, and raises the validator's
+verdict.
+
+``receive_upload`` drives it from the ASGI ``receive`` channel, batching body chunks and
+running the parsing and validation in a worker thread (JSON checks of a 200 MB file take
+seconds; the event loop also runs the daemon). Once the verdict is a rejection it stops
+parsing and only drains the rest of the body (bounded by the route's size limit), so the
+client, still sending, gets the answer instead of a reset connection. A size limit
+(file, line count) ends the upload at once with a 413.
+
+Only when the whole file was valid is it stored: the route hands the spooled templates to
+``Repository.create_file`` (one COPY in one transaction). The file is parsed once; no
+database connection is held while a (possibly slow) client sends it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator
+from contextlib import aclosing
+from typing import Any, Final
+
+import anyio.to_thread
+import attrs
+
+# multipart (a Litestar dependency) ships no type information.
+import multipart  # type: ignore[import-untyped]
+from litestar import Request
+from litestar.exceptions.http_exceptions import RequestEntityTooLarge
+
+from fusillade.core.jsonl import LIMIT_CODES, JsonlLimits, JsonlValidator
+from fusillade.core.strictjson import storable
+from fusillade.errors import ValidationError
+from fusillade.server.spool import TemplateSpool
+
+MiB: Final = 1024 * 1024
+SPOOL_MEMORY: Final = 8 * MiB
+"""Bytes of validated templates kept in memory before the spool moves to a temporary file."""
+FEED_BATCH: Final = 256 * 1024
+"""Body bytes gathered before one worker-thread hop (parse + validate + spool)."""
+MAX_PURPOSE_BYTES: Final = 64
+MAX_FILENAME_CHARS: Final = 1024
+MAX_PARTS: Final = 16
+DEFAULT_FILENAME: Final = "upload.jsonl"
+MULTIPART_SLACK: Final = 1 * MiB
+"""Allowed on top of the file size limit for the multipart framing and other fields."""
+
+
+class ClientDisconnected(Exception):
+    """The client went away before the body was complete."""
+
+
+@attrs.define
+class Received:
+    """A complete, valid upload: its templates are in ``spool`` (the caller closes it);
+    ``size`` is the file part's size in bytes."""
+
+    filename: str
+    purpose: str
+    size: int
+    spool: TemplateSpool
+
+
+def _malformed(detail: object) -> ValidationError:
+    return ValidationError(
+        f"malformed multipart/form-data body: {detail}; send the JSONL as the 'file' "
+        "field and 'batch' as the 'purpose' field",
+        param="file",
+    )
+
+
+def boundary_of(content_type: str | None) -> str:
+    """The multipart boundary of a ``Content-Type`` header value.
+
+    Raises:
+        ValidationError: not ``multipart/form-data`` or no boundary.
+    """
+    kind, options = multipart.parse_options_header(content_type or "")
+    boundary = options.get("boundary")
+    if kind != "multipart/form-data" or not boundary:
+        shown = (content_type or "none")[:100]
+        raise ValidationError(
+            f"expected a multipart/form-data body with 'file' and 'purpose' fields, "
+            f"got Content-Type {shown!r}",
+            param="file",
+        )
+    return str(boundary)
+
+
+class UploadReceiver:
+    """Parses one multipart body fed in chunks; see the module docstring.
+
+    Use it as a context manager: leaving the block closes (and deletes) the spool unless
+    ``finish`` handed it over.
+    """
+
+    def __init__(self, boundary: str, limits: JsonlLimits) -> None:
+        try:
+            self._parser = multipart.PushMultipartParser(
+                boundary, max_segment_count=MAX_PARTS, strict=False
+            )
+        except multipart.MultipartError as e:
+            raise _malformed(e) from None
+        self._validator = JsonlValidator(limits)
+        self._spool: TemplateSpool | None = TemplateSpool(SPOOL_MEMORY)
+        self._part: str | None = None
+        self._file_parts = 0
+        self._filename: str | None = None
+        self._purpose = bytearray()
+        self._purpose_seen = False
+        self._size = 0
+        self._rejected: ValidationError | None = None
+
+    def __enter__(self) -> UploadReceiver:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._spool is not None:
+            self._spool.close()
+            self._spool = None
+
+    @property
+    def rejected(self) -> bool:
+        """True once the upload is known to be rejected; further input is only drained."""
+        return self._rejected is not None or self._validator.done
+
+    def feed(self, chunk: bytes) -> None:
+        """Parse ``chunk`` (any size); non-blocking but CPU-bound: call from a thread.
+
+        Raises:
+            InvalidJSONL: a size limit was exceeded (stop reading: 413).
+        """
+        if self.rejected or not chunk:  # an empty chunk would tell the parser "end of input"
+            return
+        try:
+            for event in self._parser.parse(chunk):
+                self._event(event)
+                if self.rejected:
+                    break
+        except multipart.ParserLimitReached:
+            self._rejected = _malformed(f"more than {MAX_PARTS} parts or an oversized header")
+        except multipart.MultipartError as e:
+            self._rejected = _malformed(e)
+        except ValidationError as e:
+            self._rejected = e
+        self._raise_limit()
+
+    def _raise_limit(self) -> None:
+        problems = self._validator.problems
+        if self._validator.done and any(p.code in LIMIT_CODES for p in problems):
+            self._validator.finish()  # raises InvalidJSONL
+
+    def _event(self, event: Any) -> None:
+        if isinstance(event, multipart.MultipartSegment):
+            self._start(event)
+        elif event is None:
+            self._part = None
+        elif self._part == "file":
+            assert self._spool is not None
+            self._size += len(event)
+            self._spool.write(self._validator.feed(event))
+        elif self._part == "purpose":
+            self._purpose += event
+            if len(self._purpose) > MAX_PURPOSE_BYTES:
+                raise ValidationError("purpose is too long; use 'batch'", param="purpose")
+
+    def _start(self, segment: Any) -> None:
+        name = segment.name
+        if name == "file":
+            self._file_parts += 1
+            if self._file_parts > 1:
+                raise ValidationError("more than one 'file' field", param="file")
+            filename = segment.filename
+            if filename is not None:
+                filename = filename.replace("\\", "/").rsplit("/", 1)[-1]
+            if filename:
+                if len(filename) > MAX_FILENAME_CHARS or not storable(filename):
+                    raise ValidationError(
+                        f"the file name must have at most {MAX_FILENAME_CHARS} characters "
+                        "and no NUL",
+                        param="file",
+                    )
+                self._filename = filename
+        elif name == "purpose":
+            if self._purpose_seen:
+                raise ValidationError("more than one 'purpose' field", param="purpose")
+            self._purpose_seen = True
+        self._part = name
+
+    def finish(self) -> Received:
+        """End of the body: the upload, or why it is rejected.
+
+        Raises:
+            ValidationError: malformed multipart, a missing field, a purpose other than
+                ``batch``.
+            InvalidJSONL: the file has problems (``LIMIT_CODES`` ones mean 413).
+        """
+        if self._validator.problems:
+            self._validator.finish()  # raises InvalidJSONL with the file's problems
+        if self._rejected is None:
+            try:
+                self._parser.close(check_complete=True)
+            except multipart.MultipartError as e:
+                self._rejected = _malformed(e)
+        if self._rejected is not None:
+            raise self._rejected
+        if self._file_parts == 0:
+            raise ValidationError("the 'file' field is missing", param="file")
+        if not self._purpose_seen:
+            raise ValidationError("the 'purpose' field is missing; use 'batch'", param="purpose")
+        purpose = self._purpose.decode("utf-8", "replace")
+        if purpose != "batch":
+            raise ValidationError(
+                f"purpose {purpose[:64]!r} is not supported: this server only stores batch "
+                "input files (purpose 'batch')",
+                param="purpose",
+            )
+        spool, self._spool = self._spool, None
+        assert spool is not None
+        try:
+            # the last line when the file does not end with a newline; raises
+            # InvalidJSONL, e.g. for an empty file
+            spool.write(self._validator.finish())
+        except BaseException:
+            spool.close()
+            raise
+        return Received(self._filename or DEFAULT_FILENAME, purpose, self._size, spool)
+
+
+async def body_chunks(request: Request[Any, Any, Any], limit: int) -> AsyncGenerator[bytes, None]:
+    """The request body as it arrives, at most ``limit`` bytes.
+
+    Raises:
+        RequestEntityTooLarge: the body (or its announced length) exceeds ``limit``.
+        ClientDisconnected: the client went away first.
+    """
+    announced = request.headers.get("content-length")
+    if announced is not None and announced.isdigit() and int(announced) > limit:
+        raise RequestEntityTooLarge
+    total = 0
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnected
+        if message["type"] != "http.request":  # pragma: no cover - nothing else is sent
+            continue
+        body: bytes = message.get("body", b"")
+        if body:
+            total += len(body)
+            if total > limit:
+                raise RequestEntityTooLarge
+            yield body
+        if not message.get("more_body", False):
+            return
+
+
+async def receive_upload(
+    request: Request[Any, Any, Any], limits: JsonlLimits, *, body_limit: int
+) -> Received:
+    """Read, parse and validate a multipart upload; the caller closes ``spool``.
+
+    Raises:
+        ValidationError, InvalidJSONL, RequestEntityTooLarge, ClientDisconnected.
+    """
+    boundary = boundary_of(request.headers.get("content-type"))
+    with UploadReceiver(boundary, limits) as receiver:
+        pending: list[bytes] = []
+        pending_size = 0
+        async with aclosing(body_chunks(request, body_limit)) as chunks:
+            async for chunk in chunks:
+                if receiver.rejected:
+                    continue  # drain: the client gets the answer, not a reset connection
+                pending.append(chunk)
+                pending_size += len(chunk)
+                if pending_size >= FEED_BATCH:
+                    data = b"".join(pending)
+                    pending.clear()
+                    pending_size = 0
+                    await anyio.to_thread.run_sync(receiver.feed, data)
+        if pending:
+            await anyio.to_thread.run_sync(receiver.feed, b"".join(pending))
+        return await anyio.to_thread.run_sync(receiver.finish)

@@ -1,0 +1,342 @@
+"""The JSON objects of the HTTP API, shaped exactly like OpenAI's, and the mapping to them.
+
+These attrs classes are what Litestar encodes and what the OpenAPI document describes.
+Every field is required (no defaults) so the document marks every field as present;
+nullable fields are typed ``X | None``. Timestamps are Unix seconds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Literal
+
+import attrs
+
+from fusillade.core.ids import format_id
+from fusillade.core.models import BatchStatus, BatchView, FailureReason, FileRecord
+from fusillade.core.results import ERROR_CODES
+from fusillade.store.interface import RequestSummary
+
+FilePurposeName = Literal["batch", "batch_output", "batch_error"]
+RequestStatusName = Literal["pending", "claimed", "processing", "completed", "failed", "canceled"]
+
+
+def unix(value: datetime) -> int:
+    return int(value.timestamp())
+
+
+def unix_or_none(value: datetime | None) -> int | None:
+    return None if value is None else int(value.timestamp())
+
+
+# ------------------------------------------------------------------------- errors
+
+
+@attrs.frozen
+class BatchError:
+    """One problem of an input file (OpenAI's ``BatchError``): line is 1-based."""
+
+    code: str | None
+    message: str | None
+    param: str | None
+    line: int | None
+
+
+@attrs.frozen
+class BatchErrors:
+    object: Literal["list"]
+    data: list[BatchError]
+
+
+@attrs.frozen
+class ErrorBody:
+    """OpenAI's error object. ``errors`` is our addition: for a rejected input file it
+    lists the first problems (each with its line and field); otherwise null."""
+
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+    errors: BatchErrors | None
+
+
+@attrs.frozen
+class ErrorResponse:
+    """The error envelope of every non-2xx answer: ``{"error": {...}}``."""
+
+    error: ErrorBody
+
+
+# -------------------------------------------------------------------------- files
+
+
+@attrs.frozen
+class FileObject:
+    id: str
+    object: Literal["file"]
+    bytes: int
+    created_at: int
+    filename: str
+    purpose: FilePurposeName
+    status: Literal["processed"]
+    expires_at: int | None
+    status_details: str | None
+
+
+@attrs.frozen
+class FileList:
+    object: Literal["list"]
+    data: list[FileObject]
+    first_id: str | None
+    last_id: str | None
+    has_more: bool
+
+
+@attrs.frozen
+class FileDeleted:
+    id: str
+    object: Literal["file"]
+    deleted: bool
+
+
+def file_object(record: FileRecord) -> FileObject:
+    purpose: FilePurposeName = record.purpose.value
+    return FileObject(
+        id=format_id("file", record.id),
+        object="file",
+        bytes=record.bytes,
+        created_at=unix(record.created_at),
+        filename=record.filename,
+        purpose=purpose,
+        status="processed",
+        expires_at=unix_or_none(record.expires_at),
+        status_details=None,
+    )
+
+
+def file_list(records: Sequence[FileRecord], has_more: bool) -> FileList:
+    data = [file_object(r) for r in records]
+    return FileList(
+        object="list",
+        data=data,
+        first_id=data[0].id if data else None,
+        last_id=data[-1].id if data else None,
+        has_more=has_more,
+    )
+
+
+# ------------------------------------------------------------------------ batches
+
+
+@attrs.frozen
+class RequestCountsObject:
+    total: int
+    completed: int
+    failed: int
+
+
+@attrs.frozen
+class InputTokensDetails:
+    cached_tokens: int
+
+
+@attrs.frozen
+class OutputTokensDetails:
+    reasoning_tokens: int
+
+
+@attrs.frozen
+class BatchUsage:
+    input_tokens: int
+    input_tokens_details: InputTokensDetails
+    output_tokens: int
+    output_tokens_details: OutputTokensDetails
+    total_tokens: int
+
+
+@attrs.frozen
+class BatchObject:
+    id: str
+    object: Literal["batch"]
+    endpoint: str
+    errors: BatchErrors | None
+    input_file_id: str
+    completion_window: str
+    status: BatchStatus
+    output_file_id: str | None
+    error_file_id: str | None
+    created_at: int
+    in_progress_at: int | None
+    expires_at: int | None
+    finalizing_at: int | None
+    completed_at: int | None
+    failed_at: int | None
+    expired_at: int | None
+    cancelling_at: int | None
+    cancelled_at: int | None
+    request_counts: RequestCountsObject
+    metadata: dict[str, str] | None
+    usage: BatchUsage | None
+
+
+@attrs.frozen
+class BatchList:
+    object: Literal["list"]
+    data: list[BatchObject]
+    first_id: str | None
+    last_id: str | None
+    has_more: bool
+
+
+def batch_object(view: BatchView) -> BatchObject:
+    """OpenAI's Batch for a view.
+
+    ``request_counts.failed`` counts failed *and* canceled requests (cancelled and
+    expired lines are in the error file, as at OpenAI), so ``completed + failed`` is the
+    number of settled requests. The output and error file ids are set only when the
+    file has at least one line (a batch where every line failed has no output file).
+    """
+    record = view.record
+    counts = view.counts
+    usage = None
+    if record.usage is not None:
+        usage = BatchUsage(
+            input_tokens=record.usage.input_tokens,
+            input_tokens_details=InputTokensDetails(cached_tokens=0),
+            output_tokens=record.usage.output_tokens,
+            output_tokens_details=OutputTokensDetails(reasoning_tokens=0),
+            total_tokens=record.usage.total_tokens,
+        )
+    return BatchObject(
+        id=format_id("batch", record.id),
+        object="batch",
+        endpoint=record.endpoint,
+        errors=None,
+        input_file_id=format_id("file", record.input_file_id),
+        completion_window=record.completion_window,
+        status=view.status,
+        output_file_id=format_id("file", record.output_file_id) if view.has_output else None,
+        error_file_id=format_id("file", record.error_file_id) if view.has_errors else None,
+        created_at=unix(record.created_at),
+        in_progress_at=unix_or_none(view.in_progress_at),
+        expires_at=unix(record.expires_at),
+        finalizing_at=unix_or_none(view.finalizing_at),
+        completed_at=unix_or_none(view.completed_at),
+        failed_at=unix_or_none(view.failed_at),
+        expired_at=unix_or_none(view.expired_at),
+        cancelling_at=unix_or_none(view.cancelling_at),
+        cancelled_at=unix_or_none(view.cancelled_at),
+        request_counts=RequestCountsObject(
+            total=counts.total,
+            completed=counts.completed,
+            failed=counts.failed + counts.canceled,
+        ),
+        metadata=dict(record.metadata) if record.metadata is not None else None,
+        usage=usage,
+    )
+
+
+def batch_list(views: Sequence[BatchView], has_more: bool) -> BatchList:
+    data = [batch_object(v) for v in views]
+    return BatchList(
+        object="list",
+        data=data,
+        first_id=data[0].id if data else None,
+        last_id=data[-1].id if data else None,
+        has_more=has_more,
+    )
+
+
+@attrs.frozen
+class CreateBatchBody:
+    """The body of ``POST /v1/batches``; other keys (e.g. ``output_expires_after``)
+    are accepted and ignored."""
+
+    input_file_id: str
+    endpoint: str
+    completion_window: str
+    metadata: dict[str, str] | None = None
+
+
+# ------------------------------------------------------------ per-request view
+
+
+@attrs.frozen
+class RequestError:
+    code: str
+    message: str
+
+
+@attrs.frozen
+class BatchRequestObject:
+    """One request of a batch (extension): where it stands and how it ended."""
+
+    id: str
+    object: Literal["batch.request"]
+    custom_id: str
+    model: str
+    status: RequestStatusName
+    attempts: int
+    response_status: int | None
+    error: RequestError | None
+    created_at: int
+    completed_at: int | None
+
+
+@attrs.frozen
+class BatchRequestList:
+    object: Literal["list"]
+    data: list[BatchRequestObject]
+    first_id: str | None
+    last_id: str | None
+    has_more: bool
+
+
+def _request_error(summary: RequestSummary) -> RequestError | None:
+    if summary.failure_reason is None:
+        return None
+    try:
+        code = ERROR_CODES[FailureReason(summary.failure_reason)]
+    except ValueError:
+        code = summary.failure_reason
+    return RequestError(code=code, message=summary.failure_message or code)
+
+
+def request_object(summary: RequestSummary, created_at: datetime) -> BatchRequestObject:
+    status: RequestStatusName = summary.state.value
+    return BatchRequestObject(
+        id=format_id("request", summary.id),
+        object="batch.request",
+        custom_id=summary.custom_id,
+        model=summary.model,
+        status=status,
+        attempts=summary.attempts,
+        response_status=summary.response_status,
+        error=_request_error(summary),
+        created_at=unix(created_at),
+        completed_at=unix_or_none(summary.finished_at),
+    )
+
+
+def request_list(
+    summaries: Sequence[RequestSummary], created_at: datetime, has_more: bool
+) -> BatchRequestList:
+    data = [request_object(s, created_at) for s in summaries]
+    return BatchRequestList(
+        object="list",
+        data=data,
+        first_id=data[0].id if data else None,
+        last_id=data[-1].id if data else None,
+        has_more=has_more,
+    )
+
+
+# --------------------------------------------------------------------- health
+
+
+@attrs.frozen
+class Health:
+    status: Literal["ok", "unavailable"]
+    database: bool | None
+    daemon: bool | None

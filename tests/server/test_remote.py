@@ -1,0 +1,102 @@
+"""``fusillade submit|status|cancel|results`` against a running server and the database."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import trio
+from serverkit import StartServer, chat_line, jsonl
+
+from fusillade.config import ApiKey
+from fusillade.mock_upstream import MockUpstream
+from fusillade.server.serve import Running
+
+KEY = "sk-remote-cli-key"
+
+
+async def fusillade(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith("FUSILLADE_")}
+    result = await trio.run_process(
+        [sys.executable, "-m", "fusillade", *args],
+        capture_stdout=True,
+        capture_stderr=True,
+        check=False,
+        env={**base, **(env or {})},
+    )
+    return result.returncode, result.stdout.decode(), result.stderr.decode()
+
+
+@pytest.fixture
+async def keyed(
+    start_server: StartServer, mock_upstream: MockUpstream, monkeypatch: pytest.MonkeyPatch
+) -> Running:
+    monkeypatch.setenv("FUSILLADE_TEST_KEY_CLI", KEY)
+    return await start_server(mock_upstream.url, api_keys=[ApiKey("FUSILLADE_TEST_KEY_CLI", "cli")])
+
+
+async def test_against_a_server(keyed: Running, tmp_path: Path) -> None:
+    assert keyed.url is not None
+    source = tmp_path / "in.jsonl"
+    source.write_bytes(jsonl(chat_line(f"c{i}") for i in range(5)))
+    target = ["--server", keyed.url]
+    env = {"FUSILLADE_API_KEY": KEY}
+
+    code, out, err = await fusillade(
+        "submit", str(source), "--wait", "--metadata", "k=v", *target, env=env
+    )
+    assert code == 0, err
+    batch = json.loads(out)
+    assert batch["status"] == "completed"
+    assert batch["metadata"] == {"k": "v"}
+
+    code, out, err = await fusillade("status", batch["id"], *target, env=env)
+    assert code == 0, err
+    assert json.loads(out)["request_counts"] == {"total": 5, "completed": 5, "failed": 0}
+
+    results = tmp_path / "out.jsonl"
+    code, out, err = await fusillade("results", batch["id"], "-o", str(results), *target, env=env)
+    assert code == 0, err
+    lines = [json.loads(x) for x in results.read_text().splitlines()]
+    assert sorted(x["custom_id"] for x in lines) == [f"c{i}" for i in range(5)]
+    assert (tmp_path / "out.errors.jsonl").read_text() == ""
+
+    code, out, err = await fusillade("cancel", batch["id"], *target, env=env)
+    assert code == 0, err
+    assert json.loads(out)["status"] == "completed"  # already ended: unchanged
+
+    code, out, err = await fusillade("status", batch["id"], *target)  # no key
+    assert code == 1
+    assert "401" in err and "Traceback" not in err
+
+
+async def test_against_the_database(server: Running, database_url: str, tmp_path: Path) -> None:
+    # The server's daemon (owner "default", no keys) runs what the command stores.
+    source = tmp_path / "in.jsonl"
+    source.write_bytes(jsonl(chat_line(f"d{i}") for i in range(3)))
+    db = ["--database-url", database_url]
+    code, out, err = await fusillade("submit", str(source), "--wait", *db)
+    assert code == 0, err
+    batch = json.loads(out)
+    assert batch["status"] == "completed"
+
+    results = tmp_path / "out.jsonl"
+    code, out, err = await fusillade("results", batch["id"], "-o", str(results), *db)
+    assert code == 0, err
+    assert len(results.read_text().splitlines()) == 3
+
+    code, out, err = await fusillade("status", "batch_" + "0" * 32, *db)
+    assert code == 1
+    assert "no batch" in err
+
+
+async def test_invalid_file_is_reported_by_line(server: Running, tmp_path: Path) -> None:
+    assert server.url is not None
+    source = tmp_path / "bad.jsonl"
+    source.write_bytes(jsonl([chat_line("a"), chat_line("a")]))
+    code, _, err = await fusillade("submit", str(source), "--server", server.url)
+    assert code == 1
+    assert "line 2" in err and "duplicate" in err
