@@ -88,19 +88,19 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _batch_id_for(options: RunOptions, input_hash: str) -> tuple[UUID, bool]:
+def _batch_id_for(options: RunOptions, input_hash: str) -> UUID:
     """The batch id of this input and output: the recorded one, or a new one (recorded)."""
     try:
         state = json.loads(options.state_path.read_text())
         if state.get("input_sha256") == input_hash:
-            return UUID(state["batch_id"]), True
+            return UUID(state["batch_id"])
     except (OSError, ValueError, KeyError):
         pass
     batch_id = next_uuid7()
     tmp = options.state_path.with_name(options.state_path.name + ".tmp")
     tmp.write_text(json.dumps({"batch_id": str(batch_id), "input_sha256": input_hash}) + "\n")
     os.replace(tmp, options.state_path)
-    return batch_id, False
+    return batch_id
 
 
 def _line_of(line: ResultLine) -> str:
@@ -165,7 +165,7 @@ async def run_batch(
 
     first = await anyio.to_thread.run_sync(check)
     endpoint = options.endpoint or first.path
-    batch_id, resumed = _batch_id_for(options, input_hash)
+    batch_id = _batch_id_for(options, input_hash)
     progress = Progress(stderr, interval=options.progress_interval)
     async with fusillade.engine.open(url, daemon_config(options)) as engine:
         try:
@@ -179,8 +179,7 @@ async def run_batch(
                 completion_window=options.completion_window,
                 batch_id=batch_id,
             )
-            verb = "resuming" if resumed else "started"
-            print(f"{verb} batch {batch_id}: {view.counts.total} requests", file=stderr)
+            print(f"started batch {batch_id}: {view.counts.total} requests", file=stderr)
         async for view in engine.watch(batch_id, interval=0.25):
             progress.update(view, final=view.status.is_terminal)
         await _write_results(engine, batch_id, options)
