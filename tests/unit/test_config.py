@@ -143,7 +143,7 @@ def test_file_sets_every_key(full: Path) -> None:
 
 
 def test_every_field_is_a_key() -> None:
-    from fusillade.config import _SCHEMA  # the table the loader and render() both read
+    from fusillade.config._schema import _SCHEMA  # the table the loader and render() both read
 
     shapes = {"server": ServerSettings, "daemon": DaemonSettings}
     shapes |= {"upstreams": UpstreamSettings, "models": ModelSettings}
@@ -559,7 +559,7 @@ def test_docs_example_loads(tmp_path: Path) -> None:
 
 
 def test_docs_name_every_key_and_variable() -> None:
-    from fusillade.config import _SCHEMA
+    from fusillade.config._schema import _SCHEMA
 
     text = DOC.read_text()
     for section, keys in _SCHEMA.items():
