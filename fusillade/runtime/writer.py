@@ -6,9 +6,10 @@ Theory of operation
 returns whether it was written (False: the fence refused it, a lost race). The flusher
 writes when ``flush_max`` results are waiting or ``flush_interval`` after the first one
 arrived, at most ``write_concurrency`` flushes at once (DB write concurrency is bounded
-apart from HTTP concurrency). A flush that fails is retried with backoff until it
-commits: a result is never dropped while the daemon lives. ``drain`` (at shutdown)
-flushes whatever is left.
+apart from HTTP concurrency). A flush that fails (``StoreError``, or ``TimeoutError``
+from a record call that timed out) is retried with backoff until it commits: a result
+is never dropped while the daemon lives. ``drain`` (at shutdown) flushes whatever is
+left.
 """
 
 from __future__ import annotations
@@ -106,10 +107,16 @@ class ResultWriter:
             try:
                 with anyio.CancelScope(shield=True):
                     stats = await self._record([p.result for p in chunk])
-            except StoreError as exc:
+            except (StoreError, TimeoutError) as exc:
+                # TimeoutError: the record call waited too long for a database thread
+                # (all busy, as in an outage), so nothing was written. Were it written,
+                # the retry would only lose its race against itself (fenced writes).
                 self.failures_in_a_row += 1
                 log.warning(
-                    "writing %d results failed, retrying in %.2fs: %s", len(chunk), delay, exc
+                    "writing %d results failed, retrying in %.2fs: %s",
+                    len(chunk),
+                    delay,
+                    str(exc) or "timed out waiting for the database",
                 )
                 await anyio.sleep(delay)
                 delay = min(delay * 2, 5.0)

@@ -13,6 +13,7 @@ Litestar's ``ValidationException``/``ClientException`` 400   ``invalid_request_e
 ``Conflict``                                         409     ``invalid_request_error``
 ``RequestEntityTooLarge`` (body over the route limit) 413    ``invalid_request_error``
 ``RecursionError`` (a JSON body nested too deeply)    400     ``invalid_request_error``
+``UnicodeDecodeError`` (a JSON body not in UTF-8)     400     ``invalid_request_error``
 ``StoreUnavailable``                                 503     ``server_error``
 anything else                                        500     ``server_error`` (logged)
 ===================================================  ======  ============================
@@ -148,6 +149,10 @@ def exception_to_response(request: Request[Any, Any, Any], exc: Exception) -> Re
         # msgspec decoding a JSON body nested thousands deep (the only deep recursion
         # reachable from a request).
         return envelope(400, "the JSON body is nested too deeply", code="invalid_json")
+    if isinstance(exc, UnicodeDecodeError):
+        # msgspec decoding a JSON body whose strings are not UTF-8 (Litestar turns only
+        # msgspec's DecodeError into a 400). Uploads decode their lines themselves.
+        return envelope(400, "the request body is not valid UTF-8", code="invalid_encoding")
     if isinstance(exc, HTTPException) and exc.status_code < HTTP_500_INTERNAL_SERVER_ERROR:
         status = exc.status_code
         headers = dict(exc.headers) if exc.headers else None

@@ -70,7 +70,7 @@ class MemoryBase:
     def close(self) -> None:
         pass
 
-    def ping(self) -> None:
+    def ping(self, timeout: float = 5.0) -> None:
         pass
 
     def __enter__(self) -> Self:

@@ -87,10 +87,14 @@ class PostgresBase:
         with translate_errors():
             return PostgresListener(self.conninfo, self.q.listen)
 
-    def ping(self) -> None:
-        """Raise ``StoreUnavailable`` unless a trivial query succeeds."""
-        with self._tx() as cur:
-            cur.execute("SELECT 1")
+    def ping(self, timeout: float = 5.0) -> None:
+        """Raise ``StoreUnavailable`` unless a trivial query succeeds.
+
+        Waits at most ``timeout`` seconds for a pooled connection (not the pool's 30 s):
+        while the server is down, the readiness probe answers instead of hanging.
+        """
+        with translate_errors(), self.pool.connection(timeout=timeout) as conn:
+            conn.execute("SELECT 1")
 
     def _read_batch(
         self, cur: psycopg.Cursor[dict[str, Any]], owner: str | None, batch_id: UUID

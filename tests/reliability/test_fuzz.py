@@ -1,0 +1,178 @@
+"""API fuzzing with many more examples than CI: schemathesis against the live server.
+
+CI runs tests/server/test_schemathesis.py (25 examples per operation and mode). This is
+the long run, skipped unless asked for:
+
+    FUSILLADE_FUZZ_EXAMPLES=500 pytest tests/reliability/test_fuzz.py -s
+
+(``FUSILLADE_FUZZ_SEED`` picks other examples; without it they are derandomized, the
+same on every run). Every operation of ``/openapi.json`` gets that many generated
+requests in each mode, schema-valid (positive) and schema-invalid (negative); every
+answer must not be a 5xx and must match the schema (status code, content type, body).
+Unlike the CI test it does not stop at the first operation that fails: it reports every
+failing operation, and prints the number of requests sent. The latest result is recorded
+in docs/reliability.md.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import attrs
+import hypothesis
+import pytest
+import schemathesis
+import trio
+from hypothesis import HealthCheck, given
+from schemathesis import GenerationMode
+from schemathesis.specs.openapi.checks import positive_data_acceptance
+
+from fusillade.config import ApiKey, ServerSettings, Settings, UpstreamSettings
+from fusillade.mock_upstream import MockConfig, serve_mock_upstream
+from fusillade.server.serve import Running, serve
+
+EXAMPLES = int(os.environ.get("FUSILLADE_FUZZ_EXAMPLES", "0"))
+SEED = os.environ.get("FUSILLADE_FUZZ_SEED")
+API_KEY = "sk-fuzz-reliability-0000"
+KEY_ENV = "FUSILLADE_TEST_KEY_FUZZ_LONG"
+# As in tests/server/test_schemathesis.py: schema-valid input may still be a 400 here by
+# design (file lines and the batch's endpoint/window are validated beyond the schema).
+CHECKED_BEYOND_SCHEMA = {"POST /v1/files", "POST /v1/batches"}
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        EXAMPLES <= 0,
+        reason="the long fuzzing run: "
+        "FUSILLADE_FUZZ_EXAMPLES=500 pytest tests/reliability/test_fuzz.py",
+    ),
+]
+
+
+@contextmanager
+def server_in_thread(database_url: str) -> Iterator[str]:
+    """The server (with a daemon) and a mock upstream in a thread of their own: schemathesis
+    calls them with a blocking client. Yields the server's URL."""
+    started: queue.Queue[tuple[str, trio.lowlevel.TrioToken, trio.CancelScope] | BaseException]
+    started = queue.Queue()
+    failure: list[BaseException] = []
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            upstream = await nursery.start(serve_mock_upstream, MockConfig())
+            settings = Settings(
+                database_url=database_url,
+                server=ServerSettings(
+                    host="127.0.0.1",
+                    port=0,
+                    api_keys=(ApiKey(KEY_ENV, "fuzz"),),
+                    max_upload_bytes=256 * 1024,
+                ),
+                upstreams={"mock": UpstreamSettings(upstream.url)},
+                default_upstream="mock",
+            )
+            config = attrs.evolve(settings.daemon_config(), poll_interval=0.1)
+
+            async def run(task_status: trio.TaskStatus[Running]) -> None:
+                await serve(settings, daemon_config=config, migrate=False, task_status=task_status)
+
+            running: Running = await nursery.start(run)
+            assert running.url is not None
+            started.put((running.url, trio.lowlevel.current_trio_token(), nursery.cancel_scope))
+
+    def thread() -> None:
+        try:
+            trio.run(main)
+        except BaseException as exc:
+            failure.append(exc)
+            started.put(exc)
+
+    worker = threading.Thread(target=thread, name="fusillade-fuzz-server", daemon=True)
+    worker.start()
+    item = started.get(timeout=60)
+    if isinstance(item, BaseException):
+        raise item
+    url, token, scope = item
+    try:
+        yield url
+    finally:
+        trio.from_thread.run_sync(scope.cancel, trio_token=token)
+        worker.join(timeout=60)
+        assert not worker.is_alive()
+    if failure:
+        raise failure[0]
+
+
+@pytest.fixture
+def live_url(database_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    monkeypatch.setenv(KEY_ENV, API_KEY)
+    with server_in_thread(database_url) as url:
+        yield url
+
+
+def test_fuzz_the_live_api(live_url: str) -> None:
+    import httpx
+
+    headers = {"Authorization": f"Bearer {API_KEY}"}
+    with httpx.Client(base_url=live_url, headers=headers) as c:
+        line = (
+            b'{"custom_id": "a", "method": "POST", "url": "/v1/chat/completions",'
+            b' "body": {"model": "m", "messages": []}}\n'
+        )
+        up = c.post("/v1/files", files={"file": ("a.jsonl", line)}, data={"purpose": "batch"})
+        assert up.status_code == 200, up.text
+        body = {"input_file_id": up.json()["id"], "endpoint": "/v1/chat/completions"}
+        made = c.post("/v1/batches", json={**body, "completion_window": "24h"})
+        assert made.status_code == 200, made.text
+
+    schema = schemathesis.openapi.from_url(f"{live_url}/openapi.json")
+    operations = [result.ok() for result in schema.get_all_operations()]
+    sent: Counter[str] = Counter()
+    statuses: Counter[int] = Counter()
+    failures: list[str] = []
+    for operation in operations:
+        for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
+            strategy = operation.as_strategy(generation_mode=mode)
+
+            @given(case=strategy)
+            @hypothesis.settings(
+                max_examples=EXAMPLES,
+                deadline=None,
+                database=None,
+                suppress_health_check=list(HealthCheck),
+                derandomize=SEED is None,
+                print_blob=True,
+            )
+            def check(case: Any) -> None:
+                excluded = []
+                if case.operation.label in CHECKED_BEYOND_SCHEMA or (
+                    case.query and "after" in case.query
+                ):
+                    excluded.append(positive_data_acceptance)
+                keyed = case.headers is not None and "Authorization" in case.headers
+                response = case.call(base_url=live_url, headers=headers if keyed else None)
+                sent[case.operation.label] += 1
+                statuses[response.status_code] += 1
+                case.validate_response(response, excluded_checks=excluded)
+
+            if SEED is not None:
+                check = hypothesis.seed(int(SEED))(check)
+            try:
+                check()
+            except hypothesis.errors.Unsatisfiable:
+                assert mode is GenerationMode.NEGATIVE  # an operation without inputs
+            except Exception as exc:
+                failures.append(f"{operation.label} ({mode.value}): {str(exc)[:2000]}")
+    total = sum(sent.values())
+    print(
+        f"\nfuzz: {len(operations)} operations, {EXAMPLES} examples per operation and mode, "
+        f"{total} requests sent, {len(failures)} failing operations; statuses "
+        f"{dict(sorted(statuses.items()))}"
+    )
+    assert not failures, "\n\n".join(failures)
