@@ -13,7 +13,6 @@ from fusillade.core.models import (
     BatchRecord,
     Failure,
     FailureReason,
-    RequestState,
     Usage,
 )
 from fusillade.core.transitions import Event, EventKind, step
@@ -27,27 +26,24 @@ from fusillade.store.interface import (
     ResultKind,
 )
 from fusillade.store.memory._base import MemoryBase
-from fusillade.store.memory._rows import _check, _Daemon, _no_nul, _Row
+from fusillade.store.memory._rows import (
+    _LOST_DEAD,
+    _LOST_TIMED_OUT,
+    _RESULT_EVENTS,
+    _SMALLINT,
+    CA,
+    IN_FLIGHT,
+    PR,
+    UNSETTLED,
+    P,
+    _check,
+    _Daemon,
+    _no_nul,
+    _Row,
+)
 
 if TYPE_CHECKING:
     pass
-
-P = RequestState.PENDING
-PR = RequestState.PROCESSING
-CA = RequestState.CANCELED
-IN_FLIGHT = (RequestState.CLAIMED, PR)
-UNSETTLED = (P, *IN_FLIGHT)
-# As in postgres.py: cancel_batch turns this many pending rows canceled inline.
-_INLINE_SWEEP = 10_000
-_RESULT_EVENTS = {
-    ResultKind.SUCCEEDED: EventKind.SUCCEED,
-    ResultKind.RETRY: EventKind.RETRY,
-    ResultKind.FAILED: EventKind.FAIL,
-    ResultKind.CANCELED: EventKind.CANCEL,
-}
-_LOST_DEAD = "the daemon running this request stopped without recording a result"
-_LOST_TIMED_OUT = "the request stayed in flight past its time limit"
-_SMALLINT = range(-32768, 32768)
 
 
 class DaemonParts(MemoryBase):

@@ -12,37 +12,17 @@ import attrs
 from fusillade.core.models import (
     FilePurpose,
     FileRecord,
-    RequestState,
     RequestTemplate,
 )
-from fusillade.core.transitions import EventKind
 from fusillade.errors import NotFound, ValidationError
 from fusillade.store.interface import (
     Page,
-    ResultKind,
 )
 from fusillade.store.memory._base import MemoryBase
 from fusillade.store.memory._rows import _File, _no_nul
 
 if TYPE_CHECKING:
     pass
-
-P = RequestState.PENDING
-PR = RequestState.PROCESSING
-CA = RequestState.CANCELED
-IN_FLIGHT = (RequestState.CLAIMED, PR)
-UNSETTLED = (P, *IN_FLIGHT)
-# As in postgres.py: cancel_batch turns this many pending rows canceled inline.
-_INLINE_SWEEP = 10_000
-_RESULT_EVENTS = {
-    ResultKind.SUCCEEDED: EventKind.SUCCEED,
-    ResultKind.RETRY: EventKind.RETRY,
-    ResultKind.FAILED: EventKind.FAIL,
-    ResultKind.CANCELED: EventKind.CANCEL,
-}
-_LOST_DEAD = "the daemon running this request stopped without recording a result"
-_LOST_TIMED_OUT = "the request stayed in flight past its time limit"
-_SMALLINT = range(-32768, 32768)
 
 
 class FileParts(MemoryBase):
