@@ -1,0 +1,194 @@
+"""What runs inside a measured child process: ``python -m benchmarks.child NAME JSON``.
+
+Each function takes the decoded JSON parameters and returns a JSON-able dict, printed as
+one ``RESULT {...}`` line; a child that must be observed while it runs (P6) prints
+``READY`` first. The parent reads the child's peak RSS from the kernel when reaping it.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+from benchmarks.common import MODEL, READY_LINE, RESULT_PREFIX, request_body
+
+
+def daemon_config(params: dict[str, Any]) -> Any:
+    import fusillade
+
+    return fusillade.DaemonConfig(
+        default_concurrency=params.get("concurrency", 256),
+        upstreams={"bench": fusillade.Upstream(params["upstream"])},
+        default_upstream="bench",
+        connections_per_client=params.get("per_client", 16),
+        shutdown_grace=params.get("shutdown_grace", 10.0),
+    )
+
+
+def templates(n: int) -> Iterator[Any]:
+    from fusillade import RequestTemplate
+
+    for i in range(n):
+        yield RequestTemplate(custom_id=f"req-{i:08d}", model=MODEL, body=request_body(i))
+
+
+def fusillade_batch(params: dict[str, Any]) -> dict[str, Any]:
+    """P1/P3 through the library: a file of ``n`` templates (not timed), then
+    ``create_batch`` until the batch is terminal (timed), the daemon in this process.
+    The batch is polled every 100 ms: each poll counts the batch's rows, so polling
+    much faster would take CPU from the daemon on a small machine."""
+    import trio
+
+    import fusillade
+
+    async def main() -> dict[str, Any]:
+        async with fusillade.open(params["database_url"], daemon_config(params)) as engine:
+            file = await engine.create_file(templates(params["n"]))
+            start = time.perf_counter()
+            batch = await engine.create_batch(file.id)
+            view = await engine.wait(batch.record.id, interval=0.1)
+            seconds = time.perf_counter() - start
+        c = view.counts
+        return {
+            "seconds": seconds,
+            "rate": params["n"] / seconds,
+            "status": view.status.value,
+            "completed": c.completed,
+            "failed": c.failed,
+        }
+
+    return trio.run(main)
+
+
+def ingest(params: dict[str, Any]) -> dict[str, Any]:
+    """P4 through the library: ``engine.create_file(path)`` of a JSONL file, nothing else.
+
+    The repository is opened with ``statement_timeout_ms`` from the parameters: the whole
+    file is one COPY statement, which the default 30 s timeout cancels for large files."""
+    import trio
+
+    import fusillade
+    from fusillade.core.jsonl import JsonlLimits
+    from fusillade.store.migrate import migrate
+    from fusillade.store.postgres import PostgresRepository
+
+    async def main() -> dict[str, Any]:
+        limits = JsonlLimits(max_lines=None, max_file_bytes=None)  # a local file, as `run`
+        async with fusillade.open(repository=repo, run_daemon=False) as engine:
+            start = time.perf_counter()
+            record = await engine.create_file(params["path"], limits=limits)
+            seconds = time.perf_counter() - start
+        return {"seconds": seconds, "lines": record.line_count, "rate": record.line_count / seconds}
+
+    migrate(params["database_url"])
+    timeout = params.get("statement_timeout_ms", 30_000)
+    with PostgresRepository(params["database_url"], statement_timeout_ms=timeout) as repo:
+        return trio.run(main)
+
+
+def download(params: dict[str, Any]) -> dict[str, Any]:
+    """P5 through the library: ``repo.iter_results`` of a batch, each line formatted in the
+    output-file format and written to ``out`` (what ``run`` and the download route do)."""
+    from fusillade.core.results import format_output_line
+    from fusillade.store.postgres import PostgresRepository
+
+    batch_id = UUID(params["batch_id"])
+    lines = 0
+    size = 0
+    with PostgresRepository(params["database_url"]) as repo:
+        start = time.perf_counter()
+        with Path(params["out"]).open("w", encoding="utf-8") as out:
+            for line in repo.iter_results("default", batch_id, errors=False):
+                text = format_output_line(
+                    line.request_id, line.custom_id, line.status or 0, line.body
+                )
+                out.write(text + "\n")
+                lines += 1
+                size += len(text) + 1
+        seconds = time.perf_counter() - start
+    return {"seconds": seconds, "lines": lines, "bytes": size, "rate": lines / seconds}
+
+
+def daemon(params: dict[str, Any]) -> dict[str, Any]:
+    """P6: a daemon against a large queue for ``seconds`` (READY once it runs)."""
+    import trio
+
+    import fusillade
+
+    async def main() -> dict[str, Any]:
+        async with fusillade.open(params["database_url"], daemon_config(params)) as engine:
+            print(READY_LINE, flush=True)
+            await trio.sleep(params["seconds"])
+            view = await engine.get_batch(UUID(params["batch_id"]))
+        return {"completed": view.counts.completed, "in_progress": view.counts.in_progress}
+
+    return trio.run(main)
+
+
+def first_request(params: dict[str, Any]) -> dict[str, Any]:
+    """P8 through the library: an idle daemon in this process; per trial, the time from
+    calling ``create_batch`` to the first request reaching the (recording) upstream."""
+    import trio
+
+    import fusillade
+    from benchmarks.recorder import RecordingUpstream
+
+    async def main(recorder: RecordingUpstream) -> list[float]:
+        config = daemon_config({**params, "upstream": recorder.url})
+        latencies = []
+        async with fusillade.open(params["database_url"], config) as engine:
+            file = await engine.create_file(templates(params["lines"]))
+            for trial in range(params["trials"]):
+                # the daemon waits for a NOTIFY or its poll; vary the idle time so that
+                # trials do not line up with the poll
+                await trio.sleep(params["idle"] + 0.37 * (trial % 3))
+                recorder.arm()
+                start = time.perf_counter()
+                batch = await engine.create_batch(file.id)
+                arrived = await trio.to_thread.run_sync(recorder.wait_first, 30.0)
+                latencies.append(arrived - start)
+                await engine.wait(batch.record.id, interval=0.05)
+        return latencies
+
+    with RecordingUpstream() as recorder:
+        latencies = trio.run(main, recorder)
+    return {"latencies": latencies}
+
+
+def pgqueuer(params: dict[str, Any]) -> dict[str, Any]:
+    from benchmarks.baselines import pgqueuer_job
+
+    return pgqueuer_job(params)
+
+
+def httpx_baseline(params: dict[str, Any]) -> dict[str, Any]:
+    from benchmarks.baselines import httpx_trio
+
+    return httpx_trio(params)
+
+
+CHILDREN: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
+    "daemon": daemon,
+    "download": download,
+    "first_request": first_request,
+    "fusillade_batch": fusillade_batch,
+    "httpx": httpx_baseline,
+    "ingest": ingest,
+    "pgqueuer": pgqueuer,
+}
+
+
+def main(argv: list[str]) -> int:
+    name, params = argv[1], json.loads(argv[2])
+    result = CHILDREN[name](params)
+    print(RESULT_PREFIX + json.dumps(result), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
