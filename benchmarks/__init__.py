@@ -7,6 +7,8 @@ at a tiny scale so it cannot rot; nothing in CI times anything.
 
 Modules: ``run`` (the command), ``common`` (sizes, bodies, child processes), ``upstream``
 (nginx or mock-upstream), ``database`` (fresh databases, bulk seeding), ``child`` (what
-runs inside each measured child process), ``throughput`` (P1-P3), ``data`` (P4-P6),
-``scale`` (P7, also a script of its own), ``latency`` (P8), ``report`` (the table).
+runs inside each measured child process), ``baselines`` (bare httpx, pgqueuer), ``server``
+(``fusillade serve`` as a child), ``recorder`` (P8's upstream), ``throughput`` (P1-P3),
+``data`` (P4-P6), ``scale`` (P7, also a script of its own), ``latency`` (P8), ``report``
+(the table).
 """

@@ -38,14 +38,17 @@ def machine() -> dict[str, str]:
             mem = f"{int(kb.group(1)) / 2**20:.1f} GiB"
     except OSError:
         pass
-    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     return {
         "cpu": cpu,
         "cores": str(os.cpu_count()),
         "ram": mem,
         "os": f"{platform.system()} {platform.release()}",
-        "load average at start": load,
+        "load average at start": load_average(),
     }
+
+
+def load_average() -> str:
+    return ", ".join(f"{x:.2f}" for x in os.getloadavg()) + " (1, 5, 15 min)"
 
 
 def versions(extra: dict[str, str]) -> dict[str, str]:
@@ -57,6 +60,24 @@ def versions(extra: dict[str, str]) -> dict[str, str]:
             out[name] = "not installed"
     out.update(extra)
     return out
+
+
+def commit() -> str:
+    """The checkout's commit, marked when the work tree has changes."""
+    import subprocess
+
+    from benchmarks.common import REPO_ROOT
+
+    def git(*args: str) -> str:
+        done = subprocess.run(
+            ["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, check=False
+        )
+        return done.stdout.strip() if done.returncode == 0 else ""
+
+    head = git("rev-parse", "--short", "HEAD")
+    if not head:
+        return "unknown"
+    return head + (" with local changes" if git("status", "--porcelain") else "")
 
 
 def _met(row: Row) -> str:
@@ -88,7 +109,7 @@ def markdown(rows: list[Row], context: dict[str, Any]) -> str:
     ]
     lines += [f"- **{k}**: {v}" for k, v in context["machine"].items()]
     lines.append("- **versions**: " + ", ".join(f"{k} {v}" for k, v in context["versions"].items()))
-    lines += [f"- **{k}**: {context[k]}" for k in ("upstream", "database", "elapsed")]
+    lines += [f"- **{k}**: {context[k]}" for k in ("commit", "upstream", "database", "elapsed")]
     lines += ["", "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     lines += ["| " + " | ".join(esc(c) for c in _cells(r)) + " |" for r in rows]
     return "\n".join(lines) + "\n"

@@ -99,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     sizes, runs = sizes_of(args)
     started = time.monotonic()
+    commit, machine = report.commit(), report.machine()
 
     def log(line: str) -> None:
         print(f"[{time.monotonic() - started:7.1f}s] {line}", file=sys.stderr, flush=True)
@@ -143,8 +144,9 @@ def main(argv: list[str] | None = None) -> int:
         "command": report.command_line(),
         "sizes": sizes.name,
         "runs": runs,
-        "machine": report.machine(),
+        "machine": {**machine, "load average at end": report.load_average()},
         "versions": report.versions({"PostgreSQL": server_version(admin)}),
+        "commit": commit,
         "upstream": up.kind,
         "database": f"{origin} (a fresh database per scenario run)",
         "elapsed": f"{time.monotonic() - started:.0f} s",

@@ -114,14 +114,17 @@ class Upstreams:
         if latency not in self.slow:
             url = self._start_mock(["--latency", str(latency)])
             self.slow[latency] = url
-            self.notes[url] = f"mock-upstream --latency {latency} (no nginx echo module)"
+            self.notes[url] = f"mock-upstream --latency {latency} ({self._why_mock()})"
         return self.slow[latency]
 
     def held_url(self) -> str:
         if self.held is None:
             self.held = self._start_mock(["--hold"])
-            self.notes[self.held] = "mock-upstream --hold (no nginx echo module)"
+            self.notes[self.held] = f"mock-upstream --hold ({self._why_mock()})"
         return self.held
+
+    def _why_mock(self) -> str:
+        return "no nginx echo module" if self.kind.startswith("nginx") else "no nginx"
 
     def _start_mock(self, flags: list[str]) -> str:
         port = free_port()
@@ -195,8 +198,8 @@ def _start_nginx(binary: str, latencies: list[float]) -> Upstreams:
     return up
 
 
-def _start_mock_only() -> Upstreams:
-    up = Upstreams(kind="mock-upstream (nginx not found on PATH)", fast="")
+def _start_mock_only(reason: str) -> Upstreams:
+    up = Upstreams(kind=f"mock-upstream ({reason})", fast="")
     up.fast = up._start_mock([])
     return up
 
@@ -205,7 +208,10 @@ def _start_mock_only() -> Upstreams:
 def upstreams(latencies: list[float], *, prefer_nginx: bool = True) -> Iterator[Upstreams]:
     """Start the upstreams (nginx if available), check they answer, stop them at the end."""
     binary = nginx_binary() if prefer_nginx else None
-    up = _start_nginx(binary, latencies) if binary else _start_mock_only()
+    if binary:
+        up = _start_nginx(binary, latencies)
+    else:
+        up = _start_mock_only("nginx not found on PATH" if prefer_nginx else "--no-nginx")
     try:
         _check(up.fast)
         yield up
