@@ -37,17 +37,14 @@ from fusillade.core.jsonl import JsonlLimits, validate_file
 from fusillade.core.models import (
     BatchStatus,
     BatchView,
-    FailureReason,
-    RequestState,
     RequestTemplate,
 )
-from fusillade.core.results import format_error_line, format_output_line
 from fusillade.core.retry import RetryPolicy
 from fusillade.errors import NotFound, ValidationError
 from fusillade.ids import next_uuid7
 from fusillade.progress import Progress
+from fusillade.results import format_result_line
 from fusillade.runtime.config import DaemonConfig, Upstream
-from fusillade.store.interface import ResultLine
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -103,27 +100,13 @@ def _batch_id_for(options: RunOptions, input_hash: str) -> UUID:
     return batch_id
 
 
-def _line_of(line: ResultLine) -> str:
-    if line.state is RequestState.COMPLETED:
-        return format_output_line(line.request_id, line.custom_id, line.status or 0, line.body)
-    reason = FailureReason(line.failure_reason or FailureReason.LOST.value)
-    return format_error_line(
-        line.request_id,
-        line.custom_id,
-        reason,
-        line.failure_message or reason.value,
-        line.status,
-        line.body,
-    )
-
-
 async def _write_results(engine: fusillade.engine.Engine, batch: UUID, options: RunOptions) -> None:
     with ExitStack() as stack:
         out = stack.enter_context(_atomic(options.output))
         err = out if options.single_file else stack.enter_context(_atomic(options.error_path))
         for errors, target in ((False, out), (True, err)):
             async for line in engine.iter_results(batch, errors=errors):
-                target.write(_line_of(line) + "\n")
+                target.write(format_result_line(line) + "\n")
 
 
 @contextmanager

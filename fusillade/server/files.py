@@ -16,9 +16,10 @@ from litestar.params import FromPath, FromQuery, QueryParameter
 from litestar.response import Stream
 
 from fusillade.core.ids import PREFIXES, IdKind, parse_id
-from fusillade.core.models import FailureReason, FilePurpose, FileRecord, RequestState
-from fusillade.core.results import format_error_line, format_input_line, format_output_line
+from fusillade.core.models import FilePurpose, FileRecord
+from fusillade.core.results import format_input_line
 from fusillade.errors import NotFound, ValidationError
+from fusillade.results import format_result_line
 from fusillade.server.context import Ctx, Owner
 from fusillade.server.responses import error_responses
 from fusillade.server.upload import MULTIPART_SLACK, receive_upload
@@ -30,7 +31,6 @@ from fusillade.server.wire import (
     file_list,
     file_object,
 )
-from fusillade.store.interface import ResultLine
 
 STREAM_BATCH: Final = 1000
 """Lines formatted per worker-thread hop when streaming a file's content."""
@@ -156,21 +156,6 @@ async def delete_file(ctx: Ctx, owner: Owner, file_id: FromPath[str]) -> FileDel
     return FileDeleted(id=file_id, object="file", deleted=True)
 
 
-def result_line(line: ResultLine) -> str:
-    """An output or error line (no newline) in OpenAI's batch format."""
-    if line.state is RequestState.COMPLETED:
-        return format_output_line(line.request_id, line.custom_id, line.status or 0, line.body)
-    reason = FailureReason(line.failure_reason or FailureReason.LOST.value)
-    return format_error_line(
-        line.request_id,
-        line.custom_id,
-        reason,
-        line.failure_message or reason.value,
-        line.status,
-        line.body,
-    )
-
-
 def _next_chunk(lines: Iterator[Any], fmt: Callable[[Any], str]) -> bytes | None:
     """Up to ``STREAM_BATCH`` formatted lines, or ``None`` at the end (runs in a thread)."""
     out: list[str] = []
@@ -227,7 +212,7 @@ async def file_content(ctx: Ctx, owner: Owner, file_id: FromPath[str]) -> Stream
             raise NotFound("file", file_id)
         errors = record.purpose is FilePurpose.BATCH_ERROR
         lines = ctx.repo.iter_results(owner, record.batch_id, errors=errors)
-        fmt = result_line
+        fmt = format_result_line
     # The first chunk is read before answering, so a failure is a proper error status.
     first = await anyio.to_thread.run_sync(_next_chunk, lines, fmt)
     return Stream(

@@ -150,7 +150,8 @@ class DatabaseBackend:
 
     def download(self, file_id: str, target: IO[bytes]) -> None:
         from fusillade.core.results import format_input_line
-        from fusillade.server.files import file_uuid, result_line
+        from fusillade.results import format_result_line
+        from fusillade.server.files import file_uuid
 
         record = self._repo.get_file(self._owner, file_uuid(file_id))
         if record.purpose is FilePurpose.BATCH:
@@ -160,7 +161,7 @@ class DatabaseBackend:
         assert record.batch_id is not None
         errors = record.purpose is FilePurpose.BATCH_ERROR
         for line in self._repo.iter_results(self._owner, record.batch_id, errors=errors):
-            target.write(result_line(line).encode() + b"\n")
+            target.write(format_result_line(line).encode() + b"\n")
 
 
 def _now() -> datetime:

@@ -23,8 +23,8 @@ from helpers import daemon_config, make_batch, result_lines, wait_status
 from fusillade.core.models import BatchStatus
 from fusillade.core.retry import RetryPolicy
 from fusillade.mock_upstream import Behaviour, MockConfig, MockUpstream, serve_mock_upstream
+from fusillade.results import format_result_line
 from fusillade.runtime.daemon import Daemon
-from fusillade.server.files import result_line
 from fusillade.store.postgres import PostgresRepository
 
 
@@ -37,7 +37,10 @@ def policy(attempts: int, base_ms: int = 20, cap_ms: int = 100) -> RetryPolicy:
 
 
 async def error_lines(repo: PostgresRepository, batch: UUID) -> list[dict[str, Any]]:
-    return [json.loads(result_line(line)) for line in await result_lines(repo, batch, errors=True)]
+    return [
+        json.loads(format_result_line(line))
+        for line in await result_lines(repo, batch, errors=True)
+    ]
 
 
 async def test_slow_bodies_complete_within_the_limit_and_time_out_beyond_it(
