@@ -51,6 +51,7 @@ class Queries:
     insert_file: str
     list_batches: str
     list_files: str
+    lift_statement_timeout: str
     list_requests: str
     listen: str
     lock_batch: str

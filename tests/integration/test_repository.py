@@ -484,3 +484,10 @@ def test_retry_after_the_deadline_moves_every_unsettled_row(repo: PostgresReposi
 def test_ids_sort_in_creation_order_within_one_millisecond(repo: PostgresRepository) -> None:
     ids = [repo.create_file("alice", f"{i}", templates(1), now=T0).id for i in range(50)]
     assert ids == sorted(ids)
+
+
+def test_a_large_file_is_not_cut_off_by_the_statement_timeout(database_url: str) -> None:
+    """A million-line COPY outlasts the 30 s every other statement gets; ingest lifts it."""
+    with PostgresRepository(database_url, statement_timeout_ms=1) as repo:
+        f = repo.create_file("alice", "big.jsonl", templates(20_000), now=T0)
+    assert f.line_count == 20_000

@@ -48,6 +48,7 @@ class FileQueries(PostgresBase):
         body_bytes = 0
         models: set[str] = set()
         with self._tx() as cur:
+            cur.execute(self.q.lift_statement_timeout)
             cur.execute(
                 self.q.insert_file,
                 {
