@@ -9,6 +9,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import h11
+import httpx
 import openai
 import trio
 
@@ -74,6 +75,18 @@ async def wait_status(
         while True:
             batch = await client.batches.retrieve(batch_id)
             if batch.status in wanted:
+                return batch
+            await trio.sleep(0.05)
+
+
+async def wait_status_json(
+    api: httpx.AsyncClient, batch_id: str, status: str, *, timeout: float = 30
+) -> dict[str, Any]:
+    """``wait_status`` for plain HTTP clients: the batch's JSON once it has ``status``."""
+    with trio.fail_after(timeout):
+        while True:
+            batch: dict[str, Any] = (await api.get(f"/v1/batches/{batch_id}")).json()
+            if batch["status"] == status:
                 return batch
             await trio.sleep(0.05)
 

@@ -9,9 +9,8 @@ from typing import Any
 import attrs
 import httpx
 import pytest
-import trio
 from litestar.routes import HTTPRoute
-from serverkit import StartServer, chat_line, jsonl
+from serverkit import StartServer, chat_line, jsonl, wait_status_json
 
 from fusillade.config import ApiKey, ServerSettings
 from fusillade.errors import ConfigError
@@ -133,11 +132,7 @@ async def alices_ids(alice: httpx.AsyncClient, mock_upstream: MockUpstream) -> d
     created = await alice.post("/v1/batches", json=body)
     assert created.status_code == 200, created.text
     batch_id = created.json()["id"]
-    with trio.fail_after(30):
-        while (batch := (await alice.get(f"/v1/batches/{batch_id}")).json())[
-            "status"
-        ] != "completed":
-            await trio.sleep(0.05)
+    batch = await wait_status_json(alice, batch_id, "completed")
     return {
         "file": file_id,
         "batch": batch_id,

@@ -9,8 +9,7 @@ from typing import Any
 
 import httpx
 import pytest
-import trio
-from serverkit import StartServer, chat_line, jsonl, raw_post
+from serverkit import StartServer, chat_line, jsonl, raw_post, wait_status_json
 
 from fusillade.mock_upstream import MockUpstream
 from fusillade.server.serve import Running
@@ -363,9 +362,7 @@ async def test_control_characters_and_sql_are_stored_byte_for_byte(
     assert created.status_code == 200, created.text
     batch_id = created.json()["id"]
     assert created.json()["metadata"] == metadata
-    with trio.fail_after(30):
-        while (batch := (await api.get(f"/v1/batches/{batch_id}")).json())["status"] != "completed":
-            await trio.sleep(0.05)
+    batch = await wait_status_json(api, batch_id, "completed")
     assert batch["metadata"] == metadata
     output = await api.get(f"/v1/files/{batch['output_file_id']}/content")
     got = {json.loads(x)["custom_id"] for x in output.text.split("\n")[:-1]}

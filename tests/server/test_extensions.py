@@ -9,7 +9,7 @@ from uuid import uuid4
 import httpx
 import pytest
 import trio
-from serverkit import StartServer, chat_line, jsonl
+from serverkit import StartServer, chat_line, jsonl, wait_status_json
 
 from fusillade.errors import StoreUnavailable
 from fusillade.mock_upstream import Behaviour, MockUpstream
@@ -36,22 +36,13 @@ async def make_batch(api: httpx.AsyncClient, lines: list[dict[str, object]]) -> 
     return str(created.json()["id"])
 
 
-async def wait_for(api: httpx.AsyncClient, batch_id: str, status: str) -> dict[str, object]:
-    with trio.fail_after(30):
-        while True:
-            batch: dict[str, object] = (await api.get(f"/v1/batches/{batch_id}")).json()
-            if batch["status"] == status:
-                return batch
-            await trio.sleep(0.05)
-
-
 async def test_requests_listing_pages_and_filters(
     api: httpx.AsyncClient, mock_upstream: MockUpstream
 ) -> None:
     mock_upstream.config.per_model["bad"] = Behaviour(status=400)
     lines = [chat_line(f"r{i}", model="bad" if i % 3 == 0 else "m") for i in range(10)]
     batch_id = await make_batch(api, lines)
-    batch = await wait_for(api, batch_id, "completed")
+    batch = await wait_status_json(api, batch_id, "completed")
 
     seen: list[dict[str, object]] = []
     after = None
@@ -119,7 +110,7 @@ async def test_retry_while_cancelling_is_a_conflict(
         # The stand-in daemon goes away: its rows are released and the batch settles.
         await trio.to_thread.run_sync(lambda: repo.release(daemon_id, now=datetime.now(UTC)))
         await trio.to_thread.run_sync(lambda: repo.sweep(now=datetime.now(UTC)))
-        done = await wait_for(api, batch_id, "cancelled")
+        done = await wait_status_json(api, batch_id, "cancelled")
         assert done["request_counts"] == {"total": 2, "completed": 0, "failed": 2}
         again = await api.post(f"/v1/batches/{batch_id}/retry?include_cancelled=true")
         assert again.status_code == 200, again.text

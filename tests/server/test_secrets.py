@@ -10,7 +10,7 @@ import psycopg
 import pytest
 import trio
 from psycopg import sql
-from serverkit import UPSTREAM_KEY, StartServer, chat_line, jsonl
+from serverkit import UPSTREAM_KEY, StartServer, chat_line, jsonl, wait_status_json
 
 from fusillade.config import ApiKey
 from fusillade.mock_upstream import Behaviour, MockUpstream
@@ -64,11 +64,7 @@ async def test_keys_appear_nowhere(
         body = {"input_file_id": file_id, "endpoint": "/v1/chat/completions"}
         created = await api.post("/v1/batches", json={**body, "completion_window": "24h"})
         batch_id = created.json()["id"]
-        with trio.fail_after(30):
-            while (batch := (await api.get(f"/v1/batches/{batch_id}")).json())[
-                "status"
-            ] != "completed":
-                await trio.sleep(0.05)
+        batch = await wait_status_json(api, batch_id, "completed")
         assert batch["request_counts"] == {"total": 3, "completed": 2, "failed": 1}
         for path in (
             f"/v1/files/{batch['output_file_id']}/content",
