@@ -1,18 +1,24 @@
-"""Shared helpers for tests that run batches through a real repository and daemon."""
+"""Shared helpers for tests that run batches through a real repository and daemon, and a
+server in a thread of its own for the blocking clients of the fuzzers."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+import queue
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
 
+import attrs
 import trio
 
+from fusillade.config import ApiKey, ServerSettings, Settings, UpstreamSettings
 from fusillade.core.models import BatchStatus, BatchView, RequestTemplate
 from fusillade.core.retry import RetryPolicy
-from fusillade.mock_upstream import MockUpstream
+from fusillade.mock_upstream import MockConfig, MockUpstream, serve_mock_upstream
 from fusillade.runtime.config import DaemonConfig, Upstream
 from fusillade.store.interface import BatchSpec, Repository, ResultLine
 
@@ -84,3 +90,62 @@ async def result_lines(repo: Repository, batch: UUID, *, errors: bool = False) -
     return await trio.to_thread.run_sync(
         lambda: list(repo.iter_results(OWNER, batch, errors=errors))
     )
+
+
+@contextmanager
+def server_in_thread(
+    database_url: str, key_env: str, *, upstream_key_env: str | None = None
+) -> Iterator[str]:
+    """The server (with a daemon) and a mock upstream in a thread of their own, for
+    blocking clients such as schemathesis; the key in ``key_env`` belongs to owner
+    ``fuzz``. Yields the server's URL."""
+    from fusillade.server.serve import Running, serve
+
+    started: queue.Queue[tuple[str, trio.lowlevel.TrioToken, trio.CancelScope] | BaseException]
+    started = queue.Queue()
+    failure: list[BaseException] = []
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            upstream = await nursery.start(serve_mock_upstream, MockConfig())
+            settings = Settings(
+                database_url=database_url,
+                server=ServerSettings(
+                    host="127.0.0.1",
+                    port=0,
+                    api_keys=(ApiKey(key_env, "fuzz"),),
+                    max_upload_bytes=256 * 1024,
+                ),
+                upstreams={"mock": UpstreamSettings(upstream.url, api_key_env=upstream_key_env)},
+                default_upstream="mock",
+            )
+            config = attrs.evolve(settings.daemon_config(), poll_interval=0.1)
+
+            async def run(task_status: trio.TaskStatus[Running]) -> None:
+                await serve(settings, daemon_config=config, migrate=False, task_status=task_status)
+
+            running: Running = await nursery.start(run)
+            assert running.url is not None
+            started.put((running.url, trio.lowlevel.current_trio_token(), nursery.cancel_scope))
+
+    def thread() -> None:
+        try:
+            trio.run(main)
+        except BaseException as exc:
+            failure.append(exc)
+            started.put(exc)
+
+    worker = threading.Thread(target=thread, name="fusillade-server", daemon=True)
+    worker.start()
+    item = started.get(timeout=60)
+    if isinstance(item, BaseException):
+        raise item
+    url, token, scope = item
+    try:
+        yield url
+    finally:
+        trio.from_thread.run_sync(scope.cancel, trio_token=token)
+        worker.join(timeout=60)
+        assert not worker.is_alive()
+    if failure:
+        raise failure[0]

@@ -17,25 +17,17 @@ in docs/reliability.md.
 from __future__ import annotations
 
 import os
-import queue
-import threading
 from collections import Counter
 from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
-import attrs
 import hypothesis
 import pytest
 import schemathesis
-import trio
+from helpers import server_in_thread
 from hypothesis import HealthCheck, given
 from schemathesis import GenerationMode
 from schemathesis.specs.openapi.checks import positive_data_acceptance
-
-from fusillade.config import ApiKey, ServerSettings, Settings, UpstreamSettings
-from fusillade.mock_upstream import MockConfig, serve_mock_upstream
-from fusillade.server.serve import Running, serve
 
 EXAMPLES = int(os.environ.get("FUSILLADE_FUZZ_EXAMPLES", "0"))
 SEED = os.environ.get("FUSILLADE_FUZZ_SEED")
@@ -55,64 +47,10 @@ pytestmark = [
 ]
 
 
-@contextmanager
-def server_in_thread(database_url: str) -> Iterator[str]:
-    """The server (with a daemon) and a mock upstream in a thread of their own: schemathesis
-    calls them with a blocking client. Yields the server's URL."""
-    started: queue.Queue[tuple[str, trio.lowlevel.TrioToken, trio.CancelScope] | BaseException]
-    started = queue.Queue()
-    failure: list[BaseException] = []
-
-    async def main() -> None:
-        async with trio.open_nursery() as nursery:
-            upstream = await nursery.start(serve_mock_upstream, MockConfig())
-            settings = Settings(
-                database_url=database_url,
-                server=ServerSettings(
-                    host="127.0.0.1",
-                    port=0,
-                    api_keys=(ApiKey(KEY_ENV, "fuzz"),),
-                    max_upload_bytes=256 * 1024,
-                ),
-                upstreams={"mock": UpstreamSettings(upstream.url)},
-                default_upstream="mock",
-            )
-            config = attrs.evolve(settings.daemon_config(), poll_interval=0.1)
-
-            async def run(task_status: trio.TaskStatus[Running]) -> None:
-                await serve(settings, daemon_config=config, migrate=False, task_status=task_status)
-
-            running: Running = await nursery.start(run)
-            assert running.url is not None
-            started.put((running.url, trio.lowlevel.current_trio_token(), nursery.cancel_scope))
-
-    def thread() -> None:
-        try:
-            trio.run(main)
-        except BaseException as exc:
-            failure.append(exc)
-            started.put(exc)
-
-    worker = threading.Thread(target=thread, name="fusillade-fuzz-server", daemon=True)
-    worker.start()
-    item = started.get(timeout=60)
-    if isinstance(item, BaseException):
-        raise item
-    url, token, scope = item
-    try:
-        yield url
-    finally:
-        trio.from_thread.run_sync(scope.cancel, trio_token=token)
-        worker.join(timeout=60)
-        assert not worker.is_alive()
-    if failure:
-        raise failure[0]
-
-
 @pytest.fixture
 def live_url(database_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     monkeypatch.setenv(KEY_ENV, API_KEY)
-    with server_in_thread(database_url) as url:
+    with server_in_thread(database_url, KEY_ENV) as url:
         yield url
 
 

@@ -9,25 +9,17 @@ blocking client.
 
 from __future__ import annotations
 
-import queue
-import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
-import attrs
 import hypothesis
 import pytest
 import schemathesis
-import trio
+from helpers import server_in_thread
 from hypothesis import HealthCheck, given
 from schemathesis import GenerationMode
 from schemathesis.specs.openapi.checks import positive_data_acceptance
-from serverkit import UPSTREAM_KEY, UPSTREAM_KEY_ENV, chat_line, jsonl, settings_for
-
-from fusillade.config import ApiKey
-from fusillade.mock_upstream import MockConfig, serve_mock_upstream
-from fusillade.server.serve import Running, serve
+from serverkit import UPSTREAM_KEY, UPSTREAM_KEY_ENV, chat_line, jsonl
 
 API_KEY = "sk-schemathesis-0000"
 # Operations whose schema-valid input may still be a 400 by design, so the check that
@@ -38,59 +30,13 @@ CHECKED_BEYOND_SCHEMA = {"POST /v1/files", "POST /v1/batches"}
 MAX_EXAMPLES = 25
 
 
-@contextmanager
-def server_in_thread(database_url: str) -> Iterator[str]:
-    """A server and a mock upstream in a background thread; yields the server's URL."""
-    started: queue.Queue[tuple[str, trio.lowlevel.TrioToken, trio.CancelScope] | BaseException]
-    started = queue.Queue()
-    failure: list[BaseException] = []
-
-    async def main() -> None:
-        async with trio.open_nursery() as nursery:
-            upstream = await nursery.start(serve_mock_upstream, MockConfig())
-            settings = settings_for(
-                database_url,
-                upstream.url,
-                api_keys=[ApiKey("FUSILLADE_TEST_KEY_FUZZ", "fuzz")],
-                max_upload_bytes=256 * 1024,
-            )
-            config = attrs.evolve(settings.daemon_config(), poll_interval=0.1)
-
-            async def run(task_status: trio.TaskStatus[Running]) -> None:
-                await serve(settings, daemon_config=config, migrate=False, task_status=task_status)
-
-            running: Running = await nursery.start(run)
-            assert running.url is not None
-            started.put((running.url, trio.lowlevel.current_trio_token(), nursery.cancel_scope))
-
-    def thread() -> None:
-        try:
-            trio.run(main)
-        except BaseException as exc:
-            failure.append(exc)
-            started.put(exc)
-
-    worker = threading.Thread(target=thread, name="fusillade-server", daemon=True)
-    worker.start()
-    item = started.get(timeout=60)
-    if isinstance(item, BaseException):
-        raise item
-    url, token, scope = item
-    try:
-        yield url
-    finally:
-        trio.from_thread.run_sync(scope.cancel, trio_token=token)
-        worker.join(timeout=60)
-        assert not worker.is_alive()
-    if failure:
-        raise failure[0]
-
-
 @pytest.fixture
 def live_url(database_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     monkeypatch.setenv(UPSTREAM_KEY_ENV, UPSTREAM_KEY)
     monkeypatch.setenv("FUSILLADE_TEST_KEY_FUZZ", API_KEY)
-    with server_in_thread(database_url) as url:
+    with server_in_thread(
+        database_url, "FUSILLADE_TEST_KEY_FUZZ", upstream_key_env=UPSTREAM_KEY_ENV
+    ) as url:
         yield url
 
 
