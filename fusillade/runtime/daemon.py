@@ -37,7 +37,7 @@ import os
 import random
 import socket
 from collections.abc import Awaitable, Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, TypeVar
 from uuid import UUID, uuid4
 
@@ -206,7 +206,7 @@ class Daemon:
 
     # --------------------------------------------------------------- helpers
 
-    def now(self) -> Any:
+    def now(self) -> datetime:
         assert self._clock is not None, "the daemon is not running"
         return self._clock.now()
 
