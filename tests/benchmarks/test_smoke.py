@@ -23,7 +23,7 @@ SCENARIOS = {f"P{i}" for i in range(1, 9)}
 def test_every_scenario_produces_rows(tmp_path: Path, database_server: object) -> None:
     admin_url: str = database_server.admin_url  # type: ignore[attr-defined]
     results, table = tmp_path / "results.json", tmp_path / "performance.md"
-    table.write_text("# Performance\n\n<!-- benchmark-results:start -->\nold\n"
+    table.write_text("# Performance\n\n<!-- benchmark-results:start -->\nSTALE-TABLE\n"
                      "<!-- benchmark-results:end -->\n\nkept\n")  # fmt: skip
     command = [
         sys.executable, "-m", "benchmarks", "--smoke",
@@ -50,7 +50,7 @@ def test_every_scenario_produces_rows(tmp_path: Path, database_server: object) -
         assert row["result"] != "not measured" or row["notes"], row
     assert data["versions"]["PostgreSQL"]
     text = table.read_text()
-    assert "old" not in text and text.endswith("kept\n")
+    assert "STALE-TABLE" not in text and text.endswith("kept\n")
     assert "| P8 |" in text
     assert sorted(p.name for p in (tmp_path / "explain").iterdir()) == [
         "explain-claim.txt",
