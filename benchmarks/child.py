@@ -94,7 +94,7 @@ def ingest(params: dict[str, Any]) -> dict[str, Any]:
 def download(params: dict[str, Any]) -> dict[str, Any]:
     """P5 through the library: ``repo.iter_results`` of a batch, each line formatted in the
     output-file format and written to ``out`` (what ``run`` and the download route do)."""
-    from fusillade.core.results import format_output_line
+    from fusillade.results import format_result_line
     from fusillade.store.postgres import PostgresRepository
 
     batch_id = UUID(params["batch_id"])
@@ -104,9 +104,7 @@ def download(params: dict[str, Any]) -> dict[str, Any]:
         start = time.perf_counter()
         with Path(params["out"]).open("w", encoding="utf-8") as out:
             for line in repo.iter_results("default", batch_id, errors=False):
-                text = format_output_line(
-                    line.request_id, line.custom_id, line.status or 0, line.body
-                )
+                text = format_result_line(line)
                 out.write(text + "\n")
                 lines += 1
                 size += len(text) + 1

@@ -48,7 +48,8 @@ UPDATE requests
 SET state = 'completed', attempts = 1, daemon_id = %(daemon)s,
     claimed_at = %(now)s, started_at = %(now)s,
     finished_at = %(now)s + line_number * interval '1 microsecond',
-    response_status = 200, response_body = %(body)s, input_tokens = 12, output_tokens = 9
+    response_status = 200, response_body = %(body)s, response_body_json = true,
+    input_tokens = 12, output_tokens = 9
 WHERE batch_id = %(batch_id)s
 """
 TEMPLATE_BYTES = 120  # roughly the body of one seeded template, for files.bytes

@@ -10,7 +10,13 @@ from fusillade.store.interface import ResultLine
 def format_result_line(line: ResultLine) -> str:
     """An output line for a completed request, else an error line (no newline)."""
     if line.state is RequestState.COMPLETED:
-        return format_output_line(line.request_id, line.custom_id, line.status or 0, line.body)
+        return format_output_line(
+            line.request_id,
+            line.custom_id,
+            line.status or 0,
+            line.body,
+            body_is_json=line.body_is_json,
+        )
     reason = FailureReason(line.failure_reason or FailureReason.LOST.value)
     return format_error_line(
         line.request_id,

@@ -1,19 +1,21 @@
 """Output, error and input lines in OpenAI's batch format (engine.md section 6).
 
 The upstream body is embedded as JSON when it parses (re-serialised on one line) and as
-a JSON string otherwise.
+a JSON string otherwise. A body already in that form (``parse_embeddable``, which the daemon
+stores for each 2xx it parsed) is spliced in as it is: a download then parses nothing.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any, Final
 from uuid import UUID
 
-from fusillade.core.ids import format_id
+from fusillade.core.ids import PREFIXES, format_id
 from fusillade.core.models import FailureReason, RequestTemplate
-from fusillade.core.strictjson import BadJSON, dumps_compact, loads_strict
+from fusillade.core.strictjson import LINE_BREAKS, BadJSON, dumps_compact, loads_strict
 
 ERROR_CODES: Final[Mapping[FailureReason, str]] = MappingProxyType(
     {
@@ -28,9 +30,23 @@ ERROR_CODES: Final[Mapping[FailureReason, str]] = MappingProxyType(
     }
 )
 
+REQUEST_PREFIX: Final = PREFIXES["request"]
+# A str as a JSON string, as the ensure_ascii=False encoder of dumps_compact writes it.
+_json_string: Final = json.encoder.encode_basestring
+
 # Upstream bodies are trusted more than input lines, but must still re-serialise
 # without hitting the recursion limit.
 _EMBED_MAX_DEPTH: Final = 256
+
+
+def parse_embeddable(text: str) -> tuple[Any, str] | None:
+    """When ``text`` is strict JSON: its value, and the compact one-line text that result
+    lines embed (``body_is_json``). Else ``None``: result lines embed it as a string."""
+    try:
+        value = loads_strict(text, _EMBED_MAX_DEPTH)
+    except BadJSON:
+        return None
+    return value, dumps_compact(value)
 
 
 def _embed(text: str | None) -> Any:
@@ -60,12 +76,30 @@ def format_output_line(
     body_text: str | None,
     *,
     upstream_request_id: str | None = None,
+    body_is_json: bool = False,
 ) -> str:
     """One output-file line (no ``\\n``) for a completed request.
 
     ``response.request_id`` is the upstream's request id when known, else our request
-    uuid in its canonical hyphenated form.
+    uuid in its canonical hyphenated form. ``body_is_json`` says that ``body_text`` came
+    from ``parse_embeddable``: it is spliced in, giving the same line without parsing it.
     """
+    if body_is_json and body_text is not None:
+        # The same bytes as the dict below through dumps_compact (a test holds them equal).
+        h = request_id.hex
+        rid = (
+            _json_string(upstream_request_id)
+            if upstream_request_id is not None
+            else f'"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"'
+        )
+        spliced = (
+            f'{{"id":"{REQUEST_PREFIX}{h}","custom_id":{_json_string(custom_id)}'
+            f',"response":{{"status_code":{status_code},"request_id":{rid}'
+            f',"body":{body_text}}},"error":null}}'
+        )
+        # Stored text (custom_id, a request id) never holds an unpaired surrogate, so
+        # only dumps_compact's escaping of the line breaks that splitlines() sees is left.
+        return spliced if spliced.isascii() else spliced.translate(LINE_BREAKS)
     response = _response(request_id, status_code, body_text, upstream_request_id)
     line = {
         "id": format_id("request", request_id),

@@ -390,7 +390,8 @@ class Daemon:
                 ResultKind.SUCCEEDED,
                 now,
                 status=verdict.response.status,
-                body=verdict.response.body,
+                body=sent.json_body if sent.json_body is not None else verdict.response.body,
+                body_is_json=sent.json_body is not None,
                 input_tokens=sent.input_tokens,
                 output_tokens=sent.output_tokens,
             )

@@ -25,6 +25,7 @@ import anyio
 import attrs
 import httpx
 
+from fusillade.core.results import parse_embeddable
 from fusillade.core.retry import HttpResponse, Outcome, TransportError, TransportErrorKind
 from fusillade.runtime.config import DaemonConfig
 from fusillade.store.interface import ClaimedRequest
@@ -35,11 +36,13 @@ _HEADER_SAFE = re.compile(r"[\x20-\x7e]{1,256}")
 
 @attrs.frozen
 class Sent:
-    """An outcome with what the result line needs: token usage of a success."""
+    """An outcome with what the result line needs: token usage of a success, and its body
+    as ``parse_embeddable`` made it when it is strict JSON (stored so downloads need not parse)."""
 
     outcome: Outcome
     input_tokens: int | None = None
     output_tokens: int | None = None
+    json_body: str | None = None
 
 
 def join_url(base_url: str, path: str) -> str:
@@ -193,15 +196,20 @@ def _outcome(status: int, headers: Mapping[str, str], text: str) -> Sent:
     outcome = HttpResponse(status, dict(headers), text)
     if not 200 <= status < 300:
         return Sent(outcome)
-    try:
-        body = json.loads(text)
-    except ValueError:
-        # A 2xx whose body is not JSON is a broken answer (a proxy page, a cut stream),
-        # not a result: retry it like a protocol error.
-        return Sent(
-            TransportError(
-                TransportErrorKind.PROTOCOL, f"upstream answered {status} with a non-JSON body"
+    parsed = parse_embeddable(text)
+    canonical: str | None = None
+    if parsed is not None:
+        body, canonical = parsed
+    else:
+        try:
+            body = json.loads(text)  # lax JSON (duplicate keys, NaN) is still a result
+        except (ValueError, RecursionError):
+            # A 2xx whose body is not JSON is a broken answer (a proxy page, a cut
+            # stream), not a result: retry it like a protocol error.
+            return Sent(
+                TransportError(
+                    TransportErrorKind.PROTOCOL, f"upstream answered {status} with a non-JSON body"
+                )
             )
-        )
     inp, out = usage_of(body)
-    return Sent(outcome, inp, out)
+    return Sent(outcome, inp, out, canonical)

@@ -81,6 +81,8 @@ class AttemptResult:
     not_before: datetime | None = None
     input_tokens: int | None = None
     output_tokens: int | None = None
+    # ``body`` is compact strict JSON (one line): output files embed it as it is.
+    body_is_json: bool = False
 
 
 @attrs.frozen
@@ -109,6 +111,8 @@ class ResultLine:
     failure_reason: str | None
     failure_message: str | None
     finished_at: datetime
+    # ``body`` is compact strict JSON (one line): embed it without parsing it again.
+    body_is_json: bool = False
 
 
 @attrs.frozen
@@ -196,7 +200,7 @@ class Repository(Protocol):
 
     # results
     def iter_results(
-        self, owner: str | None, batch_id: UUID, *, errors: bool, page_size: int = 1000
+        self, owner: str | None, batch_id: UUID, *, errors: bool, page_size: int = 5000
     ) -> Iterator[ResultLine]: ...
     def list_requests(
         self,

@@ -1,12 +1,21 @@
--- stream_errors: a page of a batch's failed and canceled requests in the order they ended; keyset on
--- (finished_at, id), never OFFSET. Parameters: batch_id, after_time, after_id, limit.
--- Uses requests_errors.
-SELECT r.id, t.custom_id, r.state, r.response_status, r.response_body, r.failure_reason,
-       r.failure_message, r.finished_at
-FROM requests r
-JOIN request_templates t ON t.file_id = r.file_id AND t.line_number = r.line_number
-WHERE r.batch_id = %(batch_id)s
-  AND r.state IN ('failed', 'canceled')
-  AND (r.finished_at, r.id) > (%(after_time)s::timestamptz, %(after_id)s::uuid)
-ORDER BY r.finished_at, r.id
-LIMIT %(limit)s
+-- stream_errors: a page of a batch's failed and canceled requests in completion order;
+-- keyset on (finished_at, id), never OFFSET. Parameters: batch_id, after_time, after_id,
+-- limit. Uses requests_errors, then request_templates_pkey once per row of the page
+-- (the page is taken first for the reason given in stream_output.sql).
+WITH page AS MATERIALIZED (
+    SELECT r.id, r.file_id, r.line_number, r.state, r.response_status, r.response_body,
+           r.response_body_json, r.failure_reason, r.failure_message, r.finished_at
+    FROM requests r
+    WHERE r.batch_id = %(batch_id)s
+      AND r.state IN ('failed', 'canceled')
+      AND (r.finished_at, r.id) > (%(after_time)s::timestamptz, %(after_id)s::uuid)
+    ORDER BY r.finished_at, r.id
+    LIMIT %(limit)s
+)
+SELECT p.id,
+       (SELECT t.custom_id FROM request_templates t
+        WHERE t.file_id = p.file_id AND t.line_number = p.line_number) AS custom_id,
+       p.state, p.response_status, p.response_body, p.response_body_json, p.failure_reason,
+       p.failure_message, p.finished_at
+FROM page p
+ORDER BY p.finished_at, p.id

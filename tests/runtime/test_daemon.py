@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
+
 import trio
 from helpers import daemon_config, make_batch, now, result_lines, view_of, wait_status
 
 from fusillade.core.models import BatchStatus
+from fusillade.core.strictjson import dumps_compact
 from fusillade.mock_upstream import Behaviour, MockUpstream
 from fusillade.runtime.daemon import Daemon
 from fusillade.store.postgres import PostgresRepository
@@ -27,6 +30,9 @@ async def test_batch_over_two_models_completes_within_limits(
     assert mock_upstream.stats.peak_in_flight["m2"] <= 3
     lines = await result_lines(repo, batch)
     assert sorted(line.custom_id for line in lines) == sorted(f"c{i}" for i in range(2000))
+    # JSON bodies are stored compact and marked, so downloads splice them unparsed.
+    assert all(line.body_is_json for line in lines)
+    assert all(line.body == dumps_compact(json.loads(line.body or "")) for line in lines)
     assert daemon.statistics().batches_in_flight == 0
     headers = mock_upstream.stats.last_headers
     assert headers["idempotency-key"] == headers["x-fusillade-request-id"]

@@ -193,6 +193,7 @@ class BatchParts(MemoryBase):
                             req=req,
                             input_tokens=None,
                             output_tokens=None,
+                            body_is_json=False,
                             batch_expires_at=expires_at,
                         )
                     )

@@ -143,7 +143,11 @@ class DaemonParts(MemoryBase):
             else None,
         )
         return attrs.evolve(
-            row, req=new, input_tokens=result.input_tokens, output_tokens=result.output_tokens
+            row,
+            req=new,
+            input_tokens=result.input_tokens,
+            output_tokens=result.output_tokens,
+            body_is_json=result.body_is_json,
         )
 
     def record_results(self, daemon_id: UUID, results: Sequence[AttemptResult]) -> RecordStats:

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
 class ResultParts(MemoryBase):
     def iter_results(
-        self, owner: str | None, batch_id: UUID, *, errors: bool, page_size: int = 1000
+        self, owner: str | None, batch_id: UUID, *, errors: bool, page_size: int = 5000
     ) -> Iterator[ResultLine]:
         """Output (or error) lines of a batch in the order they ended, a page at a time."""
         with self._lock:
@@ -53,6 +53,7 @@ class ResultParts(MemoryBase):
                         failure_reason=r.failure.reason.value if r.failure else None,
                         failure_message=r.failure.message if r.failure else None,
                         finished_at=r.finished_at,
+                        body_is_json=row.body_is_json,
                     )
                     page.append((*key, line))
                 page.sort(key=lambda x: (x[0], x[1]))

@@ -60,6 +60,7 @@ class _Row:
     batch_expires_at: datetime
     input_tokens: int | None = None
     output_tokens: int | None = None
+    body_is_json: bool = False
 
 
 @attrs.frozen

@@ -74,6 +74,7 @@ class DaemonQueries(PostgresBase):
             "not_before": [r.not_before if r.kind is ResultKind.RETRY else None for r in results],
             "statuses": [r.status for r in results],
             "bodies": [r.body for r in results],
+            "bodies_json": [r.body_is_json for r in results],
             "reasons": [r.failure.reason.value if r.failure else None for r in results],
             "messages": [r.failure.message if r.failure else None for r in results],
             "input_tokens": [r.input_tokens for r in results],

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Final
 from uuid import UUID
+
+from psycopg.rows import tuple_row
 
 from fusillade.core.models import (
     RequestState,
 )
 from fusillade.errors import NotFound, ValidationError
+from fusillade.store.errors import translate_errors
 from fusillade.store.interface import (
     Page,
     RequestDetail,
@@ -20,43 +24,59 @@ from fusillade.store.interface import (
 from fusillade.store.postgres._base import PostgresBase
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_STATES: Final = {s.value: s for s in RequestState}
 _ZERO_UUID = UUID(int=0)
 
 
 class ResultQueries(PostgresBase):
     def iter_results(
-        self, owner: str | None, batch_id: UUID, *, errors: bool, page_size: int = 1000
+        self, owner: str | None, batch_id: UUID, *, errors: bool, page_size: int = 5000
     ) -> Iterator[ResultLine]:
-        """Output (or error) lines of a batch in the order they ended, keyset-paginated."""
+        """Output (or error) lines of a batch in the order they ended, keyset-paginated.
+
+        The next page is fetched in a helper thread while this one is consumed, so the
+        database's time per page overlaps the caller's formatting. Each page is its own
+        short transaction: no connection is held between pages.
+        """
         with self._tx() as cur:
             self._read_batch(cur, owner, batch_id)
         query = self.q.stream_errors if errors else self.q.stream_output
-        after_time, after_id = _EPOCH, _ZERO_UUID
-        while True:
-            with self._tx() as cur:
-                rows = cur.execute(
-                    query,
-                    {
-                        "batch_id": batch_id,
-                        "after_time": after_time,
-                        "after_id": after_id,
-                        "limit": page_size,
-                    },
-                ).fetchall()
-            for row in rows:
-                yield ResultLine(
-                    request_id=row["id"],
-                    custom_id=row["custom_id"],
-                    state=RequestState(row["state"]),
-                    status=row["response_status"],
-                    body=row["response_body"],
-                    failure_reason=row["failure_reason"],
-                    failure_message=row["failure_message"],
-                    finished_at=row["finished_at"],
+
+        def fetch(after: tuple[datetime, UUID]) -> list[tuple[Any, ...]]:
+            params = {
+                "batch_id": batch_id,
+                "after_time": after[0],
+                "after_id": after[1],
+                "limit": page_size,
+            }
+            with translate_errors(), self.pool.connection() as conn, conn.transaction():
+                return conn.cursor(row_factory=tuple_row).execute(query, params).fetchall()
+
+        with ThreadPoolExecutor(1, thread_name_prefix="fusillade-results") as ahead:
+            rows = fetch((_EPOCH, _ZERO_UUID))
+            while True:
+                # Columns: id, custom_id, state, status, body, body_json, reason, message,
+                # finished_at (stream_output.sql).
+                following = (
+                    ahead.submit(fetch, (rows[-1][8], rows[-1][0]))
+                    if len(rows) == page_size
+                    else None
                 )
-            if len(rows) < page_size:
-                return
-            after_time, after_id = rows[-1]["finished_at"], rows[-1]["id"]
+                for rid, cid, state, status, body, body_json, reason, message, at in rows:
+                    yield ResultLine(
+                        request_id=rid,
+                        custom_id=cid,
+                        state=_STATES[state],
+                        status=status,
+                        body=body,
+                        failure_reason=reason,
+                        failure_message=message,
+                        finished_at=at,
+                        body_is_json=body_json,
+                    )
+                if following is None:
+                    return
+                rows = following.result()
 
     def list_requests(
         self,
