@@ -1,10 +1,11 @@
 """The baselines fusillade is divided by: bare httpx under trio, and pgqueuer.
 
 Both use the client configuration fusillade's ``Dispatcher`` uses (its measured best,
-quality.md): ``httpx.AsyncClient`` shards of ``per_client`` connections each, a request
-going to the least-busy shard and a new shard made when every shard is full; the same
-timeouts, no redirects, no environment proxies. So for 256 concurrent requests there are
-16 clients of 16 connections; for 400, 25.
+quality.md and docs/performance.md): shards of ``per_client`` connections each, a request
+going to the least-busy shard and a new shard made when every shard is full; each shard
+an ``httpx.AsyncHTTPTransport`` called directly (no ``AsyncClient`` layers), the URL
+parsed once, the same timeouts, no environment proxies. So for 256 concurrent requests
+there are 16 shards of 16 connections; for 400, 25.
 """
 
 from __future__ import annotations
@@ -20,21 +21,26 @@ from benchmarks.common import ENDPOINT, request_body
 HEADERS = {"content-type": "application/json"}
 
 
+TIMEOUTS = {"connect": 10.0, "read": 600.0, "write": 600.0, "pool": None}
+
+
 class Shards:
-    """httpx clients of at most ``per_client`` connections; least-busy first (as Dispatcher)."""
+    """httpx transports of at most ``per_client`` connections; least-busy first (as
+    Dispatcher)."""
 
     def __init__(self, per_client: int) -> None:
         self.per_client = per_client
-        self.clients: list[httpx.AsyncClient] = []
+        self.clients: list[httpx.AsyncHTTPTransport] = []
         self.active: list[int] = []
+        self.urls: dict[str, httpx.URL] = {}
+        self.tls = httpx.create_ssl_context(trust_env=False)  # shared, as Dispatcher does
 
-    def _new(self) -> httpx.AsyncClient:
-        return httpx.AsyncClient(
+    def _new(self) -> httpx.AsyncHTTPTransport:
+        return httpx.AsyncHTTPTransport(
+            verify=self.tls,
             limits=httpx.Limits(
                 max_connections=self.per_client, max_keepalive_connections=self.per_client
             ),
-            timeout=httpx.Timeout(600.0, connect=10.0, pool=None),
-            follow_redirects=False,
             trust_env=False,
         )
 
@@ -47,10 +53,19 @@ class Shards:
         return best
 
     async def post(self, url: str, body: bytes) -> httpx.Response:
+        parsed = self.urls.get(url) or self.urls.setdefault(url, httpx.URL(url))
         i = self.pick()
         self.active[i] += 1
         try:
-            return await self.clients[i].post(url, content=body, headers=HEADERS)
+            request = httpx.Request(
+                "POST", parsed, content=body, headers=HEADERS, extensions={"timeout": TIMEOUTS}
+            )
+            response = await self.clients[i].handle_async_request(request)
+            try:
+                await response.aread()
+            finally:
+                await response.aclose()
+            return response
         finally:
             self.active[i] -= 1
 
