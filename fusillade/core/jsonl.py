@@ -35,18 +35,21 @@ Input rules (a problem names the 1-based line and the field, ``param``):
 - Other keys of the line are ignored.
 
 Result lines are formatted by ``fusillade.core.results``; strict JSON parsing lives in
-``fusillade.core.strictjson``.
+``fusillade.core.strictjson``. A fast path (``fusillade.core.fastline``, orjson) takes
+the lines it can show valid, a batch at a time, with the very template the checks here
+would give; every other line, and every problem message, comes from the checks here.
 """
 
 from __future__ import annotations
 
 import enum
 import hashlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, Final, Protocol
 
 import attrs
 
+from fusillade.core.fastline import fast_templates
 from fusillade.core.models import RequestTemplate
 from fusillade.core.strictjson import BadJSON, dumps_compact, loads_strict, show, storable
 from fusillade.errors import InvalidJSONL
@@ -136,7 +139,8 @@ class Readable(Protocol):
 class LineSplitter:
     """Splits bytes fed in chunks of any size into lines, holding at most one line.
 
-    Memory: at most ``max_line_bytes + 1`` buffered, plus the chunk being split.
+    Memory: at most ``max_line_bytes + 1`` buffered, plus the chunk being split (and
+    its lines).
 
     Lines are returned without their ``\\n`` (a ``\\r`` before it is kept). A line whose
     content exceeds ``max_line_bytes`` becomes one ``OversizedLine``, returned as soon as
@@ -150,17 +154,27 @@ class LineSplitter:
         self._skipping = False
 
     def feed(self, chunk: bytes) -> list[bytes | OversizedLine]:
+        if self._skipping:
+            end = chunk.find(b"\n")
+            if end < 0:
+                return []
+            self._skipping = False
+            chunk = chunk[end + 1 :]
         out: list[bytes | OversizedLine] = []
-        start = 0
-        while (end := chunk.find(b"\n", start)) >= 0:
-            if self._skipping:
-                self._skipping = False
+        lines = chunk.split(b"\n")
+        tail = lines.pop()
+        if lines:
+            if self._buf:
+                self._buf += lines[0]
+                lines[0] = bytes(self._buf)
+                self._buf.clear()
+            # Lines are seldom near the limit: check them one by one only then.
+            if max(map(len, lines)) > self._max:
+                out = [self._checked(line) for line in lines]
             else:
-                self._buf += chunk[start:end]
-                out.append(self._take())
-            start = end + 1
-        if not self._skipping and start < len(chunk):
-            self._buf += chunk[start:]
+                out = list(lines)
+        if tail:
+            self._buf += tail
             # +1: a trailing "\r" of a CRLF line may still be in the buffer.
             if len(self._buf) > self._max + 1:
                 self._buf.clear()
@@ -177,6 +191,9 @@ class LineSplitter:
     def _take(self) -> bytes | OversizedLine:
         line = bytes(self._buf)
         self._buf.clear()
+        return self._checked(line)
+
+    def _checked(self, line: bytes) -> bytes | OversizedLine:
         size = len(line) - 1 if line.endswith(b"\r") else len(line)
         return OversizedLine() if size > self._max else line
 
@@ -215,6 +232,9 @@ class JsonlValidator:
     50,000 lines); ids longer than 32 characters are keyed by a 128-bit BLAKE2 digest
     (a false duplicate needs a digest collision, probability below n**2 / 2**129).
     """
+
+    _fast_path: bool = True
+    """Try ``fastline.fast_templates`` before the strict checks (tests turn it off)."""
 
     def __init__(self, limits: JsonlLimits | None = None) -> None:
         self.limits = limits if limits is not None else JsonlLimits()
@@ -256,7 +276,7 @@ class JsonlValidator:
         if limit is not None and self._bytes > limit:
             self._fatal(None, ProblemCode.FILE_TOO_LARGE, f"file is larger than {limit} bytes")
             return []
-        return self._feed_all(self._splitter.feed(chunk))
+        return [t for t in self._feed_all(self._splitter.feed(chunk)) if t is not None]
 
     def feed_line(self, line: bytes | OversizedLine) -> RequestTemplate | None:
         """Validate the next line (a trailing ``\\n`` or ``\\r\\n`` is allowed).
@@ -264,6 +284,18 @@ class JsonlValidator:
         Returns its template, or ``None`` when the line is blank or invalid, or the file
         already has a problem (it will be rejected, so nothing more is worth storing).
         """
+        return self._feed_all([line])[0] if not self._done else None
+
+    def _content(self, line: bytes, n: int) -> bytes:
+        """Line ``n`` without its line break (nor, on the first line, a BOM)."""
+        if n == 1 and line.startswith(_BOM):
+            line = line[len(_BOM) :]
+        return line.removesuffix(b"\n").removesuffix(b"\r")
+
+    def _feed_one(
+        self, line: bytes | OversizedLine, fast: RequestTemplate | None
+    ) -> RequestTemplate | None:
+        """``feed_line``, given the fast path's verdict on the line."""
         if self._done:
             return None
         self._line += 1
@@ -271,9 +303,13 @@ class JsonlValidator:
         if isinstance(line, OversizedLine):
             self._oversized(n)
             return None
-        if n == 1 and line.startswith(_BOM):
-            line = line[len(_BOM) :]
-        line = line.removesuffix(b"\n").removesuffix(b"\r")
+        if fast is not None:
+            # A valid line: only the file-level rules are left.
+            if not self._start_request(n):
+                return None
+            template = fast if self._unique(n, fast.custom_id) else None
+            return template if not self._problems else None
+        line = self._content(line, n)
         if not line.strip(b" \t\r"):
             if self._blank_since is None:
                 self._blank_since = n
@@ -293,6 +329,7 @@ class JsonlValidator:
             InvalidJSONL: the file had a problem, or no request line at all.
         """
         tail = [] if self._done else self._feed_all(self._splitter.close())
+        templates = [t for t in tail if t is not None]
         if not self._problems and self._requests == 0:
             self._problems.append(
                 LineProblem(None, None, ProblemCode.EMPTY_FILE, "file has no request lines")
@@ -300,15 +337,21 @@ class JsonlValidator:
         self._done = True
         if self._problems:
             raise InvalidJSONL(self._problems, truncated=self._truncated)
-        return tail
+        return templates
 
-    def _feed_all(self, lines: Iterable[bytes | OversizedLine]) -> list[RequestTemplate]:
-        out = []
-        for line in lines:
-            template = self.feed_line(line)
-            if template is not None:
-                out.append(template)
-        return out
+    def _feed_all(self, lines: Sequence[bytes | OversizedLine]) -> list[RequestTemplate | None]:
+        """``feed_line`` for each line; the fast path looks at them all at once."""
+        fast: Sequence[RequestTemplate | None] = [None] * len(lines)
+        if self._fast_path and not self._done:
+            n = self._line
+            limit = self.limits.max_line_bytes
+            contents: list[bytes | None] = []
+            for line in lines:
+                n += 1
+                content = None if isinstance(line, OversizedLine) else self._content(line, n)
+                contents.append(content if content is not None and len(content) <= limit else None)
+            fast = fast_templates(contents, self.limits)
+        return [self._feed_one(line, t) for line, t in zip(lines, fast, strict=True)]
 
     def _oversized(self, n: int) -> None:
         if self._start_request(n):
@@ -391,6 +434,10 @@ class JsonlValidator:
             message = f"custom_id must have 1 to {limit} characters, found {len(custom_id)}"
             self._add(n, "custom_id", ProblemCode.INVALID_REQUEST, message)
             return None
+        return custom_id if self._unique(n, custom_id) else None
+
+    def _unique(self, n: int, custom_id: str) -> bool:
+        """Record ``custom_id`` at line ``n``; a duplicate is a problem (and ``False``)."""
         key: str | bytes = custom_id
         if len(custom_id) > _EXACT_ID_CHARS:
             key = hashlib.blake2b(custom_id.encode("utf-8"), digest_size=16).digest()
@@ -398,8 +445,8 @@ class JsonlValidator:
         if first != n:
             message = f"custom_id {show(custom_id)} is a duplicate of line {first}"
             self._add(n, "custom_id", ProblemCode.DUPLICATE_CUSTOM_ID, message)
-            return None
-        return custom_id
+            return False
+        return True
 
     def _check_method(self, n: int, obj: dict[str, Any]) -> None:
         method = self._string(n, obj, "method", "method")

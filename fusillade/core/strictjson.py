@@ -39,7 +39,8 @@ def _finite_float(text: str) -> float:
     return value
 
 
-def _depth_exceeds(value: Any, limit: int) -> bool:
+def depth_exceeds(value: Any, limit: int) -> bool:
+    """Whether a parsed value nests deeper than ``limit`` (``{}`` is depth 1)."""
     # Iterative, so a deep value cannot exhaust the Python stack here.
     stack = [(value, 1)]
     while stack:
@@ -76,7 +77,7 @@ def loads_strict(text: str, max_depth: int) -> Any:
         raise BadJSON("an integer has too many digits") from None
     # Cheap pre-check: the nesting depth is at most the number of brackets.
     brackets = text.count("{") + text.count("[")
-    if brackets > max_depth and _depth_exceeds(value, max_depth):
+    if brackets > max_depth and depth_exceeds(value, max_depth):
         raise BadJSON(f"nesting is deeper than {max_depth}")
     return value
 
@@ -111,9 +112,9 @@ def dumps_compact(value: Any) -> str:
         # escape everything instead, which keeps the same JSON value.
         return str(ASCII_ENCODER.encode(value))
     if not text.isascii():
-        text = text.translate(_LINE_BREAKS)
+        text = text.translate(LINE_BREAKS)
     return text
 
 
 # Inside JSON strings only (JSON's own syntax is ASCII), so escaping is always valid.
-_LINE_BREAKS = {0x2028: "\\u2028", 0x2029: "\\u2029", 0x85: "\\u0085"}
+LINE_BREAKS = {0x2028: "\\u2028", 0x2029: "\\u2029", 0x85: "\\u0085"}
