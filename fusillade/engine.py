@@ -11,6 +11,7 @@ import contextlib
 import os
 from collections.abc import AsyncIterator, Iterable, Iterator
 from datetime import UTC, datetime
+from itertools import islice
 from pathlib import Path
 from typing import IO, Any, TypeVar, cast
 from uuid import UUID
@@ -27,7 +28,7 @@ from fusillade.store.interface import BatchSpec, Page, Repository, ResultLine
 
 T = TypeVar("T")
 DEFAULT_OWNER = "default"
-_DONE = object()
+_RESULTS_PER_HOP = 1000
 
 
 def _now() -> datetime:
@@ -135,11 +136,11 @@ class Engine:
     ) -> AsyncIterator[ResultLine]:
         """Output (or error) lines of a batch, streamed page by page."""
         it: Iterator[ResultLine] = self.repo.iter_results(self.owner, batch_id, errors=errors)
-        while True:
-            line = await anyio.to_thread.run_sync(next, it, _DONE)
-            if line is _DONE:
-                return
-            yield line  # type: ignore[misc]
+        # Lines cross from the worker thread in chunks: one thread hop per line capped
+        # this at a few thousand lines/s.
+        while chunk := await anyio.to_thread.run_sync(_take, it, _RESULTS_PER_HOP):
+            for line in chunk:
+                yield line
 
     async def watch(self, batch_id: UUID, *, interval: float = 0.5) -> AsyncIterator[BatchView]:
         """Yield the batch every ``interval`` seconds until it is terminal (inclusive)."""
@@ -207,3 +208,7 @@ async def open(
             close = getattr(repository, "close", None)
             if close is not None:
                 await anyio.to_thread.run_sync(close)
+
+
+def _take(it: Iterator[T], n: int) -> list[T]:
+    return list(islice(it, n))
