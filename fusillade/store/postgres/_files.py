@@ -18,6 +18,7 @@ from fusillade.store.interface import (
     Page,
 )
 from fusillade.store.postgres._base import PostgresBase
+from fusillade.store.postgres._copy import copy_templates
 
 _COPY_TEMPLATES = (
     "COPY request_templates "
@@ -40,13 +41,11 @@ class FileQueries(PostgresBase):
         """Store a file of templates with ``COPY``, in bounded memory.
 
         ``templates`` may be a validating stream: if it raises, the transaction rolls
-        back and nothing of the file is stored. ``size_bytes`` defaults to the sum of
+        back and nothing of the file is stored. They are read in this thread while
+        another one sends them (see ``_copy``). ``size_bytes`` defaults to the sum of
         the bodies' UTF-8 lengths.
         """
         file_id = next_uuid7()
-        lines = 0
-        body_bytes = 0
-        models: set[str] = set()
         with self._tx() as cur:
             cur.execute(self.q.lift_statement_timeout)
             cur.execute(
@@ -61,28 +60,14 @@ class FileQueries(PostgresBase):
                     "expires_at": expires_at,
                 },
             )
-            with cur.copy(_COPY_TEMPLATES) as copy:
-                for t in templates:
-                    lines += 1
-                    body_bytes += len(t.body.encode())
-                    models.add(t.model)
-                    copy.write_row(
-                        (
-                            file_id,
-                            lines,
-                            t.custom_id,
-                            t.endpoint,
-                            t.method,
-                            t.path,
-                            t.model,
-                            t.body,
-                            t.api_key,
-                        )
-                    )
-            size = body_bytes if size_bytes is None else size_bytes
+            stats = copy_templates(
+                cur, _COPY_TEMPLATES, file_id, templates, count_bytes=size_bytes is None
+            )
+            size = stats.body_bytes if size_bytes is None else size_bytes
+            lines = stats.rows
             cur.execute(
                 self.q.set_file_stats,
-                {"id": file_id, "bytes": size, "line_count": lines, "models": sorted(models)},
+                {"id": file_id, "bytes": size, "line_count": lines, "models": sorted(stats.models)},
             )
         return FileRecord(
             id=file_id,
