@@ -27,6 +27,7 @@ def daemon_config(params: dict[str, Any]) -> Any:
         default_upstream="bench",
         connections_per_client=params.get("per_client", 16),
         shutdown_grace=params.get("shutdown_grace", 10.0),
+        **{k: params[k] for k in ("flush_interval",) if k in params},
     )
 
 

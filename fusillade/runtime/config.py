@@ -45,7 +45,7 @@ class DaemonConfig:
     maintenance_interval: float = 5.0
     cancel_check_interval: float = 0.5
     shutdown_grace: float = 10.0
-    flush_interval: float = 0.005
+    flush_interval: float = 0.05
     flush_max: int = 500
     db_write_concurrency: int = 2
     db_call_timeout: float = 30.0

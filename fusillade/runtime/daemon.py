@@ -78,8 +78,11 @@ log = logging.getLogger("fusillade.daemon")
 R = TypeVar("R")
 _SHUTDOWN = "shutdown"
 # After a slot frees, wait this long for others before claiming: one claim statement
-# then fills several slots instead of one statement per finished request.
-_CLAIM_COALESCE = 0.002
+# then fills several slots instead of one statement per finished request. Each claim
+# costs PostgreSQL a few ms of CPU, on the cores the daemon also needs; 2 ms here made
+# P1 about 15% slower than 20 ms (docs/performance.md). New work (NOTIFY) is claimed
+# at once.
+_CLAIM_COALESCE = 0.02
 
 
 @attrs.frozen
@@ -131,6 +134,7 @@ class Daemon:
         self._in_flight: dict[UUID, _InFlight] = {}
         self._batch_in_flight: dict[UUID, int] = {}
         self._wake = anyio.Event()
+        self._new_work = False  # the wake-up came from new work, not a freed slot
         self._stopping = False
         self._stop_requested = anyio.Event()
         self._models: list[str] = []
@@ -301,18 +305,20 @@ class Daemon:
             await self._wake.wait()
             woke = True
         self._wake = anyio.Event()
+        new_work, self._new_work = self._new_work, False
         if not woke:
             # Poll interval or a known due time: look at every model again.
             self._starved.clear()
             self._models_stale = True
             if self._next_due is not None and self._next_due <= anyio.current_time():
                 self._next_due = None
-        elif not self._stopping:
+        elif not self._stopping and not new_work:
             await anyio.sleep(_CLAIM_COALESCE)
 
     def _wake_for_work(self) -> None:
         self._starved.clear()
         self._models_stale = True
+        self._new_work = True
         self._wake.set()
 
     # ------------------------------------------------------------- requests

@@ -43,7 +43,7 @@ class ResultWriter:
         record: Record,
         *,
         flush_max: int = 500,
-        flush_interval: float = 0.005,
+        flush_interval: float = 0.05,
         write_concurrency: int = 2,
         on_flush: Callable[[int, RecordStats, float], None] | None = None,
     ) -> None:
