@@ -45,7 +45,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Final
 
 import attrs
 import orjson
@@ -85,7 +85,6 @@ class _Passed:
 
     index: list[int] = attrs.Factory(list)  # the line's position in the batch
     raws: list[bytes] = attrs.Factory(list)
-    objs: list[dict[str, Any]] = attrs.Factory(list)
     bodies: list[bytes] = attrs.Factory(list)  # orjson's encoding of each body
     ids: list[str] = attrs.Factory(list)
     models: list[str] = attrs.Factory(list)
@@ -166,7 +165,8 @@ def _line_ok(passed: _Passed, k: int, max_depth: int) -> bool:
         or _divergent(passed.wholes.get(k, passed.bodies[k]))
         or (
             raw.count(b"{") + raw.count(b"[") > max_depth
-            and depth_exceeds(passed.objs[k], max_depth)
+            # parsed again: keeping every line's value alive costs more (garbage collection)
+            and depth_exceeds(orjson.loads(raw), max_depth)
         )
     )
 
@@ -213,7 +213,6 @@ def _read(lines: Sequence[bytes | None], limits: JsonlLimits) -> _Passed:
             continue
         passed.index.append(i)
         passed.raws.append(raw)
-        passed.objs.append(obj)
         passed.bodies.append(encoded)
         passed.ids.append(custom_id)
         passed.models.append(model)

@@ -46,6 +46,8 @@ SPOOL_MEMORY: Final = 8 * MiB
 """Bytes of validated templates kept in memory before the spool moves to a temporary file."""
 FEED_BATCH: Final = 256 * 1024
 """Body bytes gathered before one worker-thread hop (parse + validate + spool)."""
+VALIDATE_CHUNK: Final = 64 * 1024
+"""Bytes of the file given to the validator at once (see ``UploadReceiver._event``)."""
 MAX_PURPOSE_BYTES: Final = 64
 MAX_FILENAME_CHARS: Final = 1024
 MAX_PARTS: Final = 16
@@ -169,7 +171,14 @@ class UploadReceiver:
         elif self._part == "file":
             assert self._spool is not None
             self._size += len(event)
-            self._spool.write(self._validator.feed(event))
+            limit = self._validator.limits.max_file_bytes
+            if limit is not None and self._size > limit:
+                self._validator.feed(event)  # whole: "too large" comes before its lines
+                return
+            # Slices of VALIDATE_CHUNK: the validator holds each slice's templates until
+            # they are spooled, and more at once costs more (garbage collection).
+            for start in range(0, len(event), VALIDATE_CHUNK):
+                self._spool.write(self._validator.feed(event[start : start + VALIDATE_CHUNK]))
         elif self._part == "purpose":
             self._purpose += event
             if len(self._purpose) > MAX_PURPOSE_BYTES:
