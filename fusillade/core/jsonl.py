@@ -45,7 +45,7 @@ from __future__ import annotations
 import enum
 import hashlib
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Any, Final, Protocol
+from typing import Any, Final, Protocol, cast
 
 import attrs
 
@@ -341,17 +341,42 @@ class JsonlValidator:
 
     def _feed_all(self, lines: Sequence[bytes | OversizedLine]) -> list[RequestTemplate | None]:
         """``feed_line`` for each line; the fast path looks at them all at once."""
-        fast: Sequence[RequestTemplate | None] = [None] * len(lines)
+        fast: list[RequestTemplate | None] = [None] * len(lines)
         if self._fast_path and not self._done:
-            n = self._line
+            # Raw lines: JSON allows the "\r" and "\n" around a value (and orjson refuses a
+            # BOM, so a first line with one is left to the strict path).
             limit = self.limits.max_line_bytes
-            contents: list[bytes | None] = []
-            for line in lines:
-                n += 1
-                content = None if isinstance(line, OversizedLine) else self._content(line, n)
-                contents.append(content if content is not None and len(content) <= limit else None)
+            contents = [
+                None if isinstance(line, OversizedLine) or len(line) > limit else line
+                for line in lines
+            ]
             fast = fast_templates(contents, self.limits)
+            if all(fast) and self._take_all(cast(list[RequestTemplate], fast)):
+                return fast
         return [self._feed_one(line, t) for line, t in zip(lines, fast, strict=True)]
+
+    def _take_all(self, templates: list[RequestTemplate]) -> bool:
+        """Count in a batch of valid lines at once, when ``_feed_one`` could add nothing.
+
+        That is: no problem so far, no blank line pending, the line limit not reached,
+        and the ``custom_id``s short (kept as they are), distinct and new.
+        """
+        k = len(templates)
+        limit = self.limits.max_lines
+        if self._problems or self._blank_since is not None or not templates:
+            return False
+        if limit is not None and self._requests + k > limit:
+            return False
+        ids = [t.custom_id for t in templates]
+        if max(map(len, ids)) > _EXACT_ID_CHARS or len(set(ids)) != k:
+            return False
+        if not self._first_seen.keys().isdisjoint(ids):
+            return False
+        first = self._line + 1
+        self._first_seen.update(zip(ids, range(first, first + k), strict=True))
+        self._line += k
+        self._requests += k
+        return True
 
     def _oversized(self, n: int) -> None:
         if self._start_request(n):

@@ -246,3 +246,66 @@ def test_validation_results_do_not_depend_on_the_path() -> None:
     limits = JsonlLimits()
     fast = list(iter_validated(io.BytesIO(data), limits))
     assert fast == outcome(StrictValidator, data, limits)
+
+
+def chunked_outcome(
+    validator: Callable[[JsonlLimits], JsonlValidator],
+    data: bytes,
+    limits: JsonlLimits,
+    size: int,
+) -> list[RequestTemplate] | tuple[object, ...]:
+    v = validator(limits)
+    got: list[RequestTemplate] = []
+    try:
+        for start in range(0, len(data), size):
+            got += v.feed(data[start : start + size])
+        got += v.finish()
+    except InvalidJSONL as e:
+        return (got, e.problems, e.truncated)
+    return got
+
+
+def valid_line(custom_id: str) -> bytes:
+    line = {"custom_id": custom_id, "method": "POST", "url": CHAT, "body": {"model": "m"}}
+    return json.dumps(line).encode()
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    ids=st.lists(st.sampled_from(["a", "b", "c", "d" * 33, "e" * 40, "f:g"]), max_size=30),
+    blanks=st.sets(st.integers(0, 30), max_size=3),
+    bom=st.booleans(),
+    crlf=st.booleans(),
+    max_lines=st.integers(1, 35),
+    size=st.integers(1, 4000),
+)
+def test_whole_batches_count_like_single_lines(
+    ids: list[str], blanks: set[int], bom: bool, crlf: bool, max_lines: int, size: int
+) -> None:
+    """Batches of valid lines are taken at once (duplicates, blank lines, the line limit
+    and long ids leave them to the line-by-line path): the outcome is the same."""
+    lines = [b"" if i in blanks else valid_line(f"{c}{i % 3}") for i, c in enumerate(ids)]
+    end = b"\r\n" if crlf else b"\n"
+    data = (b"\xef\xbb\xbf" if bom else b"") + b"".join(line + end for line in lines)
+    limits = JsonlLimits(max_lines=max_lines, max_problems=4)
+    expected = chunked_outcome(StrictValidator, data, limits, size)
+    assert chunked_outcome(JsonlValidator, data, limits, size) == expected
+
+
+@pytest.mark.parametrize(
+    ("ids", "max_lines"),
+    [
+        (["a", "b", "c", "d", "b", "e"], None),  # the duplicate in a later batch
+        (["a", "b", "c", "a", "d", "e"], None),  # ... and in the same batch
+        (["a", "b", "c", "d", "", "e"], None),  # a blank line pending
+        (["a", "b", "c", "d", "e", "f"], 4),  # the line limit inside a batch
+        (["a", "b", "c", "x" * 40, "y" * 40, "x" * 40], None),  # long ids, digested
+    ],
+)
+def test_batches_at_their_edges(ids: list[str], max_lines: int | None) -> None:
+    lines = [valid_line(i) if i else b"" for i in ids]
+    data = b"".join(line + b"\n" for line in lines)
+    limits = JsonlLimits(max_lines=max_lines)
+    for size in (len(lines[0]) + 1, 3 * (len(lines[0]) + 1), len(data)):
+        expected = chunked_outcome(StrictValidator, data, limits, size)
+        assert chunked_outcome(JsonlValidator, data, limits, size) == expected
