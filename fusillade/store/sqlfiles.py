@@ -43,6 +43,7 @@ class Queries:
     expire_batches: str
     expire_requests: str
     first_path_mismatch: str
+    fold_batch_state_counts: str
     freeze_batch: str
     get_batch: str
     get_file: str

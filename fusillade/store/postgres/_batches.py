@@ -174,6 +174,7 @@ class BatchQueries(PostgresBase):
                     self.q.freeze_batch, {"id": record.id, "version": record.version}
                 ).fetchone()
                 if frozen is not None:
+                    cur.execute(self.q.fold_batch_state_counts, {"id": record.id})
                     record = self._read_batch(cur, owner, record.id)
                     assert record.frozen_counts is not None
                     view = derive(record, record.frozen_counts, now)
