@@ -95,21 +95,19 @@ class _Passed:
     def colons(self, k: int) -> int:
         """Colons in orjson's encoding of line ``k``'s value."""
         whole = self.wholes.get(k)
-        if whole is not None:
-            return whole.count(b":")
-        # custom_id, method, url and body alone: the top level's colons are these four
-        # and those inside the three strings and the body.
-        return 4 + self.ids[k].count(":") + self.urls[k].count(":") + self.bodies[k].count(b":")
+        return whole.count(b":") if whole is not None else self._colons_of_four(k)
 
     def all_colons(self) -> int:
         """``sum(self.colons(k) for k in ...)``, computed on joined fields."""
         total = 4 * len(self.ids) + sum(
-            w.count(b":") - self.colons_of_four(k) for k, w in self.wholes.items()
+            w.count(b":") - self._colons_of_four(k) for k, w in self.wholes.items()
         )
         total += "\n".join(self.ids).count(":") + "\n".join(self.urls).count(":")
         return total + b"\n".join(self.bodies).count(b":")
 
-    def colons_of_four(self, k: int) -> int:
+    def _colons_of_four(self, k: int) -> int:
+        # custom_id, method, url and body alone: the top level's colons are these four
+        # and those inside the three strings and the body.
         return 4 + self.ids[k].count(":") + self.urls[k].count(":") + self.bodies[k].count(b":")
 
 
@@ -122,9 +120,9 @@ def fast_templates(
 ) -> list[RequestTemplate | None]:
     """The template of each line that is shown to be valid, else ``None``.
 
-    ``lines`` are lines without their line break (``None`` for one to skip). ``None``
-    in the result says nothing about validity: the line may be valid, but this path
-    could not show it cheaply; ask the strict path.
+    ``lines`` are lines, with or without their line break (JSON whitespace to orjson;
+    ``None`` for one to skip). ``None`` in the result says nothing about validity: the
+    line may be valid, but this path could not show it cheaply; ask the strict path.
     """
     out: list[RequestTemplate | None] = [None] * len(lines)
     passed = _read(lines, limits)
