@@ -50,8 +50,7 @@ async def start_daemon(
 
 async def until_seen(server: MockUpstream, n: int) -> None:
     with trio.fail_after(30):
-        while server.stats.total < n:
-            await trio.sleep(0.01)
+        await server.wait_until(lambda s: s.total >= n)
 
 
 async def test_sigkill_mid_batch_three_times_loses_nothing(
