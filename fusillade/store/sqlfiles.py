@@ -56,6 +56,7 @@ class Queries:
     list_requests: str
     listen: str
     lock_batch: str
+    lock_batch_for_freeze: str
     notify: str
     reclaim_dead_daemons: str
     reclaim_timed_out: str

@@ -62,7 +62,12 @@ WITH input AS (
         WHERE old_state = 'canceled'
         GROUP BY batch_id
     ) x
-    WHERE b.id = x.batch_id AND b.frozen_completed IS NOT NULL
+    -- Not "AND b.frozen_completed IS NOT NULL": that would be read from this statement's
+    -- snapshot, and a freeze that committed after it would be missed. Every batch with a
+    -- late success is updated (a live batch's NULL counts stay NULL), so the update waits
+    -- on a freeze holding the row (lock_batch_for_freeze.sql) and then applies to the row
+    -- as that freeze left it.
+    WHERE b.id = x.batch_id
     RETURNING b.id
 )
 SELECT id FROM written

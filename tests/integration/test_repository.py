@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from uuid import UUID, uuid4
 
@@ -21,6 +21,8 @@ from fusillade.core.models import (
 from fusillade.errors import Conflict, NotFound, ValidationError
 from fusillade.store.interface import AttemptResult, BatchSpec, DaemonInfo, ResultKind
 from fusillade.store.postgres import PostgresRepository
+from fusillade.store.postgres._daemon import record_results_params
+from fusillade.store.sqlfiles import load_queries
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -355,6 +357,83 @@ def test_lesson2_late_success_repairs_frozen_counts(repo: PostgresRepository) ->
     # a late retry/failure for a canceled row is refused
     lost = repo.record_results(d, [AttemptResult(c[1].id, 1, ResultKind.RETRY, T0, not_before=T0)])
     assert lost.written == 0
+
+
+def _cancelled_in_flight(repo: PostgresRepository) -> tuple[UUID, UUID, UUID]:
+    """A batch of two, cancelled while both were in flight: settled, not yet frozen."""
+    b = make_batch(repo, 2)
+    d = daemon(repo)
+    c = repo.claim(d, {"m1": 2}, now=T0)
+    repo.cancel_batch("alice", b, now=T0)
+    cancel = Failure(FailureReason.CANCELLED, "batch cancelled")
+    repo.record_results(
+        d, [AttemptResult(x.id, 1, ResultKind.CANCELED, T0, failure=cancel) for x in c]
+    )
+    return b, d, c[0].id
+
+
+def _waits_on_a_lock(database_url: str, done: threading.Event) -> None:
+    """Until another session of this database waits on a lock, or ``done`` is set."""
+    with psycopg.connect(database_url, autocommit=True) as watcher:
+        for _ in range(1000):
+            waiting = watcher.execute(
+                "SELECT count(*) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+            ).fetchone()
+            if done.is_set() or (waiting is not None and waiting[0] > 0):
+                return
+            done.wait(0.01)
+    raise AssertionError("neither finished nor waited on a lock")
+
+
+def _in_thread(fn: Callable[[], object]) -> tuple[threading.Thread, threading.Event]:
+    done = threading.Event()
+
+    def run() -> None:
+        fn()
+        done.set()
+
+    t = threading.Thread(target=run)
+    t.start()
+    return t, done
+
+
+def test_lesson2_late_success_racing_a_freeze_that_holds_the_batch_first(
+    repo: PostgresRepository, database_url: str
+) -> None:
+    """The freeze counts the row canceled; the success, committed after it, repairs it."""
+    b, d, late_id = _cancelled_in_flight(repo)
+    q = load_queries()
+    with psycopg.connect(database_url) as freezer:
+        (version,) = freezer.execute("SELECT version FROM batches WHERE id = %s", (b,)).fetchone()
+        freezer.execute(q.lock_batch_for_freeze, {"id": b})
+        frozen = freezer.execute(q.freeze_batch, {"id": b, "version": version}).fetchone()
+        assert frozen is not None  # frozen with the row canceled, not yet committed
+        late, done = _in_thread(lambda: repo.record_results(d, [ok(late_id, 1)]))
+        _waits_on_a_lock(database_url, done)
+        freezer.execute(q.fold_batch_state_counts, {"id": b})
+        freezer.commit()
+    late.join()
+    view = repo.get_batch("alice", b, now=T0)
+    assert view.record.frozen_counts is not None
+    assert (view.counts.completed, view.counts.canceled) == (1, 1)
+
+
+def test_lesson2_late_success_racing_a_freeze_that_comes_second(
+    repo: PostgresRepository, database_url: str
+) -> None:
+    """The success holds the batch row until it commits; the freeze then counts it."""
+    b, d, late_id = _cancelled_in_flight(repo)
+    with psycopg.connect(database_url) as writer:
+        params = record_results_params(d, [ok(late_id, 1)])
+        assert len(writer.execute(load_queries().record_results, params).fetchall()) == 1
+        reader, done = _in_thread(lambda: repo.get_batch("alice", b, now=T0))
+        _waits_on_a_lock(database_url, done)
+        writer.commit()
+    reader.join()
+    view = repo.get_batch("alice", b, now=T0)
+    assert view.record.frozen_counts is not None
+    assert (view.counts.completed, view.counts.canceled) == (1, 1)
 
 
 def test_expiry(repo: PostgresRepository) -> None:

@@ -170,6 +170,7 @@ class BatchQueries(PostgresBase):
         for record in records:
             view = derive(record, counts[record.id], now)
             if needs_freeze(view):
+                cur.execute(self.q.lock_batch_for_freeze, {"id": record.id})
                 frozen = cur.execute(
                     self.q.freeze_batch, {"id": record.id, "version": record.version}
                 ).fetchone()

@@ -65,21 +65,7 @@ class DaemonQueries(PostgresBase):
         """Write many attempt results in one statement; fenced rows count as lost."""
         if not results:
             return RecordStats(written=0)
-        params: dict[str, Any] = {
-            "daemon_id": daemon_id,
-            "ids": [r.request_id for r in results],
-            "attempts": [r.attempt for r in results],
-            "states": [r.kind.value for r in results],
-            "finished_at": [r.finished_at for r in results],
-            "not_before": [r.not_before if r.kind is ResultKind.RETRY else None for r in results],
-            "statuses": [r.status for r in results],
-            "bodies": [r.body for r in results],
-            "bodies_json": [r.body_is_json for r in results],
-            "reasons": [r.failure.reason.value if r.failure else None for r in results],
-            "messages": [r.failure.message if r.failure else None for r in results],
-            "input_tokens": [r.input_tokens for r in results],
-            "output_tokens": [r.output_tokens for r in results],
-        }
+        params = record_results_params(daemon_id, results)
         with self._tx() as cur:
             written = {row["id"] for row in cur.execute(self.q.record_results, params)}
         lost = tuple(r.request_id for r in results if r.request_id not in written)
@@ -185,3 +171,22 @@ class DaemonQueries(PostgresBase):
 def _reclaim_stats(rows: Sequence[Mapping[str, Any]]) -> ReclaimStats:
     failed = sum(1 for r in rows if r["state"] == "failed")
     return ReclaimStats(requeued=len(rows) - failed, failed=failed)
+
+
+def record_results_params(daemon_id: UUID, results: Sequence[AttemptResult]) -> dict[str, Any]:
+    """record_results.sql's parameters: one array per column, in the order of ``results``."""
+    return {
+        "daemon_id": daemon_id,
+        "ids": [r.request_id for r in results],
+        "attempts": [r.attempt for r in results],
+        "states": [r.kind.value for r in results],
+        "finished_at": [r.finished_at for r in results],
+        "not_before": [r.not_before if r.kind is ResultKind.RETRY else None for r in results],
+        "statuses": [r.status for r in results],
+        "bodies": [r.body for r in results],
+        "bodies_json": [r.body_is_json for r in results],
+        "reasons": [r.failure.reason.value if r.failure else None for r in results],
+        "messages": [r.failure.message if r.failure else None for r in results],
+        "input_tokens": [r.input_tokens for r in results],
+        "output_tokens": [r.output_tokens for r in results],
+    }
