@@ -78,11 +78,12 @@ log = logging.getLogger("fusillade.daemon")
 R = TypeVar("R")
 _SHUTDOWN = "shutdown"
 # After a slot frees, wait this long for others before claiming: one claim statement
-# then fills several slots instead of one statement per finished request. Each claim
-# costs PostgreSQL a few ms of CPU, on the cores the daemon also needs; 2 ms here made
-# P1 about 15% slower than 20 ms (docs/performance.md). New work (NOTIFY) is claimed
-# at once.
-_CLAIM_COALESCE = 0.02
+# then fills several slots instead of one statement per finished request. Each slot
+# also idles about this long per request, which a slow upstream's pipe fullness (P3)
+# pays. 20 ms was right while a claim scanned the whole backlog; with the claim reading
+# only its rows (claim.sql), 5 ms gave P3 0.92-0.93 against 0.89 at 20 ms and moved P1
+# within its noise (docs/performance.md). New work (NOTIFY) is claimed at once.
+_CLAIM_COALESCE = 0.005
 
 
 @attrs.frozen
