@@ -19,7 +19,13 @@ from fusillade.core.models import (
     RequestTemplate,
 )
 from fusillade.errors import Conflict, NotFound, ValidationError
-from fusillade.store.interface import AttemptResult, BatchSpec, DaemonInfo, ResultKind
+from fusillade.store.interface import (
+    AttemptResult,
+    BatchSpec,
+    ClaimedRequest,
+    DaemonInfo,
+    ResultKind,
+)
 from fusillade.store.postgres import PostgresRepository
 from fusillade.store.postgres._daemon import record_results_params
 from fusillade.store.sqlfiles import load_queries
@@ -337,8 +343,8 @@ def test_cancel_with_work_in_flight(repo: PostgresRepository) -> None:
     assert repo.cancel_batch("alice", b, now=T0).status is BatchStatus.CANCELLED
 
 
-def test_lesson2_late_success_repairs_frozen_counts(repo: PostgresRepository) -> None:
-    """A billed result may replace canceled; the frozen counts are repaired with it."""
+def _cancelled_in_flight(repo: PostgresRepository) -> tuple[UUID, UUID, list[ClaimedRequest]]:
+    """A batch of two, cancelled while both were in flight: settled, not yet frozen."""
     b = make_batch(repo, 2)
     d = daemon(repo)
     c = repo.claim(d, {"m1": 2}, now=T0)
@@ -347,6 +353,12 @@ def test_lesson2_late_success_repairs_frozen_counts(repo: PostgresRepository) ->
     repo.record_results(
         d, [AttemptResult(x.id, 1, ResultKind.CANCELED, T0, failure=cancel) for x in c]
     )
+    return b, d, c
+
+
+def test_lesson2_late_success_repairs_frozen_counts(repo: PostgresRepository) -> None:
+    """A billed result may replace canceled; the frozen counts are repaired with it."""
+    b, d, c = _cancelled_in_flight(repo)
     frozen = repo.get_batch("alice", b, now=T0)
     assert frozen.record.frozen_counts is not None and frozen.counts.canceled == 2
     late = repo.record_results(d, [ok(c[0].id, 1, T0 + timedelta(seconds=1))])
@@ -357,19 +369,6 @@ def test_lesson2_late_success_repairs_frozen_counts(repo: PostgresRepository) ->
     # a late retry/failure for a canceled row is refused
     lost = repo.record_results(d, [AttemptResult(c[1].id, 1, ResultKind.RETRY, T0, not_before=T0)])
     assert lost.written == 0
-
-
-def _cancelled_in_flight(repo: PostgresRepository) -> tuple[UUID, UUID, UUID]:
-    """A batch of two, cancelled while both were in flight: settled, not yet frozen."""
-    b = make_batch(repo, 2)
-    d = daemon(repo)
-    c = repo.claim(d, {"m1": 2}, now=T0)
-    repo.cancel_batch("alice", b, now=T0)
-    cancel = Failure(FailureReason.CANCELLED, "batch cancelled")
-    repo.record_results(
-        d, [AttemptResult(x.id, 1, ResultKind.CANCELED, T0, failure=cancel) for x in c]
-    )
-    return b, d, c[0].id
 
 
 def _waits_on_a_lock(database_url: str, done: threading.Event) -> None:
@@ -402,7 +401,8 @@ def test_lesson2_late_success_racing_a_freeze_that_holds_the_batch_first(
     repo: PostgresRepository, database_url: str
 ) -> None:
     """The freeze counts the row canceled; the success, committed after it, repairs it."""
-    b, d, late_id = _cancelled_in_flight(repo)
+    b, d, (first, _) = _cancelled_in_flight(repo)
+    late_id = first.id
     q = load_queries()
     with psycopg.connect(database_url) as freezer:
         (version,) = freezer.execute("SELECT version FROM batches WHERE id = %s", (b,)).fetchone()
@@ -423,7 +423,8 @@ def test_lesson2_late_success_racing_a_freeze_that_comes_second(
     repo: PostgresRepository, database_url: str
 ) -> None:
     """The success holds the batch row until it commits; the freeze then counts it."""
-    b, d, late_id = _cancelled_in_flight(repo)
+    b, d, (first, _) = _cancelled_in_flight(repo)
+    late_id = first.id
     with psycopg.connect(database_url) as writer:
         params = record_results_params(d, [ok(late_id, 1)])
         assert len(writer.execute(load_queries().record_results, params).fetchall()) == 1
