@@ -3,13 +3,14 @@ server in a thread of its own for the blocking clients of the fuzzers."""
 
 from __future__ import annotations
 
+import inspect
 import json
 import queue
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 from uuid import UUID
 
 import attrs
@@ -23,6 +24,7 @@ from fusillade.runtime.config import DaemonConfig, Upstream
 from fusillade.store.interface import BatchSpec, Repository, ResultLine
 
 OWNER = "alice"
+T = TypeVar("T")
 
 
 def now() -> datetime:
@@ -74,16 +76,39 @@ async def view_of(repo: Repository, batch: UUID) -> BatchView:
     return await trio.to_thread.run_sync(lambda: repo.get_batch(OWNER, batch, now=now()))
 
 
+async def poll_until(
+    probe: Callable[[], Awaitable[T] | T],
+    until: Callable[[T], object] = bool,
+    *,
+    timeout: float = 30,
+    interval: float = 0.05,
+) -> T:
+    """Call ``probe`` (awaiting what it returns, if awaitable) until ``until`` holds for
+    its value, and return that value; fail with ``trio.TooSlowError`` after ``timeout``.
+
+    For state that has no event to wait on (rows in the database, another process's
+    answers, a counter of the daemon's). The pause between probes is the polling
+    interval of a bounded wait, never a wait by itself: the one such pause in the tests.
+    """
+    with trio.fail_after(timeout):
+        while True:
+            value = probe()
+            if inspect.isawaitable(value):
+                value = await value
+            if until(value):  # type: ignore[arg-type]
+                return value  # type: ignore[return-value]
+            await trio.sleep(interval)
+
+
 async def wait_status(
     repo: Repository, batch: UUID, *statuses: BatchStatus, timeout: float = 30
 ) -> BatchView:
     """Poll until the batch has one of ``statuses`` (any terminal one when none given)."""
-    with trio.fail_after(timeout):
-        while True:
-            view = await view_of(repo, batch)
-            if view.status in statuses or (not statuses and view.status.is_terminal):
-                return view
-            await trio.sleep(0.05)
+    return await poll_until(
+        lambda: view_of(repo, batch),
+        lambda v: v.status in statuses or (not statuses and v.status.is_terminal),
+        timeout=timeout,
+    )
 
 
 async def result_lines(repo: Repository, batch: UUID, *, errors: bool = False) -> list[ResultLine]:

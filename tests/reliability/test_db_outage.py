@@ -22,6 +22,7 @@ import httpx
 import psycopg
 import pytest
 import trio
+from helpers import poll_until
 
 from fusillade.config import ServerSettings, Settings, UpstreamSettings
 from fusillade.embedded import EmbeddedPostgres, start_embedded
@@ -166,15 +167,11 @@ async def test_postgres_down_10s_mid_batch_loses_nothing(
         while trio.current_time() - stopped < OUTAGE:
             await ready()
             assert (await api.get("/healthz")).status_code == 200
-            await trio.sleep(0.25)
+            await trio.sleep(0.25)  # the probes' cadence over the fixed outage, not a wait
         sent_during = mock_upstream.stats.total - sent_before
         await trio.to_thread.run_sync(cluster.start)
         restarted = trio.current_time() - stopped
-        with trio.fail_after(60):
-            while True:
-                if await ready() == 200:
-                    break
-                await trio.sleep(0.1)
+        await poll_until(ready, lambda status: status == 200, timeout=60, interval=0.1)
         recovered = trio.current_time() - stopped - restarted
 
         # Ready stays ready: no stale pooled connection answers 503 after the recovery.
@@ -189,20 +186,21 @@ async def test_postgres_down_10s_mid_batch_loses_nothing(
         assert probe.slowest < 6.0, probe.slowest
         assert not served.is_set(), "the server stopped during the outage"
 
-        with trio.fail_after(60):
-            while (batch := (await api.get(f"/v1/batches/{batch_id}")).json())[
-                "status"
-            ] != "completed":
-                await trio.sleep(0.1)
+        answer = await poll_until(
+            lambda: api.get(f"/v1/batches/{batch_id}"),
+            lambda r: r.json()["status"] == "completed",
+            timeout=60,
+            interval=0.1,
+        )
+        batch = answer.json()
         finished = trio.current_time() - stopped - restarted
         assert batch["request_counts"] == {"total": N, "completed": N, "failed": 0}
         output = await api.get(f"/v1/files/{batch['output_file_id']}/content")
         ids = Counter(json.loads(line)["custom_id"] for line in output.text.splitlines())
         assert set(ids) == {f"c{i}" for i in range(N)} and max(ids.values()) == 1
         assert running.daemon.healthy
-        with trio.fail_after(40):
-            while not api_answered:  # the call made during the outage has its answer
-                await trio.sleep(0.1)
+        # the call made during the outage has its answer
+        await poll_until(lambda: api_answered, timeout=40, interval=0.1)
         assert api_answered[0][0] in (200, 503), api_answered
 
         # LISTEN works again: a new batch starts at once, not after the 30 s poll interval.

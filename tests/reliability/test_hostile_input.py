@@ -21,6 +21,7 @@ from urllib.parse import quote
 
 import httpx
 import trio
+from helpers import poll_until
 
 GOOD_BODY = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
 HOSTILE = [
@@ -356,9 +357,10 @@ async def test_hostile_but_legal_values_are_stored_and_returned_byte_for_byte(
     created = await api.post("/v1/batches", json=create(input_file_id=file_id))
     assert created.status_code == 200, created.text
     batch_id = created.json()["id"]
-    with trio.fail_after(30):
-        while (batch := (await api.get(f"/v1/batches/{batch_id}")).json())["status"] != "completed":
-            await trio.sleep(0.05)
+    answer = await poll_until(
+        lambda: api.get(f"/v1/batches/{batch_id}"), lambda r: r.json()["status"] == "completed"
+    )
+    batch = answer.json()
     got: dict[str, Any] = {}
     for kind in ("output_file_id", "error_file_id"):
         if batch[kind] is not None:

@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 import trio
-from helpers import daemon_config, make_batch, wait_status
+from helpers import daemon_config, make_batch, poll_until, wait_status
 
 from fusillade.config import ServerSettings, Settings
 from fusillade.errors import StoreUnavailable
@@ -96,9 +96,7 @@ async def test_writer_died_when_a_flush_waited_longer_than_db_call_timeout(
     for borrower in borrowers:  # every thread "busy", as in an outage
         await limiter.acquire_on_behalf_of(borrower)
     mock_upstream.release_held()  # six results now wait for a flush
-    with trio.fail_after(10):
-        while daemon.writer.failures_in_a_row == 0:
-            await trio.sleep(0.02)
+    await poll_until(lambda: daemon.writer.failures_in_a_row, timeout=10, interval=0.02)
     for borrower in borrowers:
         limiter.release_on_behalf_of(borrower)
     view = await wait_status(repo, batch, timeout=20)

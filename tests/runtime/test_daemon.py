@@ -5,7 +5,15 @@ from __future__ import annotations
 import json
 
 import trio
-from helpers import daemon_config, make_batch, now, result_lines, view_of, wait_status
+from helpers import (
+    daemon_config,
+    make_batch,
+    now,
+    poll_until,
+    result_lines,
+    view_of,
+    wait_status,
+)
 
 from fusillade.core.models import BatchStatus
 from fusillade.core.strictjson import dumps_compact
@@ -84,9 +92,7 @@ async def test_cancel_aborts_in_flight_within_a_second(
             lambda s: s.in_flight_total >= 5 and s.by_status.get(200, 0) >= 2
         )
     await wait_status(repo, batch, BatchStatus.IN_PROGRESS)
-    with trio.fail_after(10):
-        while (await view_of(repo, batch)).counts.completed < 2:
-            await trio.sleep(0.02)
+    await poll_until(lambda: view_of(repo, batch), lambda v: v.counts.completed >= 2, timeout=10)
     await trio.to_thread.run_sync(lambda: repo.cancel_batch("alice", batch, now=now()))
     start = trio.current_time()
     view = await wait_status(repo, batch, BatchStatus.CANCELLED, timeout=5)

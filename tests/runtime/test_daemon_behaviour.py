@@ -6,7 +6,7 @@ from datetime import timedelta
 
 import trio
 import trio.testing
-from helpers import daemon_config, make_batch, result_lines, view_of
+from helpers import daemon_config, make_batch, result_lines, wait_status
 from prometheus_client import REGISTRY
 
 from fusillade.core.models import BatchStatus
@@ -65,9 +65,7 @@ async def test_expiry_aborts_in_flight_and_cancels_the_rest(
     batch = await make_batch(repo, 10, window=timedelta(seconds=2))
     daemon = Daemon(repo, config(mock_upstream, default_concurrency=3, poll_interval=0.1))
     await nursery.start(daemon.run)
-    with trio.fail_after(20):
-        while not (view := await view_of(repo, batch)).status.is_terminal:
-            await trio.sleep(0.05)
+    view = await wait_status(repo, batch, timeout=20)
     assert view.status is BatchStatus.EXPIRED
     assert view.counts.canceled == 10
     errors = await result_lines(repo, batch, errors=True)
@@ -89,9 +87,7 @@ async def test_metrics_count_what_happened(
     batch = await make_batch(repo, 7)
     daemon = Daemon(repo, config(mock_upstream, poll_interval=0.1))
     await nursery.start(daemon.run)
-    with trio.fail_after(20):
-        while (await view_of(repo, batch)).status is not BatchStatus.COMPLETED:
-            await trio.sleep(0.05)
+    await wait_status(repo, batch, BatchStatus.COMPLETED, timeout=20)
     assert metric("fusillade_requests_completed_total", model="m", status="200") == before + 7
     assert metric("fusillade_requests_claimed_total", model="m") == claimed_before + 7
     assert metric("fusillade_requests_in_flight", model="m") == 0

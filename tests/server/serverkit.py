@@ -12,6 +12,7 @@ import h11
 import httpx
 import openai
 import trio
+from helpers import poll_until
 
 from fusillade.config import ApiKey, ServerSettings, Settings, UpstreamSettings
 from fusillade.server.serve import Running
@@ -71,24 +72,21 @@ async def wait_status(
 ) -> Any:
     """Poll the batch until its status is one of ``statuses`` (fails after ``timeout``)."""
     wanted = set(statuses)
-    with trio.fail_after(timeout):
-        while True:
-            batch = await client.batches.retrieve(batch_id)
-            if batch.status in wanted:
-                return batch
-            await trio.sleep(0.05)
+    return await poll_until(
+        lambda: client.batches.retrieve(batch_id), lambda b: b.status in wanted, timeout=timeout
+    )
 
 
 async def wait_status_json(
     api: httpx.AsyncClient, batch_id: str, status: str, *, timeout: float = 30
 ) -> dict[str, Any]:
     """``wait_status`` for plain HTTP clients: the batch's JSON once it has ``status``."""
-    with trio.fail_after(timeout):
-        while True:
-            batch: dict[str, Any] = (await api.get(f"/v1/batches/{batch_id}")).json()
-            if batch["status"] == status:
-                return batch
-            await trio.sleep(0.05)
+
+    async def batch() -> dict[str, Any]:
+        found: dict[str, Any] = (await api.get(f"/v1/batches/{batch_id}")).json()
+        return found
+
+    return await poll_until(batch, lambda b: b["status"] == status, timeout=timeout)
 
 
 async def raw_post(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import openai
-import trio
+from helpers import poll_until
 from serverkit import chat_line, jsonl, wait_status
 
 from fusillade.mock_upstream import Behaviour, MockUpstream
@@ -101,13 +101,12 @@ async def test_cancel_mid_batch_keeps_partial_results(
     batch = await client.batches.create(
         input_file_id=file_id, endpoint="/v1/chat/completions", completion_window="24h"
     )
-    with trio.fail_after(30):
-        while True:
-            current = await client.batches.retrieve(batch.id)
-            assert current.request_counts is not None
-            if current.request_counts.completed == 5 and mock_upstream.stats.by_model["slow"]:
-                break
-            await trio.sleep(0.05)
+
+    def five_done_and_slow_sent(current: openai.types.Batch) -> bool:
+        assert current.request_counts is not None
+        return current.request_counts.completed == 5 and bool(mock_upstream.stats.by_model["slow"])
+
+    await poll_until(lambda: client.batches.retrieve(batch.id), five_done_and_slow_sent)
     cancelling = await client.batches.cancel(batch.id)
     assert cancelling.status in ("cancelling", "cancelled")
     done = await wait_status(client, batch.id, {"cancelled"})
