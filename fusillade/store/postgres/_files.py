@@ -41,9 +41,9 @@ class FileQueries(PostgresBase):
         """Store a file of templates with ``COPY``, in bounded memory.
 
         ``templates`` may be a validating stream: if it raises, the transaction rolls
-        back and nothing of the file is stored. They are read in this thread while
-        another one sends them (see ``_copy``). ``size_bytes`` defaults to the sum of
-        the bodies' UTF-8 lengths.
+        back and nothing of the file is stored. They are formatted and sent a block at a
+        time, in this thread (see ``_copy``). ``size_bytes`` defaults to the sum of the
+        bodies' UTF-8 lengths.
         """
         file_id = next_uuid7()
         with self._tx() as cur:
