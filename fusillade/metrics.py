@@ -1,8 +1,20 @@
-"""Prometheus metrics. Labels carry model names and reasons, never keys or bodies."""
+"""Prometheus metrics. Labels carry model names and reasons, never keys or bodies.
+
+Every label value comes from a bounded set: reasons and loop names are enums or
+literals, statuses are 2xx, and a ``model`` label is the name of a model the operator
+configured or ``OTHER_MODELS`` (``DaemonConfig.metric_label``), never a name a client
+chose. Label sets are never removed, so an unbounded value would grow the exposition
+(and the process's memory) forever.
+"""
 
 from __future__ import annotations
 
+from typing import Final
+
 from prometheus_client import Counter, Gauge, Histogram
+
+OTHER_MODELS: Final = "other"
+"""The ``model`` label of every model the configuration does not name."""
 
 CLAIMED = Counter("fusillade_requests_claimed", "Requests claimed by this process", ["model"])
 IN_FLIGHT = Gauge("fusillade_requests_in_flight", "Requests in flight", ["model"])

@@ -93,6 +93,7 @@ class Settings:
             },
             upstreams={n: Upstream(u.base_url, u.api_key_env) for n, u in self.upstreams.items()},
             model_upstreams={m: s.upstream for m, s in self.models.items() if s.upstream},
+            metric_models=frozenset(self.models),
             default_upstream=self.default_upstream,
             retry=RetryPolicy(
                 max_attempts=d.max_attempts,

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 import attrs
 
 from fusillade.core.retry import DEFAULT_POLICY, RetryPolicy
+from fusillade.metrics import OTHER_MODELS
 
 
 @attrs.frozen
@@ -22,6 +23,10 @@ class Upstream:
         return os.environ.get(self.api_key_env) if self.api_key_env else None
 
 
+def _names(names: Iterable[str]) -> frozenset[str]:
+    return frozenset(names)
+
+
 @attrs.frozen
 class DaemonConfig:
     """Everything a daemon needs besides the repository. Durations are seconds.
@@ -29,12 +34,20 @@ class DaemonConfig:
     Routing: a template's own ``endpoint`` wins; else ``model_upstreams[model]``; else
     ``default_upstream``. Concurrency is per daemon and per model
     (``model_concurrency``, else ``default_concurrency``).
+
+    Metrics: a model is a label value by its own name only when the operator named it
+    (a key of ``model_concurrency`` or ``model_upstreams``, or in ``metric_models``);
+    every other model is counted under ``"other"`` (``metric_label``). Request bodies
+    choose the model, so labelling them by it would let clients grow the metrics
+    without bound and read each other's model names there.
     """
 
     default_concurrency: int = 16
     model_concurrency: Mapping[str, int] = attrs.field(factory=dict)
     upstreams: Mapping[str, Upstream] = attrs.field(factory=dict)
     model_upstreams: Mapping[str, str] = attrs.field(factory=dict)
+    # models labelled by name in the metrics besides those routed or limited above
+    metric_models: frozenset[str] = attrs.field(default=frozenset(), converter=_names)
     default_upstream: str | None = None
     retry: RetryPolicy = DEFAULT_POLICY
     request_timeout: float = 600.0
@@ -59,3 +72,10 @@ class DaemonConfig:
 
     def concurrency_for(self, model: str) -> int:
         return self.model_concurrency.get(model, self.default_concurrency)
+
+    def metric_label(self, model: str) -> str:
+        """The ``model`` label of ``model`` in the metrics: its name when configured, else
+        ``"other"``; so the label set is bounded by the configuration."""
+        if model in self.metric_models or model in self.model_concurrency:
+            return model
+        return model if model in self.model_upstreams else OTHER_MODELS

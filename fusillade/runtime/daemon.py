@@ -102,10 +102,11 @@ class DaemonStats:
 
 
 class _InFlight:
-    __slots__ = ("abort_reason", "request", "scope")
+    __slots__ = ("abort_reason", "label", "request", "scope")
 
-    def __init__(self, request: ClaimedRequest) -> None:
+    def __init__(self, request: ClaimedRequest, label: str) -> None:
         self.request = request
+        self.label = label  # the request's model label in the metrics (bounded)
         self.scope = anyio.CancelScope()
         self.abort_reason: str | None = None
 
@@ -325,12 +326,12 @@ class Daemon:
     # ------------------------------------------------------------- requests
 
     def _start_request(self, tg: anyio.abc.TaskGroup, req: ClaimedRequest) -> None:
-        entry = _InFlight(req)
+        entry = _InFlight(req, self.config.metric_label(req.model))
         self._in_flight[req.id] = entry
         self._batch_in_flight[req.batch_id] = self._batch_in_flight.get(req.batch_id, 0) + 1
         self.limits.acquire(req.model)
-        metrics.CLAIMED.labels(req.model).inc()
-        metrics.IN_FLIGHT.labels(req.model).inc()
+        metrics.CLAIMED.labels(entry.label).inc()
+        metrics.IN_FLIGHT.labels(entry.label).inc()
         if self._tasks_done.is_set():
             self._tasks_done = anyio.Event()
         tg.start_soon(self._run_request, entry)
@@ -344,7 +345,7 @@ class Daemon:
         else:
             del self._batch_in_flight[req.batch_id]  # evict per-batch state (lesson 8)
         self.limits.release(req.model)
-        metrics.IN_FLIGHT.labels(req.model).dec()
+        metrics.IN_FLIGHT.labels(entry.label).dec()
         if not self._in_flight:
             self._tasks_done.set()
         if req.model not in self._starved:
@@ -359,7 +360,7 @@ class Daemon:
                 sent = await self.dispatcher.send(req)
         finally:
             self._finish_request(entry)
-        metrics.UPSTREAM_SECONDS.labels(req.model).observe(anyio.current_time() - started)
+        metrics.UPSTREAM_SECONDS.labels(entry.label).observe(anyio.current_time() - started)
         if sent is None:  # aborted
             if entry.abort_reason in (None, _SHUTDOWN):
                 return  # released at shutdown, without a result
@@ -378,7 +379,7 @@ class Daemon:
                 failure=Failure(reason, message),
             )
         else:
-            result = self._result_of(req, sent)
+            result = self._result_of(req, sent, entry.label)
         written = await self.writer.submit(result)
         if written and result.kind is ResultKind.RETRY and result.not_before is not None:
             assert self._clock is not None
@@ -386,11 +387,11 @@ class Daemon:
             self._next_due = due if self._next_due is None else min(self._next_due, due)
             self._wake.set()
 
-    def _result_of(self, req: ClaimedRequest, sent: Sent) -> AttemptResult:
+    def _result_of(self, req: ClaimedRequest, sent: Sent, label: str) -> AttemptResult:
         now = self.now()
         verdict = classify(sent.outcome, self.config.retry)
         if isinstance(verdict, Success):
-            metrics.COMPLETED.labels(req.model, str(verdict.response.status)).inc()
+            metrics.COMPLETED.labels(label, str(verdict.response.status)).inc()
             return AttemptResult(
                 req.id,
                 req.attempt,
@@ -418,7 +419,7 @@ class Daemon:
         status = response.status if response else None
         body = response.body if response else None
         if isinstance(decision, RetryAt):
-            metrics.RETRIED.labels(req.model, failure.reason.value).inc()
+            metrics.RETRIED.labels(label, failure.reason.value).inc()
             return AttemptResult(
                 req.id,
                 req.attempt,
@@ -430,7 +431,7 @@ class Daemon:
                 not_before=decision.not_before,
             )
         assert isinstance(decision, GiveUp)
-        metrics.FAILED.labels(req.model, failure.reason.value).inc()
+        metrics.FAILED.labels(label, failure.reason.value).inc()
         return AttemptResult(
             req.id, req.attempt, ResultKind.FAILED, now, status=status, body=body, failure=failure
         )

@@ -85,7 +85,8 @@ async def test_metrics_count_what_happened(
     before = metric("fusillade_requests_completed_total", model="m", status="200")
     claimed_before = metric("fusillade_requests_claimed_total", model="m")
     batch = await make_batch(repo, 7)
-    daemon = Daemon(repo, config(mock_upstream, poll_interval=0.1))
+    # "m" is labelled by name because the configuration names it (else: "other")
+    daemon = Daemon(repo, config(mock_upstream, poll_interval=0.1, metric_models={"m"}))
     await nursery.start(daemon.run)
     await wait_status(repo, batch, BatchStatus.COMPLETED, timeout=20)
     assert metric("fusillade_requests_completed_total", model="m", status="200") == before + 7

@@ -434,6 +434,21 @@ def test_daemon_config(full: Path) -> None:
     assert (config.request_timeout, config.shutdown_grace) == (120, 0)
 
 
+def test_metrics_label_only_configured_models_by_name(tmp_path: Path) -> None:
+    # a [models] table without keys still names its model in the metrics
+    text = '[models."listed"]\n[models."limited"]\nconcurrency = 2\n'
+    config = load_settings(write(tmp_path, text), env={}).daemon_config()
+    assert config.metric_models == {"listed", "limited"}
+    assert config.metric_label("listed") == "listed"
+    assert config.metric_label("limited") == "limited"
+    assert config.metric_label("any-name-a-client-sent") == "other"
+    from fusillade.runtime.config import DaemonConfig
+
+    # the library: routed or limited models count as configured
+    library = DaemonConfig(model_concurrency={"a": 1}, model_upstreams={"b": "up"})
+    assert [library.metric_label(m) for m in ("a", "b", "c")] == ["a", "b", "other"]
+
+
 def test_default_daemon_config_matches_the_runtime_defaults() -> None:
     from fusillade.runtime.config import DaemonConfig
 
