@@ -55,7 +55,8 @@ def render(settings: Settings, *, env: Mapping[str, str] = os.environ) -> str:
                     out.append(f"  {line},  # {is_set(k.key_env)}")
                 out.append("]")
             else:
-                extra = [is_set(value)] if key == "api_key_env" and isinstance(value, str) else []
+                named_secret = key in ("api_key_env", "metrics_key_env")
+                extra = [is_set(value)] if named_secret and isinstance(value, str) else []
                 out.append(f"{key} = {_value(key, value)}{note(path, *extra)}")
 
     emit((), {k: getattr(settings, k) for k in _SCHEMA[""]})

@@ -156,6 +156,7 @@ _SCHEMA: Mapping[str, Mapping[str, _Kind]] = {
         "allowed_endpoints": _strings(_endpoint),
         "completion_windows": _strings(_window),
         "max_request_bytes": _POSITIVE,
+        "metrics_key_env": _Kind(_env_name),
     },
     "daemon": {
         "default_concurrency": _POSITIVE,

@@ -40,6 +40,7 @@ class ServerSettings:
     allowed_endpoints: tuple[str, ...] = DEFAULT_ENDPOINTS
     completion_windows: tuple[str, ...] = ("24h",)
     max_request_bytes: int = 1 * MiB  # every route but uploads
+    metrics_key_env: str | None = None  # None: GET /metrics needs no key
 
 
 @attrs.frozen

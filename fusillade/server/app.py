@@ -85,7 +85,23 @@ async def readyz(request: Request[Any, Any, Any]) -> Response[Health]:
     return Response(health, status_code=200 if ok else 503, media_type=MediaType.JSON)
 
 
-@get("/metrics", summary="Prometheus metrics", tags=["operations"], media_type=MediaType.TEXT)
+def require_metrics_key(
+    connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler
+) -> None:
+    """Guard of ``/metrics``: the metrics key when one is configured (else 401); an
+    owner's api key does not open it (docs/deployment.md)."""
+    _ctx(connection).metrics_key.owner_for(connection.headers.get("authorization"))
+
+
+@get(
+    "/metrics",
+    summary="Prometheus metrics",
+    description="Needs `Authorization: Bearer <metrics key>` when `[server] metrics_key_env` "
+    "is set.",
+    tags=["operations"],
+    media_type=MediaType.TEXT,
+    guards=[require_metrics_key],
+)
 async def metrics() -> Response[bytes]:
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 

@@ -6,6 +6,10 @@ compared with every configured key in constant time (``hmac.compare_digest`` on
 SHA-256 digests, all keys compared whatever matched), so neither timing nor the answer
 tells how much of a key was right. No keys configured: every request acts for owner
 ``"default"`` and the server refuses to listen beyond loopback (see ``check_bind``).
+
+``GET /metrics`` has a key of its own (``[server] metrics_key_env``, ``load_metrics_key``):
+metrics count every owner's work, so an owner's key does not open them, and the key a
+scraper holds opens nothing else. Unset: ``/metrics`` needs no key.
 """
 
 from __future__ import annotations
@@ -87,6 +91,33 @@ def load_keys(keys: Sequence[ApiKey], environ: Mapping[str, str] | None = None) 
             raise ConfigError(f"server.api_keys: {key.key_env} holds the same key as another entry")
         entries.append((digest, key.owner))
     return KeyRing(tuple(entries))
+
+
+METRICS_OWNER = "metrics"
+"""The owner ``KeyRing.owner_for`` answers for the metrics key (it owns no data)."""
+
+
+def load_metrics_key(
+    key_env: str | None, api_keys: KeyRing, environ: Mapping[str, str] | None = None
+) -> KeyRing:
+    """The key ``GET /metrics`` requires, read from ``key_env``; empty when ``None``.
+
+    Raises:
+        ConfigError: the variable is unset or empty, or holds one of ``api_keys``.
+    """
+    if key_env is None:
+        return KeyRing(())
+    env = os.environ if environ is None else environ
+    value = env.get(key_env)
+    if not value:
+        raise ConfigError(f"server.metrics_key_env: environment variable {key_env} is not set")
+    digest = hashlib.sha256(value.encode("utf-8", "surrogateescape")).digest()
+    if any(hmac.compare_digest(digest, d) for d, _ in api_keys.entries):
+        raise ConfigError(
+            f"server.metrics_key_env: {key_env} holds the same key as an entry of api_keys "
+            "(the metrics key must open /metrics only)"
+        )
+    return KeyRing(((digest, METRICS_OWNER),))
 
 
 def is_loopback(host: str) -> bool:

@@ -32,6 +32,8 @@ class ServerContext:
     settings: ServerSettings
     keys: KeyRing
     daemon: Daemon | None = None
+    # empty: GET /metrics needs no key
+    metrics_key: KeyRing = attrs.field(factory=functools.partial(KeyRing, ()))
     clock: Callable[[], datetime] = utc_now
 
     @property

@@ -33,7 +33,7 @@ from fusillade.errors import ConfigError
 from fusillade.runtime.config import DaemonConfig
 from fusillade.runtime.daemon import Daemon
 from fusillade.server.app import create_app
-from fusillade.server.auth import check_bind, load_keys
+from fusillade.server.auth import check_bind, is_loopback, load_keys, load_metrics_key
 from fusillade.server.context import ServerContext
 from fusillade.store.interface import Repository
 
@@ -122,6 +122,7 @@ async def serve(
     """
     say = announce or (lambda line: log.info("%s", line))
     keys = load_keys(settings.server.api_keys)
+    metrics_key = load_metrics_key(settings.server.metrics_key_env, keys)
     host, port = settings.server.host, settings.server.port
     if run_api:
         check_bind(host, keys)
@@ -145,7 +146,13 @@ async def serve(
         async with trio.open_nursery() as nursery:
             # The API binds first: an address in use then starts no daemon.
             if run_api:
-                ctx = ServerContext(repo=repo, settings=settings.server, keys=keys, daemon=daemon)
+                ctx = ServerContext(
+                    repo=repo,
+                    settings=settings.server,
+                    keys=keys,
+                    daemon=daemon,
+                    metrics_key=metrics_key,
+                )
                 binds: list[str] = await nursery.start(
                     functools.partial(
                         hypercorn_serve,
@@ -161,6 +168,11 @@ async def serve(
                     say(
                         "no api keys configured: every request acts for owner 'default' "
                         "(listening on loopback only)"
+                    )
+                elif not metrics_key.enabled and not is_loopback(host):
+                    say(
+                        "GET /metrics answers without a key; set [server] metrics_key_env "
+                        "to require one"
                     )
             if daemon is not None:
                 await nursery.start(daemon.run)

@@ -1,4 +1,4 @@
-"""``GET /metrics``: a label set bounded by the configuration.
+"""``GET /metrics``: a label set bounded by the configuration, and the operator's metrics key.
 
 Request bodies choose the ``model``; labelling metrics by it let one batch of invented
 names grow ``/metrics`` from 6 KB to 2 MB, for good, and showed every tenant's model
@@ -18,13 +18,19 @@ import trio
 from prometheus_client.parser import text_string_to_metric_families
 from serverkit import UPSTREAM_KEY, UPSTREAM_KEY_ENV, jsonl, settings_for, wait_status_json
 
-from fusillade.config import ModelSettings
+from fusillade.config import ApiKey, ModelSettings
+from fusillade.errors import ConfigError
 from fusillade.metrics import OTHER_MODELS
 from fusillade.mock_upstream import MockUpstream
+from fusillade.server.auth import load_keys, load_metrics_key
 from fusillade.server.serve import Running, serve
 
 CONFIGURED = "configured-model"
 INVENTED = "tenant-secret-model"  # every invented name contains it
+METRICS_KEY_ENV = "FUSILLADE_TEST_METRICS_KEY"
+METRICS_KEY = "sk-metrics-4c1f8a2e9b7d"
+ALICE_KEY_ENV = "FUSILLADE_TEST_METRICS_ALICE"
+ALICE_KEY = "sk-alice-9d8e7f6a5b4c"
 
 
 async def start(
@@ -114,3 +120,60 @@ async def test_metrics_stay_bounded_and_name_no_model_a_client_invented(
     assert len(after) - len(before) < 20_000, len(after) - len(before)
     assert completed(after, OTHER_MODELS) - completed(before, OTHER_MODELS) == 300
     assert completed(after, CONFIGURED) - completed(before, CONFIGURED) == 5
+
+
+async def test_metrics_key_opens_metrics_and_nothing_else(
+    nursery: trio.Nursery,
+    database_url: str,
+    mock_upstream: MockUpstream,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name, value in (
+        (UPSTREAM_KEY_ENV, UPSTREAM_KEY),
+        (METRICS_KEY_ENV, METRICS_KEY),
+        (ALICE_KEY_ENV, ALICE_KEY),
+    ):
+        monkeypatch.setenv(name, value)
+    running = await start(
+        nursery,
+        database_url,
+        mock_upstream.url,
+        api_keys=[ApiKey(ALICE_KEY_ENV, "alice")],
+        metrics_key_env=METRICS_KEY_ENV,
+    )
+    assert running.url is not None
+
+    def bearer(key: str) -> dict[str, str]:
+        return {"authorization": f"Bearer {key}"}
+
+    async with httpx.AsyncClient(base_url=running.url, timeout=30) as c:
+        basic = {"authorization": f"Basic {METRICS_KEY}"}
+        for headers in ({}, bearer(ALICE_KEY), bearer(METRICS_KEY + "x"), basic):
+            refused = await c.get("/metrics", headers=headers)
+            assert refused.status_code == 401, (headers, refused.text)
+            assert refused.headers["www-authenticate"] == "Bearer"
+            assert "fusillade_" not in refused.text
+        scraped = await c.get("/metrics", headers=bearer(METRICS_KEY))
+        assert scraped.status_code == 200, scraped.text
+        assert "fusillade_requests_claimed" in scraped.text
+        assert METRICS_KEY not in scraped.text
+        # the scraper's key is not an owner's key
+        files = await c.get("/v1/files", headers=bearer(METRICS_KEY))
+        assert files.status_code == 401
+        # the other operational routes stay open
+        for path in ("/healthz", "/readyz"):
+            assert (await c.get(path)).status_code == 200, path
+    running.stop()
+
+
+def test_metrics_key_must_be_set_and_distinct_from_every_api_key() -> None:
+    keys = load_keys([ApiKey(ALICE_KEY_ENV, "alice")], {ALICE_KEY_ENV: ALICE_KEY})
+    assert not load_metrics_key(None, keys, {}).enabled
+    ring = load_metrics_key(METRICS_KEY_ENV, keys, {METRICS_KEY_ENV: METRICS_KEY})
+    assert ring.enabled
+    assert METRICS_KEY not in repr(ring)
+    with pytest.raises(ConfigError, match=f"{METRICS_KEY_ENV} is not set"):
+        load_metrics_key(METRICS_KEY_ENV, keys, {METRICS_KEY_ENV: ""})
+    with pytest.raises(ConfigError, match="same key as an entry of api_keys") as info:
+        load_metrics_key(METRICS_KEY_ENV, keys, {METRICS_KEY_ENV: ALICE_KEY})
+    assert ALICE_KEY not in str(info.value)

@@ -449,6 +449,18 @@ def test_metrics_label_only_configured_models_by_name(tmp_path: Path) -> None:
     assert [library.metric_label(m) for m in ("a", "b", "c")] == ["a", "b", "other"]
 
 
+def test_metrics_key_env(tmp_path: Path) -> None:
+    path = write(tmp_path, '[server]\nmetrics_key_env = "SCRAPE_KEY"\n')
+    assert load_settings(path, env={}).server.metrics_key_env == "SCRAPE_KEY"
+    env = {"FUSILLADE_SERVER_METRICS_KEY_ENV": "OTHER_KEY", "OTHER_KEY": "sk-scrape-secret"}
+    s = load_settings(path, env=env)
+    assert s.server.metrics_key_env == "OTHER_KEY"
+    out = render(s, env=env)
+    assert 'metrics_key_env = "OTHER_KEY"  # set; from FUSILLADE_SERVER_METRICS_KEY_ENV' in out
+    assert "sk-scrape-secret" not in out
+    assert "must be the NAME" in error(tmp_path, '[server]\nmetrics_key_env = "sk-a b"\n')
+
+
 def test_default_daemon_config_matches_the_runtime_defaults() -> None:
     from fusillade.runtime.config import DaemonConfig
 
