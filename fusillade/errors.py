@@ -19,8 +19,20 @@ httpx errors become outcomes (not exceptions) in the dispatcher.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Mapping, Sequence
+from types import MappingProxyType
+from typing import Any, Final
+from uuid import UUID
+
+from fusillade.core.ids import IdKind, format_id
+
+ECHO_LIMIT: Final = 100
+"""Characters of a client's text (an id, a path) that an error message quotes, at most."""
+
+
+def echo(text: str) -> str:
+    """``text`` as an error message may quote it: cut to ``ECHO_LIMIT`` characters."""
+    return text if len(text) <= ECHO_LIMIT else text[:ECHO_LIMIT] + "..."
 
 
 class FusilladeError(Exception):
@@ -54,13 +66,29 @@ class InvalidJSONL(ValidationError):
         super().__init__(message, param=getattr(first, "param", None))
 
 
-class NotFound(FusilladeError):
-    """The object does not exist, or belongs to another owner (never distinguished)."""
+_ID_KINDS: Final[Mapping[str, IdKind]] = MappingProxyType(
+    {"file": "file", "input file": "file", "batch": "batch", "request": "request"}
+)
 
-    def __init__(self, kind: str, ident: object) -> None:
-        super().__init__(f"no {kind} with id {ident}")
+
+class NotFound(FusilladeError):
+    """The object does not exist, or belongs to another owner (never distinguished).
+
+    ``ident`` is what was looked up: a uuid (the store) or the text a client sent (a
+    malformed id). ``public_id`` names it as clients know it: a uuid as its public id
+    (``file-...``, ``batch_...``), which is the only spelling that reaches a uuid, so it
+    is the id the client sent; a text cut to ``ECHO_LIMIT`` characters.
+    """
+
+    def __init__(self, kind: str, ident: UUID | str) -> None:
         self.kind = kind
         self.ident = ident
+        id_kind = _ID_KINDS.get(kind)
+        if isinstance(ident, UUID) and id_kind is not None:
+            self.public_id = format_id(id_kind, ident)
+        else:
+            self.public_id = echo(str(ident))
+        super().__init__(f"no {kind} with id {self.public_id}")
 
 
 class Conflict(FusilladeError):

@@ -42,6 +42,7 @@ from fusillade.errors import (
     NotFound,
     StoreUnavailable,
     ValidationError,
+    echo,
 )
 from fusillade.server.wire import BatchError, BatchErrors, ErrorBody, ErrorResponse
 
@@ -73,9 +74,12 @@ def envelope(
     return Response(body, status_code=status, media_type=MediaType.JSON, headers=headers)
 
 
+_KINDS = {"file": "File", "input file": "File", "batch": "Batch", "request": "Request"}
+
+
 def _not_found_message(exc: NotFound) -> str:
-    kinds = {"file": "File", "input file": "File", "batch": "Batch", "request": "Request"}
-    return f"No such {kinds.get(exc.kind, exc.kind)} object: {exc.ident}"
+    """OpenAI's wording, naming the id as the client sent it (never an internal uuid)."""
+    return f"No such {_KINDS.get(exc.kind, exc.kind)} object: {exc.public_id}"
 
 
 def invalid_jsonl_response(exc: InvalidJSONL) -> Response[ErrorResponse]:
@@ -139,7 +143,9 @@ def exception_to_response(request: Request[Any, Any, Any], exc: Exception) -> Re
     if isinstance(exc, Conflict):
         return envelope(409, str(exc), code="conflict")
     if isinstance(exc, StoreUnavailable):
-        log.warning("database unavailable while serving %s %s", request.method, request.url.path)
+        log.warning(
+            "database unavailable while serving %s %s", request.method, echo(request.url.path)
+        )
         return envelope(503, "the database is unavailable; try again", type_=SERVER, code=None)
     if isinstance(exc, Unauthorized):
         return envelope(401, str(exc.detail), code=exc.code, headers={"WWW-Authenticate": "Bearer"})
@@ -158,11 +164,11 @@ def exception_to_response(request: Request[Any, Any, Any], exc: Exception) -> Re
         headers = dict(exc.headers) if exc.headers else None
         message = str(exc.detail)
         if status == 404:
-            message = f"Unknown request URL: {request.method} {request.url.path}"
+            message = f"Unknown request URL: {request.method} {echo(request.url.path)}"
         elif status == 405:
-            message = f"Method {request.method} not allowed for {request.url.path}"
+            message = f"Method {request.method} not allowed for {echo(request.url.path)}"
         elif status == 413:
             message = "request body is too large"
         return envelope(status, message, code=_HTTP_CODES.get(status), headers=headers)
-    log.error("internal error serving %s %s", request.method, request.url.path, exc_info=exc)
+    log.error("internal error serving %s %s", request.method, echo(request.url.path), exc_info=exc)
     return envelope(500, "internal server error", type_=SERVER, code=None)

@@ -8,6 +8,7 @@ from uuid import UUID, uuid4
 
 import attrs
 
+from fusillade.core.ids import format_id
 from fusillade.core.models import (
     UNSETTLED_STATES,
     BatchRecord,
@@ -114,7 +115,9 @@ class BatchParts(MemoryBase):
             if after is not None:
                 b = self._batches.get(after)
                 if b is None or b.owner != owner:
-                    raise ValidationError(f"after: no batch with id {after}", param="after")
+                    raise ValidationError(
+                        f"after: no batch with id {format_id('batch', after)}", param="after"
+                    )
             found = sorted(
                 (
                     b

@@ -7,6 +7,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING
 from uuid import UUID
 
+from fusillade.core.ids import format_id
 from fusillade.core.models import (
     RequestState,
 )
@@ -82,7 +83,9 @@ class ResultParts(MemoryBase):
                     or row.req.batch_id != batch_id
                     or self._batches[row.req.batch_id].owner != owner
                 ):
-                    raise ValidationError(f"after: no request with id {after}", param="after")
+                    raise ValidationError(
+                        f"after: no request with id {format_id('request', after)}", param="after"
+                    )
                 after_line = row.line_number
             wanted = set(states) if states else None
             found = []

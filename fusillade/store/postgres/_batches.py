@@ -12,6 +12,7 @@ import psycopg.errors
 from psycopg.types.json import Jsonb
 
 from fusillade.core.batches import derive, needs_freeze
+from fusillade.core.ids import format_id
 from fusillade.core.models import (
     BatchRecord,
     BatchStatus,
@@ -196,7 +197,9 @@ class BatchQueries(PostgresBase):
                 after is not None
                 and cur.execute(self.q.get_batch, {"id": after, "owner": owner}).fetchone() is None
             ):
-                raise ValidationError(f"after: no batch with id {after}", param="after")
+                raise ValidationError(
+                    f"after: no batch with id {format_id('batch', after)}", param="after"
+                )
             rows = cur.execute(
                 self.q.list_batches, {"owner": owner, "after": after, "limit": limit + 1}
             ).fetchall()

@@ -10,6 +10,7 @@ from uuid import UUID
 
 from psycopg.rows import tuple_row
 
+from fusillade.core.ids import format_id
 from fusillade.core.models import (
     RequestState,
 )
@@ -93,7 +94,9 @@ class ResultQueries(PostgresBase):
             if after is not None:
                 row = cur.execute(self.q.get_request, {"id": after, "owner": owner}).fetchone()
                 if row is None or row["batch_id"] != batch_id:
-                    raise ValidationError(f"after: no request with id {after}", param="after")
+                    raise ValidationError(
+                        f"after: no request with id {format_id('request', after)}", param="after"
+                    )
                 after_line = row["line_number"]
             rows = cur.execute(
                 self.q.list_requests,
