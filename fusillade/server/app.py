@@ -25,6 +25,7 @@ from fusillade import __version__
 from fusillade.server import batches, files
 from fusillade.server.context import ServerContext
 from fusillade.server.errors import exception_to_response
+from fusillade.server.requestid import stamp
 from fusillade.server.wire import Health
 
 READY_TIMEOUT: Final = 5.0
@@ -129,6 +130,7 @@ def create_app(ctx: ServerContext) -> Litestar:
     return Litestar(
         route_handlers=[v1, healthz, readyz, metrics, openapi_json],
         exception_handlers={Exception: exception_to_response},
+        before_send=[stamp],  # x-request-id on every answer
         state=State({"ctx": ctx}),
         request_max_body_size=ctx.settings.max_request_bytes,
         openapi_config=OpenAPIConfig(

@@ -44,6 +44,7 @@ from fusillade.errors import (
     ValidationError,
     echo,
 )
+from fusillade.server.requestid import request_id
 from fusillade.server.wire import BatchError, BatchErrors, ErrorBody, ErrorResponse
 
 log = logging.getLogger("fusillade.server")
@@ -144,7 +145,10 @@ def exception_to_response(request: Request[Any, Any, Any], exc: Exception) -> Re
         return envelope(409, str(exc), code="conflict")
     if isinstance(exc, StoreUnavailable):
         log.warning(
-            "database unavailable while serving %s %s", request.method, echo(request.url.path)
+            "database unavailable while serving %s %s (request %s)",
+            request.method,
+            echo(request.url.path),
+            request_id(request.scope),
         )
         return envelope(503, "the database is unavailable; try again", type_=SERVER, code=None)
     if isinstance(exc, Unauthorized):
@@ -170,5 +174,11 @@ def exception_to_response(request: Request[Any, Any, Any], exc: Exception) -> Re
         elif status == 413:
             message = "request body is too large"
         return envelope(status, message, code=_HTTP_CODES.get(status), headers=headers)
-    log.error("internal error serving %s %s", request.method, echo(request.url.path), exc_info=exc)
+    log.error(
+        "internal error serving %s %s (request %s)",
+        request.method,
+        echo(request.url.path),
+        request_id(request.scope),
+        exc_info=exc,
+    )
     return envelope(500, "internal server error", type_=SERVER, code=None)
