@@ -22,6 +22,7 @@ import attrs
 
 from fusillade import __version__
 from fusillade.errors import FusilladeError
+from fusillade.redact import mask_urls
 
 DATABASE_URL_ENV = "FUSILLADE_DATABASE_URL"
 
@@ -179,7 +180,7 @@ def _run(args: argparse.Namespace) -> int:
             print("  (more problems not shown)", file=sys.stderr)
         return EXIT_USAGE
     except ValidationError as exc:
-        print(f"fusillade run: error: {exc}", file=sys.stderr)
+        print(f"fusillade run: error: {mask_urls(str(exc))}", file=sys.stderr)
         return EXIT_USAGE
     return status
 
@@ -291,7 +292,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return run(args)
     except FusilladeError as exc:
-        print(f"fusillade {args.command}: error: {exc}", file=sys.stderr)
+        print(f"fusillade {args.command}: error: {mask_urls(str(exc))}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"fusillade {args.command}: interrupted", file=sys.stderr)

@@ -3,34 +3,23 @@
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import attrs
 
 from fusillade.config._load import _Key, _toml_key, _toml_str
 from fusillade.config._schema import _NAMED, _SCHEMA
 from fusillade.config._settings import Settings
-
-if TYPE_CHECKING:
-    pass
-
-
-def _mask_url(url: str) -> str:
-    """``database_url`` without its password (URL userinfo or a ``password=`` parameter).
-
-    Errs towards masking too much: everything from the user's ``:`` to the last ``@``.
-    """
-    url = re.sub(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|[^\s&]+)", r"\1***", url)
-    return re.sub(r"^([A-Za-z][A-Za-z0-9+.-]*://[^:/?#@]*):.*@", r"\1:***@", url)
+from fusillade.redact import mask_urls
 
 
 def render(settings: Settings, *, env: Mapping[str, str] = os.environ) -> str:
     """The effective configuration as TOML that ``load_settings`` reads back.
 
     Secrets are masked: api keys show the variable's name and ``# set`` or ``# NOT SET``,
-    never its value; a password in ``database_url`` becomes ``***``. A ``# from ...``
+    never its value; every URL loses its credentials (``fusillade.redact``: the password
+    of ``database_url``, the userinfo of an upstream's ``base_url``). A ``# from ...``
     comment names the source of each value that is not a default.
     """
     out = ["# fusillade: effective configuration (secrets masked)"]
@@ -75,6 +64,5 @@ def _value(key: str, value: object) -> str:
     if isinstance(value, int):
         return str(value)
     if isinstance(value, tuple):
-        return "[" + ", ".join(_toml_str(str(v)) for v in value) + "]"
-    text = str(value)
-    return _toml_str(_mask_url(text) if key == "database_url" else text)
+        return "[" + ", ".join(_toml_str(mask_urls(str(v))) for v in value) + "]"
+    return _toml_str(mask_urls(str(value)))

@@ -14,6 +14,7 @@ import attrs
 from fusillade.config._settings import ApiKey
 from fusillade.core.windows import parse_completion_window, parse_duration
 from fusillade.errors import ConfigError, ValidationError
+from fusillade.redact import mask_urls
 
 if TYPE_CHECKING:
     pass
@@ -30,7 +31,7 @@ class _Kind:
 
 
 def _show(value: object) -> str:
-    text = repr(value)
+    text = mask_urls(repr(value))
     return text if len(text) <= 60 else text[:57] + "..."
 
 

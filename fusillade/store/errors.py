@@ -10,10 +10,12 @@ import psycopg.errors
 from psycopg_pool import PoolTimeout
 
 from fusillade.errors import StoreError, StoreUnavailable
+from fusillade.redact import mask_urls
 
 
 def first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
+    """The first line of ``exc``'s message, with the credentials of any URL masked."""
+    text = mask_urls(str(exc)).strip()
     return text.splitlines()[0] if text else type(exc).__name__
 
 
