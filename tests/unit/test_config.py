@@ -485,6 +485,34 @@ def test_config_command(
     assert tomllib.loads(out)["upstreams"]["default"]["api_key_env"] == "OPENAI_API_KEY"
 
 
+def test_config_command_masks_userinfo_of_every_url(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("FUSILLADE_CONFIG", raising=False)
+    config = write(
+        tmp_path,
+        'database_url = "postgresql://app:DBPASS@db/f"\n'
+        '[upstreams.proxy]\nbase_url = "https://user:UPPASS@proxy/v1"\n'
+        '[upstreams.token]\nbase_url = "https://TOKEN@gateway"\n',
+    )
+    argv = ["config", "--config", str(config), "--upstream", "http://flag:FLAGPASS@up:1"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    for secret in ("DBPASS", "UPPASS", "TOKEN", "FLAGPASS"):
+        assert secret not in out
+    assert 'database_url = "postgresql://app:***@db/f"' in out
+    assert 'base_url = "https://***@proxy/v1"' in out
+    assert 'base_url = "https://***@gateway"' in out
+    assert 'base_url = "http://***@up:1"' in out
+
+
+def test_config_errors_mask_userinfo_of_urls(tmp_path: Path) -> None:
+    # a base_url that is not http(s) is quoted back in the error, without its password
+    message = error(tmp_path, '[upstreams.x]\nbase_url = "ftp://user:UPPASS@proxy/v1"\n')
+    assert "base_url" in message and "ftp://***@proxy" in message
+    assert "UPPASS" not in message
+
+
 def test_config_command_error(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
