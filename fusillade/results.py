@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from fusillade.core.models import FailureReason, RequestState
 from fusillade.core.results import format_error_line, format_output_line
 from fusillade.store.interface import ResultLine
@@ -26,3 +28,9 @@ def format_result_line(line: ResultLine) -> str:
         line.status,
         line.body,
     )
+
+
+def result_file_bytes(lines: Iterable[ResultLine]) -> int:
+    """The size of an output or error file of ``lines``: each formatted line and its ``\\n``,
+    in UTF-8, which is exactly what a download of the file sends."""
+    return sum(len(format_result_line(line).encode("utf-8")) + 1 for line in lines)

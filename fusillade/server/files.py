@@ -24,10 +24,11 @@ from fusillade.server.context import Ctx, Owner
 from fusillade.server.responses import error_responses
 from fusillade.server.upload import MULTIPART_SLACK, receive_upload
 from fusillade.server.wire import (
+    PURPOSE_FILTERS,
     FileDeleted,
     FileList,
     FileObject,
-    FilePurposeName,
+    FilePurposeFilter,
     file_list,
     file_object,
 )
@@ -119,14 +120,20 @@ async def create_file(request: Request[Any, Any, Any], ctx: Ctx, owner: Owner) -
     return file_object(record)
 
 
-@get("/files", responses=error_responses(400, 401), summary="List files")
+@get(
+    "/files",
+    responses=error_responses(400, 401),
+    summary="List files",
+    description="Newest first (`order=asc`: oldest first). `purpose=batch_output` lists "
+    "output and error files (both have that purpose); `batch_error` only error files.",
+)
 async def list_files(
     ctx: Ctx,
     owner: Owner,
     after: AfterFile = None,
     limit: Annotated[int, QueryParameter(ge=1, le=10_000)] = 10_000,
-    purpose: FromQuery[FilePurposeName | None] = None,
-    order: FromQuery[Literal["desc"]] = "desc",
+    purpose: FromQuery[FilePurposeFilter | None] = None,
+    order: FromQuery[Literal["asc", "desc"]] = "desc",
 ) -> FileList:
     cursor = after_uuid("file", after)
     page = await ctx.call(
@@ -134,7 +141,8 @@ async def list_files(
         owner,
         after=cursor,
         limit=limit,
-        purpose=FilePurpose(purpose) if purpose else None,
+        purposes=PURPOSE_FILTERS[purpose] if purpose else None,
+        ascending=order == "asc",
     )
     return file_list(page.items, page.has_more)
 

@@ -7,18 +7,24 @@ nullable fields are typed ``X | None``. Timestamps are Unix seconds.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
+from types import MappingProxyType
 from typing import Literal
 
 import attrs
 
 from fusillade.core.ids import format_id
-from fusillade.core.models import BatchStatus, BatchView, FailureReason, FileRecord
+from fusillade.core.models import BatchStatus, BatchView, FailureReason, FilePurpose, FileRecord
 from fusillade.core.results import ERROR_CODES
 from fusillade.store.interface import RequestSummary
 
-FilePurposeName = Literal["batch", "batch_output", "batch_error"]
+FilePurposeName = Literal["batch", "batch_output"]
+"""A File's ``purpose`` on the wire: OpenAI's names. Error files are ``batch_output`` too
+(OpenAI has no other name for them; the SDK's File type rejects any other value)."""
+FilePurposeFilter = Literal["batch", "batch_output", "batch_error"]
+"""``GET /v1/files?purpose=``: ``batch_output`` lists output and error files,
+``batch_error`` (our extension) only error files."""
 RequestStatusName = Literal["pending", "claimed", "processing", "completed", "failed", "canceled"]
 
 
@@ -100,8 +106,26 @@ class FileDeleted:
     deleted: bool
 
 
+_WIRE_PURPOSES: Mapping[FilePurpose, FilePurposeName] = MappingProxyType(
+    {
+        FilePurpose.BATCH: "batch",
+        FilePurpose.BATCH_OUTPUT: "batch_output",
+        FilePurpose.BATCH_ERROR: "batch_output",
+    }
+)
+PURPOSE_FILTERS: Mapping[FilePurposeFilter, frozenset[FilePurpose]] = MappingProxyType(
+    {
+        "batch": frozenset({FilePurpose.BATCH}),
+        "batch_output": frozenset({FilePurpose.BATCH_OUTPUT, FilePurpose.BATCH_ERROR}),
+        "batch_error": frozenset({FilePurpose.BATCH_ERROR}),
+    }
+)
+"""The stored purposes each ``purpose=`` filter of ``GET /v1/files`` lists."""
+
+
 def file_object(record: FileRecord) -> FileObject:
-    purpose: FilePurposeName = record.purpose.value
+    """OpenAI's File for a record; an error file's purpose is ``batch_output``."""
+    purpose = _WIRE_PURPOSES[record.purpose]
     return FileObject(
         id=format_id("file", record.id),
         object="file",

@@ -12,7 +12,7 @@ Owner checks are part of every user-facing read and write: another owner's id ra
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Generic, Protocol, TypeVar
 from uuid import UUID
@@ -163,6 +163,16 @@ class BatchSpec:
     batch_id: UUID | None = None
 
 
+def with_result_size(record: FileRecord, sizes: Mapping[UUID, tuple[int, int]]) -> FileRecord:
+    """``record`` with its size from ``sizes`` (batch id -> output and error file
+    bytes) when it is an output or error file of a batch found there; else as it is."""
+    if record.batch_id is None or record.batch_id not in sizes:
+        return record
+    output, error = sizes[record.batch_id]
+    size = error if record.purpose is FilePurpose.BATCH_ERROR else output
+    return attrs.evolve(record, bytes=size)
+
+
 class Repository(Protocol):
     # files
     def create_file(
@@ -182,7 +192,8 @@ class Repository(Protocol):
         *,
         after: UUID | None = None,
         limit: int = 20,
-        purpose: FilePurpose | None = None,
+        purposes: Collection[FilePurpose] | None = None,
+        ascending: bool = False,
     ) -> Page[FileRecord]: ...
     def delete_file(self, owner: str, file_id: UUID, *, now: datetime) -> None: ...
     def iter_templates(self, owner: str, file_id: UUID) -> Iterator[RequestTemplate]: ...

@@ -47,11 +47,13 @@ class Queries:
     freeze_batch: str
     get_batch: str
     get_file: str
+    get_result_file_sizes: str
     get_request: str
     insert_batch: str
     insert_file: str
     list_batches: str
     list_files: str
+    list_files_asc: str
     lift_statement_timeout: str
     list_requests: str
     listen: str
@@ -64,6 +66,7 @@ class Queries:
     release: str
     retry_batch: str
     set_file_stats: str
+    set_result_file_sizes: str
     soft_delete_file: str
     stream_errors: str
     stream_input: str

@@ -123,7 +123,7 @@ def test_lists_page_newest_first(repo: MemoryRepository) -> None:
             break
         cursor = bpage.items[-1].record.id
     assert got == batches[::-1]
-    outputs = repo.list_files("alice", purpose=FilePurpose.BATCH_OUTPUT, limit=100).items
+    outputs = repo.list_files("alice", purposes={FilePurpose.BATCH_OUTPUT}, limit=100).items
     assert {o.batch_id for o in outputs} == set(batches)
 
 

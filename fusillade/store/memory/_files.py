@@ -2,30 +2,33 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from datetime import datetime
 from typing import TYPE_CHECKING
 from uuid import UUID
 
 import attrs
 
+from fusillade.core.ids import format_id
 from fusillade.core.models import (
     FilePurpose,
     FileRecord,
     RequestTemplate,
 )
 from fusillade.errors import NotFound, ValidationError
-from fusillade.store.interface import (
-    Page,
-)
+from fusillade.results import result_file_bytes
+from fusillade.store.interface import Page, ResultLine, with_result_size
 from fusillade.store.memory._base import MemoryBase
 from fusillade.store.memory._rows import _File, _no_nul
 
-if TYPE_CHECKING:
-    pass
-
 
 class FileParts(MemoryBase):
+    if TYPE_CHECKING:  # ResultParts', beside this class in MemoryRepository
+
+        def iter_results(
+            self, owner: str | None, batch_id: UUID, *, errors: bool, page_size: int = 5000
+        ) -> Iterator[ResultLine]: ...
+
     def create_file(
         self,
         owner: str,
@@ -63,7 +66,7 @@ class FileParts(MemoryBase):
             f = self._live_file(owner, file_id)
         if f is None:
             raise NotFound("file", file_id)
-        return f.record
+        return self._sized([f.record])[0]
 
     def list_files(
         self,
@@ -71,24 +74,43 @@ class FileParts(MemoryBase):
         *,
         after: UUID | None = None,
         limit: int = 20,
-        purpose: FilePurpose | None = None,
+        purposes: Collection[FilePurpose] | None = None,
+        ascending: bool = False,
     ) -> Page[FileRecord]:
         with self._lock:
             if after is not None and self._live_file(owner, after) is None:
-                raise ValidationError(f"after: no file with id {after}", param="after")
+                raise ValidationError(
+                    f"after: no file with id {format_id('file', after)}", param="after"
+                )
             found = sorted(
                 (
                     f.record
                     for f in self._files.values()
                     if f.record.owner == owner
                     and f.deleted_at is None
-                    and (after is None or f.record.id < after)
-                    and (purpose is None or f.record.purpose is purpose)
+                    and (
+                        after is None or (f.record.id > after if ascending else f.record.id < after)
+                    )
+                    and (purposes is None or f.record.purpose in purposes)
                 ),
                 key=lambda r: r.id,
-                reverse=True,
+                reverse=not ascending,
             )
-        return Page(tuple(found[:limit]), has_more=len(found) > limit)
+        return Page(tuple(self._sized(found[:limit])), has_more=len(found) > limit)
+
+    def _sized(self, records: list[FileRecord]) -> list[FileRecord]:
+        """``records`` with the real ``bytes`` of each output or error file whose batch
+        is frozen (computed on every read here: the store is small)."""
+        sizes: dict[UUID, tuple[int, int]] = {}
+        for batch_id in {r.batch_id for r in records if r.batch_id is not None}:
+            with self._lock:
+                frozen = self._batch(None, batch_id).frozen_counts is not None
+            if frozen:
+                sizes[batch_id] = (
+                    result_file_bytes(self.iter_results(None, batch_id, errors=False)),
+                    result_file_bytes(self.iter_results(None, batch_id, errors=True)),
+                )
+        return [with_result_size(r, sizes) for r in records]
 
     def delete_file(self, owner: str, file_id: UUID, *, now: datetime) -> None:
         with self._lock:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from datetime import datetime
+from typing import TYPE_CHECKING
 from uuid import UUID
 
+from fusillade.core.ids import format_id
 from fusillade.core.models import (
     FilePurpose,
     FileRecord,
@@ -13,10 +15,9 @@ from fusillade.core.models import (
 )
 from fusillade.errors import NotFound, ValidationError
 from fusillade.ids import next_uuid7
+from fusillade.results import result_file_bytes
 from fusillade.serde import structure
-from fusillade.store.interface import (
-    Page,
-)
+from fusillade.store.interface import Page, ResultLine, with_result_size
 from fusillade.store.postgres._base import PostgresBase
 from fusillade.store.postgres._copy import copy_templates
 
@@ -28,6 +29,12 @@ _COPY_TEMPLATES = (
 
 
 class FileQueries(PostgresBase):
+    if TYPE_CHECKING:  # ResultQueries', beside this class in PostgresRepository
+
+        def iter_results(
+            self, owner: str | None, batch_id: UUID, *, errors: bool, page_size: int = 5000
+        ) -> Iterator[ResultLine]: ...
+
     def create_file(
         self,
         owner: str,
@@ -81,11 +88,13 @@ class FileQueries(PostgresBase):
         )
 
     def get_file(self, owner: str, file_id: UUID) -> FileRecord:
+        """A live file of ``owner``; an output or error file carries its size once its
+        batch is frozen (``_sized``)."""
         with self._tx() as cur:
             row = cur.execute(self.q.get_file, {"id": file_id, "owner": owner}).fetchone()
         if row is None:
             raise NotFound("file", file_id)
-        return structure(row, FileRecord)
+        return self._sized([structure(row, FileRecord)])[0]
 
     def list_files(
         self,
@@ -93,25 +102,72 @@ class FileQueries(PostgresBase):
         *,
         after: UUID | None = None,
         limit: int = 20,
-        purpose: FilePurpose | None = None,
+        purposes: Collection[FilePurpose] | None = None,
+        ascending: bool = False,
     ) -> Page[FileRecord]:
+        """A page of ``owner``'s live files, newest first (oldest with ``ascending``),
+        of any of ``purposes`` (``None``: every purpose), after the cursor file ``after``.
+
+        Raises:
+            ValidationError: ``after`` is not one of the owner's live files.
+        """
         with self._tx() as cur:
             if (
                 after is not None
                 and cur.execute(self.q.get_file, {"id": after, "owner": owner}).fetchone() is None
             ):
-                raise ValidationError(f"after: no file with id {after}", param="after")
+                raise ValidationError(
+                    f"after: no file with id {format_id('file', after)}", param="after"
+                )
             rows = cur.execute(
-                self.q.list_files,
+                self.q.list_files_asc if ascending else self.q.list_files,
                 {
                     "owner": owner,
                     "after": after,
                     "limit": limit + 1,
-                    "purpose": purpose.value if purpose else None,
+                    "purposes": sorted(p.value for p in purposes) if purposes is not None else None,
                 },
             ).fetchall()
-        items = tuple(structure(r, FileRecord) for r in rows[:limit])
-        return Page(items, has_more=len(rows) > limit)
+        items = self._sized([structure(r, FileRecord) for r in rows[:limit]])
+        return Page(tuple(items), has_more=len(rows) > limit)
+
+    def _sized(self, records: list[FileRecord]) -> list[FileRecord]:
+        """``records`` with the real ``bytes`` of each output or error file whose batch is
+        frozen (its content can no longer change); 0 while the batch runs.
+
+        The sizes are stored on the batch row with the (version, frozen completed count)
+        they hold for (``set_result_file_sizes.sql``). A missing or stale one is computed
+        by formatting the batch's results as a download does: one pass, once per batch
+        and retry.
+        """
+        batch_ids = sorted({r.batch_id for r in records if r.batch_id is not None})
+        if not batch_ids:
+            return records
+        with self._tx() as cur:
+            rows = cur.execute(self.q.get_result_file_sizes, {"batch_ids": batch_ids}).fetchall()
+        sizes: dict[UUID, tuple[int, int]] = {}
+        for row in rows:
+            completed = row["frozen_completed"]
+            if completed is None:
+                continue
+            if (row["sized_version"], row["sized_completed"]) == (row["version"], completed):
+                sizes[row["id"]] = (row["output_bytes"], row["error_bytes"])
+                continue
+            output = result_file_bytes(self.iter_results(None, row["id"], errors=False))
+            error = result_file_bytes(self.iter_results(None, row["id"], errors=True))
+            with self._tx() as cur:
+                cur.execute(
+                    self.q.set_result_file_sizes,
+                    {
+                        "id": row["id"],
+                        "version": row["version"],
+                        "completed": completed,
+                        "output_bytes": output,
+                        "error_bytes": error,
+                    },
+                )
+            sizes[row["id"]] = (output, error)
+        return [with_result_size(r, sizes) for r in records]
 
     def delete_file(self, owner: str, file_id: UUID, *, now: datetime) -> None:
         with self._tx() as cur:
