@@ -21,7 +21,10 @@ Theory of operation
 - **heartbeat** and **maintenance** (reclaim rows of dead daemons and timed-out rows,
   stamp expired batches, sweep cancelled/expired pending rows) run on intervals.
 - the **listener** (PostgreSQL LISTEN, when the repository offers it) wakes the claim
-  loop for new batches and retries, and the cancel watcher for cancellations.
+  loop for new batches and retries, and the cancel watcher for cancellations. When the
+  repository finds that notifications cannot reach it (its probe never comes back, as
+  through PgBouncer in transaction pooling), the listener says so once in the log and
+  ends: the claim loop's poll interval and the cancel watcher's interval remain.
 
 ``stop()`` starts a graceful shutdown: claiming stops, in-flight requests get
 ``shutdown_grace`` seconds, the rest are aborted without a result, results waiting in
@@ -84,6 +87,11 @@ _SHUTDOWN = "shutdown"
 # only its rows (claim.sql), 5 ms gave P3 0.92-0.93 against 0.89 at 20 ms and moved P1
 # within its noise (docs/performance.md). New work (NOTIFY) is claimed at once.
 _CLAIM_COALESCE = 0.005
+# A new listener's probe notification normally arrives within milliseconds; none within
+# this long means notifications cannot reach the daemon (PgBouncer in transaction
+# pooling): it then relies on polling alone. A false "no" (a very slow database) costs
+# only latency, never work.
+_PROBE_TIMEOUT = 5.0
 
 
 @attrs.frozen
@@ -543,12 +551,22 @@ class Daemon:
         if listen is None:
             return
         listener: Any = None
+        probe_deadline = 0.0
         limiter = anyio.CapacityLimiter(1)
         try:
             while True:
                 try:
                     if listener is None:
                         listener = await anyio.to_thread.run_sync(listen, limiter=limiter)
+                        probe_deadline = anyio.current_time() + _PROBE_TIMEOUT
+                    if not listener.heard and anyio.current_time() > probe_deadline:
+                        log.warning(
+                            "listener: notifications do not reach this daemon (its probe "
+                            "never came back: PgBouncer in transaction pooling?); new work "
+                            "is found by polling every %g s",
+                            self.config.poll_interval,
+                        )
+                        return
                     channels = await anyio.to_thread.run_sync(
                         listener.wait, 1.0, limiter=limiter, abandon_on_cancel=True
                     )

@@ -33,6 +33,7 @@ class Queries:
 
     active_models: str
     batches_to_abort: str
+    begin: str
     cancel_batch: str
     claim: str
     count_batch_requests: str

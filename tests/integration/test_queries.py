@@ -22,7 +22,7 @@ from fusillade.store.sqlfiles import Queries, load_queries, sql_root
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 # Utility statements cannot be PREPAREd; they are run by other tests.
-_NOT_PREPARABLE = {"listen", "lift_statement_timeout"}
+_NOT_PREPARABLE = {"begin", "listen", "lift_statement_timeout"}
 
 
 def to_positional(sql: str) -> str:

@@ -15,7 +15,6 @@ from fusillade.core.models import (
     RequestState,
 )
 from fusillade.errors import NotFound, ValidationError
-from fusillade.store.errors import translate_errors
 from fusillade.store.interface import (
     Page,
     RequestDetail,
@@ -50,8 +49,9 @@ class ResultQueries(PostgresBase):
                 "after_id": after[1],
                 "limit": page_size,
             }
-            with translate_errors(), self.pool.connection() as conn, conn.transaction():
-                return conn.cursor(row_factory=tuple_row).execute(query, params).fetchall()
+            with self._tx() as cur:
+                pages = cur.connection.cursor(row_factory=tuple_row)
+                return pages.execute(query, params).fetchall()
 
         with ThreadPoolExecutor(1, thread_name_prefix="fusillade-results") as ahead:
             rows = fetch((_EPOCH, _ZERO_UUID))
