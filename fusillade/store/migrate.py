@@ -3,11 +3,14 @@
 Theory of operation: a migration is a ``NNNN_name.sql`` file in ``sql/migrations``
 (``fusillade/_sql/migrations`` in a wheel). Files are applied in name order, each in its
 own transaction together with the row that records it in ``fusillade_migrations``
-(name, sha256 of the file's bytes, time). The whole run happens while this connection
-holds a session advisory lock with a fixed key (``MIGRATION_LOCK_KEY``), taken before
-anything else, even before the bookkeeping table is created: a second process that
-starts at the same moment waits on the lock, then finds everything recorded and applies
-nothing. A failing file rolls back alone; the files before it stay applied.
+(name, sha256 of the file's bytes, time). Each of those transactions first takes a
+transaction-level advisory lock with a fixed key (``MIGRATION_LOCK_KEY``), before
+anything else, even before the bookkeeping table is created, and only then reads what is
+applied and applies the first file that is not: a second process that starts at the
+same moment waits on the lock, then finds everything recorded and applies nothing. A
+failing file rolls back alone; the files before it stay applied. The lock is never a
+session lock, which through PgBouncer in transaction pooling would be taken on one
+server connection, released (or not) on another, and left held by an idle one.
 
 Applied files are append-only. Before applying anything the migrator checks the record
 against the disk and refuses (``MigrationError`` naming the file) when an applied file
@@ -53,8 +56,7 @@ CREATE TABLE IF NOT EXISTS fusillade_migrations (
 _TABLE_EXISTS = "SELECT to_regclass('fusillade_migrations') IS NOT NULL"
 _SELECT_APPLIED = "SELECT name, checksum FROM fusillade_migrations ORDER BY name"
 _INSERT_APPLIED = "INSERT INTO fusillade_migrations (name, checksum) VALUES (%s, %s)"
-_LOCK = "SELECT pg_advisory_lock(%s, %s)"
-_UNLOCK = "SELECT pg_advisory_unlock(%s, %s)"
+_LOCK = "SELECT pg_advisory_xact_lock(%s, %s)"
 
 
 @attrs.frozen
@@ -97,17 +99,24 @@ def migrate(target: str | psycopg.Connection[Any], *, directory: Path | None = N
         StoreUnavailable: the database cannot be reached or the connection was lost.
     """
     migrations = discover(directory)
+    done: list[str] = []
     with (
         _connection(target) as conn,
         translate_errors(MigrationError, "cannot read or record migrations"),
-        _locked(conn),
     ):
-        conn.execute(_CREATE_TABLE)
-        todo = _check(migrations, _applied(conn))
-        done: list[str] = []
-        for migration in todo:
+        while True:
+            with conn.transaction():
+                conn.execute(_LOCK, MIGRATION_LOCK_KEY)
+                conn.execute(_CREATE_TABLE)
+                todo = _check(migrations, _applied(conn))
+            if not todo:
+                return done
+            migration = todo[0]
             try:
                 with conn.transaction():
+                    conn.execute(_LOCK, MIGRATION_LOCK_KEY)
+                    if migration.name in _applied(conn):
+                        continue  # another process applied it since the check above
                     conn.execute(migration.read_sql())
                     conn.execute(_INSERT_APPLIED, (migration.name, migration.checksum))
             except psycopg.Error as exc:
@@ -120,7 +129,6 @@ def migrate(target: str | psycopg.Connection[Any], *, directory: Path | None = N
                     f"migration {migration.path.name} failed: {first_line(exc)}"
                 ) from exc
             done.append(migration.name)
-        return done
 
 
 def pending(target: str | psycopg.Connection[Any], *, directory: Path | None = None) -> list[str]:
@@ -177,7 +185,9 @@ def _connection(target: str | psycopg.Connection[Any]) -> Iterator[psycopg.Conne
             conninfo = target
             if "connect_timeout" not in conninfo_to_dict(target):
                 conninfo = make_conninfo(target, connect_timeout=_CONNECT_TIMEOUT_S)
-            conn = psycopg.connect(conninfo, autocommit=True)
+            # No server-side prepared statements: safe through PgBouncer's transaction
+            # pooling (a statement run five times would otherwise be prepared).
+            conn = psycopg.connect(conninfo, autocommit=True, prepare_threshold=None)
         except psycopg.Error as exc:
             raise StoreUnavailable(
                 f"cannot connect to the database {describe_conninfo(target)}: {first_line(exc)}"
@@ -194,17 +204,6 @@ def _connection(target: str | psycopg.Connection[Any]) -> Iterator[psycopg.Conne
     finally:
         if not target.closed and target.info.transaction_status == pq.TransactionStatus.IDLE:
             target.autocommit = was_autocommit
-
-
-@contextmanager
-def _locked(conn: psycopg.Connection[Any]) -> Iterator[None]:
-    conn.execute(_LOCK, MIGRATION_LOCK_KEY)
-    try:
-        yield
-    finally:
-        if not conn.closed and conn.info.transaction_status == pq.TransactionStatus.IDLE:
-            conn.execute(_UNLOCK, MIGRATION_LOCK_KEY)
-        # otherwise the connection is broken and the server drops the lock with the session
 
 
 def describe_conninfo(conninfo: str) -> str:
