@@ -3,7 +3,7 @@
 -- place of the bare BEGIN a driver would send). SET LOCAL lasts until COMMIT or
 -- ROLLBACK, so it works through PgBouncer in session and in transaction pooling, where
 -- a startup `options=-c ...` parameter is refused or dropped (docs/deployment.md).
--- Parameter: {statement_timeout}, in milliseconds, composed in once at start-up as a
+-- Parameter: the statement timeout in milliseconds, composed in once at start-up as a
 -- psycopg.sql.Literal (SET takes no bind parameters).
 BEGIN;
 SET LOCAL statement_timeout = {statement_timeout};
