@@ -13,7 +13,11 @@ import json
 import logging
 import os
 import sys
+import tempfile
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from uuid import uuid4
 
 import attrs
 import httpx
@@ -23,13 +27,22 @@ import trio
 from helpers import poll_until
 from pgbouncer import PgBouncer
 from pgbouncer import pgbouncer_fixture as pgbouncer_fixture  # registers ``pgbouncer``
+from psycopg import pq
 from upstream import mock_upstream_fixture  # noqa: F401 (registers ``mock_upstream``)
 
 import fusillade.runtime.daemon
 from fusillade.config import ServerSettings, Settings, UpstreamSettings
+from fusillade.core.models import RequestTemplate
 from fusillade.errors import StoreUnavailable
 from fusillade.mock_upstream import MockUpstream
 from fusillade.server.serve import Running, serve
+from fusillade.store.interface import (
+    AttemptResult,
+    BatchSpec,
+    ClaimedRequest,
+    DaemonInfo,
+    ResultKind,
+)
 from fusillade.store.postgres import PostgresRepository
 
 pytestmark = pytest.mark.slow
@@ -165,3 +178,48 @@ async def test_serve_through_pgbouncer(
         else:
             assert said_no_notifications() == 0
     running.stop()
+
+
+def round_trips(repo: PostgresRepository, call: Callable[[], object]) -> list[str]:
+    """What ``call`` sent to the server, one entry per round trip (libpq's protocol trace).
+
+    A round trip ends with a simple-protocol ``Query`` or an extended-protocol ``Sync``;
+    each entry is the message type and, for a ``Query``, the start of its text.
+    """
+    with tempfile.TemporaryFile() as trace:
+        with repo.pool.connection() as conn:
+            conn.pgconn.trace(trace.fileno())
+            conn.pgconn.set_trace_flags(pq.Trace.SUPPRESS_TIMESTAMPS | pq.Trace.REGRESS_MODE)
+        try:
+            call()
+        finally:
+            with repo.pool.connection() as conn:
+                conn.pgconn.untrace()
+        trace.seek(0)
+        lines = trace.read().decode().splitlines()
+    sent = [line.split("\t", 3) for line in lines if line.startswith("F\t")]
+    return [f[2] if f[2] == "Sync" else f[3][:40] for f in sent if f[2] in ("Query", "Sync")]
+
+
+def test_the_session_settings_cost_no_round_trip_on_the_hot_path(database_url: str) -> None:
+    """Claim and record: BEGIN with the settings, the statement, COMMIT (as with a bare BEGIN)."""
+    now = datetime.now(UTC)
+    with PostgresRepository(database_url, min_size=1, max_size=1) as repo:
+        templates = [RequestTemplate(custom_id=f"r{i}", model="m", body="{}") for i in range(3)]
+        f = repo.create_file("alice", "in", templates, now=now)
+        repo.create_batch(
+            "alice", BatchSpec(f.id, "/v1/chat/completions", "24h", timedelta(hours=24)), now=now
+        )
+        daemon = uuid4()
+        repo.register_daemon(DaemonInfo(daemon, "h", 1, "t"), now=now)
+        claimed: list[ClaimedRequest] = []
+        claim = round_trips(repo, lambda: claimed.extend(repo.claim(daemon, {"m": 3}, now=now)))
+        assert len(claimed) == 3
+        results = [
+            AttemptResult(c.id, c.attempt, ResultKind.SUCCEEDED, now, 200, "{}") for c in claimed
+        ]
+        record = round_trips(repo, lambda: repo.record_results(daemon, results))
+    for sent in (claim, record):
+        assert len(sent) == 3, sent
+        assert sent[0].startswith(' "-- begin: '), sent  # begin.sql: BEGIN and the SET LOCALs
+        assert sent[1:] == ["Sync", ' "COMMIT"'], sent
