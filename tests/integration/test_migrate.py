@@ -184,9 +184,13 @@ def test_processes_migrating_at_once_all_succeed_and_apply_once(
             outputs = [proc.communicate(timeout=120) for proc in procs]
 
     assert [proc.returncode for proc in procs] == [0] * racers, outputs
-    stdouts = sorted(out for out, _ in outputs)
-    applied = "".join(f"applied {name}\n" for name in SHIPPED)
-    assert stdouts == sorted([applied] + ["database is up to date\n"] * (racers - 1))
+    # Each migration takes the lock in its own transaction (safe through PgBouncer), so
+    # the racers may share the work: together they apply each migration exactly once.
+    lines = [line for out, _ in outputs for line in out.splitlines()]
+    assert sorted(line for line in lines if line.startswith("applied ")) == [
+        f"applied {name}" for name in SHIPPED
+    ]
+    assert all(line.startswith("applied ") or line == "database is up to date" for line in lines)
     assert sorted(recorded(empty_database_url)) == SHIPPED
 
 
