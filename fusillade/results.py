@@ -18,6 +18,7 @@ def format_result_line(line: ResultLine) -> str:
             line.status or 0,
             line.body,
             body_is_json=line.body_is_json,
+            body_raw=line.body_raw,
         )
     reason = FailureReason(line.failure_reason or FailureReason.LOST.value)
     return format_error_line(
@@ -27,6 +28,7 @@ def format_result_line(line: ResultLine) -> str:
         line.failure_message or reason.value,
         line.status,
         line.body,
+        body_raw=line.body_raw,
     )
 
 

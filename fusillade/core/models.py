@@ -46,6 +46,9 @@ class FailureReason(enum.StrEnum):
     CANCELLED = "cancelled"
     EXPIRED = "expired"
     LOST = "lost"
+    # The database refused the result (a data error no retry can fix): recorded as this
+    # instead, so it never holds up other results (fusillade/runtime/writer.py).
+    UNSTORABLE = "unstorable"
 
 
 @attrs.frozen

@@ -3,16 +3,20 @@
 The upstream body is embedded as JSON when it parses (re-serialised on one line) and as
 a JSON string otherwise. A body already in that form (``parse_embeddable``, which the daemon
 stores for each 2xx it parsed) is spliced in as it is: a download then parses nothing.
+A body whose bytes are not UTF-8 is embedded as its U+FFFD rendering, and its exact bytes
+follow in ``response.body_base64`` (``fusillade.core.bodies``; docs/semantics.md).
 """
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any, Final
 from uuid import UUID
 
+from fusillade.core.bodies import shown
 from fusillade.core.ids import PREFIXES, format_id
 from fusillade.core.models import FailureReason, RequestTemplate
 from fusillade.core.strictjson import LINE_BREAKS, BadJSON, dumps_compact, loads_strict
@@ -25,6 +29,7 @@ ERROR_CODES: Final[Mapping[FailureReason, str]] = MappingProxyType(
         FailureReason.CANCELLED: "batch_cancelled",
         FailureReason.EXPIRED: "batch_expired",
         FailureReason.LOST: "request_lost",
+        FailureReason.UNSTORABLE: "result_unstorable",
         # Only used when an HTTP failure has no status (never written by the engine).
         FailureReason.HTTP_STATUS: "upstream_error",
     }
@@ -60,13 +65,23 @@ def _embed(text: str | None) -> Any:
 
 
 def _response(
-    request_id: UUID, status_code: int, body: str | None, upstream_request_id: str | None
+    request_id: UUID,
+    status_code: int,
+    body: str | None,
+    upstream_request_id: str | None,
+    body_raw: bytes | None,
 ) -> dict[str, Any]:
-    return {
+    lossy: bytes | None = None
+    if body is not None:
+        body, lossy = shown(body, body_raw)
+    response = {
         "status_code": status_code,
         "request_id": upstream_request_id if upstream_request_id is not None else str(request_id),
         "body": _embed(body),
     }
+    if lossy is not None:
+        response["body_base64"] = base64.b64encode(lossy).decode("ascii")
+    return response
 
 
 def format_output_line(
@@ -77,14 +92,16 @@ def format_output_line(
     *,
     upstream_request_id: str | None = None,
     body_is_json: bool = False,
+    body_raw: bytes | None = None,
 ) -> str:
     """One output-file line (no ``\\n``) for a completed request.
 
     ``response.request_id`` is the upstream's request id when known, else our request
     uuid in its canonical hyphenated form. ``body_is_json`` says that ``body_text`` came
     from ``parse_embeddable``: it is spliced in, giving the same line without parsing it.
+    ``body_raw``: the exact bytes when ``body_text`` is only a rendering of them.
     """
-    if body_is_json and body_text is not None:
+    if body_is_json and body_text is not None and body_raw is None:
         # The same bytes as the dict below through dumps_compact (a test holds them equal).
         h = request_id.hex
         rid = (
@@ -100,7 +117,7 @@ def format_output_line(
         # Stored text (custom_id, a request id) never holds an unpaired surrogate, so
         # only dumps_compact's escaping of the line breaks that splitlines() sees is left.
         return spliced if spliced.isascii() else spliced.translate(LINE_BREAKS)
-    response = _response(request_id, status_code, body_text, upstream_request_id)
+    response = _response(request_id, status_code, body_text, upstream_request_id, body_raw)
     line = {
         "id": format_id("request", request_id),
         "custom_id": custom_id,
@@ -119,6 +136,7 @@ def format_error_line(
     body: str | None = None,
     *,
     upstream_request_id: str | None = None,
+    body_raw: bytes | None = None,
 ) -> str:
     """One error-file line (no ``\\n``) for a failed or canceled request.
 
@@ -130,7 +148,7 @@ def format_error_line(
     response: dict[str, Any] | None = None
     error: dict[str, str] | None = None
     if failure_reason is FailureReason.HTTP_STATUS and status_code is not None:
-        response = _response(request_id, status_code, body, upstream_request_id)
+        response = _response(request_id, status_code, body, upstream_request_id, body_raw)
     else:
         error = {"code": ERROR_CODES[failure_reason], "message": message}
     line = {

@@ -32,6 +32,7 @@ import attrs
 import httpx
 
 from fusillade import __version__
+from fusillade.core.bodies import body_of, shown
 from fusillade.core.results import parse_embeddable
 from fusillade.core.retry import HttpResponse, Outcome, TransportError, TransportErrorKind
 from fusillade.runtime.config import DaemonConfig
@@ -44,13 +45,16 @@ _USER_AGENT = f"fusillade/{__version__}"
 
 @attrs.frozen
 class Sent:
-    """An outcome with what the result line needs: token usage of a success, and its body
-    as ``parse_embeddable`` made it when it is strict JSON (stored so downloads need not parse)."""
+    """An outcome with what the result line needs: token usage of a success, its body as
+    ``parse_embeddable`` made it when it is strict JSON (stored so downloads need not parse),
+    and the exact bytes of the body when its text is only a rendering of them
+    (``fusillade.core.bodies``)."""
 
     outcome: Outcome
     input_tokens: int | None = None
     output_tokens: int | None = None
     json_body: str | None = None
+    body_raw: bytes | None = attrs.field(default=None, repr=False)
 
 
 def join_url(base_url: str, path: str) -> str:
@@ -233,17 +237,24 @@ class Dispatcher:
             return Sent(_translate(exc))
         finally:
             shard.active -= 1
-        return _outcome(response.status_code, response.headers, response.text)
+        # The bytes, never ``response.text``: text decoding is lossy (body_of keeps them).
+        return _outcome(response.status_code, response.headers, response.content)
 
 
-def _outcome(status: int, headers: Mapping[str, str], text: str) -> Sent:
-    outcome = HttpResponse(status, dict(headers), text)
+def _outcome(status: int, headers: Mapping[str, str], content: bytes) -> Sent:
+    stored = body_of(content)
+    outcome = HttpResponse(status, dict(headers), stored.text)
     if not 200 <= status < 300:
-        return Sent(outcome)
+        return Sent(outcome, body_raw=stored.raw)
+    # Parsed as a result line shows it: a NUL byte is no more JSON than before; bytes
+    # that are not UTF-8 parse as their U+FFFD rendering, as httpx's text decoded them.
+    text, _ = shown(stored.text, stored.raw)
     parsed = parse_embeddable(text)
     canonical: str | None = None
     if parsed is not None:
         body, canonical = parsed
+        if stored.raw is not None:
+            canonical = None  # not the exact bytes: stored as the rendering, parsed on download
     else:
         try:
             body = json.loads(text)  # lax JSON (duplicate keys, NaN) is still a result
@@ -256,4 +267,4 @@ def _outcome(status: int, headers: Mapping[str, str], text: str) -> Sent:
                 )
             )
     inp, out = usage_of(body)
-    return Sent(outcome, inp, out, canonical)
+    return Sent(outcome, inp, out, canonical, stored.raw)

@@ -83,6 +83,9 @@ class AttemptResult:
     output_tokens: int | None = None
     # ``body`` is compact strict JSON (one line): output files embed it as it is.
     body_is_json: bool = False
+    # The exact bytes of the body when ``body`` is only a rendering of them
+    # (``fusillade.core.bodies``): not UTF-8, or holding a NUL byte.
+    body_raw: bytes | None = attrs.field(default=None, repr=False)
 
 
 @attrs.frozen
@@ -113,6 +116,8 @@ class ResultLine:
     finished_at: datetime
     # ``body`` is compact strict JSON (one line): embed it without parsing it again.
     body_is_json: bool = False
+    # The exact bytes of the body when ``body`` is only a rendering of them.
+    body_raw: bytes | None = attrs.field(default=None, repr=False)
 
 
 @attrs.frozen
@@ -135,11 +140,23 @@ class RequestSummary:
 
 @attrs.frozen
 class RequestDetail:
+    """A request with its bodies. ``response_body`` is text; when the upstream's bytes were
+    not UTF-8 without NUL it is a rendering of them, and ``response_body_raw`` holds them
+    (``response_content`` gives back the exact bytes either way)."""
+
     summary: RequestSummary
     method: str
     path: str
     request_body: str
     response_body: str | None
+    response_body_raw: bytes | None = attrs.field(default=None, repr=False)
+
+    @property
+    def response_content(self) -> bytes | None:
+        """The exact bytes of the upstream's last answer (``None``: none stored)."""
+        if self.response_body_raw is not None:
+            return self.response_body_raw
+        return None if self.response_body is None else self.response_body.encode()
 
 
 @attrs.frozen

@@ -5,7 +5,8 @@
 -- statement). Rows that fail the fence are lost races: counted by the caller, not raised.
 -- Parameters: daemon_id; arrays of equal length: ids, attempts, states ('completed',
 -- 'pending' for a retry, 'failed', 'canceled'), finished_at, not_before, statuses,
--- bodies, bodies_json (the body is compact strict JSON), reasons, messages, input_tokens,
+-- bodies, bodies_json (the body is compact strict JSON), bodies_raw (the exact bytes when
+-- the body is only a rendering of them, else NULL), reasons, messages, input_tokens,
 -- output_tokens.
 -- Returns the ids written.
 WITH input AS (
@@ -13,10 +14,10 @@ WITH input AS (
     FROM unnest(
         %(ids)s::uuid[], %(attempts)s::int[], %(states)s::text[], %(finished_at)s::timestamptz[],
         %(not_before)s::timestamptz[], %(statuses)s::smallint[], %(bodies)s::text[],
-        %(bodies_json)s::bool[], %(reasons)s::text[], %(messages)s::text[],
-        %(input_tokens)s::int[], %(output_tokens)s::int[]
-    ) AS i (id, attempt, state, finished_at, not_before, status, body, body_json, reason,
-            message, input_tokens, output_tokens)
+        %(bodies_json)s::bool[], %(bodies_raw)s::bytea[], %(reasons)s::text[],
+        %(messages)s::text[], %(input_tokens)s::int[], %(output_tokens)s::int[]
+    ) AS i (id, attempt, state, finished_at, not_before, status, body, body_json, body_raw,
+            reason, message, input_tokens, output_tokens)
 ), locked AS (
     SELECT r.id, r.batch_id, r.state AS old_state
     FROM requests r
@@ -40,6 +41,7 @@ WITH input AS (
         response_status = i.status,
         response_body = i.body,
         response_body_json = i.body_json,
+        response_body_raw = i.body_raw,
         failure_reason = i.reason,
         failure_message = i.message,
         input_tokens = i.input_tokens,

@@ -32,7 +32,7 @@ WITH b AS (
     UPDATE requests q
     SET state = 'pending', daemon_id = NULL, claimed_at = NULL, started_at = NULL,
         finished_at = NULL, response_status = NULL, response_body = NULL,
-        response_body_json = false,
+        response_body_json = false, response_body_raw = NULL,
         failure_reason = NULL, failure_message = NULL, input_tokens = NULL,
         output_tokens = NULL, not_before = %(now)s, budget_base = q.attempts,
         batch_expires_at = b.expires_at

@@ -4,7 +4,8 @@
 -- (the page is taken first for the reason given in stream_output.sql).
 WITH page AS MATERIALIZED (
     SELECT r.id, r.file_id, r.line_number, r.state, r.response_status, r.response_body,
-           r.response_body_json, r.failure_reason, r.failure_message, r.finished_at
+           r.response_body_json, r.response_body_raw, r.failure_reason, r.failure_message,
+           r.finished_at
     FROM requests r
     WHERE r.batch_id = %(batch_id)s
       AND r.state IN ('failed', 'canceled')
@@ -15,7 +16,7 @@ WITH page AS MATERIALIZED (
 SELECT p.id,
        (SELECT t.custom_id FROM request_templates t
         WHERE t.file_id = p.file_id AND t.line_number = p.line_number) AS custom_id,
-       p.state, p.response_status, p.response_body, p.response_body_json, p.failure_reason,
-       p.failure_message, p.finished_at
+       p.state, p.response_status, p.response_body, p.response_body_json, p.response_body_raw,
+       p.failure_reason, p.failure_message, p.finished_at
 FROM page p
 ORDER BY p.finished_at, p.id

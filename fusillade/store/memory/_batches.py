@@ -197,6 +197,7 @@ class BatchParts(MemoryBase):
                             input_tokens=None,
                             output_tokens=None,
                             body_is_json=False,
+                            body_raw=None,
                             batch_expires_at=expires_at,
                         )
                     )

@@ -148,6 +148,7 @@ class DaemonParts(MemoryBase):
             input_tokens=result.input_tokens,
             output_tokens=result.output_tokens,
             body_is_json=result.body_is_json,
+            body_raw=result.body_raw,
         )
 
     def record_results(self, daemon_id: UUID, results: Sequence[AttemptResult]) -> RecordStats:

@@ -55,6 +55,7 @@ class ResultParts(MemoryBase):
                         failure_message=r.failure.message if r.failure else None,
                         finished_at=r.finished_at,
                         body_is_json=row.body_is_json,
+                        body_raw=row.body_raw,
                     )
                     page.append((*key, line))
                 page.sort(key=lambda x: (x[0], x[1]))
@@ -109,4 +110,5 @@ class ResultParts(MemoryBase):
                 path=t.path,
                 request_body=t.body,
                 response_body=row.req.response_body,
+                response_body_raw=row.body_raw,
             )

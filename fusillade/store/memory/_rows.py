@@ -14,6 +14,7 @@ from fusillade.core.models import (
     Request,
     RequestState,
 )
+from fusillade.core.strictjson import storable
 from fusillade.core.transitions import EventKind
 from fusillade.errors import StoreError
 from fusillade.store.interface import (
@@ -61,6 +62,7 @@ class _Row:
     input_tokens: int | None = None
     output_tokens: int | None = None
     body_is_json: bool = False
+    body_raw: bytes | None = attrs.field(default=None, repr=False)
 
 
 @attrs.frozen
@@ -73,8 +75,8 @@ class _Daemon:
 
 
 def _no_nul(*values: str | None) -> None:
-    """PostgreSQL text cannot hold NUL; refuse it here the same way."""
-    if any(v is not None and "\x00" in v for v in values):
+    """PostgreSQL text cannot hold NUL or a lone surrogate; refuse them here the same way."""
+    if any(v is not None and not storable(v) for v in values):
         raise StoreError("database error: text values cannot contain NUL (0x00)")
 
 

@@ -185,6 +185,7 @@ def record_results_params(daemon_id: UUID, results: Sequence[AttemptResult]) -> 
         "statuses": [r.status for r in results],
         "bodies": [r.body for r in results],
         "bodies_json": [r.body_is_json for r in results],
+        "bodies_raw": [r.body_raw for r in results],
         "reasons": [r.failure.reason.value if r.failure else None for r in results],
         "messages": [r.failure.message if r.failure else None for r in results],
         "input_tokens": [r.input_tokens for r in results],

@@ -56,14 +56,14 @@ class ResultQueries(PostgresBase):
         with ThreadPoolExecutor(1, thread_name_prefix="fusillade-results") as ahead:
             rows = fetch((_EPOCH, _ZERO_UUID))
             while True:
-                # Columns: id, custom_id, state, status, body, body_json, reason, message,
-                # finished_at (stream_output.sql).
+                # Columns: id, custom_id, state, status, body, body_json, body_raw, reason,
+                # message, finished_at (stream_output.sql).
                 following = (
-                    ahead.submit(fetch, (rows[-1][8], rows[-1][0]))
+                    ahead.submit(fetch, (rows[-1][9], rows[-1][0]))
                     if len(rows) == page_size
                     else None
                 )
-                for rid, cid, state, status, body, body_json, reason, message, at in rows:
+                for rid, cid, state, status, body, body_json, raw, reason, message, at in rows:
                     yield ResultLine(
                         request_id=rid,
                         custom_id=cid,
@@ -74,6 +74,7 @@ class ResultQueries(PostgresBase):
                         failure_message=message,
                         finished_at=at,
                         body_is_json=body_json,
+                        body_raw=raw,
                     )
                 if following is None:
                     return
@@ -121,6 +122,7 @@ class ResultQueries(PostgresBase):
             path=row["path"],
             request_body=row["request_body"],
             response_body=row["response_body"],
+            response_body_raw=row["response_body_raw"],
         )
 
 
