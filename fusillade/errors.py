@@ -9,8 +9,9 @@
     ├── NotFound                     no such file/batch/request (or not the caller's)
     ├── Conflict                     the operation does not fit the current state
     ├── IllegalTransition            a (state, event) pair the state table does not allow
-    └── StoreError                   the database failed; psycopg errors are translated here
-        ├── StoreUnavailable         cannot connect / connection lost / timed out
+    └── StoreError                   the database failed or refused; retrying will not help
+        ├── StoreUnavailable         transient: cannot connect / connection lost / timed out /
+        │                            serialization failure / deadlock; retrying may help
         └── MigrationError           migrations cannot be applied (e.g. checksum mismatch)
 
 psycopg errors become ``StoreError`` at exactly one boundary (``fusillade.store.errors``);
@@ -109,7 +110,9 @@ class StoreError(FusilladeError):
 
 
 class StoreUnavailable(StoreError):
-    """The database cannot be reached, the connection dropped, or a query timed out."""
+    """Transient: the database cannot be reached, the connection dropped, a query timed
+    out, or the transaction lost a serialization or deadlock conflict. The same call may
+    succeed later; any other ``StoreError`` will not (``fusillade.store.errors``)."""
 
 
 class MigrationError(StoreError):

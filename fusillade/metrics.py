@@ -36,3 +36,11 @@ UPSTREAM_SECONDS = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
 )
 DB_ERRORS = Counter("fusillade_db_errors", "Database calls that failed", ["loop"])
+WRITER_FAILURES_IN_A_ROW = Gauge(
+    "fusillade_writer_failures_in_a_row",
+    "Result writes that failed transiently since the last one that committed (0: healthy)",
+)
+RESULTS_UNSTORABLE = Counter(
+    "fusillade_results_unstorable",
+    "Results the database refused, recorded as failed with reason unstorable instead",
+)

@@ -140,6 +140,7 @@ class Daemon:
             flush_max=self.config.flush_max,
             flush_interval=self.config.flush_interval,
             write_concurrency=self.config.db_write_concurrency,
+            unhealthy_after=self.config.unhealthy_after_failures,
         )
         self._in_flight: dict[UUID, _InFlight] = {}
         self._batch_in_flight: dict[UUID, int] = {}
@@ -408,6 +409,7 @@ class Daemon:
                 status=verdict.response.status,
                 body=sent.json_body if sent.json_body is not None else verdict.response.body,
                 body_is_json=sent.json_body is not None,
+                body_raw=sent.body_raw,
                 input_tokens=sent.input_tokens,
                 output_tokens=sent.output_tokens,
             )
@@ -426,6 +428,7 @@ class Daemon:
         response = sent.outcome if isinstance(sent.outcome, HttpResponse) else None
         status = response.status if response else None
         body = response.body if response else None
+        body_raw = sent.body_raw if response else None
         if isinstance(decision, RetryAt):
             metrics.RETRIED.labels(label, failure.reason.value).inc()
             return AttemptResult(
@@ -437,11 +440,19 @@ class Daemon:
                 body=body,
                 failure=failure,
                 not_before=decision.not_before,
+                body_raw=body_raw,
             )
         assert isinstance(decision, GiveUp)
         metrics.FAILED.labels(label, failure.reason.value).inc()
         return AttemptResult(
-            req.id, req.attempt, ResultKind.FAILED, now, status=status, body=body, failure=failure
+            req.id,
+            req.attempt,
+            ResultKind.FAILED,
+            now,
+            status=status,
+            body=body,
+            failure=failure,
+            body_raw=body_raw,
         )
 
     # ------------------------------------------------------------ shutdown
