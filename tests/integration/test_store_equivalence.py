@@ -273,10 +273,15 @@ class StoresAgree(RuleBasedStateMachine):
             delay = data.draw(st.sampled_from([None, 0, 1, 30]), label="delay")
             not_before = None if delay is None else self.now + timedelta(seconds=delay)
             failure = Failure(FailureReason.TIMEOUT, "read timeout")
+            if broken:  # text that PostgreSQL cannot hold: both stores refuse the flush
+                body += data.draw(st.sampled_from(["\x00", "\ud800"]), label="unstorable")
             return (kind, self.now, 503, body, failure, not_before)
         if kind is ResultKind.FAILED:
             failure = Failure(FailureReason.HTTP_STATUS, "upstream answered 400", 400, body)
-            return (kind, self.now, 400, body, None if broken else failure)
+            # the exact bytes of a body that text cannot hold (core/bodies.py)
+            raw = data.draw(st.sampled_from([None, b"\xff\x00 raw"]), label="raw body")
+            fields = (kind, self.now, 400, body, None if broken else failure)
+            return (*fields, None, None, None, False, raw)
         # a reason other than cancelled/expired breaks the canceled row's constraint
         reasons = [FailureReason.CANCELLED, FailureReason.EXPIRED] * 2 + [FailureReason.TIMEOUT]
         reason = data.draw(st.sampled_from(reasons), label="cancel reason")
