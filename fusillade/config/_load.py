@@ -222,7 +222,12 @@ def load_settings(
             value; the message names the source and the key.
     """
     if path is None and env.get(CONFIG_ENV):
-        path = Path(env[CONFIG_ENV]).expanduser()
+        try:
+            path = Path(env[CONFIG_ENV]).expanduser()
+        except RuntimeError:  # "~user" naming no user
+            raise ConfigError(
+                f"{CONFIG_ENV}: names a home directory that does not exist: {env[CONFIG_ENV]!r}"
+            ) from None
     merged = _read_file(path) if path is not None else _Layer()
     merged.update(_read_env(env))
     merged.update(_read_flags(flags or {}))

@@ -72,7 +72,11 @@ def _url(value: object) -> str:
 
 
 def _path(value: object) -> Path:
-    return Path(value if isinstance(value, Path) else _string(value)).expanduser()
+    path = Path(value if isinstance(value, Path) else _string(value))
+    try:
+        return path.expanduser()
+    except RuntimeError:  # "~user" naming no user, or no home directory to expand "~" to
+        raise _Invalid(f"names a home directory that does not exist: {_show(value)}") from None
 
 
 def _duration(*, positive: bool) -> _Kind:

@@ -12,7 +12,7 @@ from typing import Any
 
 import attrs
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from fusillade.cli import main
@@ -597,6 +597,8 @@ def test_arbitrary_files_raise_only_config_errors(
         st.text(max_size=20),
     )
 )
+# "~0" names no user: Path.expanduser raised RuntimeError, not a ConfigError.
+@example(env={"FUSILLADE_DATA_DIR": "~0"})
 def test_arbitrary_environments_raise_only_config_errors(env: dict[str, str]) -> None:
     with contextlib.suppress(ConfigError):
         load_settings(env=env).daemon_config()
@@ -623,3 +625,8 @@ def test_docs_name_every_key_and_variable() -> None:
             if section in ("", "server", "daemon"):
                 variable = "_".join(["FUSILLADE", *filter(None, (section, key))]).upper()
                 assert f"`{variable}`" in text, variable
+
+
+def test_a_config_path_naming_no_user_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="FUSILLADE_CONFIG: names a home directory"):
+        load_settings(env={"FUSILLADE_CONFIG": "~no-such-user-fusillade/f.toml"})
