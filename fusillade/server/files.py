@@ -13,7 +13,6 @@ from litestar.openapi.spec import OpenAPIMediaType as MediaTypeSpec
 from litestar.openapi.spec import Operation, RequestBody, Schema
 from litestar.openapi.spec.enums import OpenAPIFormat, OpenAPIType
 from litestar.params import FromPath, FromQuery, QueryParameter
-from litestar.response import Stream
 
 from fusillade.core.ids import PREFIXES, IdKind, parse_id
 from fusillade.core.models import FilePurpose, FileRecord
@@ -22,6 +21,7 @@ from fusillade.errors import NotFound, ValidationError
 from fusillade.results import format_result_line
 from fusillade.server.context import Ctx, Owner
 from fusillade.server.responses import error_responses
+from fusillade.server.streaming import CompleteStream
 from fusillade.server.upload import MULTIPART_SLACK, receive_upload
 from fusillade.server.wire import (
     PURPOSE_FILTERS,
@@ -208,7 +208,7 @@ class ContentStream:
     description="Input files: the stored lines. Output and error files: the batch's "
     "results so far, streamed (partial while the batch runs).",
 )
-async def file_content(ctx: Ctx, owner: Owner, file_id: FromPath[str]) -> Stream:
+async def file_content(ctx: Ctx, owner: Owner, file_id: FromPath[str]) -> CompleteStream:
     record = await ctx.call(ctx.repo.get_file, owner, file_uuid(file_id))
     lines: Iterator[Any]
     fmt: Callable[[Any], str]
@@ -223,7 +223,7 @@ async def file_content(ctx: Ctx, owner: Owner, file_id: FromPath[str]) -> Stream
         fmt = format_result_line
     # The first chunk is read before answering, so a failure is a proper error status.
     first = await anyio.to_thread.run_sync(_next_chunk, lines, fmt)
-    return Stream(
+    return CompleteStream(
         ContentStream(first, lines, fmt),
         media_type="application/jsonl",
         headers={"Content-Disposition": _attachment(record.filename)},
