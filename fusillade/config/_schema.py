@@ -162,6 +162,8 @@ _SCHEMA: Mapping[str, Mapping[str, _Kind]] = {
         "completion_windows": _strings(_window),
         "max_request_bytes": _POSITIVE,
         "metrics_key_env": _Kind(_env_name),
+        "body_read_timeout": _duration(positive=True),
+        "body_min_rate": _POSITIVE,
     },
     "daemon": {
         "default_concurrency": _POSITIVE,

@@ -41,6 +41,10 @@ class ServerSettings:
     completion_windows: tuple[str, ...] = ("24h",)
     max_request_bytes: int = 1 * MiB  # every route but uploads
     metrics_key_env: str | None = None  # None: GET /metrics needs no key
+    # a request body must arrive within body_read_timeout plus one second per
+    # body_min_rate bytes received (else 408)
+    body_read_timeout: str = "30s"
+    body_min_rate: int = 16 * 1024
 
 
 @attrs.frozen

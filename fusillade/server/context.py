@@ -13,6 +13,7 @@ from litestar.di import NamedDependency
 
 from fusillade.config import ServerSettings
 from fusillade.core.jsonl import JsonlLimits
+from fusillade.core.windows import parse_duration
 from fusillade.runtime.daemon import Daemon
 from fusillade.server.auth import KeyRing
 from fusillade.store.interface import Repository
@@ -22,6 +23,24 @@ R = TypeVar("R")
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
+
+
+@attrs.frozen
+class BodyTiming:
+    """How long a request body may take: ``timeout`` seconds plus one second for every
+    ``min_rate`` bytes received (``[server] body_read_timeout`` and ``body_min_rate``)."""
+
+    timeout: float
+    min_rate: int
+
+    @classmethod
+    def from_settings(cls, settings: ServerSettings) -> BodyTiming:
+        timeout = parse_duration(settings.body_read_timeout, name="body_read_timeout")
+        return cls(timeout.total_seconds(), settings.body_min_rate)
+
+    def deadline(self, start: float, received: int) -> float:
+        """When the rest of a body started at ``start`` is late, ``received`` bytes in."""
+        return start + self.timeout + received / self.min_rate
 
 
 @attrs.define
@@ -35,6 +54,11 @@ class ServerContext:
     # empty: GET /metrics needs no key
     metrics_key: KeyRing = attrs.field(factory=functools.partial(KeyRing, ()))
     clock: Callable[[], datetime] = utc_now
+
+    @functools.cached_property
+    def body_timing(self) -> BodyTiming:
+        """How long a request body may take to arrive."""
+        return BodyTiming.from_settings(self.settings)
 
     @property
     def upload_limits(self) -> JsonlLimits:

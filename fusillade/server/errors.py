@@ -14,6 +14,9 @@ Litestar's ``ValidationException``/``ClientException`` 400   ``invalid_request_e
 ``RequestEntityTooLarge`` (body over the route limit) 413    ``invalid_request_error``
 ``RecursionError`` (a JSON body nested too deeply)    400     ``invalid_request_error``
 ``UnicodeDecodeError`` (a JSON body not in UTF-8)     400     ``invalid_request_error``
+``Refused`` (a check of the server's own: body       its     ``invalid_request_error``
+timing)                                              status
+``ClientDisconnected`` (logged: one INFO line)       400     ``invalid_request_error``
 ``StoreUnavailable``                                 503     ``server_error``
 anything else                                        500     ``server_error`` (logged)
 ===================================================  ======  ============================
@@ -51,6 +54,38 @@ log = logging.getLogger("fusillade.server")
 
 INVALID = "invalid_request_error"
 SERVER = "server_error"
+
+
+class Refused(Exception):
+    """A request refused by a check of the server's own, answered as ``status``/``code``.
+
+    ``log`` (when set) is the one line an operator sees at INFO: refusals caused by the
+    client's connection (too slow) rather than by what it asked.
+    """
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        *,
+        headers: dict[str, str] | None = None,
+        log: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.headers = headers
+        self.log = log
+
+
+class ClientDisconnected(Exception):
+    """The client went away before its request body was complete."""
+
+    def __init__(self, received: int) -> None:
+        super().__init__(f"the client went away after {received} bytes of the body")
+        self.received = received
 
 
 class Unauthorized(NotAuthorizedException):
@@ -163,6 +198,15 @@ def exception_to_response(request: Request[Any, Any, Any], exc: Exception) -> Re
         # msgspec decoding a JSON body whose strings are not UTF-8 (Litestar turns only
         # msgspec's DecodeError into a 400). Uploads decode their lines themselves.
         return envelope(400, "the request body is not valid UTF-8", code="invalid_encoding")
+    if isinstance(exc, Refused):
+        if exc.log is not None:
+            log.info("%s %s: %s", request.method, request.url.path, exc.log)
+        return envelope(exc.status, exc.message, code=exc.code, headers=exc.headers)
+    if isinstance(exc, ClientDisconnected):
+        # The client's doing, not the server's: one line, no traceback. Nobody reads
+        # the answer.
+        log.info("%s %s: %s", request.method, request.url.path, exc)
+        return envelope(400, str(exc), code="client_disconnected")
     if isinstance(exc, HTTPException) and exc.status_code < HTTP_500_INTERNAL_SERVER_ERROR:
         status = exc.status_code
         headers = dict(exc.headers) if exc.headers else None

@@ -96,14 +96,17 @@ class _UploadOperation(Operation):
     status_code=200,
     request_max_body_size=None,  # enforced while streaming: max_upload_bytes + framing
     operation_class=_UploadOperation,
-    responses=error_responses(400, 401, 413),
+    responses=error_responses(400, 401, 408, 413),
     summary="Upload a batch input file",
     description="The JSONL is validated line by line while it streams; all or nothing.",
 )
 async def create_file(request: Request[Any, Any, Any], ctx: Ctx, owner: Owner) -> FileObject:
     limits = ctx.upload_limits
     received = await receive_upload(
-        request, limits, body_limit=ctx.settings.max_upload_bytes + MULTIPART_SLACK
+        request,
+        limits,
+        body_limit=ctx.settings.max_upload_bytes + MULTIPART_SLACK,
+        timing=ctx.body_timing,
     )
     try:
         record: FileRecord = await ctx.call(

@@ -12,6 +12,7 @@ DESCRIPTIONS: Final = {
     400: "Invalid request (the message and `param` say what; `errors` lists file problems)",
     401: "Missing or incorrect API key",
     404: "No such object, or not the caller's",
+    408: "The request body came too slowly (the connection is closed)",
     409: "The object's state does not allow the operation",
     413: "Too large (request body, file, line or line count)",
     503: "The database is unavailable",

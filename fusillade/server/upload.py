@@ -10,7 +10,8 @@ through a push multipart parser (``multipart.PushMultipartParser``); the bytes o
 multipart stream was complete and the fields were right, and raises the validator's
 verdict.
 
-``receive_upload`` drives it from the ASGI ``receive`` channel, batching body chunks and
+``receive_upload`` drives it from ``intake.body_chunks`` (the size limit, the body read
+timeout, a client going away), batching body chunks and
 running the parsing and validation in a worker thread (JSON checks of a 200 MB file take
 seconds; the event loop also runs the daemon). Once the verdict is a rejection it stops
 parsing and only drains the rest of the body (bounded by the route's size limit), so the
@@ -24,7 +25,6 @@ database connection is held while a (possibly slow) client sends it.
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator
 from contextlib import aclosing
 from typing import Any, Final
 
@@ -34,11 +34,12 @@ import attrs
 # multipart (a Litestar dependency) ships no type information.
 import multipart  # type: ignore[import-untyped]
 from litestar import Request
-from litestar.exceptions.http_exceptions import RequestEntityTooLarge
 
 from fusillade.core.jsonl import LIMIT_CODES, JsonlLimits, JsonlValidator
 from fusillade.core.strictjson import storable
 from fusillade.errors import ValidationError
+from fusillade.server.context import BodyTiming
+from fusillade.server.intake import body_chunks
 from fusillade.server.spool import TemplateSpool
 
 MiB: Final = 1024 * 1024
@@ -54,10 +55,6 @@ MAX_PARTS: Final = 16
 DEFAULT_FILENAME: Final = "upload.jsonl"
 MULTIPART_SLACK: Final = 1 * MiB
 """Allowed on top of the file size limit for the multipart framing and other fields."""
-
-
-class ClientDisconnected(Exception):
-    """The client went away before the body was complete."""
 
 
 @attrs.define
@@ -247,46 +244,22 @@ class UploadReceiver:
         return Received(self._filename or DEFAULT_FILENAME, purpose, self._size, spool)
 
 
-async def body_chunks(request: Request[Any, Any, Any], limit: int) -> AsyncGenerator[bytes, None]:
-    """The request body as it arrives, at most ``limit`` bytes.
-
-    Raises:
-        RequestEntityTooLarge: the body (or its announced length) exceeds ``limit``.
-        ClientDisconnected: the client went away first.
-    """
-    announced = request.headers.get("content-length")
-    if announced is not None and announced.isdigit() and int(announced) > limit:
-        raise RequestEntityTooLarge
-    total = 0
-    while True:
-        message = await request.receive()
-        if message["type"] == "http.disconnect":
-            raise ClientDisconnected
-        if message["type"] != "http.request":  # pragma: no cover - nothing else is sent
-            continue
-        body: bytes = message.get("body", b"")
-        if body:
-            total += len(body)
-            if total > limit:
-                raise RequestEntityTooLarge
-            yield body
-        if not message.get("more_body", False):
-            return
-
-
 async def receive_upload(
-    request: Request[Any, Any, Any], limits: JsonlLimits, *, body_limit: int
+    request: Request[Any, Any, Any], limits: JsonlLimits, *, body_limit: int, timing: BodyTiming
 ) -> Received:
     """Read, parse and validate a multipart upload; the caller closes ``spool``.
 
+    The body is read by ``intake.body_chunks``: at most ``body_limit`` bytes, in time.
+
     Raises:
-        ValidationError, InvalidJSONL, RequestEntityTooLarge, ClientDisconnected.
+        ValidationError, InvalidJSONL, RequestEntityTooLarge, ClientDisconnected,
+        Refused (408: too slow).
     """
     boundary = boundary_of(request.headers.get("content-type"))
     with UploadReceiver(boundary, limits) as receiver:
         pending: list[bytes] = []
         pending_size = 0
-        async with aclosing(body_chunks(request, body_limit)) as chunks:
+        async with aclosing(body_chunks(request, body_limit, timing)) as chunks:
             async for chunk in chunks:
                 if receiver.rejected:
                     continue  # drain: the client gets the answer, not a reset connection

@@ -297,6 +297,8 @@ def test_unknown_flag(key: str) -> None:
         ("[server]\nallowed_endpoints = []", "[server] allowed_endpoints: must be a non-empty"),
         ("[server]\ncompletion_windows = ['1 day']", "[server] completion_windows: invalid"),
         ("[server]\ncompletion_windows = ['0h']", "[server] completion_windows"),
+        ("[server]\nbody_read_timeout = '0s'", "[server] body_read_timeout: must be longer"),
+        ("[server]\nbody_min_rate = 0", "[server] body_min_rate: must be an integer >= 1"),
         ("server = 1", "[server] must be a table"),
         (
             "[daemon]\ndefault_concurrency = 0",
