@@ -1,7 +1,8 @@
 """The Litestar application: the ``/v1`` router (bearer keys), health, metrics, OpenAPI.
 
 ``create_app(ctx)`` builds it around a ``ServerContext``; ``fusillade.server.serve``
-runs it on hypercorn's trio worker beside the daemon.
+runs it on hypercorn's trio worker beside the daemon. ``/v1`` routes ``require_key``;
+JSON routes get their body through ``intake.json_intake``.
 """
 
 from __future__ import annotations
@@ -23,9 +24,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from fusillade import __version__
 from fusillade.server import batches, files
-from fusillade.server.context import ServerContext
+from fusillade.server.context import ServerContext, context_of
 from fusillade.server.errors import exception_to_response
 from fusillade.server.requestid import stamp
+from fusillade.server.intake import json_intake
 from fusillade.server.wire import Health
 
 READY_TIMEOUT: Final = 5.0
@@ -33,14 +35,9 @@ READY_TIMEOUT: Final = 5.0
 _OWNER_KEY: Final = "fusillade_owner"
 
 
-def _ctx(connection: ASGIConnection[Any, Any, Any, Any]) -> ServerContext:
-    ctx: ServerContext = connection.app.state["ctx"]
-    return ctx
-
-
 def require_key(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
     """Guard of every ``/v1`` route: the bearer key decides the owner (else 401)."""
-    owner = _ctx(connection).keys.owner_for(connection.headers.get("authorization"))
+    owner = context_of(connection).keys.owner_for(connection.headers.get("authorization"))
     connection.state[_OWNER_KEY] = owner
 
 
@@ -50,7 +47,7 @@ def provide_owner(request: Request[Any, Any, Any]) -> str:
 
 
 def provide_ctx(request: Request[Any, Any, Any]) -> ServerContext:
-    return _ctx(request)
+    return context_of(request)
 
 
 @get("/healthz", summary="Liveness", tags=["operations"])
@@ -67,7 +64,7 @@ async def healthz() -> Health:
     },
 )
 async def readyz(request: Request[Any, Any, Any]) -> Response[Health]:
-    ctx = _ctx(request)
+    ctx = context_of(request)
     database = False
     ping = getattr(ctx.repo, "ping", None)
     with anyio.move_on_after(READY_TIMEOUT):
@@ -129,6 +126,7 @@ def create_app(ctx: ServerContext) -> Litestar:
     )
     return Litestar(
         route_handlers=[v1, healthz, readyz, metrics, openapi_json],
+        before_request=json_intake,
         exception_handlers={Exception: exception_to_response},
         before_send=[stamp],  # x-request-id on every answer
         state=State({"ctx": ctx}),

@@ -9,6 +9,7 @@ from typing import Any, TypeAlias, TypeVar
 
 import anyio.to_thread
 import attrs
+from litestar.connection import ASGIConnection
 from litestar.di import NamedDependency
 
 from fusillade.config import ServerSettings
@@ -73,6 +74,12 @@ class ServerContext:
     async def call(self, fn: Callable[..., R], /, *args: Any, **kwargs: Any) -> R:
         """``fn(*args, **kwargs)`` in a worker thread (repository calls block)."""
         return await anyio.to_thread.run_sync(functools.partial(fn, *args, **kwargs))
+
+
+def context_of(connection: ASGIConnection[Any, Any, Any, Any]) -> ServerContext:
+    """The ``ServerContext`` of the application serving ``connection``."""
+    ctx: ServerContext = connection.app.state["ctx"]
+    return ctx
 
 
 Owner: TypeAlias = NamedDependency[str]

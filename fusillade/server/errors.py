@@ -12,10 +12,8 @@ Litestar's ``ValidationException``/``ClientException`` 400   ``invalid_request_e
 ``NotFound`` (also another owner's id)               404     ``invalid_request_error``
 ``Conflict``                                         409     ``invalid_request_error``
 ``RequestEntityTooLarge`` (body over the route limit) 413    ``invalid_request_error``
-``RecursionError`` (a JSON body nested too deeply)    400     ``invalid_request_error``
-``UnicodeDecodeError`` (a JSON body not in UTF-8)     400     ``invalid_request_error``
-``Refused`` (a check of the server's own: body       its     ``invalid_request_error``
-timing)                                              status
+``Refused`` (a check of the server's own: JSON      its     ``invalid_request_error``
+encoding and syntax, body timing)                    status
 ``ClientDisconnected`` (logged: one INFO line)       400     ``invalid_request_error``
 ``StoreUnavailable``                                 503     ``server_error``
 anything else                                        500     ``server_error`` (logged)
@@ -23,6 +21,10 @@ anything else                                        500     ``server_error`` (l
 
 Litestar's own answers (404 for an unknown path, 405 for a wrong method) get the same
 envelope. Never 422.
+
+Which error a request made is decided from facts this project checks itself (types it
+raises, bytes it decoded), never from the wording of a dependency's message: JSON bodies
+are read, decoded and checked by ``fusillade.server.intake`` before Litestar sees them.
 """
 
 from __future__ import annotations
@@ -190,14 +192,6 @@ def exception_to_response(request: Request[Any, Any, Any], exc: Exception) -> Re
         return envelope(401, str(exc.detail), code=exc.code, headers={"WWW-Authenticate": "Bearer"})
     if isinstance(exc, ValidationException):
         return _validation_exception_response(exc)
-    if isinstance(exc, RecursionError):
-        # msgspec decoding a JSON body nested thousands deep (the only deep recursion
-        # reachable from a request).
-        return envelope(400, "the JSON body is nested too deeply", code="invalid_json")
-    if isinstance(exc, UnicodeDecodeError):
-        # msgspec decoding a JSON body whose strings are not UTF-8 (Litestar turns only
-        # msgspec's DecodeError into a 400). Uploads decode their lines themselves.
-        return envelope(400, "the request body is not valid UTF-8", code="invalid_encoding")
     if isinstance(exc, Refused):
         if exc.log is not None:
             log.info("%s %s: %s", request.method, request.url.path, exc.log)

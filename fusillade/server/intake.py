@@ -1,4 +1,4 @@
-"""Request bodies, read by the server itself: bounded in size and in time.
+"""Request bodies, read by the server itself before Litestar sees them.
 
 Theory of operation
 -------------------
@@ -12,20 +12,45 @@ seconds (holding a connection and a task for ever) is cut off. hypercorn's own
 it also runs while a client downloads (sending nothing), which would cut long downloads.
 A client that goes away mid-body raises ``ClientDisconnected``: one INFO line, no
 traceback (it is the client's doing).
+
+Routes whose handler takes a JSON ``data`` parameter get their body through
+``json_intake``, the application's ``before_request`` hook, which decides every way the
+body can be wrong from facts it checks itself (never from a library's message):
+
+- the bytes must be UTF-8 (else 400 ``invalid_encoding``), decoded by Python;
+- the text must be strict JSON nested at most ``MAX_JSON_DEPTH`` deep (else 400
+  ``invalid_json``), parsed by ``loads_strict``, the parser of batch input lines.
+
+The bytes and the parsed value are left in the connection's state, where Litestar's
+extraction of ``data`` finds them (``Request.body()`` and ``Request.json()`` read that
+state first): Litestar decodes nothing itself, and only converts the value to the
+handler's type.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import AsyncGenerator
-from typing import Any
+from contextlib import aclosing
+from typing import Any, Final
 
 import anyio
+import anyio.to_thread
 from litestar import Request
+from litestar.enums import RequestEncodingType
 from litestar.exceptions.http_exceptions import RequestEntityTooLarge
+from litestar.handlers import HTTPRouteHandler
+from litestar.params import BodyKwarg
+from litestar.utils.scope.state import ScopeState
 
-from fusillade.server.context import BodyTiming
+from fusillade.core.strictjson import BadJSON, loads_strict
+from fusillade.server.context import BodyTiming, context_of
 from fusillade.server.errors import ClientDisconnected, Refused
+
+MAX_JSON_DEPTH: Final = 64
+"""Deepest nesting of a JSON request body (``{}`` is depth 1)."""
+THREAD_PARSE_BYTES: Final = 64 * 1024
+"""JSON bodies larger than this are parsed in a worker thread (the loop runs the daemon)."""
 
 
 async def body_chunks(
@@ -70,3 +95,57 @@ async def body_chunks(
             yield body
         if not message.get("more_body", False):
             return
+
+
+def takes_json(handler: HTTPRouteHandler) -> bool:
+    """Whether Litestar would decode the route's body as JSON (its ``data`` parameter)."""
+    data = handler.parsed_fn_signature.parameters.get("data")
+    if data is None:
+        return False
+    kwarg = data.kwarg_definition
+    media = kwarg.media_type if isinstance(kwarg, BodyKwarg) else RequestEncodingType.JSON
+    return bool(media == RequestEncodingType.JSON)
+
+
+def _parse(body: bytes) -> Any:
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise Refused(
+            400,
+            "invalid_encoding",
+            f"the request body is not valid UTF-8 (byte {e.start} of {len(body)})",
+        ) from None
+    try:
+        return loads_strict(text, MAX_JSON_DEPTH)
+    except BadJSON as e:
+        raise Refused(400, "invalid_json", f"the request body is not valid JSON: {e}") from None
+
+
+async def json_intake(request: Request[Any, Any, Any]) -> None:
+    """``before_request`` hook: read, check and parse the body of a JSON route.
+
+    Returns ``None`` (the handler runs), having cached the body and its value.
+
+    Raises:
+        Refused: 400 (encoding, JSON), 408 (too slow).
+        RequestEntityTooLarge, ClientDisconnected.
+    """
+    handler = request.route_handler
+    if not isinstance(handler, HTTPRouteHandler) or not takes_json(handler):
+        return None
+    timing = context_of(request).body_timing
+    limit = handler.resolve_request_max_body_size()
+    parts = []
+    async with aclosing(body_chunks(request, limit, timing)) as chunks:
+        async for chunk in chunks:
+            parts.append(chunk)
+    body = b"".join(parts)
+    state = ScopeState.from_scope(request.scope)
+    state.body = body
+    if body:  # empty: Litestar reports the missing body
+        if len(body) > THREAD_PARSE_BYTES:
+            state.json = await anyio.to_thread.run_sync(_parse, body)
+        else:
+            state.json = _parse(body)
+    return None

@@ -121,3 +121,29 @@ async def test_json_body_that_was_not_utf8_answered_500(api: httpx.AsyncClient) 
     assert response.status_code == 400, response.text
     assert response.json()["error"]["code"] == "invalid_encoding"
     assert (await api.get("/readyz")).status_code == 200
+
+
+async def test_json_body_errors_are_decided_by_the_server_not_by_a_librarys_message(
+    api: httpx.AsyncClient,
+) -> None:
+    # msgspec 0.23 reworded its invalid UTF-8 error and raised DecodeError where an older
+    # release raised UnicodeDecodeError: the answer changed with the library. The server
+    # now reads and checks JSON bodies itself before Litestar decodes them.
+    cases = [
+        (b'{"a": "\xc3\x28"}', "invalid_encoding"),  # inside a string
+        (b'{"a": 1}\xff', "invalid_encoding"),  # outside any string
+        (b'\xef\xbb\xbf{"a": 1}', "invalid_json"),  # a byte order mark
+        (b"[" * 100_000 + b"]" * 100_000, "invalid_json"),
+        (b'{"metadata": ' + b"[" * 65 + b"]" * 65 + b"}", "invalid_json"),
+        (b'{"a": 1, "a": 2}', "invalid_json"),
+        (b'{"a": NaN}', "invalid_json"),
+        (b"{not json", "invalid_json"),
+    ]
+    for body, code in cases:
+        response = await api.post(
+            "/v1/batches", content=body, headers={"content-type": "application/json"}
+        )
+        assert response.status_code == 400, (body[:40], response.text)
+        assert response.json()["error"]["code"] == code, (body[:40], response.text)
+    assert (await api.get("/v1/batches")).json()["data"] == []
+    assert (await api.get("/readyz")).status_code == 200

@@ -93,8 +93,8 @@ def fusillade_records(caplog: pytest.LogCaptureFixture) -> Iterator[logging.LogR
 
 @pytest.mark.parametrize(
     ("path", "content_type", "head"),
-    [("/v1/files", UPLOAD_TYPE, UPLOAD_HEAD)],
-    ids=["upload"],
+    [("/v1/files", UPLOAD_TYPE, UPLOAD_HEAD), ("/v1/batches", "application/json", b'{"a": "')],
+    ids=["upload", "json"],
 )
 async def test_a_body_trickling_in_is_cut_off(
     start_server: StartServer,
