@@ -109,6 +109,25 @@ def _strings(item: Callable[[str], object]) -> _Kind:
     return _Kind(check, _split)
 
 
+_HOST = re.compile(
+    r"(?:\*|(?:[a-z0-9_-]+(?:\.[a-z0-9_-]+)*\.?|\[[0-9a-f:.]+\])(?::[0-9]{1,5})?)",
+    re.IGNORECASE,
+)
+
+
+def _hosts(value: object) -> object:
+    # A list that may be empty (the default): "name", "name:port", "[v6]:port" or "*".
+    if not isinstance(value, list | tuple):
+        raise _Invalid(f"must be a list of host names, got {_show(value)}")
+    for entry in value:
+        if not isinstance(entry, str) or not _HOST.fullmatch(entry):
+            raise _Invalid(
+                f"each entry must be a host name, an address or '*', optionally with "
+                f":port, got {_show(entry)}"
+            )
+    return tuple(value)
+
+
 def _endpoint(text: str) -> None:
     if not text.startswith("/"):
         raise _Invalid(f"endpoints start with '/', got {_show(text)}")
@@ -162,6 +181,7 @@ _SCHEMA: Mapping[str, Mapping[str, _Kind]] = {
         "completion_windows": _strings(_window),
         "max_request_bytes": _POSITIVE,
         "metrics_key_env": _Kind(_env_name),
+        "allowed_hosts": _Kind(_hosts, _split),
         "body_read_timeout": _duration(positive=True),
         "body_min_rate": _POSITIVE,
     },

@@ -41,6 +41,9 @@ class ServerSettings:
     completion_windows: tuple[str, ...] = ("24h",)
     max_request_bytes: int = 1 * MiB  # every route but uploads
     metrics_key_env: str | None = None  # None: GET /metrics needs no key
+    # Host header values accepted besides loopback names; checked when no keys are
+    # configured, or whenever this is set (docs/deployment.md, "Browsers")
+    allowed_hosts: tuple[str, ...] = ()
     # a request body must arrive within body_read_timeout plus one second per
     # body_min_rate bytes received (else 408)
     body_read_timeout: str = "30s"

@@ -1,8 +1,9 @@
 """The Litestar application: the ``/v1`` router (bearer keys), health, metrics, OpenAPI.
 
 ``create_app(ctx)`` builds it around a ``ServerContext``; ``fusillade.server.serve``
-runs it on hypercorn's trio worker beside the daemon. ``/v1`` routes ``require_key``;
-JSON routes get their body through ``intake.json_intake``.
+runs it on hypercorn's trio worker beside the daemon. Every route first passes
+``check_host`` (the ``Host``/``Origin`` policy of ``auth.HostPolicy``); ``/v1`` routes
+then ``require_key``; JSON routes get their body through ``intake.json_intake``.
 """
 
 from __future__ import annotations
@@ -33,6 +34,12 @@ from fusillade.server.wire import Health
 READY_TIMEOUT: Final = 5.0
 """Seconds the readiness probe waits for the database before answering 503."""
 _OWNER_KEY: Final = "fusillade_owner"
+
+
+def check_host(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+    """Guard of every route: the ``Host`` and ``Origin`` headers (else 403)."""
+    headers = connection.headers
+    context_of(connection).hosts.check(headers.get("host"), headers.get("origin"))
 
 
 def require_key(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
@@ -126,6 +133,7 @@ def create_app(ctx: ServerContext) -> Litestar:
     )
     return Litestar(
         route_handlers=[v1, healthz, readyz, metrics, openapi_json],
+        guards=[check_host],
         before_request=json_intake,
         exception_handlers={Exception: exception_to_response},
         before_send=[stamp],  # x-request-id on every answer

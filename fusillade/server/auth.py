@@ -10,6 +10,12 @@ tells how much of a key was right. No keys configured: every request acts for ow
 ``GET /metrics`` has a key of its own (``[server] metrics_key_env``, ``load_metrics_key``):
 metrics count every owner's work, so an owner's key does not open them, and the key a
 scraper holds opens nothing else. Unset: ``/metrics`` needs no key.
+
+Loopback alone does not keep browsers out: any web page can make the browser send a
+request to ``127.0.0.1``, and with DNS rebinding read the answer. So without keys
+``HostPolicy`` checks the ``Host`` header (a rebinding page's requests carry the
+attacker's name) and the ``Origin`` header (a cross-origin page's requests carry its
+own); see docs/deployment.md, "Browsers".
 """
 
 from __future__ import annotations
@@ -19,12 +25,13 @@ import hmac
 import ipaddress
 import os
 from collections.abc import Mapping, Sequence
+from urllib.parse import urlsplit
 
 import attrs
 
-from fusillade.config import ApiKey
+from fusillade.config import ApiKey, ServerSettings
 from fusillade.errors import ConfigError
-from fusillade.server.errors import Unauthorized
+from fusillade.server.errors import Refused, Unauthorized
 
 DEFAULT_OWNER = "default"
 _LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})
@@ -142,3 +149,96 @@ def check_bind(host: str, keys: KeyRing) -> None:
             f"refusing to listen on {host}: no api keys are configured ([server] api_keys), "
             "so the API would be open to anyone; configure keys or listen on 127.0.0.1"
         )
+
+
+def _authority(value: str) -> tuple[str, str | None] | None:
+    """``(name, port)`` of a ``Host`` header value (or allowed-hosts entry), normalised:
+    lower case, no brackets, no trailing dot; ``None`` when it is not ``name[:port]``."""
+    value = value.strip().lower()
+    if value.startswith("["):
+        name, bracket, rest = value[1:].partition("]")
+        if not bracket or (rest and not rest.startswith(":")):
+            return None
+        port = rest[1:] if rest else None
+    else:
+        name, colon, port_text = value.rpartition(":")
+        if not colon:
+            name, port = value, None
+        elif ":" in name:
+            return None  # an IPv6 address must be bracketed
+        else:
+            port = port_text
+    if port is not None and not (port.isdigit() and len(port) <= 5):
+        return None
+    name = name.rstrip(".")
+    return (name, port) if name else None
+
+
+def _origin_authority(origin: str) -> tuple[str, str | None] | None:
+    """``(name, port)`` of an ``Origin`` header value; ``None`` for ``null`` or junk."""
+    parts = urlsplit(origin.strip())
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        return None
+    return _authority(parts.netloc)
+
+
+@attrs.frozen
+class HostPolicy:
+    """Which ``Host`` and ``Origin`` headers a request may carry.
+
+    When ``enforced`` (no api keys, or ``[server] allowed_hosts`` set): the ``Host`` name
+    must be a loopback name or address, the configured ``host``, or match an
+    ``allowed_hosts`` entry (``name``: any port; ``name:port``: that port; ``*``:
+    anything, the check is off). An ``Origin`` header, when sent, must name the same host
+    and port as ``Host`` (a page the server itself served; it serves none) or match an
+    entry. A request without ``Host`` passes: browsers always send one.
+    """
+
+    enforced: bool
+    own: str | None
+    """The name of the configured ``host``."""
+    names: frozenset[str]
+    """``allowed_hosts`` entries without a port."""
+    authorities: frozenset[tuple[str, str | None]]
+    """``allowed_hosts`` entries with a port, as ``(name, port)``."""
+    anything: bool = False
+
+    @classmethod
+    def from_settings(cls, settings: ServerSettings, keys: KeyRing) -> HostPolicy:
+        own = _authority(settings.host)
+        entries = [e for e in map(_authority, settings.allowed_hosts) if e is not None]
+        return cls(
+            enforced=not keys.enabled or bool(settings.allowed_hosts),
+            own=own[0] if own is not None else None,
+            names=frozenset(name for name, port in entries if port is None),
+            authorities=frozenset(e for e in entries if e[1] is not None),
+            anything="*" in settings.allowed_hosts,
+        )
+
+    def _listed(self, authority: tuple[str, str | None]) -> bool:
+        return authority[0] in self.names or authority in self.authorities
+
+    def check(self, host: str | None, origin: str | None) -> None:
+        """Raises ``Refused`` (403) for a ``Host`` or ``Origin`` the policy refuses."""
+        if not self.enforced or self.anything:
+            return
+        ours = _authority(host) if host is not None else None
+        if host is not None and (
+            ours is None or not (is_loopback(ours[0]) or ours[0] == self.own or self._listed(ours))
+        ):
+            raise Refused(
+                403,
+                "host_not_allowed",
+                f"Host {host[:100]!r} is not allowed: this server answers requests addressed "
+                "to a loopback name, its own host or a name in [server] allowed_hosts",
+            )
+        if origin is not None:
+            theirs = _origin_authority(origin)
+            if theirs is None or (theirs != ours and not self._listed(theirs)):
+                raise Refused(
+                    403,
+                    "origin_not_allowed",
+                    f"requests from the web page {origin[:100]!r} are not allowed: without "
+                    "api keys, any page a browser shows could send them (list its host in "
+                    "[server] allowed_hosts to allow it)",
+                )

@@ -115,7 +115,7 @@ def batch_spec(body: CreateBatchBody, settings: ServerSettings) -> BatchSpec:
 @post(
     "/batches",
     status_code=200,
-    responses=error_responses(400, 401, 404, 408, 413),
+    responses=error_responses(400, 401, 404, 408, 413, 415),
     summary="Create a batch",
 )
 async def create_batch(ctx: Ctx, owner: Owner, data: JSONBody[CreateBatchBody]) -> BatchObject:

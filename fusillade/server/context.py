@@ -16,7 +16,7 @@ from fusillade.config import ServerSettings
 from fusillade.core.jsonl import JsonlLimits
 from fusillade.core.windows import parse_duration
 from fusillade.runtime.daemon import Daemon
-from fusillade.server.auth import KeyRing
+from fusillade.server.auth import HostPolicy, KeyRing
 from fusillade.store.interface import Repository
 
 R = TypeVar("R")
@@ -55,6 +55,11 @@ class ServerContext:
     # empty: GET /metrics needs no key
     metrics_key: KeyRing = attrs.field(factory=functools.partial(KeyRing, ()))
     clock: Callable[[], datetime] = utc_now
+
+    @functools.cached_property
+    def hosts(self) -> HostPolicy:
+        """Which ``Host`` and ``Origin`` headers requests may carry."""
+        return HostPolicy.from_settings(self.settings, self.keys)
 
     @functools.cached_property
     def body_timing(self) -> BodyTiming:

@@ -12,8 +12,8 @@ Litestar's ``ValidationException``/``ClientException`` 400   ``invalid_request_e
 ``NotFound`` (also another owner's id)               404     ``invalid_request_error``
 ``Conflict``                                         409     ``invalid_request_error``
 ``RequestEntityTooLarge`` (body over the route limit) 413    ``invalid_request_error``
-``Refused`` (a check of the server's own: JSON      its     ``invalid_request_error``
-encoding and syntax, body timing)                    status
+``Refused`` (a check of the server's own: host,       its     ``invalid_request_error``
+origin, content type, encoding, JSON, body timing)    status
 ``ClientDisconnected`` (logged: one INFO line)       400     ``invalid_request_error``
 ``StoreUnavailable``                                 503     ``server_error``
 anything else                                        500     ``server_error`` (logged)

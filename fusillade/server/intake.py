@@ -17,6 +17,9 @@ Routes whose handler takes a JSON ``data`` parameter get their body through
 ``json_intake``, the application's ``before_request`` hook, which decides every way the
 body can be wrong from facts it checks itself (never from a library's message):
 
+- ``Content-Type`` must be ``application/json`` (else 415): a web page can make a
+  browser send ``text/plain`` or a form to any address without asking, but not
+  ``application/json``;
 - the bytes must be UTF-8 (else 400 ``invalid_encoding``), decoded by Python;
 - the text must be strict JSON nested at most ``MAX_JSON_DEPTH`` deep (else 400
   ``invalid_json``), parsed by ``loads_strict``, the parser of batch input lines.
@@ -36,6 +39,9 @@ from typing import Any, Final
 
 import anyio
 import anyio.to_thread
+
+# multipart (a Litestar dependency) ships no type information.
+import multipart  # type: ignore[import-untyped]
 from litestar import Request
 from litestar.enums import RequestEncodingType
 from litestar.exceptions.http_exceptions import RequestEntityTooLarge
@@ -51,6 +57,7 @@ MAX_JSON_DEPTH: Final = 64
 """Deepest nesting of a JSON request body (``{}`` is depth 1)."""
 THREAD_PARSE_BYTES: Final = 64 * 1024
 """JSON bodies larger than this are parsed in a worker thread (the loop runs the daemon)."""
+_JSON: Final = "application/json"
 
 
 async def body_chunks(
@@ -107,6 +114,18 @@ def takes_json(handler: HTTPRouteHandler) -> bool:
     return bool(media == RequestEncodingType.JSON)
 
 
+def _check_content_type(value: str | None) -> None:
+    kind, options = multipart.parse_options_header(value or "")
+    charset = str(options.get("charset", "utf-8")).lower()
+    if str(kind).lower() != _JSON or charset not in ("utf-8", "utf8"):
+        shown = (value or "none")[:100]
+        raise Refused(
+            415,
+            "unsupported_media_type",
+            f"send the body as JSON with Content-Type: application/json, got {shown!r}",
+        )
+
+
 def _parse(body: bytes) -> Any:
     try:
         text = body.decode("utf-8")
@@ -128,7 +147,7 @@ async def json_intake(request: Request[Any, Any, Any]) -> None:
     Returns ``None`` (the handler runs), having cached the body and its value.
 
     Raises:
-        Refused: 400 (encoding, JSON), 408 (too slow).
+        Refused: 415 (content type), 400 (encoding, JSON), 408 (too slow).
         RequestEntityTooLarge, ClientDisconnected.
     """
     handler = request.route_handler
@@ -141,6 +160,9 @@ async def json_intake(request: Request[Any, Any, Any]) -> None:
         async for chunk in chunks:
             parts.append(chunk)
     body = b"".join(parts)
+    # Checked once the (bounded) body is read: the client gets the answer on a
+    # connection it can go on using, not a reset while it is still sending.
+    _check_content_type(request.headers.get("content-type"))
     state = ScopeState.from_scope(request.scope)
     state.body = body
     if body:  # empty: Litestar reports the missing body

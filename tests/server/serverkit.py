@@ -96,12 +96,14 @@ async def raw_post(
     chunks: Iterable[bytes],
     *,
     timeout: float = 30,
+    host: str | None = None,
 ) -> tuple[int, bytes]:
     """POST ``chunks`` over a bare connection and return the answer's status and body.
 
     For answers that come before the body was sent (413 on a too large body): the sending
     stops quietly when the server closes the connection, and the answer is still read.
-    ``headers`` without ``content-length`` send the body chunked.
+    ``headers`` without ``content-length`` send the body chunked. ``host``: the ``Host``
+    header (default: the URL's).
     """
     parts = urlsplit(url)
     assert parts.hostname is not None and parts.port is not None
@@ -109,7 +111,11 @@ async def raw_post(
     names = {name.lower() for name, _ in headers}
     if "content-length" not in names:
         headers = [*headers, ("transfer-encoding", "chunked")]
-    head = h11.Request(method="POST", target=path, headers=[("host", parts.netloc), *headers])
+    head = h11.Request(
+        method="POST",
+        target=path,
+        headers=[("host", parts.netloc if host is None else host), *headers],
+    )
     with trio.fail_after(timeout):
         stream = await trio.open_tcp_stream(parts.hostname, parts.port)
         async with stream, trio.open_nursery() as nursery:

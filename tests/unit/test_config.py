@@ -297,6 +297,9 @@ def test_unknown_flag(key: str) -> None:
         ("[server]\nallowed_endpoints = []", "[server] allowed_endpoints: must be a non-empty"),
         ("[server]\ncompletion_windows = ['1 day']", "[server] completion_windows: invalid"),
         ("[server]\ncompletion_windows = ['0h']", "[server] completion_windows"),
+        ("[server]\nallowed_hosts = ['evil host']", "[server] allowed_hosts: each entry"),
+        ("[server]\nallowed_hosts = ['a:b']", "[server] allowed_hosts: each entry"),
+        ("[server]\nallowed_hosts = 'a'", "[server] allowed_hosts: must be a list"),
         ("[server]\nbody_read_timeout = '0s'", "[server] body_read_timeout: must be longer"),
         ("[server]\nbody_min_rate = 0", "[server] body_min_rate: must be an integer >= 1"),
         ("server = 1", "[server] must be a table"),
@@ -632,3 +635,10 @@ def test_docs_name_every_key_and_variable() -> None:
 def test_a_config_path_naming_no_user_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="FUSILLADE_CONFIG: names a home directory"):
         load_settings(env={"FUSILLADE_CONFIG": "~no-such-user-fusillade/f.toml"})
+
+
+def test_allowed_hosts_from_the_environment() -> None:
+    env = {"FUSILLADE_SERVER_ALLOWED_HOSTS": "batch.internal, ui.internal:3000,[::1]:8000,*"}
+    hosts = load_settings(env=env).server.allowed_hosts
+    assert hosts == ("batch.internal", "ui.internal:3000", "[::1]:8000", "*")
+    assert load_settings(env={}).server.allowed_hosts == ()
