@@ -238,7 +238,7 @@ class HostPolicy:
                 raise Refused(
                     403,
                     "origin_not_allowed",
-                    f"requests from the web page {origin[:100]!r} are not allowed: without "
-                    "api keys, any page a browser shows could send them (list its host in "
+                    f"requests from the web page {origin[:100]!r} are not allowed: a page "
+                    "could send them from any site the browser shows (list its host in "
                     "[server] allowed_hosts to allow it)",
                 )
