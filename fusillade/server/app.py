@@ -27,8 +27,8 @@ from fusillade import __version__
 from fusillade.server import batches, files
 from fusillade.server.context import ServerContext, context_of
 from fusillade.server.errors import exception_to_response
-from fusillade.server.requestid import stamp
 from fusillade.server.intake import json_intake
+from fusillade.server.requestid import stamp
 from fusillade.server.wire import Health
 
 READY_TIMEOUT: Final = 5.0
@@ -95,7 +95,7 @@ def require_metrics_key(
 ) -> None:
     """Guard of ``/metrics``: the metrics key when one is configured (else 401); an
     owner's api key does not open it (docs/deployment.md)."""
-    _ctx(connection).metrics_key.owner_for(connection.headers.get("authorization"))
+    context_of(connection).metrics_key.owner_for(connection.headers.get("authorization"))
 
 
 @get(
