@@ -13,6 +13,12 @@ server pay them): ``claim`` of 256 slots (fewer at tiny scales) for the live bat
 model, and ``get_batch`` of a frozen and of the live batch (which counts its requests),
 medians of many calls. ``EXPLAIN (ANALYZE, BUFFERS)`` of each statement is saved to
 ``explain-*.txt`` in the results directory (the claim's inside a rolled-back transaction).
+
+Then, in the same database, rows the claim must not pay for (quality.md P7, second part):
+``rows / 5`` pending rows of a cancelled batch that no sweep has reached yet, and as many
+pending rows backing off (attempted once, due in an hour) in a live batch, both with
+earlier deadlines than the live batch, so they sit at the front of the claim order.
+VACUUM ANALYZE again, and the claim is timed and explained once more.
 """
 
 from __future__ import annotations
@@ -73,6 +79,14 @@ INSERT_PENDING = """
 INSERT INTO requests (batch_id, file_id, line_number, model, batch_expires_at, not_before)
 SELECT %(id)s, %(file)s, g, 'bench-model', %(expires)s, %(created)s
 FROM generate_series(%(first)s::int, %(last)s::int) AS g
+"""
+# Pending again after a failed attempt, waiting for its retry's not_before.
+INSERT_BACKING_OFF = """
+INSERT INTO requests (batch_id, file_id, line_number, model, batch_expires_at, attempts,
+    not_before, failure_reason, failure_message)
+SELECT %(id)s, %(file)s, g, 'bench-model', %(expires)s, 1, %(not_before)s, 'http_status',
+       'upstream answered 429'
+FROM generate_series(1, %(n)s::int) AS g
 """
 
 
@@ -155,9 +169,49 @@ def load(url: str, rows: int, log: Any = print) -> dict[str, Any]:
         conn.execute("VACUUM (ANALYZE)")
     return {
         "finished": batches * size, "batch_size": size, "pending": size - done,
-        "frozen_batch": frozen[len(frozen) // 2][0], "live_batch": live,
+        "frozen_batch": frozen[len(frozen) // 2][0], "live_batch": live, "live_file": live_file,
         "load_seconds": time.perf_counter() - started,
     }  # fmt: skip
+
+
+def load_unclaimable(url: str, seeded: dict[str, Any], n: int) -> float:
+    """Add ``n`` unswept cancelled rows and ``n`` rows backing off, ahead of the live batch.
+
+    Both batches are older than the live one (earlier deadlines), so their rows come first
+    in the claim's order; the cancelled batch is stamped, and no sweep runs. The rows need
+    no templates of their own: no claim may reach them. Returns the seconds it took.
+    """
+    started = time.perf_counter()
+    file_id = seeded["live_file"]
+    with psycopg.connect(url) as conn:
+        t = now()
+        with conn.cursor() as cur:
+            cancelled, c_expires = _insert_batch(
+                cur, file_id, t - timedelta(hours=2), n, frozen=False
+            )
+            cur.execute(
+                "UPDATE batches SET cancelling_at = %s WHERE id = %s",
+                (t - timedelta(minutes=1), cancelled),
+            )
+            waiting, w_expires = _insert_batch(
+                cur, file_id, t - timedelta(hours=1), n, frozen=False
+            )
+        conn.execute(
+            INSERT_PENDING,
+            {"id": cancelled, "file": file_id, "expires": c_expires,
+             "created": t - timedelta(hours=2), "first": 1, "last": n},
+        )  # fmt: skip
+        conn.commit()
+        conn.execute(
+            INSERT_BACKING_OFF,
+            {"id": waiting, "file": file_id, "expires": w_expires,
+             "not_before": t + timedelta(hours=1), "n": n},
+        )  # fmt: skip
+        conn.commit()
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("VACUUM (ANALYZE) requests")
+        conn.execute("VACUUM (ANALYZE) batches")
+    return time.perf_counter() - started
 
 
 def _timed(fn: Any, runs: int) -> list[float]:
@@ -182,11 +236,17 @@ def _indexes(plan: str) -> str:
     return ", ".join(names) if names else "none (sequential scan)"
 
 
+def _slots(seeded: dict[str, Any]) -> int:
+    """256, or fewer at tiny scales: the two claim measures take ``CLAIM_RUNS`` claims each
+    (plus one explained and rolled back) from the live batch's pending rows."""
+    return max(1, min(256, int(seeded["pending"]) // (2 * CLAIM_RUNS + 2)))
+
+
 def measure(url: str, seeded: dict[str, Any], results_dir: Path) -> dict[str, Any]:
     from fusillade.store.postgres import PostgresRepository
 
     results_dir.mkdir(parents=True, exist_ok=True)
-    slots = max(1, min(256, seeded["pending"] // (CLAIM_RUNS + 1)))
+    slots = _slots(seeded)
     daemon = uuid4()
     frozen, live = seeded["frozen_batch"], seeded["live_batch"]
     out: dict[str, Any] = {"slots": slots}
@@ -214,19 +274,52 @@ def measure(url: str, seeded: dict[str, Any], results_dir: Path) -> dict[str, An
     return out
 
 
+def measure_unclaimable(url: str, seeded: dict[str, Any], results_dir: Path) -> dict[str, Any]:
+    """The claim again, once ``load_unclaimable`` has put its rows in front."""
+    from fusillade.store.postgres import PostgresRepository
+
+    slots = _slots(seeded)
+    daemon = uuid4()
+    out: dict[str, Any] = {"slots": slots}
+    with PostgresRepository(url) as repo:
+        params = {"daemon_id": daemon, "now": now(), "models": [MODEL], "slots": [slots]}
+        plan = _explain(url, repo.q.claim, params)
+        n = seeded["unclaimable"]
+        (results_dir / "explain-claim-unclaimable.txt").write_text(
+            f"-- claim, {seeded['finished']:,} finished requests, {n:,} unswept cancelled"
+            f" and {n:,} backing off\n{plan}\n"
+        )
+        out["indexes"] = _indexes(plan)
+        found = re.search(r"Execution Time: ([\d.]+) ms", plan)
+        out["sql_ms"] = float(found.group(1)) if found else None
+        claimed = repo.claim(daemon, {MODEL: slots}, now=now())  # warms the pool
+        out["claimed_from"] = sorted({str(c.batch_id) for c in claimed})
+        out["claim_ms"] = _timed(lambda: repo.claim(daemon, {MODEL: slots}, now=now()), CLAIM_RUNS)
+    return out
+
+
 def p7(env: Env, up: object = None, *, results_dir: Path | None = None) -> list[Row]:
     rows = env.sizes.p7_rows
     results = results_dir or env.results_dir
     with fresh_database(env.admin_url, "p7") as url:
         migrate(url)
-        env.log(f"P7: loading {rows:,} finished requests (bulk SQL)")
-        seeded = load(url, rows, env.log)
-        env.log(f"P7: loaded in {seeded['load_seconds']:.0f} s; timing claim and status")
-        m = measure(url, seeded, results)
-    return _rows(seeded, m, results)
+        return _run(url, rows, results, env.log)
 
 
-def _rows(seeded: dict[str, Any], m: dict[str, Any], results: Path) -> list[Row]:
+def _run(url: str, rows: int, results: Path, log: Any) -> list[Row]:
+    log(f"P7: loading {rows:,} finished requests (bulk SQL)")
+    seeded = load(url, rows, log)
+    log(f"P7: loaded in {seeded['load_seconds']:.0f} s; timing claim and status")
+    m = measure(url, seeded, results)
+    seeded["unclaimable"] = unclaimable = max(1, rows // 5)
+    log(f"P7: adding {unclaimable:,} unswept cancelled and {unclaimable:,} backing off")
+    seeded["unclaimable_load_seconds"] = load_unclaimable(url, seeded, unclaimable)
+    log(f"P7: added in {seeded['unclaimable_load_seconds']:.0f} s; timing the claim")
+    u = measure_unclaimable(url, seeded, results)
+    return _rows(seeded, m, results, u)
+
+
+def _rows(seeded: dict[str, Any], m: dict[str, Any], results: Path, u: dict[str, Any]) -> list[Row]:
     n = f"{seeded['finished']:,} finished requests"
     live = f"live batch of {seeded['batch_size']:,} ({seeded['pending']:,} pending)"
     claim = Row("P7", f"claim ({m['slots']} slots) with {n}", "< 20 ms")
@@ -243,13 +336,31 @@ def _rows(seeded: dict[str, Any], m: dict[str, Any], results: Path) -> list[Row]
     )
     status.met = median(m["live_ms"]) < 5
     status.notes = [f"index: {m['indexes_status-live-counts']}", f"{STATUS_RUNS} calls"]
+    k = f"{seeded['unclaimable']:,}"
+    dead = Row(
+        "P7",
+        f"claim ({u['slots']} slots) with {k} unswept cancelled and {k} backing off",
+        "< 20 ms",
+    )
+    dead.result = f"median {median(u['claim_ms']):.1f} ms (SQL {u['sql_ms']:.1f} ms)"
+    dead.met = median(u["claim_ms"]) < 20 and u["claimed_from"] == [str(seeded["live_batch"])]
+    dead.notes = [
+        f"index: {u['indexes']}", f"{CLAIM_RUNS} calls", f"beside the {n} and the {live}",
+        "both ahead of the live batch in deadline order; claimed from the live batch only"
+        if u["claimed_from"] == [str(seeded["live_batch"])]
+        else f"claimed from batches {', '.join(u['claimed_from'])}",
+    ]  # fmt: skip
     shown = results.resolve()
     if shown.is_relative_to(REPO_ROOT):
         shown = shown.relative_to(REPO_ROOT)
-    for row in (claim, frozen, status):
+    for row in (claim, frozen, status, dead):
         row.notes.append(f"EXPLAIN in {shown}/explain-*.txt")
         row.raw = {**m, "load_seconds": seeded["load_seconds"]}
-    return [claim, frozen, status]
+    dead.raw = {
+        **u, "unclaimable": seeded["unclaimable"],
+        "load_seconds": seeded["unclaimable_load_seconds"],
+    }  # fmt: skip
+    return [claim, frozen, status, dead]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -262,12 +373,10 @@ def main(argv: list[str] | None = None) -> int:
     admin = args.database_url or admin_url()[0]
     with fresh_database(admin, "p7", keep=args.keep) as url:
         migrate(url)
-        seeded = load(url, args.rows)
-        print(f"loaded in {seeded['load_seconds']:.0f} s")
-        m = measure(url, seeded, args.results_dir)
+        rows = _run(url, args.rows, args.results_dir, print)
         if args.keep:
             print(f"kept {url}")
-    for row in _rows(seeded, m, args.results_dir):
+    for row in rows:
         print(f"{row.measure}: {row.result} [{row.target}] {'; '.join(row.notes)}")
     return 0
 

@@ -53,6 +53,7 @@ def test_every_scenario_produces_rows(tmp_path: Path, database_server: object) -
     assert "STALE-TABLE" not in text and text.endswith("kept\n")
     assert "| P8 |" in text
     assert sorted(p.name for p in (tmp_path / "explain").iterdir()) == [
+        "explain-claim-unclaimable.txt",
         "explain-claim.txt",
         "explain-status-frozen.txt",
         "explain-status-live-counts.txt",
