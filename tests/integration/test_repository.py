@@ -154,6 +154,46 @@ def test_claim_respects_slots_and_models(repo: PostgresRepository) -> None:
     assert {c.custom_id for c in claimed if c.model == "a"} == {"req-0", "req-2"}
 
 
+def test_claim_takes_due_retries_in_line_order_and_never_those_backing_off(
+    repo: PostgresRepository,
+) -> None:
+    """Rows pending again after an attempt are read from an index of their own (by
+    not_before, migration 0005): due, they are claimed in line order among the batch's
+    other rows; backing off, never; reclaimed, at once."""
+    b = make_batch(repo, 7)
+    d = daemon(repo)
+    first = repo.claim(d, {"m1": 3}, now=T0)
+    assert [c.custom_id for c in first] == ["req-0", "req-1", "req-2"]
+    soon, later = T0 + timedelta(seconds=10), T0 + timedelta(hours=1)
+    repo.record_results(
+        d,
+        [
+            AttemptResult(first[0].id, 1, ResultKind.RETRY, T0, status=429, not_before=later),
+            AttemptResult(first[1].id, 1, ResultKind.RETRY, T0, status=503, not_before=soon),
+            ok(first[2].id, 1),
+        ],
+    )
+    at = T0 + timedelta(seconds=20)
+    # req-1 is due and comes before the fresh req-3 by line; req-0 backs off until later
+    got = repo.claim(d, {"m1": 2}, now=at)
+    assert [(c.custom_id, c.attempt, c.batch_id) for c in got] == [
+        ("req-1", 2, b),
+        ("req-3", 1, b),
+    ]
+    assert [c.custom_id for c in repo.claim(d, {"m1": 10}, now=at)] == [
+        "req-4",
+        "req-5",
+        "req-6",
+    ]
+    assert repo.claim(d, {"m1": 10}, now=at) == []
+    # a row reclaimed from a dead daemon is pending again after an attempt, due at once
+    stats = repo.reclaim_timed_out(now=at, claimed_before=later, max_attempts=5)
+    assert stats.requeued == 5
+    again = repo.claim(d, {"m1": 10}, now=at)
+    assert [c.custom_id for c in again] == ["req-1", "req-3", "req-4", "req-5", "req-6"]
+    assert [c.custom_id for c in repo.claim(d, {"m1": 10}, now=later)] == ["req-0"]
+
+
 def test_eight_threads_never_claim_a_row_twice(repo: PostgresRepository) -> None:
     make_batch(repo, 5000)
     seen: list[UUID] = []

@@ -65,27 +65,45 @@ class DaemonParts(MemoryBase):
         self, daemon_id: UUID, slots: Mapping[str, int], *, now: datetime
     ) -> list[ClaimedRequest]:
         """Claim and start up to ``slots[model]`` due requests per model, in claim order:
-        earliest batch deadline, then batch id, then line."""
+        earliest batch deadline, then batch id, then line, as claim.sql takes them (per
+        batch, at most ``n`` rows not yet attempted in their budget, by line, and at most
+        ``n`` due rows attempted before, earliest due first, merged by line)."""
         wanted = {m: n for m, n in slots.items() if n > 0}
         if not wanted:
             return []
         with self._lock:
-            due: dict[str, list[_Row]] = {m: [] for m in wanted}
+            # per (batch, model): the due rows with no attempt of their budget yet, and
+            # the due rows pending again after an attempt
+            fresh: dict[tuple[UUID, str], list[_Row]] = {}
+            again: dict[tuple[UUID, str], list[_Row]] = {}
             for rid in self._by_state[P]:
                 row = self._rows[rid]
-                if (
-                    row.model in due
-                    and row.req.not_before <= now
-                    and row.batch_expires_at > now
-                    and self._claimable(self._batches[row.req.batch_id])
-                ):
-                    due[row.model].append(row)
-            out = []
+                if row.model in wanted and row.req.not_before <= now:
+                    side = fresh if row.req.attempts == row.req.budget_base else again
+                    side.setdefault((row.req.batch_id, row.model), []).append(row)
+            batches = sorted(
+                (
+                    b
+                    for b in self._batches.values()
+                    if b.frozen_counts is None and self._claimable(b) and b.expires_at > now
+                ),
+                key=lambda b: (b.expires_at, b.id),
+            )
+            picked: dict[str, list[_Row]] = {m: [] for m in wanted}
             for model, n in wanted.items():
-                rows = sorted(
-                    due[model], key=lambda r: (r.batch_expires_at, r.req.batch_id, r.line_number)
-                )
-                for row in rows[:n]:
+                for b in batches:
+                    if len(picked[model]) >= n:
+                        break
+                    new = sorted(fresh.get((b.id, model), []), key=lambda r: r.line_number)[:n]
+                    due = sorted(
+                        again.get((b.id, model), []),
+                        key=lambda r: (r.req.not_before, r.line_number),
+                    )[:n]
+                    merged = sorted(new + due, key=lambda r: r.line_number)[:n]
+                    picked[model] += merged[: n - len(picked[model])]
+            out = []
+            for model in wanted:
+                for row in picked[model]:
                     req = step(row.req, Event(EventKind.CLAIM, daemon_id=daemon_id), now).request
                     req = step(req, Event(EventKind.START, attempt=req.attempts), now).request
                     self._put(attrs.evolve(row, req=req))
