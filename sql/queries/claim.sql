@@ -20,8 +20,11 @@
 -- The walk relies on a nested loop keeping the order of its outer side: the batches come
 -- from a subquery with its own ORDER BY (never pulled up) and the rows of each batch from
 -- one with its own ORDER BY and LIMIT; no ORDER BY above them, which could make the
--- planner read every batch before sorting. Up to `slots` rows more than claimed may be
--- locked (a batch's rows past the limit) until the claim commits.
+-- planner read every batch before sorting. The last batch visited may lock up to twice
+-- `slots` rows more than are claimed (its two reads, past the limit) until the claim
+-- commits; concurrent daemons skip them meanwhile.
+-- Batches of other models are read and passed over (b.models), so a model with nothing to
+-- claim reads every claimable batch once: a page or so each.
 -- A row's batch_expires_at is its batch's expires_at (create and retry keep them equal),
 -- so the order and the deadline check read the batch row.
 -- A lookup per batch, not a join of the backlog: before the first ANALYZE of a large new
