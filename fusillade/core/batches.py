@@ -123,6 +123,25 @@ def needs_freeze(view: BatchView) -> bool:
     )
 
 
+def retry_refusal(record: BatchRecord) -> str | None:
+    """Why a retry of this batch must wait, or ``None`` when it may run now.
+
+    A retry waits while a cancel or an expiry is being applied (the ``cancelling_at`` or
+    ``expired_at`` stamp is set and the counts are not frozen yet): it would clear the stamp
+    while daemons abort rows and sweeps cancel them, undoing what the user was told. Once
+    the batch is ``cancelled`` or ``expired`` (frozen) it may be retried. ``retry_batch.sql``
+    checks the same in the statement that writes, so a stamp that lands after this check
+    still stops the retry.
+    """
+    if record.frozen_counts is not None:
+        return None
+    if record.cancelling_at is not None:
+        return "the batch is still cancelling; retry once it is cancelled"
+    if record.expired_at is not None:
+        return "the batch is still expiring; retry once it has expired"
+    return None
+
+
 def freeze(
     record: BatchRecord, counts: RequestCounts, last_finished_at: datetime | None
 ) -> BatchRecord:

@@ -3,6 +3,14 @@
 -- statement under a version bump (so no freeze computed before it can land).
 -- Parameters: id, owner, version (as read), include_cancelled, now, window (interval).
 -- A batch with nothing to retry is left as it is (no version bump, stamps kept).
+-- Guard: the version as read, and no cancel or expiry being applied (a cancelling_at or
+-- expired_at stamp on a batch whose counts are not frozen: core.batches.retry_refusal).
+-- The guard is here, in the statement that writes, not only in the caller's earlier
+-- read: a cancel or an expiry stamp does not bump the version, and one committed after
+-- that read would otherwise be cleared by this statement after the user was told
+-- "cancelling". Locking: the batch row (a concurrent cancel or stamp is waited for, and
+-- the guard re-checked on the row it left). No row: refused, or nothing to retry; the
+-- caller re-reads the batch to say which.
 WITH b AS (
     UPDATE batches
     SET version = version + 1,
@@ -13,6 +21,7 @@ WITH b AS (
         expires_at = CASE WHEN expired_at IS NOT NULL OR expires_at <= %(now)s
                           THEN %(now)s + %(window)s ELSE expires_at END
     WHERE id = %(id)s AND owner = %(owner)s AND version = %(version)s
+      AND (frozen_completed IS NOT NULL OR (cancelling_at IS NULL AND expired_at IS NULL))
       AND EXISTS (
           SELECT 1 FROM requests q
           WHERE q.batch_id = %(id)s

@@ -8,11 +8,11 @@ from uuid import UUID, uuid4
 
 import attrs
 
+from fusillade.core.batches import retry_refusal
 from fusillade.core.ids import format_id
 from fusillade.core.models import (
     UNSETTLED_STATES,
     BatchRecord,
-    BatchStatus,
     BatchView,
     FilePurpose,
     FileRecord,
@@ -160,13 +160,13 @@ class BatchParts(MemoryBase):
         """Run the failed (and optionally canceled) requests of a batch again.
 
         Raises:
-            Conflict: the batch is still cancelling.
+            Conflict: the batch is still cancelling or expiring (``retry_refusal``).
         """
         with self._lock:
             view = self.get_batch(owner, batch_id, now=now)
-            if view.status is BatchStatus.CANCELLING:
-                raise Conflict("the batch is still cancelling; retry once it is cancelled")
             record = view.record
+            if (refusal := retry_refusal(record)) is not None:
+                raise Conflict(refusal)
             again = (RequestState.FAILED, CA) if include_cancelled else (RequestState.FAILED,)
             if not any(row.req.state in again for row in self._rows_of(batch_id)):
                 return view  # nothing to retry: the batch is left as it is

@@ -11,11 +11,10 @@ import psycopg
 import psycopg.errors
 from psycopg.types.json import Jsonb
 
-from fusillade.core.batches import derive, needs_freeze
+from fusillade.core.batches import derive, needs_freeze, retry_refusal
 from fusillade.core.ids import format_id
 from fusillade.core.models import (
     BatchRecord,
-    BatchStatus,
     BatchView,
     FilePurpose,
     RequestCounts,
@@ -231,12 +230,14 @@ class BatchQueries(PostgresBase):
         """Run the failed (and optionally canceled) requests of a batch again.
 
         Raises:
-            Conflict: the batch is still cancelling.
+            Conflict: the batch is still cancelling or expiring (``retry_refusal``), also
+                when the cancel or the expiry landed after this call read the batch; or
+                another retry changed the batch meanwhile.
         """
         view = self.get_batch(owner, batch_id, now=now)
-        if view.status is BatchStatus.CANCELLING:
-            raise Conflict("the batch is still cancelling; retry once it is cancelled")
         record = view.record
+        if (refusal := retry_refusal(record)) is not None:
+            raise Conflict(refusal)
         with self._tx() as cur:
             row = cur.execute(
                 self.q.retry_batch,
@@ -250,9 +251,13 @@ class BatchQueries(PostgresBase):
                 },
             ).fetchone()
             if row is None or row["batches"] == 0:
+                # Refused by the statement's guard, or nothing to retry: say which, from
+                # the batch as it is now (a cancel may have landed since the read above).
                 current = self._read_batch(cur, owner, batch_id)
                 if current.version != record.version:
                     raise Conflict("the batch changed while retrying; try again")
+                if (refusal := retry_refusal(current)) is not None:
+                    raise Conflict(refusal)
                 return view  # nothing to retry: the batch is left as it is
             cur.execute(self.q.notify, {"channel": WORK_CHANNEL, "payload": str(batch_id)})
         return self.get_batch(owner, batch_id, now=now)
