@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from itertools import islice
 from pathlib import Path
@@ -22,6 +22,7 @@ import anyio.to_thread
 from fusillade.core.jsonl import JsonlLimits, Readable, iter_validated
 from fusillade.core.models import BatchView, FileRecord, RequestTemplate
 from fusillade.core.windows import parse_completion_window
+from fusillade.runtime.clock import Clock
 from fusillade.runtime.config import DaemonConfig
 from fusillade.runtime.daemon import Daemon
 from fusillade.store.interface import BatchSpec, Page, Repository, ResultLine
@@ -31,7 +32,11 @@ DEFAULT_OWNER = "default"
 _RESULTS_PER_HOP = 1000
 
 
-def _now() -> datetime:
+# How often the engine re-reads the database's clock (the daemon does at every heartbeat).
+_CLOCK_SYNC_INTERVAL = 30.0
+
+
+def _host_now() -> datetime:
     return datetime.now(UTC)
 
 
@@ -42,10 +47,20 @@ class Engine:
     while the caller consumes results.
     """
 
-    def __init__(self, repo: Repository, daemon: Daemon | None, *, owner: str = DEFAULT_OWNER):
+    def __init__(
+        self,
+        repo: Repository,
+        daemon: Daemon | None,
+        *,
+        owner: str = DEFAULT_OWNER,
+        clock: Callable[[], datetime] = _host_now,
+    ):
         self.repo = repo
         self.daemon = daemon
         self.owner = owner
+        # the database's clock (``open`` passes it): batch deadlines and retry times are
+        # compared by daemons on other hosts
+        self._now = clock
 
     async def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         return await anyio.to_thread.run_sync(lambda: fn(*args, **kwargs))
@@ -67,6 +82,7 @@ class Engine:
         if isinstance(source, (str, os.PathLike)):
             path = Path(source)
             name = filename or path.name
+            now = self._now()  # on the event loop: the clock advances by the loop's time
 
             def from_path() -> FileRecord:
                 with path.open("rb") as stream:
@@ -74,7 +90,7 @@ class Engine:
                         self.owner,
                         name,
                         iter_validated(stream, limits),
-                        now=_now(),
+                        now=now,
                         size_bytes=path.stat().st_size,
                     )
 
@@ -87,7 +103,7 @@ class Engine:
             templates = source
             name = filename or "templates.jsonl"
         return await self._call(  # type: ignore[no-any-return]
-            self.repo.create_file, self.owner, name, templates, now=_now()
+            self.repo.create_file, self.owner, name, templates, now=self._now()
         )
 
     async def create_batch(
@@ -108,18 +124,18 @@ class Engine:
             metadata,
             batch_id,
         )
-        return await self._call(self.repo.create_batch, self.owner, spec, now=_now())  # type: ignore[no-any-return]
+        return await self._call(self.repo.create_batch, self.owner, spec, now=self._now())  # type: ignore[no-any-return]
 
     async def get_batch(self, batch_id: UUID) -> BatchView:
-        return await self._call(self.repo.get_batch, self.owner, batch_id, now=_now())  # type: ignore[no-any-return]
+        return await self._call(self.repo.get_batch, self.owner, batch_id, now=self._now())  # type: ignore[no-any-return]
 
     async def list_batches(self, *, after: UUID | None = None, limit: int = 20) -> Page[BatchView]:
         return await self._call(  # type: ignore[no-any-return]
-            self.repo.list_batches, self.owner, now=_now(), after=after, limit=limit
+            self.repo.list_batches, self.owner, now=self._now(), after=after, limit=limit
         )
 
     async def cancel_batch(self, batch_id: UUID) -> BatchView:
-        return await self._call(self.repo.cancel_batch, self.owner, batch_id, now=_now())  # type: ignore[no-any-return]
+        return await self._call(self.repo.cancel_batch, self.owner, batch_id, now=self._now())  # type: ignore[no-any-return]
 
     async def retry_failed(self, batch_id: UUID, *, include_cancelled: bool = False) -> BatchView:
         """Run the failed (and optionally canceled) requests of a batch again."""
@@ -127,7 +143,7 @@ class Engine:
             self.repo.retry_batch,
             self.owner,
             batch_id,
-            now=_now(),
+            now=self._now(),
             include_cancelled=include_cancelled,
         )
 
@@ -193,16 +209,25 @@ async def open(
             return repo
 
         repository = await anyio.to_thread.run_sync(connect)
+    repo = repository
+
+    async def database_time() -> datetime | None:
+        return await anyio.to_thread.run_sync(repo.database_time, abandon_on_cancel=True)
+
     try:
         daemon = Daemon(repository, config) if run_daemon else None
-        async with anyio.create_task_group() as tg:
-            if daemon is not None:
-                await tg.start(daemon.run)
-            try:
-                yield Engine(repository, daemon, owner=owner)
-            finally:
+        clock = Clock()
+        async with anyio.create_task_group() as clocks:
+            await clocks.start(clock.keep_synced, database_time, _CLOCK_SYNC_INTERVAL)
+            async with anyio.create_task_group() as tg:
                 if daemon is not None:
-                    daemon.stop()
+                    await tg.start(daemon.run)
+                try:
+                    yield Engine(repository, daemon, owner=owner, clock=clock.now)
+                finally:
+                    if daemon is not None:
+                        daemon.stop()
+            clocks.cancel_scope.cancel()
     finally:
         if own_repo:
             close = getattr(repository, "close", None)

@@ -18,8 +18,10 @@ Theory of operation
   work in flight were cancelled or expired, and aborts those requests (their result is
   ``canceled``). Per-batch bookkeeping is dropped as soon as a batch has nothing in
   flight (lesson 8).
-- **heartbeat** and **maintenance** (reclaim rows of dead daemons and timed-out rows,
-  stamp expired batches, sweep cancelled/expired pending rows) run on intervals.
+- **heartbeat** (which first re-reads the database's clock: every time the daemon writes
+  or compares is the database's, ``fusillade.runtime.clock``) and **maintenance**
+  (reclaim rows of dead daemons and timed-out rows, stamp expired batches, sweep
+  cancelled/expired pending rows) run on intervals.
 - the **listener** (PostgreSQL LISTEN, when the repository offers it) wakes the claim
   loop for new batches and retries, and the cancel watcher for cancellations. When the
   repository finds that notifications cannot reach it (its probe never comes back, as
@@ -243,6 +245,8 @@ class Daemon:
         delay = 0.1
         while True:
             try:
+                assert self._clock is not None
+                await self._clock.sync(self._database_time)
                 await self._db(self.repo.sync.register_daemon, info, now=self.now())
             except (StoreError, TimeoutError) as exc:
                 log.warning("daemon registration failed, retrying: %s", exc)
@@ -250,6 +254,9 @@ class Daemon:
                 delay = min(delay * 2, 5.0)
             else:
                 return
+
+    async def _database_time(self) -> datetime | None:
+        return await self._db(self.repo.sync.database_time)
 
     async def _record(self, results: Any) -> RecordStats:
         started = anyio.current_time()
@@ -490,6 +497,8 @@ class Daemon:
     async def _heartbeat_loop(self) -> None:
         async def beat() -> None:
             try:
+                assert self._clock is not None
+                await self._clock.sync(self._database_time)
                 alive = await self._db(self.repo.sync.heartbeat, self.id, now=self.now())
             except (StoreError, TimeoutError):
                 self._heartbeat_ok = False

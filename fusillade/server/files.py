@@ -108,13 +108,14 @@ async def create_file(request: Request[Any, Any, Any], ctx: Ctx, owner: Owner) -
         body_limit=ctx.settings.max_upload_bytes + MULTIPART_SLACK,
         timing=ctx.body_timing,
     )
+    now = ctx.clock()  # on the event loop: the clock advances by the loop's time
     try:
         record: FileRecord = await ctx.call(
             lambda: ctx.repo.create_file(
                 owner,
                 received.filename,
                 iter(received.spool),
-                now=ctx.clock(),
+                now=now,
                 size_bytes=received.size,
             )
         )

@@ -30,6 +30,7 @@ from hypercorn.trio import serve as hypercorn_serve
 
 from fusillade.config import Settings
 from fusillade.errors import ConfigError
+from fusillade.runtime.clock import Clock
 from fusillade.runtime.config import DaemonConfig
 from fusillade.runtime.daemon import Daemon
 from fusillade.server.app import create_app
@@ -41,6 +42,8 @@ if TYPE_CHECKING:
     from hypercorn.typing import ASGIFramework
 
 log = logging.getLogger("fusillade.server")
+# How often the API re-reads the database's clock (the daemon does at every heartbeat).
+_CLOCK_SYNC_INTERVAL = 30.0
 GRACEFUL_TIMEOUT = 10.0
 """Seconds hypercorn lets requests in flight finish at shutdown."""
 POOL_SIZE = 16
@@ -143,43 +146,53 @@ async def serve(
             config = daemon_config if daemon_config is not None else _daemon_config(settings)
             daemon = Daemon(repo, config, transport=transport)
         running = Running(url=None, daemon=daemon, repo=repo, database_url=url)
-        async with trio.open_nursery() as nursery:
-            # The API binds first: an address in use then starts no daemon.
-            if run_api:
-                ctx = ServerContext(
-                    repo=repo,
-                    settings=settings.server,
-                    keys=keys,
-                    daemon=daemon,
-                    metrics_key=metrics_key,
-                )
-                binds: list[str] = await nursery.start(
-                    functools.partial(
-                        hypercorn_serve,
-                        # Litestar's ASGI types are narrower than hypercorn's union
-                        cast("ASGIFramework", create_app(ctx)),
-                        _hypercorn_config(host, port),
-                        shutdown_trigger=running.stop_requested.wait,
+        # The API's times (batch deadlines, cancel and retry stamps) are compared by
+        # daemons on other hosts: take them from the database's clock, like the daemon.
+        clock = Clock()
+        read = functools.partial(
+            trio.to_thread.run_sync, repo.database_time, abandon_on_cancel=True
+        )
+        async with trio.open_nursery() as clocks:
+            await clocks.start(clock.keep_synced, read, _CLOCK_SYNC_INTERVAL)
+            async with trio.open_nursery() as nursery:
+                # The API binds first: an address in use then starts no daemon.
+                if run_api:
+                    ctx = ServerContext(
+                        repo=repo,
+                        settings=settings.server,
+                        keys=keys,
+                        daemon=daemon,
+                        clock=clock.now,
+                        metrics_key=metrics_key,
                     )
-                )
-                running.url = binds[0] if binds else None
-                say(f"API listening on {running.url}")
-                if not keys.enabled:
-                    say(
-                        "no api keys configured: every request acts for owner 'default' "
-                        "(listening on loopback only)"
+                    binds: list[str] = await nursery.start(
+                        functools.partial(
+                            hypercorn_serve,
+                            # Litestar's ASGI types are narrower than hypercorn's union
+                            cast("ASGIFramework", create_app(ctx)),
+                            _hypercorn_config(host, port),
+                            shutdown_trigger=running.stop_requested.wait,
+                        )
                     )
-                elif not metrics_key.enabled and not is_loopback(host):
-                    say(
-                        "GET /metrics answers without a key; set [server] metrics_key_env "
-                        "to require one"
-                    )
-            if daemon is not None:
-                await nursery.start(daemon.run)
-            task_status.started(running)
-            await running.stop_requested.wait()
-            if daemon is not None:
-                daemon.stop()
+                    running.url = binds[0] if binds else None
+                    say(f"API listening on {running.url}")
+                    if not keys.enabled:
+                        say(
+                            "no api keys configured: every request acts for owner 'default' "
+                            "(listening on loopback only)"
+                        )
+                    elif not metrics_key.enabled and not is_loopback(host):
+                        say(
+                            "GET /metrics answers without a key; set [server] metrics_key_env "
+                            "to require one"
+                        )
+                if daemon is not None:
+                    await nursery.start(daemon.run)
+                task_status.started(running)
+                await running.stop_requested.wait()
+                if daemon is not None:
+                    daemon.stop()
+            clocks.cancel_scope.cancel()
 
 
 async def _close(repo: Repository) -> None:

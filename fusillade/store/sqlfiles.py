@@ -41,6 +41,7 @@ class Queries:
     daemon_heartbeat: str
     daemon_register: str
     daemon_stop: str
+    database_time: str
     expire_batches: str
     expire_requests: str
     first_path_mismatch: str

@@ -55,6 +55,10 @@ class MemoryBase:
     def ping(self, timeout: float = 5.0) -> None:
         pass
 
+    def database_time(self) -> datetime | None:
+        """None: everything lives in this process, whose clock callers already use."""
+        return None
+
     def __enter__(self) -> Self:
         return self
 

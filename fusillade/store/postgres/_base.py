@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Iterator
+from datetime import datetime
 from typing import Any, Self
 from uuid import UUID, uuid4
 
@@ -151,6 +152,15 @@ class PostgresBase:
         """
         with translate_errors(), self.pool.connection(timeout=timeout) as conn:
             conn.execute("SELECT 1")
+
+    def database_time(self) -> datetime:
+        """The database server's clock (``clock_timestamp()``), which every process of a
+        deployment takes its times from (``fusillade.runtime.clock``)."""
+        with self._tx() as cur:
+            row = cur.execute(self.q.database_time).fetchone()
+        assert row is not None
+        now: datetime = row["now"]
+        return now
 
     def _read_batch(
         self, cur: psycopg.Cursor[dict[str, Any]], owner: str | None, batch_id: UUID
