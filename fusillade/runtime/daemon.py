@@ -534,6 +534,9 @@ class Daemon:
             )
             while await self._db(self.repo.sync.sweep, now=now, limit=5 * chunk) >= 5 * chunk:
                 pass
+            # batches whose creator died half-way: one chunk of requests per call
+            while await self._db(self.repo.sync.resume_creation, now=self.now()):
+                pass
             if requeued:
                 metrics.RECLAIMED.inc(requeued)
                 self._wake_for_work()

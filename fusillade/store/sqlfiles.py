@@ -62,6 +62,7 @@ class Queries:
     lock_batch: str
     lock_batch_for_freeze: str
     notify: str
+    pick_unfinished_creation: str
     reclaim_dead_daemons: str
     reclaim_timed_out: str
     record_results: str
@@ -74,6 +75,7 @@ class Queries:
     stream_input: str
     stream_output: str
     sweep_cancelled: str
+    unlock_batch: str
 
 
 def load_queries(directory: Path | None = None) -> Queries:

@@ -300,6 +300,10 @@ class DaemonParts(MemoryBase):
                     out[b.id] = "expired"
             return out
 
+    def resume_creation(self, *, now: datetime) -> int:
+        """0: in memory a batch and all its requests are created at once."""
+        return 0
+
     def sweep(self, *, now: datetime, limit: int = 5000) -> int:
         """Stamp expired batches, then cancel a bounded chunk of pending rows of cancelled
         and of expired batches. Returns the rows changed."""

@@ -23,6 +23,7 @@ from fusillade.core.windows import parse_completion_window
 from fusillade.errors import Conflict, NotFound, ValidationError
 from fusillade.ids import next_uuid7
 from fusillade.serde import structure
+from fusillade.store.errors import translate_errors
 from fusillade.store.interface import (
     BatchSpec,
     Page,
@@ -36,26 +37,77 @@ _INLINE_SWEEP = 10_000
 
 class BatchQueries(PostgresBase):
     def create_batch(self, owner: str, spec: BatchSpec, *, now: datetime) -> BatchView:
-        """Create a batch and all its requests in one transaction.
+        """Create a batch, then its requests in chunks of ``create_chunk`` lines.
+
+        The batch row comes first (with its output and error files, in one transaction),
+        then one transaction per chunk of requests (``create_batch_requests.sql``), so
+        the creation of a file of millions of lines never meets the statement timeout.
+        Until the last chunk, the lines without a request count as pending: the batch is
+        ``in_progress`` and its counts add up; daemons may start on the rows that exist.
 
         Idempotent for a given ``spec.batch_id``: a repeated call (a retried request, a
-        re-delivered job) returns the existing batch and inserts nothing (lesson 3).
+        re-delivered job, ``run`` resuming) returns the existing batch, inserts nothing
+        twice (lesson 3), and finishes a creation that was cut short. A session-level
+        advisory lock held for the whole creation serialises calls for one id; a
+        creation whose process died is finished by maintenance (``resume_creation``).
 
         Raises:
             NotFound: the input file does not exist or is not the owner's.
             ValidationError: the file is not an input file, is empty, or has a line
                 whose url differs from the endpoint.
+            Conflict: ``spec.batch_id`` is another owner's batch.
         """
         batch_id = spec.batch_id or next_uuid7()
-        with self._tx() as cur:
-            cur.execute(self.q.lock_batch, {"id": batch_id})
-            existing = cur.execute(self.q.get_batch, {"id": batch_id, "owner": None}).fetchone()
-            if existing is not None:
-                if existing["owner"] != owner:
-                    raise Conflict(f"batch id {batch_id} is taken")
-            else:
-                self._insert_batch(cur, owner, batch_id, spec, now)
+        with translate_errors(), self.pool.connection() as conn:
+            cur = conn.cursor()
+            with conn.transaction():
+                cur.execute(self.q.lock_batch, {"id": batch_id})
+            try:
+                with conn.transaction():
+                    existing = cur.execute(
+                        self.q.get_batch, {"id": batch_id, "owner": None}
+                    ).fetchone()
+                    if existing is not None:
+                        if existing["owner"] != owner:
+                            raise Conflict(f"batch id {batch_id} is taken")
+                    else:
+                        self._insert_batch(cur, owner, batch_id, spec, now)
+                while True:
+                    with conn.transaction():
+                        if self._create_chunk(cur, batch_id, now) is None:
+                            break
+            finally:
+                with conn.transaction():
+                    cur.execute(self.q.unlock_batch, {"id": batch_id})
         return self.get_batch(owner, batch_id, now=now)
+
+    def _create_chunk(
+        self, cur: psycopg.Cursor[dict[str, Any]], batch_id: UUID, now: datetime
+    ) -> int | None:
+        """Create the next chunk of a batch's requests and wake the daemons; the line
+        created through so far, or None once all exist."""
+        row = cur.execute(
+            self.q.create_batch_requests,
+            {"batch_id": batch_id, "chunk": self.create_chunk, "now": now},
+        ).fetchone()
+        if row is None:
+            return None
+        if row["inserted"]:
+            cur.execute(self.q.notify, {"channel": WORK_CHANNEL, "payload": str(batch_id)})
+        through: int | None = row["created_through"]
+        return through
+
+    def resume_creation(self, *, now: datetime) -> int:
+        """Create one chunk of requests of a batch whose creator died half-way, if any.
+
+        Returns how many batches were advanced (0 or 1): maintenance calls it until 0.
+        """
+        with self._tx() as cur:
+            picked = cur.execute(self.q.pick_unfinished_creation).fetchone()
+            if picked is None:
+                return 0
+            self._create_chunk(cur, picked["id"], now)
+            return 1
 
     def _insert_batch(
         self,
@@ -122,16 +174,6 @@ class BatchQueries(PostgresBase):
                 "models": file_row["models"],
             },
         )
-        cur.execute(
-            self.q.create_batch_requests,
-            {
-                "batch_id": batch_id,
-                "file_id": spec.input_file_id,
-                "expires_at": expires_at,
-                "now": now,
-            },
-        )
-        cur.execute(self.q.notify, {"channel": WORK_CHANNEL, "payload": str(batch_id)})
 
     def _live_counts(
         self, cur: psycopg.Cursor[dict[str, Any]], records: Sequence[BatchRecord]
@@ -140,7 +182,8 @@ class BatchQueries(PostgresBase):
         tallies: dict[UUID, dict[str, int]] = {i: {} for i in live}
         if live:
             for row in cur.execute(self.q.count_batch_requests, {"batch_ids": live}):
-                tallies[row["batch_id"]][row["state"]] = row["n"]
+                tally = tallies[row["batch_id"]]
+                tally[row["state"]] = tally.get(row["state"], 0) + row["n"]
         out: dict[UUID, RequestCounts] = {}
         for r in records:
             if r.frozen_counts is not None:

@@ -1,0 +1,15 @@
+-- 0006_batch_creation_progress: a batch's requests are created in bounded chunks.
+--
+-- One INSERT ... SELECT of every request ran into the 30 s statement timeout at about a
+-- million lines. create_batch now inserts the batch row first and its requests in chunks of
+-- line numbers, each its own transaction (create_batch_requests.sql), and records here how
+-- far it got: created_through is the last line number whose request exists while the batch
+-- is being created, NULL once every request exists. A creation cut short (the process died)
+-- is resumed from there by a repeated create_batch or by any daemon's maintenance.
+-- NULL for every batch created before this migration: their requests all exist.
+-- A nullable column without a default: adding it rewrites nothing.
+
+ALTER TABLE batches ADD COLUMN created_through integer;
+
+-- The batches still being created, found by maintenance (pick_unfinished_creation.sql).
+CREATE INDEX batches_creating ON batches (id) WHERE created_through IS NOT NULL;

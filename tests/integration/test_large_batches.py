@@ -1,0 +1,158 @@
+"""Large batches: requests are created in chunks, each within the statement timeout,
+idempotently, and a creation cut short is finished by a repeat or by maintenance.
+
+The sizes are small and the timeout and chunk lowered to match; the 5,000,000-line run
+is measured by hand (docs/performance.md, "Large batches").
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from uuid import UUID, uuid4
+
+import psycopg
+import pytest
+
+from fusillade.core.models import BatchStatus, RequestTemplate
+from fusillade.errors import StoreError
+from fusillade.store.interface import AttemptResult, BatchSpec, DaemonInfo, ResultKind
+from fusillade.store.postgres import PostgresRepository
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def templates(n: int) -> Iterator[RequestTemplate]:
+    for i in range(n):
+        yield RequestTemplate(custom_id=f"req-{i}", model="m1", body=f'{{"model":"m1","i":{i}}}')
+
+
+def spec(file_id: UUID, batch_id: UUID | None = None) -> BatchSpec:
+    return BatchSpec(file_id, "/v1/chat/completions", "24h", timedelta(hours=24), batch_id=batch_id)
+
+
+def lines_of(db: psycopg.Connection[Any], batch: UUID) -> list[int]:
+    rows = db.execute(
+        "SELECT line_number FROM requests WHERE batch_id = %s ORDER BY line_number", [batch]
+    ).fetchall()
+    return [r[0] for r in rows]
+
+
+def test_a_batch_too_large_for_one_statement_is_created_in_chunks(
+    database_url: str, db: psycopg.Connection[Any]
+) -> None:
+    """With a timeout one INSERT of every line cannot meet, chunks each meet it."""
+    n = 60_000
+    with PostgresRepository(database_url, statement_timeout_ms=400, create_chunk=2_000) as repo:
+        f = repo.create_file("alice", "big.jsonl", templates(n), now=T0)
+        # the single statement of old, under the same timeout, does not fit
+        with (
+            pytest.raises(psycopg.errors.QueryCanceled),
+            psycopg.connect(database_url, options="-c statement_timeout=400") as conn,
+        ):
+            conn.execute(
+                "INSERT INTO requests (batch_id, file_id, line_number, model,"
+                " batch_expires_at, not_before)"
+                " SELECT %s, file_id, line_number, model, %s, %s FROM request_templates"
+                " WHERE file_id = %s",
+                [uuid4(), T0, T0, f.id],
+            )
+        view = repo.create_batch("alice", spec(f.id), now=T0)
+    assert view.counts.total == n
+    assert view.counts.pending == n
+    assert lines_of(db, view.record.id) == list(range(1, n + 1))
+    created = db.execute(
+        "SELECT created_through FROM batches WHERE id = %s", [view.record.id]
+    ).fetchone()
+    assert created == (None,)  # every request exists
+
+
+def test_a_creation_cut_short_is_finished_by_a_repeat_without_duplicates(
+    database_url: str, db: psycopg.Connection[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with PostgresRepository(database_url, create_chunk=3) as repo:
+        f = repo.create_file("alice", "in.jsonl", templates(10), now=T0)
+        batch = uuid4()
+        real = repo._create_chunk
+        calls = 0
+
+        def dies_after_two_chunks(*args: Any) -> int | None:
+            nonlocal calls
+            calls += 1
+            if calls > 2:
+                raise StoreError("the process died")
+            return real(*args)
+
+        monkeypatch.setattr(repo, "_create_chunk", dies_after_two_chunks)
+        with pytest.raises(StoreError):
+            repo.create_batch("alice", spec(f.id, batch), now=T0)
+        monkeypatch.undo()
+
+        # half-created: the batch shows every line, the missing ones as pending
+        assert lines_of(db, batch) == list(range(1, 7))
+        half = repo.get_batch("alice", batch, now=T0)
+        assert half.status is BatchStatus.IN_PROGRESS
+        assert (half.counts.total, half.counts.pending) == (10, 10)
+        assert half.counts.is_consistent
+
+        # the rows that exist may run; finishing all of them does not finish the batch
+        d = uuid4()
+        repo.register_daemon(DaemonInfo(d, "h", 1, "t"), now=T0)
+        claimed = repo.claim(d, {"m1": 100}, now=T0)
+        assert len(claimed) == 6
+        ok = [AttemptResult(c.id, 1, ResultKind.SUCCEEDED, T0, 200, "{}") for c in claimed]
+        assert repo.record_results(d, ok).written == 6
+        view = repo.get_batch("alice", batch, now=T0)
+        assert view.status is BatchStatus.IN_PROGRESS
+        assert view.record.frozen_counts is None
+        assert (view.counts.completed, view.counts.pending) == (6, 4)
+
+        # the same call again finishes the creation, inserting each line once
+        again = repo.create_batch("alice", spec(f.id, batch), now=T0)
+        assert lines_of(db, batch) == list(range(1, 11))
+        assert (again.counts.completed, again.counts.pending) == (6, 4)
+        assert len(repo.claim(d, {"m1": 100}, now=T0)) == 4
+
+
+def test_maintenance_finishes_a_creation_whose_creator_died_but_not_a_live_one(
+    database_url: str, db: psycopg.Connection[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with PostgresRepository(database_url, create_chunk=4) as repo:
+        f = repo.create_file("alice", "in.jsonl", templates(10), now=T0)
+        batch = uuid4()
+        real = repo._create_chunk
+
+        def dies_after_one_chunk(*args: Any) -> int | None:
+            monkeypatch.setattr(repo, "_create_chunk", lambda *a: _die())
+            return real(*args)
+
+        monkeypatch.setattr(repo, "_create_chunk", dies_after_one_chunk)
+        with pytest.raises(StoreError):
+            repo.create_batch("alice", spec(f.id, batch), now=T0)
+        monkeypatch.undo()
+        assert lines_of(db, batch) == [1, 2, 3, 4]
+
+        # a live creator (it holds the batch's session lock) is left alone
+        with psycopg.connect(database_url, autocommit=True) as creator:
+            creator.execute(repo.q.lock_batch, {"id": batch})
+            assert repo.resume_creation(now=T0) == 0
+            pid = creator.info.backend_pid
+        # the creator's backend ends (and its lock goes) a moment after the client closes
+        deadline = time.monotonic() + 30
+        while db.execute("SELECT 1 FROM pg_stat_activity WHERE pid = %s", [pid]).fetchone():
+            assert time.monotonic() < deadline
+            time.sleep(0.01)  # the polling interval of a bounded wait
+        # a dead one's batch is finished, a chunk per call
+        assert repo.resume_creation(now=T0) == 1
+        assert repo.resume_creation(now=T0) == 1
+        assert repo.resume_creation(now=T0) == 0
+        assert lines_of(db, batch) == list(range(1, 11))
+        assert db.execute(
+            "SELECT created_through FROM batches WHERE id = %s", [batch]
+        ).fetchone() == (None,)
+
+
+def _die() -> int | None:
+    raise StoreError("the process died")
