@@ -534,8 +534,11 @@ class Daemon:
             )
             while await self._db(self.repo.sync.sweep, now=now, limit=5 * chunk) >= 5 * chunk:
                 pass
-            # batches whose creator died half-way: one chunk of requests per call
-            while await self._db(self.repo.sync.resume_creation, now=self.now()):
+            # batches whose creation stopped moving (the creator died half-way): one
+            # chunk of requests per call
+            while await self._db(
+                self.repo.sync.resume_creation, now=self.now(), stale_before=stale
+            ):
                 pass
             if requeued:
                 metrics.RECLAIMED.inc(requeued)

@@ -75,7 +75,6 @@ class Queries:
     stream_input: str
     stream_output: str
     sweep_cancelled: str
-    unlock_batch: str
 
 
 def load_queries(directory: Path | None = None) -> Queries:

@@ -1,7 +1,7 @@
 -- create_batch_requests: the next chunk of a batch's requests: one pending request per
 -- template with a line number in (created_through, created_through + chunk], and the
 -- batch's created_through moved on in the same statement (NULL once every line exists).
--- Parameters: batch_id, chunk, now. Returns created_through as it is now (no row: the
+-- Parameters: batch_id, chunk, now (also the new creation_progress_at). Returns created_through as it is now (no row: the
 -- batch's requests all exist already).
 -- Bounded: at most `chunk` rows per statement, so a 5,000,000-line batch stays within the
 -- statement timeout (create_batch runs one transaction per chunk).
@@ -28,7 +28,9 @@ WITH b AS (
 )
 UPDATE batches x
 SET created_through = CASE WHEN b.created_through + %(chunk)s::int >= b.total THEN NULL
-                           ELSE b.created_through + %(chunk)s::int END
+                           ELSE b.created_through + %(chunk)s::int END,
+    creation_progress_at = CASE WHEN b.created_through + %(chunk)s::int >= b.total THEN NULL
+                                ELSE %(now)s END
 FROM b
 WHERE x.id = b.id
 RETURNING x.created_through, (SELECT count(*) FROM ins) AS inserted

@@ -7,7 +7,6 @@ is measured by hand (docs/performance.md, "Large batches").
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -134,20 +133,16 @@ def test_maintenance_finishes_a_creation_whose_creator_died_but_not_a_live_one(
         monkeypatch.undo()
         assert lines_of(db, batch) == [1, 2, 3, 4]
 
-        # a live creator (it holds the batch's session lock) is left alone
-        with psycopg.connect(database_url, autocommit=True) as creator:
-            creator.execute(repo.q.lock_batch, {"id": batch})
-            assert repo.resume_creation(now=T0) == 0
-            pid = creator.info.backend_pid
-        # the creator's backend ends (and its lock goes) a moment after the client closes
-        deadline = time.monotonic() + 30
-        while db.execute("SELECT 1 FROM pg_stat_activity WHERE pid = %s", [pid]).fetchone():
-            assert time.monotonic() < deadline
-            time.sleep(0.01)  # the polling interval of a bounded wait
-        # a dead one's batch is finished, a chunk per call
-        assert repo.resume_creation(now=T0) == 1
-        assert repo.resume_creation(now=T0) == 1
-        assert repo.resume_creation(now=T0) == 0
+        # a creation that moved within stale_after is a live creator's: left alone
+        assert repo.resume_creation(now=T0, stale_before=T0) == 0
+        # one that has not moved since is a dead creator's: finished, a chunk per call
+        later = T0 + timedelta(seconds=60)
+        stale = later - timedelta(seconds=30)
+        assert repo.resume_creation(now=later, stale_before=stale) == 1
+        # the chunk moved the creation on: another daemon now leaves it to this one
+        assert repo.resume_creation(now=later, stale_before=stale) == 0
+        assert repo.resume_creation(now=later, stale_before=later + timedelta(seconds=1)) == 1
+        assert repo.resume_creation(now=later, stale_before=later + timedelta(seconds=1)) == 0
         assert lines_of(db, batch) == list(range(1, 11))
         assert db.execute(
             "SELECT created_through FROM batches WHERE id = %s", [batch]

@@ -300,7 +300,7 @@ class DaemonParts(MemoryBase):
                     out[b.id] = "expired"
             return out
 
-    def resume_creation(self, *, now: datetime) -> int:
+    def resume_creation(self, *, now: datetime, stale_before: datetime) -> int:
         """0: in memory a batch and all its requests are created at once."""
         return 0
 

@@ -23,7 +23,6 @@ from fusillade.core.windows import parse_completion_window
 from fusillade.errors import Conflict, NotFound, ValidationError
 from fusillade.ids import next_uuid7
 from fusillade.serde import structure
-from fusillade.store.errors import translate_errors
 from fusillade.store.interface import (
     BatchSpec,
     Page,
@@ -47,9 +46,11 @@ class BatchQueries(PostgresBase):
 
         Idempotent for a given ``spec.batch_id``: a repeated call (a retried request, a
         re-delivered job, ``run`` resuming) returns the existing batch, inserts nothing
-        twice (lesson 3), and finishes a creation that was cut short. A session-level
-        advisory lock held for the whole creation serialises calls for one id; a
-        creation whose process died is finished by maintenance (``resume_creation``).
+        twice (lesson 3), and finishes a creation that was cut short. A transaction-level
+        advisory lock serialises the batch row's creation for one id; each chunk locks the
+        batch row, so concurrent writers of one batch take turns. A creation whose
+        process died is finished by maintenance (``resume_creation``). Every step is its
+        own ``_tx`` (no session state), so all of it works through PgBouncer.
 
         Raises:
             NotFound: the input file does not exist or is not the owner's.
@@ -58,27 +59,18 @@ class BatchQueries(PostgresBase):
             Conflict: ``spec.batch_id`` is another owner's batch.
         """
         batch_id = spec.batch_id or next_uuid7()
-        with translate_errors(), self.pool.connection() as conn:
-            cur = conn.cursor()
-            with conn.transaction():
-                cur.execute(self.q.lock_batch, {"id": batch_id})
-            try:
-                with conn.transaction():
-                    existing = cur.execute(
-                        self.q.get_batch, {"id": batch_id, "owner": None}
-                    ).fetchone()
-                    if existing is not None:
-                        if existing["owner"] != owner:
-                            raise Conflict(f"batch id {batch_id} is taken")
-                    else:
-                        self._insert_batch(cur, owner, batch_id, spec, now)
-                while True:
-                    with conn.transaction():
-                        if self._create_chunk(cur, batch_id, now) is None:
-                            break
-            finally:
-                with conn.transaction():
-                    cur.execute(self.q.unlock_batch, {"id": batch_id})
+        with self._tx() as cur:
+            cur.execute(self.q.lock_batch, {"id": batch_id})
+            existing = cur.execute(self.q.get_batch, {"id": batch_id, "owner": None}).fetchone()
+            if existing is not None:
+                if existing["owner"] != owner:
+                    raise Conflict(f"batch id {batch_id} is taken")
+            else:
+                self._insert_batch(cur, owner, batch_id, spec, now)
+        while True:
+            with self._tx() as cur:
+                if self._create_chunk(cur, batch_id, now) is None:
+                    break
         return self.get_batch(owner, batch_id, now=now)
 
     def _create_chunk(
@@ -97,13 +89,16 @@ class BatchQueries(PostgresBase):
         through: int | None = row["created_through"]
         return through
 
-    def resume_creation(self, *, now: datetime) -> int:
-        """Create one chunk of requests of a batch whose creator died half-way, if any.
+    def resume_creation(self, *, now: datetime, stale_before: datetime) -> int:
+        """Create one chunk of requests of a batch whose creation has not moved since
+        ``stale_before`` (its creator died half-way), if any.
 
         Returns how many batches were advanced (0 or 1): maintenance calls it until 0.
         """
         with self._tx() as cur:
-            picked = cur.execute(self.q.pick_unfinished_creation).fetchone()
+            picked = cur.execute(
+                self.q.pick_unfinished_creation, {"stale_before": stale_before}
+            ).fetchone()
             if picked is None:
                 return 0
             self._create_chunk(cur, picked["id"], now)
