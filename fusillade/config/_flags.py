@@ -6,13 +6,9 @@ import argparse
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from fusillade.config._load import load_settings
 from fusillade.config._settings import CONFIG_ENV, Settings
-
-if TYPE_CHECKING:
-    pass
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

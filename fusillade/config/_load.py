@@ -20,7 +20,7 @@ import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from fusillade.config._schema import _NAMED, _SCHEMA, _Invalid
 from fusillade.config._settings import (
@@ -34,10 +34,6 @@ from fusillade.config._settings import (
 )
 from fusillade.core.windows import parse_duration
 from fusillade.errors import ConfigError
-
-if TYPE_CHECKING:
-    pass
-
 
 _Key = tuple[str, ...]  # ("server", "port"), ("models", NAME, "upstream")
 _Layer = dict[_Key, tuple[object, str]]

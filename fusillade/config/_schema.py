@@ -6,7 +6,6 @@ import re
 from collections.abc import Callable, Mapping
 from datetime import timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import attrs
@@ -15,9 +14,6 @@ from fusillade.config._settings import ApiKey
 from fusillade.core.windows import parse_completion_window, parse_duration
 from fusillade.errors import ConfigError, ValidationError
 from fusillade.redact import mask_urls
-
-if TYPE_CHECKING:
-    pass
 
 
 class _Invalid(Exception):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterator
 from datetime import datetime
-from typing import TYPE_CHECKING, Self
+from typing import Self
 from uuid import UUID
 
 import attrs
@@ -26,9 +26,6 @@ from fusillade.store.interface import (
     RequestSummary,
 )
 from fusillade.store.memory._rows import P, _Daemon, _File, _Row
-
-if TYPE_CHECKING:
-    pass
 
 
 class MemoryBase:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import TYPE_CHECKING
 from uuid import UUID, uuid4
 
 import attrs
@@ -28,9 +27,6 @@ from fusillade.store.interface import (
 )
 from fusillade.store.memory._base import MemoryBase
 from fusillade.store.memory._rows import _INLINE_SWEEP, CA, UNSETTLED, P, _File, _Row
-
-if TYPE_CHECKING:
-    pass
 
 
 class BatchParts(MemoryBase):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING
 from uuid import UUID
 
 import attrs
@@ -41,9 +40,6 @@ from fusillade.store.memory._rows import (
     _no_nul,
     _Row,
 )
-
-if TYPE_CHECKING:
-    pass
 
 
 class DaemonParts(MemoryBase):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING
 from uuid import UUID
 
 from fusillade.core.ids import format_id
@@ -20,9 +19,6 @@ from fusillade.store.interface import (
 )
 from fusillade.store.memory._base import MemoryBase
 from fusillade.store.memory._rows import CA
-
-if TYPE_CHECKING:
-    pass
 
 
 class ResultParts(MemoryBase):
