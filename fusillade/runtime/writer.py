@@ -90,7 +90,6 @@ class ResultWriter:
         flush_interval: float = 0.05,
         write_concurrency: int = 2,
         unhealthy_after: int = 3,
-        on_flush: Callable[[int, RecordStats, float], None] | None = None,
     ) -> None:
         self._record = record
         self._flush_max = flush_max
@@ -102,7 +101,6 @@ class ResultWriter:
         self._buffered_bytes = 0
         self._arrived = anyio.Event()
         self._full = anyio.Event()
-        self._on_flush = on_flush
         self.failures_in_a_row = 0
         self.unstorable = 0
 
@@ -167,7 +165,6 @@ class ResultWriter:
         transient = 0  # transient failures of the part on top
         while todo:
             part = todo[-1]
-            started = anyio.current_time()
             try:
                 with anyio.CancelScope(shield=True):
                     stats = await self._record([p.result for p in part])
@@ -200,8 +197,6 @@ class ResultWriter:
             todo.pop()
             transient, delay = 0, _FIRST_DELAY
             self._succeeded()
-            if self._on_flush is not None:
-                self._on_flush(len(part), stats, anyio.current_time() - started)
             lost = set(stats.lost)
             for p in part:
                 p.written = p.result.request_id not in lost
