@@ -345,7 +345,7 @@ class Daemon:
         entry = _InFlight(req, self.config.metric_label(req.model))
         self._in_flight[req.id] = entry
         self._batch_in_flight[req.batch_id] = self._batch_in_flight.get(req.batch_id, 0) + 1
-        self.limits.acquire(req.model)
+        self.limits.acquire_nowait(req.model)
         metrics.CLAIMED.labels(entry.label).inc()
         metrics.IN_FLIGHT.labels(entry.label).inc()
         if self._tasks_done.is_set():

@@ -1,11 +1,11 @@
 """Per-model concurrency: how many requests of each model this daemon runs at once.
 
 Not a semaphore that tasks wait on: the claim loop asks ``free_slots`` how many rows it
-may claim per model and ``acquire``s one slot per claimed row before starting it, so a
-daemon never claims more than it can start at once. Limits can change while running
-(``set_limit``); lowering one lets in-flight requests finish and claims nothing more
-until the count is under the new limit. A model answered with 429 is paused until the
-retry-after time (``pause``).
+may claim per model and takes one slot per claimed row (``acquire_nowait``, which never
+waits) before starting it, so a daemon never claims more than it can start at once.
+Limits can change while running (``set_limit``); lowering one lets in-flight requests
+finish and claims nothing more until the count is under the new limit. A model answered
+with 429 is paused until the retry-after time (``pause``).
 """
 
 from __future__ import annotations
@@ -62,7 +62,10 @@ class ModelLimits:
                 out[model] = free
         return out
 
-    def acquire(self, model: str) -> None:
+    def acquire_nowait(self, model: str) -> None:
+        """Take one slot of ``model`` without waiting or checking the limit: the claim loop
+        claims only the slots ``free_slots`` offered (a limit lowered meanwhile lets the
+        count exceed it until requests finish)."""
         self._in_flight[model] = self._in_flight.get(model, 0) + 1
 
     def release(self, model: str) -> None:
