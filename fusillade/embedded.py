@@ -43,10 +43,6 @@ class EmbeddedPostgres:
         self.url: str = server.get_uri()
         self._stopped = False
 
-    def url_for(self, database: str) -> str:
-        """The URL of another database on this server."""
-        return str(self._server.get_uri(database=database))
-
     def stop(self) -> None:
         """Stop the server unless another handle (here or in another process) still uses it.
 

@@ -30,7 +30,6 @@ class Progress:
         self._start = time.monotonic()
         self._first_done: int | None = None
         self._last_print = 0.0
-        self._drawn = False
 
     def line(self, view: BatchView) -> str:
         """The progress text for ``view`` (no line ending)."""
@@ -59,7 +58,6 @@ class Progress:
         if self.tty:
             self.stream.write("\r\x1b[2K" + text + ("\n" if final else ""))
             self.stream.flush()
-            self._drawn = not final
         elif final or now - self._last_print >= self.interval:
             self.stream.write(text + "\n")
             self.stream.flush()

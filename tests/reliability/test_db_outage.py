@@ -53,7 +53,7 @@ class Cluster:
 
     def url_for(self, database: str) -> str:
         assert self.server is not None
-        return self.server.url_for(database)
+        return psycopg.conninfo.make_conninfo(self.server.url, dbname=database)
 
 
 @pytest.fixture

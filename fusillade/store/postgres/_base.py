@@ -12,7 +12,6 @@ way a transaction starts (docs/deployment.md, "PgBouncer").
 from __future__ import annotations
 
 import contextlib
-import time
 from collections.abc import Iterator
 from datetime import datetime
 from typing import Any, Self
@@ -198,13 +197,6 @@ class PostgresListener:
             notified = [n.channel for n in self._conn.notifies(timeout=timeout, stop_after=1)]
         self.heard = self.heard or bool(notified)
         return [c for c in notified if c != PROBE_CHANNEL]
-
-    def wait_until_heard(self, timeout: float) -> bool:
-        """Wait up to ``timeout`` seconds for the first notification; whether it came."""
-        deadline = time.monotonic() + timeout
-        while not self.heard and (left := deadline - time.monotonic()) > 0:
-            self.wait(left)
-        return self.heard
 
     def close(self) -> None:
         self._conn.close()
