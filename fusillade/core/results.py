@@ -1,4 +1,4 @@
-"""Output, error and input lines in OpenAI's batch format (engine.md section 6).
+"""Output, error and input lines in OpenAI's batch format (docs/api.md, file content).
 
 The upstream body is embedded as JSON when it parses (re-serialised on one line) and as
 a JSON string otherwise. A body already in that form (``parse_embeddable``, which the daemon

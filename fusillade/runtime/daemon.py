@@ -17,7 +17,7 @@ Theory of operation
 - the **cancel watcher** asks every ``cancel_check_interval`` which of the batches with
   work in flight were cancelled or expired, and aborts those requests (their result is
   ``canceled``). Per-batch bookkeeping is dropped as soon as a batch has nothing in
-  flight (lesson 8).
+  flight, so a daemon that runs for months does not grow with every batch it has seen.
 - **heartbeat** (which first re-reads the database's clock: every time the daemon writes
   or compares is the database's, ``fusillade.runtime.clock``) and **maintenance**
   (reclaim rows of dead daemons and timed-out rows, stamp expired batches, sweep
@@ -359,7 +359,7 @@ class Daemon:
         if left:
             self._batch_in_flight[req.batch_id] = left
         else:
-            del self._batch_in_flight[req.batch_id]  # evict per-batch state (lesson 8)
+            del self._batch_in_flight[req.batch_id]  # nothing kept for finished batches
         self.limits.release(req.model)
         metrics.IN_FLIGHT.labels(entry.label).dec()
         if not self._in_flight:

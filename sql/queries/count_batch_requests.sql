@@ -2,7 +2,7 @@
 -- in batch_state_counts (0002_batch_state_counts.sql): the sum of each state's shards, a
 -- few dozen rows at most per batch however large it is (P7). Parameters: batch_ids
 -- (uuid[]). Uses batch_state_counts_pkey. Locking: none. Frozen batches are never passed
--- here (lesson 7).
+-- here: a terminal batch is read from its frozen counts in its row, never recounted.
 -- A batch whose requests are still being created (create_batch_requests.sql works in
 -- chunks) has a second 'pending' row: its lines past created_through, whose requests do
 -- not exist yet, so its counts add up to its total meanwhile. The caller adds the two.

@@ -5,8 +5,9 @@
 -- batch's requests all exist already).
 -- Bounded: at most `chunk` rows per statement, so a 5,000,000-line batch stays within the
 -- statement timeout (create_batch runs one transaction per chunk).
--- Idempotent and resumable (lesson 3): progress and rows commit together, and ON CONFLICT
--- on requests_batch_line makes a chunk written again insert nothing.
+-- Idempotent and resumable (a creation repeated or cut short never inserts a request
+-- twice): progress and rows commit together, and ON CONFLICT on requests_batch_line makes
+-- a chunk written again insert nothing.
 -- Locking: the batch row (FOR UPDATE): two writers of one batch take turns, and a retry
 -- moving the batch's deadline waits for the chunk (rows take the deadline as it is).
 WITH b AS (

@@ -1,5 +1,6 @@
 -- freeze_batch: store the final counts, token usage and last result time of a batch
--- whose requests are all settled, so it is never recounted (lesson 7).
+-- whose requests are all settled, so it is never recounted: a terminal batch is read
+-- from its row.
 -- Parameters: id, version. Guarded by version (a retry bumps it, so a freeze computed
 -- before the retry cannot land) and by "nothing unsettled" (checked in the same
 -- statement). Returns the row when it froze, nothing otherwise.

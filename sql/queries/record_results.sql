@@ -1,8 +1,8 @@
 -- record_results: many attempt results in one statement, each fenced by its owner and
 -- attempt: a row is written only while it is still processing under this daemon and this
--- attempt (lesson 1), or, for a success, when it was canceled after that attempt was sent
--- (billed work wins; lesson 2: the frozen counts of its batch are repaired in the same
--- statement). Rows that fail the fence are lost races: counted by the caller, not raised.
+-- attempt (so a daemon's late write after its row was reclaimed is refused), or, for a
+-- success, when it was canceled after that attempt was sent (billed work wins: the frozen
+-- counts of its batch are repaired in the same statement). Rows that fail the fence are lost races: counted by the caller, not raised.
 -- Parameters: daemon_id; arrays of equal length: ids, attempts, states ('completed',
 -- 'pending' for a retry, 'failed', 'canceled'), finished_at, not_before, statuses,
 -- bodies, bodies_json (the body is compact strict JSON), bodies_raw (the exact bytes when

@@ -131,7 +131,8 @@ class Mix:
         return [self.repo.record_results(d, rs).written for d, rs in by_daemon.items()]
 
     def late_success(self) -> object:
-        """A billed result for an attempt that was sent: may replace canceled (lesson 2)."""
+        """A billed result for an attempt that was sent: may replace canceled, and then
+        repairs the frozen counts of its batch."""
         if not self.claims:
             return None
         d, c = self.rng.choice(self.claims)

@@ -269,7 +269,7 @@ def test_results_complete_batch_and_freeze(repo: PostgresRepository) -> None:
 
 
 def test_frozen_counts_equal_a_recount_and_are_not_recounted(repo: PostgresRepository) -> None:
-    """Lesson 7: a terminal batch is read from its row, never recounted."""
+    """A terminal batch is read from its row, never recounted."""
     b = make_batch(repo, 20)
     d = daemon(repo)
     claimed = repo.claim(d, {"m1": 20}, now=T0)

@@ -3,8 +3,8 @@
 
 Here: slow bodies (within and beyond the request time limit), 200 answers whose body is
 not JSON, a burst of 503s with ``retry-after``, and an upstream that refuses connections
-for a while then comes back. Each checks the final states, the error lines (engine.md
-section 6) and how often the upstream was hit (no hot loop).
+for a while then comes back. Each checks the final states, the error lines (their
+format: docs/api.md, file content) and how often the upstream was hit (no hot loop).
 """
 
 from __future__ import annotations

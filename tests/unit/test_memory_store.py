@@ -336,7 +336,7 @@ def test_cancel_with_work_in_flight_and_late_success(repo: MemoryRepository) -> 
     frozen = repo.get_batch("alice", b, now=T0)
     assert frozen.status is BatchStatus.CANCELLED
     assert frozen.counts.canceled == 3
-    # lesson 2: a billed late success replaces canceled and repairs the frozen counts
+    # a billed late success replaces canceled and repairs the frozen counts
     t1 = T0 + timedelta(seconds=1)
     late = AttemptResult(c[0].id, 1, ResultKind.SUCCEEDED, t1, 200, "{}", None, None, 5, 6)
     assert repo.record_results(d, [late]).written == 1

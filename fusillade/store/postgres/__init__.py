@@ -11,10 +11,10 @@ fence that fails is a lost race, counted in the returned stats, never raised.
 psycopg errors are translated by ``fusillade.store.errors.translate_errors``, the one
 boundary for them. Server-side prepared statements are off (``prepare_threshold=None``):
 every execution is planned with its real parameters, so a generic plan can never make
-a list or claim query slow on a large table (lesson 10); it also keeps PgBouncer's
+a list or claim query slow on a large table; it also keeps PgBouncer's
 transaction pooling safe. Every transaction carries a statement timeout (``SET LOCAL``,
 sent with its ``BEGIN``: ``begin.sql``) and connections have TCP keepalives, so a
-silently dropped connection cannot freeze a periodic query for hours (lesson 4).
+silently dropped connection cannot freeze a periodic query for hours.
 """
 
 from __future__ import annotations

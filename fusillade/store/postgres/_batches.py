@@ -46,7 +46,7 @@ class BatchQueries(PostgresBase):
 
         Idempotent for a given ``spec.batch_id``: a repeated call (a retried request, a
         re-delivered job, ``run`` resuming) returns the existing batch, inserts nothing
-        twice (lesson 3), and finishes a creation that was cut short. A transaction-level
+        twice, and finishes a creation that was cut short. A transaction-level
         advisory lock serialises the batch row's creation for one id; each chunk locks the
         batch row, so concurrent writers of one batch take turns. A creation whose
         process died is finished by maintenance (``resume_creation``). Every step is its
