@@ -1,6 +1,6 @@
 """fusillade's benchmark harness: ``python -m benchmarks`` (see docs/performance.md).
 
-Not part of the package and not part of the test suite: it measures quality.md's P1-P8 on
+Not part of the package and not part of the test suite: it measures the targets P1-P8 on
 one machine in one run, side by side with the baselines (bare httpx under trio, pgqueuer),
 and writes the table into docs/performance.md. ``tests/benchmarks/test_smoke.py`` runs it
 at a tiny scale so it cannot rot; nothing in CI times anything.

@@ -1,7 +1,7 @@
 """The baselines fusillade is divided by: bare httpx under trio, and pgqueuer.
 
 Both use the client configuration fusillade's ``Dispatcher`` uses (its measured best,
-quality.md and docs/performance.md): shards of ``per_client`` connections each, a request
+docs/performance.md): shards of ``per_client`` connections each, a request
 going to the least-busy shard and a new shard made when every shard is full; each shard
 an ``httpx.AsyncHTTPTransport`` called directly (no ``AsyncClient`` layers), the URL
 parsed once, the same timeouts, no environment proxies. So for 256 concurrent requests

@@ -61,7 +61,8 @@ def write_jsonl(path: Path, lines: int) -> Path:
 
 @dataclass(frozen=True)
 class Sizes:
-    """How big each scenario is; ``FULL`` is quality.md's, the others scale it down."""
+    """How big each scenario is; ``FULL`` is the size the targets name (docs/performance.md),
+    the others scale it down."""
 
     name: str
     p1_requests: int = 20_000

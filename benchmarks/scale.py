@@ -14,7 +14,7 @@ model, and ``get_batch`` of a frozen and of the live batch (which counts its req
 medians of many calls. ``EXPLAIN (ANALYZE, BUFFERS)`` of each statement is saved to
 ``explain-*.txt`` in the results directory (the claim's inside a rolled-back transaction).
 
-Then, in the same database, rows the claim must not pay for (quality.md P7, second part):
+Then, in the same database, rows the claim must not pay for (P7's second part):
 ``rows / 5`` pending rows of a cancelled batch that no sweep has reached yet, and as many
 pending rows backing off (attempted once, due in an hour) in a live batch, both with
 earlier deadlines than the live batch, so they sit at the front of the claim order.

@@ -399,7 +399,7 @@ async def _wave(
 
 @pytest.mark.slow
 async def test_300_concurrent_keep_alive_requests(mock_upstream: MockUpstream) -> None:
-    """Ten clients of 30 connections (one httpx client does not scale, see quality.md)."""
+    """Ten clients of 30 connections (one httpx client does not scale to 300)."""
     models = ["a", "b", "c"]
     # keepalive_expiry: on a loaded machine the waves can be more than httpx's default 5 s apart.
     limits = httpx.Limits(max_connections=30, max_keepalive_connections=30, keepalive_expiry=300)

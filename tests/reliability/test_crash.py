@@ -1,6 +1,6 @@
 """Crash: SIGKILL the daemon process three times during a 5,000-request batch.
 
-quality.md: every request ends in exactly one terminal state, the output holds each
+Required: every request ends in exactly one terminal state, the output holds each
 ``custom_id`` once, nothing is lost; the upstream saw each request at least once and at
 most once plus what was in flight at each kill. "In flight" is measured exactly: the rows
 the dead daemon still held (claimed or processing) once it was gone. Only those can be

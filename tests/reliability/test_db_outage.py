@@ -1,6 +1,6 @@
 """Database outage: PostgreSQL stops for 10 s in the middle of a batch, then starts again.
 
-quality.md: the daemon and the server stay up (readiness false meanwhile), the batch
+Required: the daemon and the server stay up (readiness false meanwhile), the batch
 completes, nothing is lost. The test runs its own embedded PostgreSQL in a temporary
 directory (never the shared server): stopping it is a fast shutdown, so every connection
 of the pool and the LISTEN connection breaks, as in a real failover or restart.

@@ -1,4 +1,4 @@
-"""Bad input, the cases tests/server/test_bad_input.py does not have (quality.md's list).
+"""Bad input, the cases tests/server/test_bad_input.py does not have.
 
 That module covers the validation list of api.md, malformed multipart, huge lines,
 non-UTF-8 file content, NUL bytes, a 10,000-character ``custom_id``, deeply nested JSON,

@@ -1,6 +1,6 @@
 """Replicas: three daemon processes on one database, per-model limit L each.
 
-quality.md: the upstream never sees more than 3L concurrent requests for a model, no
+Required: the upstream never sees more than 3L concurrent requests for a model, no
 request is completed twice, and when one replica is SIGKILLed its claimed requests are
 reclaimed within the stale threshold (measured: from the kill until no row is held by the
 dead daemon's id, at most ``stale_after + maintenance_interval`` plus a margin for a busy

@@ -1,4 +1,4 @@
-"""Security: request size limits on every route (quality.md).
+"""Security: request size limits on every route.
 
 The other security properties have their tests beside the server's:
 - owner isolation on every ``/v1`` route, parametrised over the route table

@@ -1,6 +1,6 @@
 """Graceful shutdown: SIGTERM a daemon process mid-batch.
 
-quality.md: in-flight requests finish or are released at once, and another daemon takes
+Required: in-flight requests finish or are released at once, and another daemon takes
 them without waiting for a lease. The requests are held by the mock upstream, so they are
 surely in flight at the signal; the second daemon's ``stale_after`` is an hour, so only
 the release (never the stale reclaim) can give it the work.

@@ -1,5 +1,5 @@
 """Bad input: every case answers 4xx naming the line and field, stores nothing, and the
-server stays healthy (api.md's validation list and quality.md's bad-input list)."""
+server stays healthy (the validation list of docs/api.md, and hostile input)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Keys never leak: after a full run, the upstream key and the API key appear nowhere in the
-database, the logs, the metrics or any API answer (quality.md, security)."""
+database, the logs, the metrics or any API answer."""
 
 from __future__ import annotations
 
