@@ -213,7 +213,9 @@ class ContentStream:
     "results so far, streamed (partial while the batch runs).",
 )
 async def file_content(ctx: Ctx, owner: Owner, file_id: FromPath[str]) -> CompleteStream:
-    record = await ctx.call(ctx.repo.get_file, owner, file_uuid(file_id))
+    # Not sized: working out a finished batch's file size reads all its results, which
+    # the download is about to do (docs/performance.md, P5).
+    record = await ctx.call(ctx.repo.get_file, owner, file_uuid(file_id), sized=False)
     lines: Iterator[Any]
     fmt: Callable[[Any], str]
     if record.purpose is FilePurpose.BATCH:

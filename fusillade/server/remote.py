@@ -153,7 +153,7 @@ class DatabaseBackend:
         from fusillade.results import format_result_line
         from fusillade.server.files import file_uuid
 
-        record = self._repo.get_file(self._owner, file_uuid(file_id))
+        record = self._repo.get_file(self._owner, file_uuid(file_id), sized=False)
         if record.purpose is FilePurpose.BATCH:
             for template in self._repo.iter_templates(self._owner, record.id):
                 target.write(format_input_line(template).encode() + b"\n")

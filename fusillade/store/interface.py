@@ -202,7 +202,11 @@ class Repository(Protocol):
         size_bytes: int | None = None,
         expires_at: datetime | None = None,
     ) -> FileRecord: ...
-    def get_file(self, owner: str, file_id: UUID) -> FileRecord: ...
+    def get_file(self, owner: str, file_id: UUID, *, sized: bool = True) -> FileRecord:
+        """``sized=False``: an output or error file's ``bytes`` is not worked out (it may
+        be 0); for callers that read its content anyway."""
+        ...
+
     def list_files(
         self,
         owner: str,

@@ -13,6 +13,7 @@ from typing import Any
 
 import httpx
 import openai
+import psycopg
 import pytest
 import trio
 from serverkit import base_url, chat_line, jsonl, settings_for, wait_status
@@ -204,3 +205,23 @@ async def test_the_request_id_is_in_the_log_line_of_an_error(
     logged = [r.getMessage() for r in caplog.records if r.name == "fusillade.server"]
     assert any(request_id in line for line in logged), logged
     running.stop()
+
+
+async def test_a_download_does_not_first_read_the_whole_file_to_size_it(
+    strict: openai.AsyncOpenAI, server: Running, mock_upstream: MockUpstream
+) -> None:
+    # Working out a finished batch's file size reads every result; a download that did
+    # so before streaming read its results twice (P5 over HTTP: half the lines/s).
+    _, done = await _batch_with_a_failure(strict, mock_upstream)
+    assert server.database_url is not None
+
+    def sized() -> list[object]:
+        with psycopg.connect(server.database_url) as conn:
+            return [r[0] for r in conn.execute("SELECT sized_version FROM batches").fetchall()]
+
+    content = await strict.files.content(done.output_file_id)
+    assert content.content.count(b"\n") == 2
+    assert sized() == [None]  # the download sized nothing
+    retrieved = await strict.files.retrieve(done.output_file_id)
+    assert retrieved.bytes == len(content.content)
+    assert sized() == [0]  # the retrieve did (version 0, no retry)

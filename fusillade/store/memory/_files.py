@@ -61,12 +61,12 @@ class FileParts(MemoryBase):
             self._templates[record.id] = items
         return record
 
-    def get_file(self, owner: str, file_id: UUID) -> FileRecord:
+    def get_file(self, owner: str, file_id: UUID, *, sized: bool = True) -> FileRecord:
         with self._lock:
             f = self._live_file(owner, file_id)
         if f is None:
             raise NotFound("file", file_id)
-        return self._sized([f.record])[0]
+        return self._sized([f.record])[0] if sized else f.record
 
     def list_files(
         self,
@@ -121,7 +121,7 @@ class FileParts(MemoryBase):
 
     def iter_templates(self, owner: str, file_id: UUID) -> Iterator[RequestTemplate]:
         """The templates of an input file in line order (the api key is never returned)."""
-        record = self.get_file(owner, file_id)
+        record = self.get_file(owner, file_id, sized=False)
         if record.purpose is not FilePurpose.BATCH:
             raise NotFound("input file", file_id)
         with self._lock:

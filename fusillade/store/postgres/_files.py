@@ -87,14 +87,16 @@ class FileQueries(PostgresBase):
             expires_at=expires_at,
         )
 
-    def get_file(self, owner: str, file_id: UUID) -> FileRecord:
+    def get_file(self, owner: str, file_id: UUID, *, sized: bool = True) -> FileRecord:
         """A live file of ``owner``; an output or error file carries its size once its
-        batch is frozen (``_sized``)."""
+        batch is frozen (``_sized``). ``sized=False`` skips that (its ``bytes`` may be 0):
+        for a caller that reads the content anyway, which a first sizing would read twice."""
         with self._tx() as cur:
             row = cur.execute(self.q.get_file, {"id": file_id, "owner": owner}).fetchone()
         if row is None:
             raise NotFound("file", file_id)
-        return self._sized([structure(row, FileRecord)])[0]
+        record = structure(row, FileRecord)
+        return self._sized([record])[0] if sized else record
 
     def list_files(
         self,
@@ -179,7 +181,7 @@ class FileQueries(PostgresBase):
 
     def iter_templates(self, owner: str, file_id: UUID) -> Iterator[RequestTemplate]:
         """The templates of an input file in line order, one page per connection use."""
-        record = self.get_file(owner, file_id)
+        record = self.get_file(owner, file_id, sized=False)
         if record.purpose is not FilePurpose.BATCH:
             raise NotFound("input file", file_id)
         after = 0
