@@ -8,6 +8,7 @@ from pathlib import Path
 
 import attrs
 import pytest
+from hypothesis import event
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
@@ -28,10 +29,51 @@ DAEMON = uuid.UUID(int=7)
 FAILURE = Failure(FailureReason.HTTP_STATUS, "boom", status=500, body="{}")
 REPO = Path(__file__).resolve().parents[2]
 
+P = RequestState.PENDING
+CL = RequestState.CLAIMED
+PR = RequestState.PROCESSING
+CO = RequestState.COMPLETED
+FA = RequestState.FAILED
+CA = RequestState.CANCELED
+E = EventKind
+
+# engine.md section 1, written out by hand: (state, event) -> the state that follows.
+# Every pair not listed is illegal. Deliberately not read from ``TRANSITIONS``: a wrong
+# row in the table (and the doc regenerated from it) must fail these tests, not change
+# what they expect. The only guarded row is the late success, legal only for the attempt
+# that was sent (see test_late_success_after_cancel_needs_a_sent_attempt).
+SPEC: dict[tuple[RequestState, EventKind], RequestState] = {
+    (P, E.CLAIM): CL,
+    (CL, E.START): PR,
+    (CL, E.RECLAIM): P,
+    (PR, E.RECLAIM): P,
+    (CL, E.RELEASE): P,
+    (PR, E.RELEASE): P,
+    (PR, E.SUCCEED): CO,
+    (PR, E.RETRY): P,
+    (PR, E.FAIL): FA,
+    (P, E.CANCEL): CA,
+    (CL, E.CANCEL): CA,
+    (PR, E.CANCEL): CA,
+    (P, E.EXPIRE): CA,
+    (CL, E.EXPIRE): CA,
+    (PR, E.EXPIRE): CA,
+    (CA, E.SUCCEED): CO,
+    (FA, E.MANUAL_RETRY): P,
+    (CA, E.MANUAL_RETRY): P,
+}
+# Leaving processing any other way than by a result aborts the HTTP call in flight.
+SPEC_ABORTS = {(PR, E.CANCEL), (PR, E.EXPIRE), (PR, E.RELEASE), (PR, E.RECLAIM)}
+
 
 def make_request(state: RequestState, *, sent: bool = True, attempts: int = 3) -> Request:
-    """A request in ``state``; ``sent`` sets ``started_at`` so the ``was_sent`` guard holds."""
+    """A request in ``state`` with every field its state implies.
+
+    ``sent`` sets ``started_at`` (so the ``was_sent`` guard holds); a terminal request has
+    a ``finished_at``, a completed one its response, a failed or canceled one a failure.
+    """
     in_flight = state.is_in_flight or state is RequestState.CANCELED
+    failure = {FA: FAILURE, CA: Failure(FailureReason.CANCELLED, "batch cancelled")}
     return Request(
         id=uuid.UUID(int=1),
         batch_id=uuid.UUID(int=2),
@@ -42,13 +84,17 @@ def make_request(state: RequestState, *, sent: bool = True, attempts: int = 3) -
         daemon_id=DAEMON if in_flight else None,
         claimed_at=NOW - timedelta(seconds=2) if in_flight else None,
         started_at=NOW - timedelta(seconds=1) if sent else None,
+        finished_at=NOW - timedelta(seconds=1) if state.is_terminal else None,
+        response_status=200 if state is CO else None,
+        response_body="{}" if state is CO else None,
+        failure=failure.get(state),
     )
 
 
 def make_event(kind: EventKind, request: Request) -> Event:
     return Event(
         kind,
-        daemon_id=DAEMON,
+        daemon_id=OTHER_DAEMON,
         attempt=request.attempts,
         not_before=NOW + timedelta(seconds=10),
         status=200,
@@ -57,15 +103,16 @@ def make_event(kind: EventKind, request: Request) -> Event:
     )
 
 
+OTHER_DAEMON = uuid.UUID(int=8)
 ALL_PAIRS = [(s, k) for s in RequestState for k in EventKind]
 
 
 @pytest.mark.parametrize(("state", "kind"), ALL_PAIRS)
-def test_table_is_total(state: RequestState, kind: EventKind) -> None:
-    """Every (state, event) pair either moves to the table's target or is illegal."""
+def test_step_follows_the_spec_table(state: RequestState, kind: EventKind) -> None:
+    """Total: every (state, event) pair moves to the spec's target or is illegal."""
     request = make_request(state)
-    rule_ = TRANSITIONS.get((state, kind))
-    if rule_ is None:
+    target = SPEC.get((state, kind))
+    if target is None:
         with pytest.raises(IllegalTransition) as info:
             step(request, make_event(kind, request), NOW)
         assert info.value.state is state
@@ -73,8 +120,77 @@ def test_table_is_total(state: RequestState, kind: EventKind) -> None:
     else:
         result = step(request, make_event(kind, request), NOW)
         assert isinstance(result, StepResult)
-        assert result.request.state is rule_.target
-        assert result.request.state in RequestState
+        assert result.request.state is target
+
+
+def test_table_rows_are_the_spec_rows() -> None:
+    """The data the docs are generated from says what the spec says, row for row."""
+    assert {pair: rule_.target for pair, rule_ in TRANSITIONS.items()} == SPEC
+    guarded = {pair: rule_.guard for pair, rule_ in TRANSITIONS.items() if rule_.guard}
+    assert guarded == {(CA, E.SUCCEED): "was_sent"}
+
+
+_CLEARED_OWNER = {"daemon_id": None, "claimed_at": None, "started_at": None}
+_CANCELLED = Failure(FailureReason.CANCELLED, "batch cancelled")
+_EXPIRED = Failure(FailureReason.EXPIRED, "batch expired")
+_SUCCEEDED = {
+    "state": CO,
+    "finished_at": NOW,
+    "response_status": 200,
+    "response_body": '{"ok": true}',
+    "failure": None,
+}
+_MANUAL_RETRY = {
+    "state": P,
+    **_CLEARED_OWNER,
+    "finished_at": None,
+    "not_before": NOW,
+    "response_status": None,
+    "response_body": None,
+    "failure": None,
+    "budget_base": 3,  # = attempts: the budget starts again
+}
+# Every field each transition changes, written out from engine.md (the request from
+# ``make_request``: attempts 3, budget_base 1; the event from ``make_event``). A field
+# not listed keeps its value.
+SPEC_CHANGES: dict[tuple[RequestState, EventKind], dict[str, object]] = {
+    (P, E.CLAIM): {"state": CL, "daemon_id": OTHER_DAEMON, "claimed_at": NOW, "attempts": 4},
+    (CL, E.START): {"state": PR, "started_at": NOW},
+    # The attempt stays used on a reclaim and is refunded on a release.
+    (CL, E.RECLAIM): {"state": P, **_CLEARED_OWNER, "not_before": NOW},
+    (PR, E.RECLAIM): {"state": P, **_CLEARED_OWNER, "not_before": NOW},
+    (CL, E.RELEASE): {"state": P, **_CLEARED_OWNER, "not_before": NOW, "budget_base": 2},
+    (PR, E.RELEASE): {"state": P, **_CLEARED_OWNER, "not_before": NOW, "budget_base": 2},
+    (PR, E.SUCCEED): _SUCCEEDED,
+    (PR, E.RETRY): {
+        "state": P,
+        **_CLEARED_OWNER,
+        "not_before": NOW + timedelta(seconds=10),
+        "failure": FAILURE,
+    },
+    (PR, E.FAIL): {"state": FA, "finished_at": NOW, "failure": FAILURE},
+    (P, E.CANCEL): {"state": CA, "finished_at": NOW, "failure": _CANCELLED},
+    (CL, E.CANCEL): {"state": CA, "finished_at": NOW, "failure": _CANCELLED},
+    (PR, E.CANCEL): {"state": CA, "finished_at": NOW, "failure": _CANCELLED},
+    (P, E.EXPIRE): {"state": CA, "finished_at": NOW, "failure": _EXPIRED},
+    (CL, E.EXPIRE): {"state": CA, "finished_at": NOW, "failure": _EXPIRED},
+    (PR, E.EXPIRE): {"state": CA, "finished_at": NOW, "failure": _EXPIRED},
+    (CA, E.SUCCEED): _SUCCEEDED,
+    (FA, E.MANUAL_RETRY): _MANUAL_RETRY,
+    (CA, E.MANUAL_RETRY): _MANUAL_RETRY,
+}
+
+
+@pytest.mark.parametrize(("state", "kind"), list(SPEC_CHANGES))
+def test_each_transition_changes_exactly_its_fields(state: RequestState, kind: EventKind) -> None:
+    request = make_request(state, sent=kind is not E.START)
+    result = step(request, make_event(kind, request), NOW)
+    assert result.request == attrs.evolve(request, **SPEC_CHANGES[(state, kind)])
+
+
+def test_spec_changes_cover_the_spec() -> None:
+    assert SPEC_CHANGES.keys() == SPEC.keys()
+    assert all(changes["state"] is SPEC[pair] for pair, changes in SPEC_CHANGES.items())
 
 
 def test_table_only_names_known_states_and_events() -> None:
@@ -121,6 +237,26 @@ def test_late_success_after_cancel_needs_a_sent_attempt() -> None:
     assert result.effects == ()
 
 
+def test_a_stale_late_success_is_refused() -> None:
+    """Attempt 1 was sent and lost with its daemon; attempt 2 was sent and cancelled."""
+    r = Request(uuid.UUID(int=1), uuid.UUID(int=2), RequestState.PENDING, not_before=NOW)
+    for kind in (E.CLAIM, E.START, E.RECLAIM, E.CLAIM, E.START, E.CANCEL):
+        r = step(r, Event(kind, daemon_id=DAEMON, attempt=r.attempts), NOW).request
+    assert (r.state, r.attempts) == (CA, 2)
+    stale = Event(E.SUCCEED, attempt=1, status=200, body="{}")
+    with pytest.raises(IllegalTransition):
+        step(r, stale, NOW)
+    billed = step(r, attrs.evolve(stale, attempt=2), NOW).request
+    assert billed.state is CO
+    # After a manual retry and a claim that never started, no earlier attempt counts.
+    r = step(r, Event(E.MANUAL_RETRY), NOW).request
+    r = step(r, Event(E.CLAIM, daemon_id=DAEMON), NOW).request
+    r = step(r, Event(E.CANCEL), NOW).request
+    for attempt in (1, 2, 3):
+        with pytest.raises(IllegalTransition):
+            step(r, attrs.evolve(stale, attempt=attempt), NOW)
+
+
 def test_start_sends() -> None:
     request = make_request(RequestState.CLAIMED, sent=False)
     result = step(request, make_event(EventKind.START, request), NOW)
@@ -139,18 +275,13 @@ def test_leaving_processing_aborts(kind: EventKind) -> None:
     assert step(claimed, make_event(kind, claimed), NOW).effects == ()
 
 
-@pytest.mark.parametrize(("state", "kind"), list(TRANSITIONS))
+@pytest.mark.parametrize(("state", "kind"), list(SPEC))
 def test_only_start_and_aborting_exits_have_effects(state: RequestState, kind: EventKind) -> None:
     request = make_request(state)
     effects = step(request, make_event(kind, request), NOW).effects
     if kind is EventKind.START:
         assert effects == (Effect.SEND,)
-    elif state is RequestState.PROCESSING and kind in {
-        EventKind.CANCEL,
-        EventKind.EXPIRE,
-        EventKind.RELEASE,
-        EventKind.RECLAIM,
-    }:
+    elif (state, kind) in SPEC_ABORTS:
         assert effects == (Effect.ABORT,)
     else:
         assert effects == ()
@@ -204,12 +335,39 @@ def test_state_machine_doc_is_current() -> None:
 
 @attrs.define
 class NaiveModel:
-    """What the table says should happen, tracked without ``step``."""
+    """What engine.md says should happen, tracked without ``step`` or ``TRANSITIONS``."""
 
     state: RequestState = RequestState.PENDING
     attempts: int = 0
     budget_used: int = 0
-    sent_attempt: int | None = None  # the attempt whose HTTP call was started, if any
+    sent_attempt: int | None = None  # the current attempt, once its HTTP call was started
+    ever_sent: set[int] = attrs.Factory(set)  # every attempt whose HTTP call was started
+
+    def legal(self, kind: EventKind, attempt: int) -> bool:
+        if (self.state, kind) not in SPEC:
+            return False
+        if (self.state, kind) == (CA, E.SUCCEED):
+            # Billed work wins, but only the current attempt's, and only if it was sent: a
+            # stale attempt's result was fenced off when its request moved on.
+            return self.sent_attempt is not None and self.sent_attempt == attempt
+        return True
+
+    def advance(self, kind: EventKind) -> None:
+        self.state = SPEC[(self.state, kind)]
+        if kind is E.CLAIM:
+            self.attempts += 1
+            self.budget_used += 1
+        elif kind is E.START:
+            self.sent_attempt = self.attempts
+            self.ever_sent.add(self.attempts)
+        elif kind is E.RELEASE:
+            self.budget_used -= 1
+            self.sent_attempt = None
+        elif kind in {E.RECLAIM, E.RETRY}:
+            self.sent_attempt = None
+        elif kind is E.MANUAL_RETRY:
+            self.budget_used = 0
+            self.sent_attempt = None
 
 
 class RequestMachine(RuleBasedStateMachine):
@@ -234,8 +392,11 @@ class RequestMachine(RuleBasedStateMachine):
         stale=st.booleans(),
     )
     def apply(self, kind: EventKind, delay: int, stale: bool) -> None:
+        attempt = self.request.attempts - 1 if stale else self.request.attempts
+        self._apply(kind, attempt, delay)
+
+    def _apply(self, kind: EventKind, attempt: int, delay: int = 0) -> None:
         before = self.request
-        attempt = before.attempts - 1 if stale else before.attempts
         event = Event(
             kind,
             daemon_id=DAEMON,
@@ -245,54 +406,51 @@ class RequestMachine(RuleBasedStateMachine):
             body="{}",
             failure=FAILURE,
         )
-        legal = self._legal(kind, attempt)
-        if not legal:
+        if not self.model.legal(kind, attempt):
             with pytest.raises(IllegalTransition):
                 step(before, event, self.now)
             return
         result = step(before, event, self.now)
         self.request = result.request
-        self._advance_model(kind)
+        self.model.advance(kind)
         assert self.request.state is self.model.state
         if kind in {EventKind.RETRY, EventKind.RELEASE, EventKind.RECLAIM}:
             assert self.request.not_before >= self.now
         if kind is EventKind.RETRY:
             assert self.request.not_before == max(self.now, event.not_before or self.now)
 
-    def _legal(self, kind: EventKind, attempt: int) -> bool:
-        rule_ = TRANSITIONS.get((self.model.state, kind))
-        if rule_ is None:
-            return False
-        if rule_.guard == "was_sent":
-            return self.model.sent_attempt is not None and self.model.sent_attempt == attempt
-        return True
+    # The rules below drive the paths random kinds alone seldom reach: the happy path,
+    # and a cancel in flight followed by late results of the current or an older attempt.
 
-    def _advance_model(self, kind: EventKind) -> None:
-        m = self.model
-        m.state = TRANSITIONS[(m.state, kind)].target
-        if kind is EventKind.CLAIM:
-            m.attempts += 1
-            m.budget_used += 1
-        elif kind is EventKind.START:
-            m.sent_attempt = m.attempts
-        elif kind is EventKind.RELEASE:
-            m.budget_used -= 1
-            m.sent_attempt = None
-        elif kind in {EventKind.RECLAIM, EventKind.RETRY}:
-            m.sent_attempt = None
-        elif kind is EventKind.MANUAL_RETRY:
-            m.budget_used = 0
-            m.sent_attempt = None
-
-    @precondition(lambda self: self.request.state is RequestState.PENDING)
+    @precondition(lambda self: self.model.state is RequestState.PENDING)
     @rule()
     def claim_when_due(self) -> None:
-        # Drives the happy path more often than random kinds alone would.
         self.now = max(self.now, self.request.not_before)
-        self.request = step(
-            self.request, Event(EventKind.CLAIM, daemon_id=DAEMON), self.now
-        ).request
-        self._advance_model(EventKind.CLAIM)
+        self._apply(EventKind.CLAIM, self.request.attempts)
+
+    @precondition(lambda self: self.model.state is RequestState.CLAIMED)
+    @rule()
+    def start(self) -> None:
+        self._apply(EventKind.START, self.request.attempts)
+
+    @precondition(lambda self: self.model.state is RequestState.PROCESSING)
+    @rule(kind=st.sampled_from([E.CANCEL, E.EXPIRE, E.RECLAIM, E.RETRY]))
+    def interrupt(self, kind: EventKind) -> None:
+        self._apply(kind, self.request.attempts)
+
+    @precondition(lambda self: self.model.state is RequestState.CANCELED)
+    @rule(age=st.integers(min_value=0, max_value=2))
+    def late_success(self, age: int) -> None:
+        attempt = self.request.attempts - age
+        m = self.model
+        if m.legal(E.SUCCEED, attempt):
+            label = "billed"
+        elif attempt in m.ever_sent:
+            label = "stale, of an attempt that was sent"
+        else:
+            label = "of an attempt never sent"
+        event(f"late success: {label}")
+        self._apply(E.SUCCEED, attempt)
 
     @invariant()
     def matches_model(self) -> None:
