@@ -5,8 +5,9 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 
+import attrs
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from fusillade.core.models import FailureReason
@@ -124,6 +125,32 @@ def test_x_should_retry_overrides(
     header = pad + (value.upper() if upper else value) + pad
     result = classify(HttpResponse(status, {spelling: header}))
     assert type(result) is (Retriable if value == "true" else Permanent)
+
+
+@pytest.mark.parametrize(
+    ("status", "header", "policy", "verdict"),
+    [
+        # x-should-retry wins over the policy's lists...
+        (499, "false", DEFAULT_POLICY, Permanent),  # 499 is a default extra retriable
+        (404, "false", RetryPolicy(extra_retriable_statuses=[404]), Permanent),
+        (501, "true", RetryPolicy(extra_permanent_statuses=[501]), Retriable),
+        # ... and over the built-in rule,
+        (400, "true", DEFAULT_POLICY, Retriable),
+        (503, "false", DEFAULT_POLICY, Permanent),
+        (429, "false", DEFAULT_POLICY, Permanent),
+        # and the policy's permanent list wins over the built-in rule.
+        (501, None, RetryPolicy(extra_permanent_statuses=[501]), Permanent),
+        (404, None, RetryPolicy(extra_retriable_statuses=[404]), Retriable),
+    ],
+)
+def test_classification_precedence(
+    status: int, header: str | None, policy: RetryPolicy, verdict: type[Retriable | Permanent]
+) -> None:
+    headers = {} if header is None else {"X-Should-Retry": header}
+    result = classify(HttpResponse(status, headers), policy)
+    assert type(result) is verdict
+    assert isinstance(result, Retriable | Permanent)
+    assert result.rate_limited is (status == 429)
 
 
 @pytest.mark.parametrize("value", ["", "yes", "1", "maybe", "truefalse"])
@@ -301,16 +328,61 @@ def failed(status: int, headers: dict[str, str] | None = None) -> Retriable | Pe
     return result
 
 
+def expected_decision(
+    classification: Retriable | Permanent,
+    *,
+    retry_after: str | None,
+    budget_used: int,
+    now: datetime,
+    deadline: datetime,
+    jitter: float,
+    policy: RetryPolicy,
+) -> RetryAt | GiveUp:
+    """engine.md section 2 for an answer with at most a whole-seconds ``retry-after``,
+    written out independently of ``decide``."""
+    exponent = max(budget_used - 1, 0)
+    computed = jitter * min(
+        policy.cap.total_seconds(), policy.base.total_seconds() * policy.factor**exponent
+    )
+    delay, source = timedelta(seconds=computed), DelaySource.BACKOFF
+    if retry_after is not None:
+        asked = timedelta(seconds=max(int(retry_after), 0))
+        if asked <= policy.retry_after_ceiling:  # a retry-after equal to it is honoured
+            delay, source = asked, DelaySource.RETRY_AFTER
+    failure = classification.failure
+    pause = now + delay if classification.rate_limited else None
+    if isinstance(classification, Permanent):
+        return GiveUp(failure, GiveUpReason.PERMANENT, pause)
+    if budget_used >= policy.max_attempts:
+        return GiveUp(failure, GiveUpReason.BUDGET_SPENT, pause)
+    if now + delay >= deadline - policy.deadline_margin:
+        return GiveUp(failure, GiveUpReason.DEADLINE, pause)
+    return RetryAt(now + delay, delay, failure, source, pause)
+
+
+CEILING = RetryPolicy(retry_after_ceiling=timedelta(seconds=300))
+
+
 @given(
     now=nows,
     window=st.integers(min_value=0, max_value=86_400),
     budget_used=st.integers(min_value=1, max_value=60),
     jitter=jitters,
     policy=policies,
-    status=st.sampled_from([408, 429, 500, 503, 499]),
+    status=st.sampled_from([408, 429, 500, 503, 499, 400, 404]),
     retry_after=st.none() | st.integers(min_value=-10, max_value=7_200).map(str),
 )
-def test_decide_never_schedules_outside_now_and_deadline(
+# The boundaries, every run: a retry-after equal to the ceiling is honoured, one second
+# more is not; a retry due exactly at the deadline (less the margin) is not scheduled,
+# one a second earlier is; the last attempt of the budget gives up.
+@example(NOW, 86_400, 1, 0.5, CEILING, 503, "300")
+@example(NOW, 86_400, 1, 0.5, CEILING, 429, "301")
+@example(NOW, 300, 1, 0.5, CEILING, 503, "300")
+@example(NOW, 301, 1, 0.5, CEILING, 503, "300")
+@example(NOW, 310, 1, 0.5, attrs.evolve(CEILING, deadline_margin=timedelta(seconds=10)), 503, "300")
+@example(NOW, 86_400, 5, 0.5, RetryPolicy(max_attempts=6), 500, None)
+@example(NOW, 86_400, 6, 0.5, RetryPolicy(max_attempts=6), 500, None)
+def test_decide_follows_the_spec(
     now: datetime,
     window: int,
     budget_used: int,
@@ -319,6 +391,7 @@ def test_decide_never_schedules_outside_now_and_deadline(
     status: int,
     retry_after: str | None,
 ) -> None:
+    """Retries exactly when the budget and the deadline allow one, never outside them."""
     deadline = now + timedelta(seconds=window)
     headers = {} if retry_after is None else {"retry-after": retry_after}
     classification = failed(status, headers)
@@ -330,26 +403,38 @@ def test_decide_never_schedules_outside_now_and_deadline(
         jitter=jitter,
         policy=policy,
     )
-    if budget_used >= policy.max_attempts:
-        assert isinstance(decision, GiveUp)
-        assert decision.reason is GiveUpReason.BUDGET_SPENT
+    assert decision == expected_decision(
+        classification,
+        retry_after=retry_after,
+        budget_used=budget_used,
+        now=now,
+        deadline=deadline,
+        jitter=jitter,
+        policy=policy,
+    )
     if isinstance(decision, RetryAt):
         assert now <= decision.not_before < deadline - policy.deadline_margin
-        assert decision.not_before == now + decision.delay
         if decision.source is DelaySource.BACKOFF:
             assert decision.delay <= policy.cap
         else:
             assert decision.delay <= policy.retry_after_ceiling
-        assert decision.failure == classification.failure
-    else:
-        assert decision.failure == classification.failure
     if status == 429:
         assert decision.pause_until is not None
         assert decision.pause_until >= now
-        if isinstance(decision, RetryAt):
-            assert decision.pause_until == decision.not_before
     else:
         assert decision.pause_until is None
+
+
+def test_retry_after_equal_to_the_ceiling_is_honoured() -> None:
+    for headers in ({"retry-after": "300"}, {"retry-after-ms": "300000"}):
+        decision = decide(failed(503, headers), budget_used=1, now=NOW, deadline=FAR, jitter=0.5)
+        assert isinstance(decision, RetryAt)
+        assert (decision.source, decision.delay) == (DelaySource.RETRY_AFTER, timedelta(minutes=5))
+    over = decide(
+        failed(503, {"retry-after-ms": "300001"}), budget_used=1, now=NOW, deadline=FAR, jitter=0.5
+    )
+    assert isinstance(over, RetryAt)
+    assert over.source is DelaySource.BACKOFF
 
 
 def test_retry_after_within_ceiling_replaces_backoff() -> None:
