@@ -132,6 +132,83 @@ def test_limits_at_their_edges_are_accepted() -> None:
     assert len(validate_stream(io.BytesIO(file_of(*lines)))) == 3
 
 
+class StrictValidator(JsonlValidator):
+    """The checks without the orjson fast path: what every line the fast path declines
+    gets, and the only source of problems."""
+
+    _fast_path = False
+
+
+def run_validator(
+    validator: type[JsonlValidator], data: bytes, limits: JsonlLimits | None = None
+) -> list[RequestTemplate] | tuple[LineProblem, ...]:
+    v = validator(limits)
+    try:
+        return v.feed(data) + v.finish()
+    except InvalidJSONL as e:
+        return e.problems
+
+
+def nested(depth: int, *, siblings: bool) -> dict[str, Any]:
+    """A line nested exactly ``depth`` deep (the line object is level 1, its body 2).
+
+    With ``siblings`` each level also holds an empty array, so the line has more brackets
+    than levels and the depth is really walked, not bounded by counting brackets.
+    """
+    inner: dict[str, Any] = {"model": "m"}
+    for _ in range(depth - 2):
+        inner = {"model": "m", "x": inner} | ({"s": []} if siblings else {})
+    return obj("deep", body=inner)
+
+
+VALIDATORS = pytest.mark.parametrize("validator", [JsonlValidator, StrictValidator])
+
+
+@VALIDATORS
+@pytest.mark.parametrize("siblings", [False, True])
+def test_nesting_exactly_at_the_limit(validator: type[JsonlValidator], siblings: bool) -> None:
+    limits = JsonlLimits(max_depth=8)
+    [template] = run_validator(validator, file_of(nested(8, siblings=siblings)), limits)
+    assert isinstance(template, RequestTemplate)
+    [problem] = run_validator(validator, file_of(nested(9, siblings=siblings)), limits)
+    assert problem == LineProblem(
+        1, None, ProblemCode.INVALID_JSON, "line 1: nesting is deeper than 8"
+    )
+
+
+@VALIDATORS
+def test_custom_id_and_model_exactly_at_their_limits(validator: type[JsonlValidator]) -> None:
+    at_limit = file_of(obj("x" * 512), obj("b", body={"model": "m" * 256}), obj("é" * 512))
+    templates = run_validator(validator, at_limit)
+    assert all(isinstance(t, RequestTemplate) for t in templates)
+    assert [getattr(t, "custom_id", None) for t in templates] == ["x" * 512, "b", "é" * 512]
+    [problem] = run_validator(validator, file_of(obj("x" * 513)))
+    assert problem.message == "line 1: custom_id must have 1 to 512 characters, found 513"
+    [problem] = run_validator(validator, file_of(obj("b", body={"model": "m" * 257})))
+    assert problem.message == "line 1: body.model must have 1 to 256 characters, found 257"
+
+
+@VALIDATORS
+def test_a_bom_only_on_the_first_line(validator: type[JsonlValidator]) -> None:
+    bom = b"\xef\xbb\xbf"
+    [template] = run_validator(validator, bom + file_of(obj("a")))
+    assert isinstance(template, RequestTemplate)
+    [problem] = run_validator(validator, file_of(obj("a")) + bom + file_of(obj("b")))
+    assert problem == LineProblem(
+        2, None, ProblemCode.INVALID_JSON, "line 2: invalid JSON: Expecting value (column 1)"
+    )
+
+
+@VALIDATORS
+def test_line_bytes_exactly_at_the_limit(validator: type[JsonlValidator]) -> None:
+    line = enc(obj("a"))
+    limits = JsonlLimits(max_line_bytes=len(line))
+    for end in (b"\n", b"\r\n"):
+        assert len(run_validator(validator, line + end, limits)) == 1
+    [problem] = run_validator(validator, b" " + line + b"\n", limits)
+    assert problem.code is ProblemCode.LINE_TOO_LONG
+
+
 def test_required_url_accepts_matching_lines() -> None:
     limits = JsonlLimits(required_url="/v1/embeddings")
     line = obj(url="/v1/embeddings", body={"model": "e", "input": "x"})
