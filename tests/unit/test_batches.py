@@ -142,6 +142,37 @@ def test_cancel_after_the_deadline_is_too_late() -> None:
     assert done.expired_at == T0 + WINDOW
 
 
+def test_cancel_exactly_at_the_deadline_is_too_late() -> None:
+    deadline = T0 + WINDOW
+    at = derive(record(cancelling_at=deadline), counts(pending=3), deadline)
+    assert at.status is BatchStatus.FINALIZING
+    assert at.cancelling_at is None
+    frozen_at = frozen(counts(canceled=3), deadline, cancelling_at=deadline, expired_at=deadline)
+    done = derive(frozen_at, counts(), deadline + timedelta(seconds=1))
+    assert (done.status, done.expired_at, done.cancelled_at) == (
+        BatchStatus.EXPIRED,
+        deadline,
+        None,
+    )
+    # One microsecond earlier the cancel counts.
+    just_before = deadline - timedelta(microseconds=1)
+    before = derive(record(cancelling_at=just_before), counts(pending=3), just_before)
+    assert (before.status, before.cancelling_at) == (BatchStatus.CANCELLING, just_before)
+
+
+def test_work_ending_exactly_at_the_deadline_is_expired() -> None:
+    deadline = T0 + WINDOW
+    view = derive(frozen(counts(completed=3), deadline), counts(), deadline)
+    assert (view.status, view.expired_at, view.completed_at) == (
+        BatchStatus.EXPIRED,
+        deadline,
+        None,
+    )
+    early = deadline - timedelta(microseconds=1)
+    view = derive(frozen(counts(completed=3), early), counts(), deadline)
+    assert (view.status, view.completed_at) == (BatchStatus.COMPLETED, early)
+
+
 def test_past_the_deadline_before_the_sweep_is_finalizing() -> None:
     """Terminal only once the counts stop moving: a client seeing expired gets final files."""
     view = derive(record(), counts(pending=1, completed=2), T0 + WINDOW)

@@ -6,7 +6,8 @@ import json
 import uuid
 from datetime import UTC, datetime
 
-from hypothesis import given
+import pytest
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from fusillade.core.models import RequestState
@@ -37,6 +38,10 @@ json_values = st.recursive(
     upstream=st.none() | stored_text,
     indent=st.none() | st.integers(0, 3),
 )
+# The line breaks str.splitlines() sees, in every part the splice writes, every run.
+@example("a\u2028b\u2029c\x85d", {"t": "\u2028\u2029\x85"}, 200, None, None)
+@example("a", ["\u2028"], 200, "req\u2029\x85", 2)
+@example("\u2028", "\u2028", 500, "\u2029", None)
 def test_spliced_line_equals_parsed_line(
     custom_id: str, body: object, status: int, upstream: str | None, indent: int | None
 ) -> None:
@@ -52,6 +57,26 @@ def test_spliced_line_equals_parsed_line(
     slow = format_output_line(RID, custom_id, status, text, upstream_request_id=upstream)
     assert spliced == slow
     assert len(spliced.splitlines()) == 1
+
+
+@pytest.mark.parametrize("upstream", [None, "req\u2029"])
+def test_spliced_line_escapes_what_splitlines_splits_on(upstream: str | None) -> None:
+    parsed = parse_embeddable('{"t": "x\u2028y"}')
+    assert parsed is not None
+    _, canonical = parsed
+    assert canonical == '{"t":"x\\u2028y"}'
+    line = format_output_line(
+        RID, "a\u2028b\x85", 200, canonical, upstream_request_id=upstream, body_is_json=True
+    )
+    assert line.splitlines() == [line]
+    for char in ("\u2028", "\u2029", "\x85"):
+        assert char not in line
+    value = json.loads(line)
+    assert value["custom_id"] == "a\u2028b\x85"
+    assert value["response"]["body"] == {"t": "x\u2028y"}
+    if upstream is not None:
+        assert value["response"]["request_id"] == upstream
+        assert "\\u2029" in line
 
 
 @given(st.sampled_from(['{"a":1,"a":2}', "NaN", '{"x":Infinity}', "not json", "", "[1,"]))
