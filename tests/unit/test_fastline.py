@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 import orjson
 import pytest
-from hypothesis import event, given, settings
+from hypothesis import event, example, given, settings
 from hypothesis import strategies as st
 
 from fusillade.core.fastline import _divergent, fast_templates
@@ -153,14 +153,29 @@ finite_bodies = st.recursive(
 
 @settings(max_examples=300, deadline=None)
 @given(extra=finite_bodies, custom_id=st.text(min_size=1, max_size=20))
+# Strings whose JSON spelling reads like a number's exponent: "\u000e-" is the escape of
+# U+000E followed by "-" ("0e-" to a byte scan), "0e+" is just text.
+@example(extra="\x0e-", custom_id="a")
+@example(extra={"k": "\x1e+"}, custom_id="b")
+@example(extra=["0e+5", "x0.00001"], custom_id="c")
 def test_ordinary_lines_take_the_fast_path(extra: object, custom_id: str) -> None:
     line = {"custom_id": custom_id, "method": "POST", "url": CHAT}
     line["body"] = {"model": "m", "x": extra}
     raw = json.dumps(line, ensure_ascii=False).encode()
     if "\x00" in custom_id or b"\\u0000" in raw:
         return  # NUL is for the strict path to refuse
+    expected = RequestTemplate(custom_id, "m", dumps_compact(line["body"]), CHAT)
     [template] = fast_templates([raw], JsonlLimits())
-    assert template == RequestTemplate(custom_id, "m", dumps_compact(line["body"]), CHAT)
+    if _divergent(orjson.dumps(line["body"])):
+        # The number checks scan bytes and cannot tell a string from a number, so text
+        # that looks like an exponent or a tiny decimal sends the line to the strict path
+        # (by design: such strings are rare, and scanning only numbers would cost every
+        # line). Not a wrong answer: the validator still gives the same template.
+        assert template in (None, expected)
+    else:
+        assert template == expected
+    validator = JsonlValidator()
+    assert validator.feed(raw + b"\n") + validator.finish() == [expected]
 
 
 def test_the_benchmark_line_takes_the_fast_path() -> None:
