@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+import re
+from datetime import UTC, datetime, timedelta, timezone
 from email.utils import format_datetime
 
 import attrs
@@ -195,20 +196,30 @@ def test_rate_limited_only_for_429() -> None:
 
 
 @pytest.mark.parametrize(
-    "kwargs",
+    ("kwargs", "message"),
     [
-        {"max_attempts": 0},
-        {"base": timedelta(0)},
-        {"cap": timedelta(seconds=-1)},
-        {"factor": 0.5},
-        {"factor": float("inf")},
-        {"retry_after_ceiling": timedelta(seconds=-1)},
-        {"deadline_margin": timedelta(seconds=-1)},
-        {"extra_retriable_statuses": [500], "extra_permanent_statuses": [500]},
+        ({"max_attempts": 0}, "'max_attempts' must be >= 1: 0"),
+        ({"base": timedelta(0)}, "base must be positive, got 0:00:00"),
+        ({"cap": timedelta(seconds=-1)}, "cap must be positive, got -1 day, 23:59:59"),
+        ({"factor": 0.5}, "'factor' must be >= 1.0: 0.5"),
+        ({"factor": float("inf")}, "factor must be finite, got inf"),
+        (
+            {"retry_after_ceiling": timedelta(seconds=-1)},
+            "retry_after_ceiling must not be negative, got -1 day, 23:59:59",
+        ),
+        (
+            {"deadline_margin": timedelta(seconds=-1)},
+            "deadline_margin must not be negative, got -1 day, 23:59:59",
+        ),
+        (
+            {"extra_retriable_statuses": [500, 501], "extra_permanent_statuses": [501, 500]},
+            "statuses both retriable and permanent: [500, 501]",
+        ),
     ],
 )
-def test_policy_rejects_nonsense(kwargs: dict[str, object]) -> None:
-    with pytest.raises(ValueError):  # noqa: PT011 - attrs validators raise plain ValueError
+def test_policy_rejects_nonsense(kwargs: dict[str, object], message: str) -> None:
+    """A configuration error names the setting and the value (users read these)."""
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
         RetryPolicy(**kwargs)  # type: ignore[arg-type]  # kwargs are deliberately wrong
 
 
@@ -314,6 +325,26 @@ def test_parse_retry_after_accepts_a_naive_now() -> None:
     assert parse_retry_after(headers, naive) == timedelta(seconds=9)
 
 
+def test_format_retry_after_examples() -> None:
+    assert format_retry_after(timedelta(seconds=3)) == "3"
+    assert format_retry_after(timedelta(days=1, milliseconds=1500)) == "86401.500000"
+    assert format_retry_after(NOW) == "Sat, 01 Mar 2025 12:00:00 GMT"
+    assert format_retry_after(NOW.replace(tzinfo=None)) == "Sat, 01 Mar 2025 12:00:00 GMT"
+    paris = NOW.astimezone(timezone(timedelta(hours=1)))
+    assert format_retry_after(paris) == "Sat, 01 Mar 2025 12:00:00 GMT"
+
+
+def test_decide_reads_an_http_date_relative_to_now() -> None:
+    headers = {"retry-after": format_retry_after(NOW + timedelta(seconds=42))}
+    decision = decide(failed(503, headers), budget_used=1, now=NOW, deadline=FAR, jitter=0.5)
+    assert decision == RetryAt(
+        NOW + timedelta(seconds=42),
+        timedelta(seconds=42),
+        failed(503).failure,
+        DelaySource.RETRY_AFTER,
+    )
+
+
 def test_format_retry_after_rejects_negative_delays() -> None:
     with pytest.raises(ValueError, match="negative"):
         format_retry_after(timedelta(seconds=-1))
@@ -371,17 +402,22 @@ CEILING = RetryPolicy(retry_after_ceiling=timedelta(seconds=300))
     policy=policies,
     status=st.sampled_from([408, 429, 500, 503, 499, 400, 404]),
     retry_after=st.none() | st.integers(min_value=-10, max_value=7_200).map(str),
+    should_retry=st.sampled_from([None, None, "true", "false"]),
 )
 # The boundaries, every run: a retry-after equal to the ceiling is honoured, one second
 # more is not; a retry due exactly at the deadline (less the margin) is not scheduled,
 # one a second earlier is; the last attempt of the budget gives up.
-@example(NOW, 86_400, 1, 0.5, CEILING, 503, "300")
-@example(NOW, 86_400, 1, 0.5, CEILING, 429, "301")
-@example(NOW, 300, 1, 0.5, CEILING, 503, "300")
-@example(NOW, 301, 1, 0.5, CEILING, 503, "300")
-@example(NOW, 310, 1, 0.5, attrs.evolve(CEILING, deadline_margin=timedelta(seconds=10)), 503, "300")
-@example(NOW, 86_400, 5, 0.5, RetryPolicy(max_attempts=6), 500, None)
-@example(NOW, 86_400, 6, 0.5, RetryPolicy(max_attempts=6), 500, None)
+# A 429 pauses the model whichever way the request goes.
+@example(NOW, 86_400, 1, 0.5, CEILING, 503, "300", None)
+@example(NOW, 86_400, 1, 0.5, CEILING, 429, "301", None)
+@example(NOW, 300, 1, 0.5, CEILING, 429, "300", None)
+@example(NOW, 301, 1, 0.5, CEILING, 503, "300", None)
+@example(
+    NOW, 310, 1, 0.5, attrs.evolve(CEILING, deadline_margin=timedelta(seconds=10)), 503, "300", None
+)
+@example(NOW, 86_400, 5, 0.5, RetryPolicy(max_attempts=6), 500, None, None)
+@example(NOW, 86_400, 6, 0.5, RetryPolicy(max_attempts=6), 429, None, None)
+@example(NOW, 86_400, 1, 0.5, CEILING, 429, "7", "false")
 def test_decide_follows_the_spec(
     now: datetime,
     window: int,
@@ -390,10 +426,13 @@ def test_decide_follows_the_spec(
     policy: RetryPolicy,
     status: int,
     retry_after: str | None,
+    should_retry: str | None,
 ) -> None:
     """Retries exactly when the budget and the deadline allow one, never outside them."""
     deadline = now + timedelta(seconds=window)
     headers = {} if retry_after is None else {"retry-after": retry_after}
+    if should_retry is not None:
+        headers["x-should-retry"] = should_retry
     classification = failed(status, headers)
     decision = decide(
         classification,
