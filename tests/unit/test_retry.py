@@ -66,7 +66,7 @@ def expected_verdict(status: int) -> type[Success | Retriable | Permanent]:
 
 
 def test_classification_table_for_every_status() -> None:
-    for status in range(100, 600):
+    for status in range(100, 1000):  # upstreams may send any three digits
         result = classify(HttpResponse(status, {}, f"body {status}"))
         assert type(result) is expected_verdict(status), status
         if isinstance(result, Success):
@@ -76,6 +76,21 @@ def test_classification_table_for_every_status() -> None:
             assert result.failure.status == status
             assert result.failure.body == f"body {status}"
             assert str(status) in result.failure.message
+            assert result.outcome == HttpResponse(status, {}, f"body {status}")
+
+
+def test_failure_messages_name_the_status_and_its_phrase() -> None:
+    messages = {
+        status: result.failure.message
+        for status in (404, 503, 599, 600)
+        if isinstance(result := classify(HttpResponse(status)), Retriable | Permanent)
+    }
+    assert messages == {
+        404: "upstream answered HTTP 404 Not Found",
+        503: "upstream answered HTTP 503 Service Unavailable",
+        599: "upstream answered HTTP 599",
+        600: "upstream answered HTTP 600",
+    }
 
 
 @pytest.mark.parametrize(
@@ -103,6 +118,7 @@ def test_transport_classification(
     assert result.failure.status is None
     assert result.failure.body is None
     assert result.failure.message  # a default message when none is given
+    assert result.outcome == TransportError(kind)
     detailed = classify(TransportError(kind, "dns lookup failed"))
     assert isinstance(detailed, Retriable | Permanent)
     assert detailed.failure.message == "dns lookup failed"
@@ -293,6 +309,9 @@ def test_retry_after_ms_round_trip(ms: int, now: datetime) -> None:
         ({"retry-after": "-5"}, timedelta(0)),
         ({"retry-after-ms": "1500.5"}, timedelta(milliseconds=1500.5)),
         ({"retry-after-ms": "-1"}, timedelta(0)),
+        ({"retry-after-ms": "0.001"}, timedelta(microseconds=1)),
+        ({"retry-after-ms": "0.0015"}, timedelta(microseconds=2)),  # half to even
+        ({"retry-after-ms": "0.0025"}, timedelta(microseconds=2)),
         ({"retry-after-ms": "soon", "retry-after": "7"}, timedelta(seconds=7)),
         ({"RETRY-AFTER-MS": "250"}, timedelta(milliseconds=250)),
         ({"retry-after": "Sat, 01 Mar 2025 12:00:30 GMT"}, timedelta(seconds=30)),
