@@ -123,6 +123,13 @@ def test_cancelled_at_never_before_cancelling_at() -> None:
     assert view.cancelled_at == s(10)
 
 
+def test_cancelled_without_a_last_finish_is_cancelled_at_the_cancel() -> None:
+    # derive never raises on an odd row: frozen counts without a last finish time.
+    r = freeze(record(cancelling_at=s(10)), counts(canceled=3), None)
+    view = derive(r, counts(), s(20))
+    assert (view.status, view.cancelled_at) == (BatchStatus.CANCELLED, s(10))
+
+
 def test_cancel_wins_over_a_later_deadline() -> None:
     r = record(cancelling_at=s(10))
     assert derive(r, counts(pending=3), T0 + 2 * WINDOW).status is BatchStatus.CANCELLING
