@@ -70,7 +70,8 @@ def make_request(state: RequestState, *, sent: bool = True, attempts: int = 3) -
     """A request in ``state`` with every field its state implies.
 
     ``sent`` sets ``started_at`` (so the ``was_sent`` guard holds); a terminal request has
-    a ``finished_at``, a completed one its response, a failed or canceled one a failure.
+    a ``finished_at``, a completed one its response, a failed or canceled one a failure,
+    and a failed one also the upstream's answer (as ``record_results.sql`` stores it).
     """
     in_flight = state.is_in_flight or state is RequestState.CANCELED
     failure = {FA: FAILURE, CA: Failure(FailureReason.CANCELLED, "batch cancelled")}
@@ -85,8 +86,8 @@ def make_request(state: RequestState, *, sent: bool = True, attempts: int = 3) -
         claimed_at=NOW - timedelta(seconds=2) if in_flight else None,
         started_at=NOW - timedelta(seconds=1) if sent else None,
         finished_at=NOW - timedelta(seconds=1) if state.is_terminal else None,
-        response_status=200 if state is CO else None,
-        response_body="{}" if state is CO else None,
+        response_status={CO: 200, FA: 500}.get(state),
+        response_body="{}" if state in (CO, FA) else None,
         failure=failure.get(state),
     )
 
