@@ -275,6 +275,15 @@ RULES = [
 ]
 
 
+@pytest.mark.parametrize(
+    ("value", "kind"),
+    [({}, "an object"), ([], "an array"), (True, "a boolean"), (1.5, "a number"), (None, "null")],
+)
+def test_wrong_types_are_named(value: object, kind: str) -> None:
+    problem = only_problem(file_of(obj(value)))
+    assert problem.message == f"line 1: custom_id must be a string, found {kind}"
+
+
 @pytest.mark.parametrize(("line", "param", "code", "message"), RULES)
 def test_each_rule_names_line_and_field(
     line: bytes, param: str | None, code: str, message: str
@@ -438,6 +447,33 @@ def test_limits_can_be_lifted() -> None:
         validate_file(io.BytesIO(data))
 
 
+class CountingReader(io.BytesIO):
+    """A stream that remembers the sizes it was asked for."""
+
+    def __init__(self, data: bytes) -> None:
+        super().__init__(data)
+        self.sizes: list[int | None] = []
+
+    def read(self, size: int | None = -1, /) -> bytes:
+        self.sizes.append(size)
+        return super().read(size)
+
+
+@pytest.mark.parametrize("validate", [validate_stream, validate_file])
+def test_streams_are_read_in_chunks_of_the_given_size(validate: Callable[..., object]) -> None:
+    reader = CountingReader(file_of(obj("a"), obj("b")))
+    validate(reader, chunk_size=16)
+    assert set(reader.sizes) == {16}
+
+
+def test_an_oversized_line_past_the_line_limit_names_its_line() -> None:
+    data = file_of(obj("a")) + b"x" * 300 + b"\n"
+    problem = only_problem(data, JsonlLimits(max_lines=1, max_line_bytes=200))
+    assert problem == LineProblem(
+        2, None, ProblemCode.TOO_MANY_LINES, "line 2: file has more than 1 requests"
+    )
+
+
 def test_validate_file_raises_like_the_others() -> None:
     with pytest.raises(InvalidJSONL, match="file has no request lines"):
         validate_file(io.BytesIO(b"\n"))
@@ -554,6 +590,11 @@ def test_splitter_holds_at_most_one_line() -> None:
     assert splitter.feed(b"more and more") == []
     assert splitter.feed(b"end\nlast") == []
     assert splitter.close() == [b"last"]
+
+
+def test_splitter_limit_excludes_a_crlf_line_break() -> None:
+    splitter = LineSplitter(max_line_bytes=3)
+    assert splitter.feed(b"abc\r\nabcd\r\nx\n") == [b"abc\r", OversizedLine(), b"x"]
 
 
 def test_splitter_final_newline_is_not_a_line() -> None:
@@ -751,6 +792,17 @@ def test_http_failure_keeps_response_and_no_error() -> None:
         "custom_id": "a",
         "response": {"status_code": 400, "request_id": str(RID), "body": json.loads(body)},
         "error": None,
+    }
+
+
+def test_http_failure_keeps_the_upstream_request_id() -> None:
+    line = format_error_line(
+        RID, "a", FailureReason.HTTP_STATUS, "HTTP 500", 500, "oops", upstream_request_id="req_9"
+    )
+    assert json.loads(line)["response"] == {
+        "status_code": 500,
+        "request_id": "req_9",
+        "body": "oops",
     }
 
 
