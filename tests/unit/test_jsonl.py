@@ -295,6 +295,14 @@ def test_each_rule_names_line_and_field(
     assert problem.message.startswith(message)
 
 
+@pytest.mark.parametrize(
+    ("custom_id", "shown"), [("x" * 64, "'" + "x" * 64 + "'"), ("y" * 65, "'" + "y" * 64 + "...'")]
+)
+def test_values_in_messages_are_cut_after_64_characters(custom_id: str, shown: str) -> None:
+    problem = only_problem(file_of(obj(custom_id), obj(custom_id)))
+    assert problem.message == f"line 2: custom_id {shown} is a duplicate of line 1"
+
+
 def test_duplicate_custom_id_names_the_first_line() -> None:
     data = file_of(obj("a"), obj("b"), obj("c"), obj("d"), obj("e"), obj("f"), obj("a"))
     problem = only_problem(data)
