@@ -189,6 +189,41 @@ def test_custom_id_and_model_exactly_at_their_limits(validator: type[JsonlValida
 
 
 @VALIDATORS
+def test_each_line_keeps_its_url(validator: type[JsonlValidator]) -> None:
+    data = file_of(obj("a", url="/v1/embeddings"), obj("b"))
+    templates = run_validator(validator, data)
+    assert [getattr(t, "path", None) for t in templates] == ["/v1/embeddings", CHAT]
+
+
+@VALIDATORS
+def test_nested_arrays_count_towards_the_depth(validator: type[JsonlValidator]) -> None:
+    def line(depth: int) -> bytes:  # the line object and its body are two levels
+        return raw(body=b'{"model":"m","x":' + b"[" * (depth - 2) + b"]" * (depth - 2) + b"}")
+
+    limits = JsonlLimits(max_depth=8)
+    assert len(run_validator(validator, file_of(line(8)), limits)) == 1
+    [problem] = run_validator(validator, file_of(line(9)), limits)
+    assert problem.message == "line 1: nesting is deeper than 8"
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        (b'{"a":1,"b":2,"b":3}', "line 1: duplicate key 'b'"),
+        (b'{"a":' + b"1" * 40 + b"e999}", "line 1: number '" + "1" * 32 + "...' is out of range"),
+        (
+            enc(obj(url="/x")),
+            "line 1: url '/x' is not an allowed endpoint (/v1/embeddings, /v1/responses)",
+        ),
+    ],
+)
+def test_problem_messages_name_the_culprit(line: bytes, message: str) -> None:
+    limits = JsonlLimits(allowed_endpoints=("/v1/embeddings", "/v1/responses"))
+    [problem] = run_validator(StrictValidator, file_of(line), limits)
+    assert problem.message == message
+
+
+@VALIDATORS
 def test_a_bom_only_on_the_first_line(validator: type[JsonlValidator]) -> None:
     bom = b"\xef\xbb\xbf"
     [template] = run_validator(validator, bom + file_of(obj("a")))
@@ -207,6 +242,8 @@ def test_line_bytes_exactly_at_the_limit(validator: type[JsonlValidator]) -> Non
         assert len(run_validator(validator, line + end, limits)) == 1
     [problem] = run_validator(validator, b" " + line + b"\n", limits)
     assert problem.code is ProblemCode.LINE_TOO_LONG
+    for end in (b"\n", b"\r\n"):  # feed_line takes the line with its break
+        assert validator(limits).feed_line(line + end) is not None
 
 
 def test_required_url_accepts_matching_lines() -> None:
@@ -238,6 +275,8 @@ RULES = [
     (b"\xff{}", None, "invalid_encoding", "line 2: not UTF-8 (byte 1)"),
     (b"{", None, "invalid_json", "line 2: invalid JSON: Expecting property name"),
     (b"{}{}", None, "invalid_json", "line 2: invalid JSON: Extra data"),
+    (b"\x0c", None, "invalid_json", "line 2: invalid JSON"),  # not JSON whitespace
+    (b"XX", None, "invalid_json", "line 2: invalid JSON"),
     (b"[1]", None, "invalid_json", "line 2: expected an object, found an array"),
     (b'"x"', None, "invalid_json", "line 2: expected an object, found a string"),
     (b"\x00", None, "invalid_json", "line 2: invalid JSON"),
@@ -498,8 +537,12 @@ def test_file_too_large() -> None:
     data = file_of(obj("a"), obj("b"))
     limits = JsonlLimits(max_file_bytes=len(data) - 1)
     problem = only_problem(data, limits)
-    assert problem.code is ProblemCode.FILE_TOO_LARGE
-    assert problem.line is None
+    assert problem == LineProblem(
+        None, None, ProblemCode.FILE_TOO_LARGE, f"file is larger than {len(data) - 1} bytes"
+    )
+    # The bytes add up across chunks.
+    with pytest.raises(InvalidJSONL, match="file is larger than"):
+        validate_stream(io.BytesIO(data), limits, chunk_size=7)
     assert problem.code in LIMIT_CODES
     assert len(validate_stream(io.BytesIO(data), JsonlLimits(max_file_bytes=len(data)))) == 2
 
@@ -514,7 +557,9 @@ def test_line_too_long_through_the_splitter() -> None:
 
 def test_line_too_long_through_feed_line() -> None:
     problem = only_problem_lines([enc(obj("a")) + b" " * 300], JsonlLimits(max_line_bytes=200))
-    assert problem.code is ProblemCode.LINE_TOO_LONG
+    assert problem == LineProblem(
+        1, None, ProblemCode.LINE_TOO_LONG, "line 1: line is longer than 200 bytes"
+    )
 
 
 def test_line_limit_excludes_the_line_break() -> None:
@@ -609,6 +654,12 @@ def test_splitter_final_newline_is_not_a_line() -> None:
     splitter = LineSplitter(max_line_bytes=10)
     assert splitter.feed(b"a\n\nb\n") == [b"a", b"", b"b"]
     assert splitter.close() == []
+
+
+def test_skipped_line_ending_at_the_start_of_a_chunk() -> None:
+    splitter = LineSplitter(max_line_bytes=3)
+    assert splitter.feed(b"abcdef") == [OversizedLine()]
+    assert splitter.feed(b"\nxy\n") == [b"xy"]
 
 
 def test_oversized_last_line_without_newline() -> None:
