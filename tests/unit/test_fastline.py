@@ -13,7 +13,7 @@ import pytest
 from hypothesis import event, example, given, settings
 from hypothesis import strategies as st
 
-from fusillade.core.fastline import _divergent, fast_templates
+from fusillade.core.fastline import _divergent, _read, fast_templates
 from fusillade.core.jsonl import JsonlLimits, JsonlValidator, iter_validated
 from fusillade.core.models import RequestTemplate
 from fusillade.core.strictjson import ENCODER, dumps_compact
@@ -176,6 +176,32 @@ def test_ordinary_lines_take_the_fast_path(extra: object, custom_id: str) -> Non
         assert template == expected
     validator = JsonlValidator()
     assert validator.feed(raw + b"\n") + validator.finish() == [expected]
+
+
+COLON_LINES = [
+    b'{"custom_id":"a:b","method":"POST","url":"/v1/chat/completions",'
+    b'"body":{"model":"m:1","t":"x:y"}}',
+    b'{"custom_id":"c","method":"POST","url":"/v1/chat/completions","body":{"model":"m"},'
+    b'"meta":{"k:1":"v:2","n":[1,{"a":":"}]}}',
+    b'{"meta":"::","custom_id":"d:","method":"POST","url":"/v1/chat/completions",'
+    b'"body":{"model":"m"}}',
+]
+
+
+def test_colons_in_ids_bodies_and_extra_keys_take_the_fast_path() -> None:
+    """Colons are counted to find duplicate keys; ordinary ones must not send a line to
+    the strict path, alone (checked line by line) or in a batch (checked at once)."""
+    limits = JsonlLimits()
+    for raw in COLON_LINES:
+        assert fast_templates([raw], limits)[0] is not None
+        # next to a line with a duplicate key, the batch check fails: line by line
+        duplicate = raw[:-1] + b',"body":{"model":"m"}}'
+        assert fast_templates([raw, duplicate], limits)[0] is not None
+    assert None not in fast_templates(COLON_LINES, limits)
+    passed = _read(COLON_LINES, limits)
+    # Without duplicate keys, the parsed values hold every colon of the text.
+    assert [passed.colons(k) for k in range(3)] == [raw.count(b":") for raw in COLON_LINES]
+    assert passed.all_colons() == sum(raw.count(b":") for raw in COLON_LINES)
 
 
 def test_the_benchmark_line_takes_the_fast_path() -> None:
