@@ -470,6 +470,16 @@ def test_input_after_the_verdict_is_ignored() -> None:
     assert [p.code for p in validator.problems] == [ProblemCode.TOO_MANY_LINES]
 
 
+def test_nothing_is_taken_after_finish() -> None:
+    validator = JsonlValidator()
+    assert validator.feed(file_of(obj("a"))) != []
+    assert not validator.done
+    validator.finish()
+    assert validator.done
+    assert validator.feed(file_of(obj("b"))) == []
+    assert validator.request_count == 1
+
+
 def test_default_limits() -> None:
     limits = JsonlLimits()
     assert limits.max_file_bytes == 200 * 1024 * 1024  # OpenAI's batch input limit
