@@ -21,6 +21,7 @@ from fusillade.core.transitions import (
     StepResult,
     render_markdown,
     step,
+    was_sent,
 )
 from fusillade.errors import IllegalTransition
 
@@ -128,7 +129,7 @@ def test_table_rows_are_the_spec_rows() -> None:
     """The data the docs are generated from says what the spec says, row for row."""
     assert {pair: rule_.target for pair, rule_ in TRANSITIONS.items()} == SPEC
     guarded = {pair: rule_.guard for pair, rule_ in TRANSITIONS.items() if rule_.guard}
-    assert guarded == {(CA, E.SUCCEED): "was_sent"}
+    assert guarded == {(CA, E.SUCCEED): was_sent}
 
 
 _CLEARED_OWNER = {"daemon_id": None, "claimed_at": None, "started_at": None}
