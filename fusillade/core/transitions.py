@@ -199,7 +199,8 @@ _CLAIM = _updates(
     daemon_id=FromEvent("daemon_id"), claimed_at=SET_NOW, attempts=Increment("attempts")
 )
 _UNOWN = {"daemon_id": CLEAR, "claimed_at": CLEAR, "started_at": CLEAR}
-_RECLAIM = _updates(**_UNOWN, not_before=SET_NOW)
+# The failure says why the attempt was lost (reason lost).
+_RECLAIM = _updates(**_UNOWN, not_before=SET_NOW, failure=FromEvent("failure"))
 _RELEASE = _updates(**_UNOWN, not_before=SET_NOW, budget_base=Increment("budget_base"))
 _SUCCEED = _updates(
     finished_at=SET_NOW,
@@ -207,16 +208,26 @@ _SUCCEED = _updates(
     response_body=FromEvent("body"),
     failure=CLEAR,
 )
+# A result stores what the attempt reported: its status and body for every kind.
+_REPORTED = {"response_status": FromEvent("status"), "response_body": FromEvent("body")}
 _RETRY = _updates(
-    **_UNOWN, not_before=FromEvent("not_before", at_least_now=True), failure=FromEvent("failure")
+    **_UNOWN,
+    not_before=FromEvent("not_before", at_least_now=True),
+    **_REPORTED,
+    failure=FromEvent("failure"),
 )
-_FAIL = _updates(finished_at=SET_NOW, failure=FromEvent("failure"))
+# Kept: the owner, claim and start of the attempt that failed (who ran it last).
+_FAIL = _updates(finished_at=SET_NOW, **_REPORTED, failure=FromEvent("failure"))
 _CANCEL = _updates(
     finished_at=SET_NOW, failure=Const(Failure(FailureReason.CANCELLED, "batch cancelled"))
 )
 _EXPIRE = _updates(
     finished_at=SET_NOW, failure=Const(Failure(FailureReason.EXPIRED, "batch expired"))
 )
+# In flight, the owner records the cancel or expiry as its attempt's result (status and
+# body as reported, usually none); the reason stays the table's.
+_CANCEL_RESULT = _updates(**_CANCEL, **_REPORTED)
+_EXPIRE_RESULT = _updates(**_EXPIRE, **_REPORTED)
 _MANUAL_RETRY = _updates(
     **_UNOWN,
     finished_at=CLEAR,
@@ -251,10 +262,10 @@ TRANSITIONS: dict[tuple[RequestState, EventKind], Transition] = {
     (PR, E.FAIL): T(FA, "permanent failure, or budget spent / past deadline", _FAIL),
     (P, E.CANCEL): T(CA, _CANCELED, _CANCEL),
     (CL, E.CANCEL): T(CA, _CANCELED, _CANCEL),
-    (PR, E.CANCEL): T(CA, _CANCELED + "; in-flight HTTP aborted", _CANCEL, _ABORT),
+    (PR, E.CANCEL): T(CA, _CANCELED + "; in-flight HTTP aborted", _CANCEL_RESULT, _ABORT),
     (P, E.EXPIRE): T(CA, _EXPIRED, _EXPIRE),
     (CL, E.EXPIRE): T(CA, _EXPIRED, _EXPIRE),
-    (PR, E.EXPIRE): T(CA, _EXPIRED + "; HTTP aborted", _EXPIRE, _ABORT),
+    (PR, E.EXPIRE): T(CA, _EXPIRED + "; HTTP aborted", _EXPIRE_RESULT, _ABORT),
     (CA, E.SUCCEED): T(
         CO, "late success of an attempt that was sent: billed work wins", _SUCCEED, guard=was_sent
     ),

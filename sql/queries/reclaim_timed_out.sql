@@ -13,12 +13,20 @@ WITH victims AS (
 UPDATE requests r
 SET state = CASE WHEN r.attempts - r.budget_base >= %(max_attempts)s::int
                  THEN 'failed' ELSE 'pending' END,
-    daemon_id = NULL, claimed_at = NULL, started_at = NULL,
+    -- failed (the table's fail): the owner, claim and start of the lost attempt stay;
+    -- pending (the table's reclaim): they are cleared and the row is due now.
+    daemon_id = CASE WHEN r.attempts - r.budget_base >= %(max_attempts)s::int
+                     THEN r.daemon_id END,
+    claimed_at = CASE WHEN r.attempts - r.budget_base >= %(max_attempts)s::int
+                      THEN r.claimed_at END,
+    started_at = CASE WHEN r.attempts - r.budget_base >= %(max_attempts)s::int
+                      THEN r.started_at END,
     finished_at = CASE WHEN r.attempts - r.budget_base >= %(max_attempts)s::int
                        THEN %(now)s::timestamptz END,
+    not_before = CASE WHEN r.attempts - r.budget_base >= %(max_attempts)s::int
+                      THEN r.not_before ELSE %(now)s::timestamptz END,
     failure_reason = 'lost',
-    failure_message = 'the request stayed in flight past its time limit',
-    not_before = %(now)s
+    failure_message = 'the request stayed in flight past its time limit'
 FROM victims
 WHERE r.id = victims.id
 RETURNING r.id, r.state

@@ -10,12 +10,13 @@ the lock once per page, like the PostgreSQL repository takes a connection per pa
 
 Request state changes go through ``fusillade.core.transitions.step`` (claim is CLAIM
 then START, results are SUCCEED/RETRY/FAIL/CANCEL, sweeps are CANCEL/EXPIRE, a batch
-retry is MANUAL_RETRY), which refuses any pair the state table does not allow. Where a
-statement in ``sql/queries`` writes columns differently from ``step`` (a result stores
-the attempt's status, body and typed reason as given; a reclaim clears the owner and
-stamps reason ``lost``), the row is adjusted after the step so that both stores hold
-the same values: the SQL is the reference, and a stateful test
-(``tests/integration/test_store_equivalence.py``) holds the two equal.
+retry is MANUAL_RETRY, a reclaim is RECLAIM or FAIL with reason ``lost``), which refuses
+any pair the state table does not allow. Where a statement in ``sql/queries`` writes
+columns differently from ``step`` (a result stores the attempt's typed reason without
+its HTTP details, a retry's ``not_before`` as given and the failure of any kind), the
+row is adjusted after the step so that both stores hold the same values: a stateful
+test (``tests/integration/test_store_equivalence.py``) holds the two equal, and
+``tests/integration/test_sql_transitions.py`` holds every SQL write to the table.
 
 The fences are the SQL's: a daemon write lands only while the row is ``processing``
 under that daemon and attempt (or, for a success, ``canceled`` after that attempt was

@@ -234,17 +234,16 @@ class DaemonParts(MemoryBase):
         for row in victims[:limit]:
             spent = row.req.budget_used >= max_attempts
             # Claim and start are one write here, so in-flight rows are processing and
-            # FAIL applies; the SQL also clears the owner and stamps the reason.
+            # FAIL applies. The lost attempt reported nothing: the row keeps the status
+            # and body it holds (as reclaim_*.sql leaves them), and the reason is lost.
             kind = EventKind.FAIL if spent else EventKind.RECLAIM
-            req = step(row.req, Event(kind), now).request
-            req = attrs.evolve(
-                req,
-                daemon_id=None,
-                claimed_at=None,
-                started_at=None,
-                not_before=now,
+            lost = Event(
+                kind,
+                status=row.req.response_status,
+                body=row.req.response_body,
                 failure=Failure(FailureReason.LOST, message),
             )
+            req = step(row.req, lost, now).request
             self._put(attrs.evolve(row, req=req))
             failed += spent
             requeued += not spent
