@@ -132,30 +132,22 @@ class DaemonParts(MemoryBase):
             return None
         if r.state is not PR and not sent_then_canceled:
             return None
+        # record_results.sql stores the typed reason and message without the HTTP details
+        # (those are the row's status and body, which the table's result rows store).
+        f = result.failure
+        reported = Failure(f.reason, f.message) if f is not None else None
         event = Event(
             _RESULT_EVENTS[result.kind],
             attempt=result.attempt,
             not_before=result.not_before,
             status=result.status,
             body=result.body,
-            failure=result.failure,
+            failure=reported,
         )
         new = step(r, event, result.finished_at).request
-        # record_results.sql stores what the attempt reported, as reported: the status
-        # and body for every kind, the typed reason without the HTTP details, and a
-        # retry's not_before as given, never before the attempt ended.
-        retry = result.kind is ResultKind.RETRY
-        new = attrs.evolve(
-            new,
-            not_before=max(result.not_before or result.finished_at, result.finished_at)
-            if retry
-            else r.not_before,
-            response_status=result.status,
-            response_body=result.body,
-            failure=Failure(result.failure.reason, result.failure.message)
-            if result.failure
-            else None,
-        )
+        # The failure as reported, for every kind: for a cancel, the owner's own reason
+        # (cancelled or expired) and message where the table's cancel names the batch's.
+        new = attrs.evolve(new, failure=reported)
         return attrs.evolve(
             row,
             req=new,
