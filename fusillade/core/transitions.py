@@ -64,9 +64,10 @@ class Effect(enum.StrEnum):
 class Event:
     """An event applied to a request.
 
-    Only the fields that matter for ``kind`` are read: ``daemon_id`` for claim,
-    ``attempt`` (the fence) for start, succeed, retry and fail, ``not_before`` for retry,
-    ``status``/``body`` for succeed and ``failure`` for fail.
+    Only the fields that matter for ``kind`` are read (the table's ``FromEvent`` updates
+    and guard): ``daemon_id`` for claim, ``attempt`` for the late success's guard,
+    ``not_before`` for retry, ``status``/``body`` for the results (succeed, retry, fail,
+    and cancel or expire of a processing row) and ``failure`` for retry, fail and reclaim.
     """
 
     kind: EventKind
@@ -202,14 +203,9 @@ _UNOWN = {"daemon_id": CLEAR, "claimed_at": CLEAR, "started_at": CLEAR}
 # The failure says why the attempt was lost (reason lost).
 _RECLAIM = _updates(**_UNOWN, not_before=SET_NOW, failure=FromEvent("failure"))
 _RELEASE = _updates(**_UNOWN, not_before=SET_NOW, budget_base=Increment("budget_base"))
-_SUCCEED = _updates(
-    finished_at=SET_NOW,
-    response_status=FromEvent("status"),
-    response_body=FromEvent("body"),
-    failure=CLEAR,
-)
 # A result stores what the attempt reported: its status and body for every kind.
 _REPORTED = {"response_status": FromEvent("status"), "response_body": FromEvent("body")}
+_SUCCEED = _updates(finished_at=SET_NOW, **_REPORTED, failure=CLEAR)
 _RETRY = _updates(
     **_UNOWN,
     not_before=FromEvent("not_before", at_least_now=True),
