@@ -158,25 +158,48 @@ _MANUAL_RETRY = {
 SPEC_CHANGES: dict[tuple[RequestState, EventKind], dict[str, object]] = {
     (P, E.CLAIM): {"state": CL, "daemon_id": OTHER_DAEMON, "claimed_at": NOW, "attempts": 4},
     (CL, E.START): {"state": PR, "started_at": NOW},
-    # The attempt stays used on a reclaim and is refunded on a release.
-    (CL, E.RECLAIM): {"state": P, **_CLEARED_OWNER, "not_before": NOW},
-    (PR, E.RECLAIM): {"state": P, **_CLEARED_OWNER, "not_before": NOW},
+    # The attempt stays used on a reclaim (its failure says why: reason lost, from the
+    # event) and is refunded on a release.
+    (CL, E.RECLAIM): {"state": P, **_CLEARED_OWNER, "not_before": NOW, "failure": FAILURE},
+    (PR, E.RECLAIM): {"state": P, **_CLEARED_OWNER, "not_before": NOW, "failure": FAILURE},
     (CL, E.RELEASE): {"state": P, **_CLEARED_OWNER, "not_before": NOW, "budget_base": 2},
     (PR, E.RELEASE): {"state": P, **_CLEARED_OWNER, "not_before": NOW, "budget_base": 2},
     (PR, E.SUCCEED): _SUCCEEDED,
+    # A result stores what its attempt reported (status and body) with the failure.
     (PR, E.RETRY): {
         "state": P,
         **_CLEARED_OWNER,
         "not_before": NOW + timedelta(seconds=10),
+        "response_status": 200,
+        "response_body": '{"ok": true}',
         "failure": FAILURE,
     },
-    (PR, E.FAIL): {"state": FA, "finished_at": NOW, "failure": FAILURE},
+    (PR, E.FAIL): {
+        "state": FA,
+        "finished_at": NOW,
+        "response_status": 200,
+        "response_body": '{"ok": true}',
+        "failure": FAILURE,
+    },
     (P, E.CANCEL): {"state": CA, "finished_at": NOW, "failure": _CANCELLED},
     (CL, E.CANCEL): {"state": CA, "finished_at": NOW, "failure": _CANCELLED},
-    (PR, E.CANCEL): {"state": CA, "finished_at": NOW, "failure": _CANCELLED},
+    # In flight, the owner records the cancel as its attempt's result.
+    (PR, E.CANCEL): {
+        "state": CA,
+        "finished_at": NOW,
+        "response_status": 200,
+        "response_body": '{"ok": true}',
+        "failure": _CANCELLED,
+    },
     (P, E.EXPIRE): {"state": CA, "finished_at": NOW, "failure": _EXPIRED},
     (CL, E.EXPIRE): {"state": CA, "finished_at": NOW, "failure": _EXPIRED},
-    (PR, E.EXPIRE): {"state": CA, "finished_at": NOW, "failure": _EXPIRED},
+    (PR, E.EXPIRE): {
+        "state": CA,
+        "finished_at": NOW,
+        "response_status": 200,
+        "response_body": '{"ok": true}',
+        "failure": _EXPIRED,
+    },
     (CA, E.SUCCEED): _SUCCEEDED,
     (FA, E.MANUAL_RETRY): _MANUAL_RETRY,
     (CA, E.MANUAL_RETRY): _MANUAL_RETRY,
