@@ -151,8 +151,8 @@ def _run_arguments(parser: argparse.ArgumentParser) -> None:
 def _run(args: argparse.Namespace) -> int:
     import trio
 
+    from fusillade.cli.run import EXIT_USAGE, RunOptions, check_options, run_batch
     from fusillade.errors import InvalidJSONL, ValidationError
-    from fusillade.runner import EXIT_USAGE, RunOptions, check_options, run_batch
 
     options = RunOptions(
         input=args.input,
@@ -199,13 +199,13 @@ def _config(args: argparse.Namespace) -> int:
 
 
 def _serve_arguments(parser: argparse.ArgumentParser) -> None:
-    from fusillade.server.command import add_arguments
+    from fusillade.cli.serve import add_arguments
 
     add_arguments(parser)
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from fusillade.server.command import run
+    from fusillade.cli.serve import run
 
     return run(args)
 
@@ -214,7 +214,7 @@ def _remote(name: str) -> Callable[[argparse.Namespace], int]:
     """``submit``/``status``/``cancel``/``results``, loaded when run."""
 
     def run(args: argparse.Namespace) -> int:
-        from fusillade.server import remote
+        from fusillade.cli import remote
 
         command: Callable[[argparse.Namespace], int] = getattr(remote, name)
         return command(args)
@@ -224,7 +224,7 @@ def _remote(name: str) -> Callable[[argparse.Namespace], int]:
 
 def _remote_arguments(name: str) -> Callable[[argparse.ArgumentParser], None]:
     def add(parser: argparse.ArgumentParser) -> None:
-        from fusillade.server import remote
+        from fusillade.cli import remote
 
         adder: Callable[[argparse.ArgumentParser], None] = getattr(remote, f"add_{name}_arguments")
         adder(parser)
