@@ -95,7 +95,7 @@ def ingest(params: dict[str, Any]) -> dict[str, Any]:
 def download(params: dict[str, Any]) -> dict[str, Any]:
     """P5 through the library: ``repo.iter_results`` of a batch, each line formatted in the
     output-file format and written to ``out`` (what ``run`` and the download route do)."""
-    from fusillade.results import format_result_line
+    from fusillade.core.results import format_result_line
     from fusillade.store.postgres import PostgresRepository
 
     batch_id = UUID(params["batch_id"])

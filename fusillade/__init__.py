@@ -25,6 +25,7 @@ from fusillade.core.models import (
     RequestTemplate,
     Usage,
 )
+from fusillade.core.results import ResultLine
 from fusillade.core.retry import RetryPolicy
 from fusillade.engine import Engine, open
 from fusillade.errors import (
@@ -41,7 +42,7 @@ from fusillade.errors import (
 )
 from fusillade.runtime.config import DaemonConfig, Upstream
 from fusillade.runtime.daemon import Daemon, DaemonStats
-from fusillade.store.interface import Page, ResultLine
+from fusillade.store.interface import Page
 
 __all__ = [
     "BatchStatus",

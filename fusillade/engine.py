@@ -21,11 +21,12 @@ import anyio.to_thread
 
 from fusillade.core.jsonl import JsonlLimits, Readable, iter_validated
 from fusillade.core.models import BatchView, FileRecord, RequestTemplate
+from fusillade.core.results import ResultLine
 from fusillade.core.windows import parse_completion_window
 from fusillade.runtime.clock import Clock
 from fusillade.runtime.config import DaemonConfig
 from fusillade.runtime.daemon import Daemon
-from fusillade.store.interface import BatchSpec, Page, Repository, ResultLine
+from fusillade.store.interface import BatchSpec, Page, Repository
 
 T = TypeVar("T")
 DEFAULT_OWNER = "default"

@@ -18,10 +18,11 @@ import trio
 
 from fusillade.config import ApiKey, ServerSettings, Settings, UpstreamSettings
 from fusillade.core.models import BatchStatus, BatchView, RequestTemplate
+from fusillade.core.results import ResultLine
 from fusillade.core.retry import RetryPolicy
 from fusillade.mock_upstream import MockConfig, MockUpstream, serve_mock_upstream
 from fusillade.runtime.config import DaemonConfig, Upstream
-from fusillade.store.interface import BatchSpec, Repository, ResultLine
+from fusillade.store.interface import BatchSpec, Repository
 
 OWNER = "alice"
 T = TypeVar("T")

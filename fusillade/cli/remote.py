@@ -149,8 +149,7 @@ class DatabaseBackend:
         return _plain(batch_object(view))
 
     def download(self, file_id: str, target: IO[bytes]) -> None:
-        from fusillade.core.results import format_input_line
-        from fusillade.results import format_result_line
+        from fusillade.core.results import format_input_line, format_result_line
         from fusillade.server.files import file_uuid
 
         record = self._repo.get_file(self._owner, file_uuid(file_id), sized=False)

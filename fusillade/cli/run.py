@@ -39,11 +39,11 @@ from fusillade.core.models import (
     BatchView,
     RequestTemplate,
 )
+from fusillade.core.results import format_result_line
 from fusillade.core.retry import RetryPolicy
 from fusillade.errors import NotFound, ValidationError
 from fusillade.ids import next_uuid7
 from fusillade.progress import Progress
-from fusillade.results import format_result_line
 from fusillade.runtime.config import DaemonConfig, Upstream
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE = 0, 1, 2

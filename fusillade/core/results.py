@@ -11,14 +11,17 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from datetime import datetime
 from types import MappingProxyType
 from typing import Any, Final
 from uuid import UUID
 
+import attrs
+
 from fusillade.core.bodies import shown
 from fusillade.core.ids import PREFIXES, format_id
-from fusillade.core.models import FailureReason, RequestTemplate
+from fusillade.core.models import FailureReason, RequestState, RequestTemplate
 from fusillade.core.strictjson import LINE_BREAKS, BadJSON, dumps_compact, loads_strict
 
 ERROR_CODES: Final[Mapping[FailureReason, str]] = MappingProxyType(
@@ -42,6 +45,24 @@ _json_string: Final = json.encoder.encode_basestring
 # Upstream bodies are trusted more than input lines, but must still re-serialise
 # without hitting the recursion limit.
 _EMBED_MAX_DEPTH: Final = 256
+
+
+@attrs.frozen
+class ResultLine:
+    """One line of an output or error file, before formatting (a stored result)."""
+
+    request_id: UUID
+    custom_id: str
+    state: RequestState
+    status: int | None
+    body: str | None
+    failure_reason: FailureReason | None
+    failure_message: str | None
+    finished_at: datetime
+    # ``body`` is compact strict JSON (one line): embed it without parsing it again.
+    body_is_json: bool = False
+    # The exact bytes of the body when ``body`` is only a rendering of them.
+    body_raw: bytes | None = attrs.field(default=None, repr=False)
 
 
 def parse_embeddable(text: str) -> tuple[Any, str] | None:
@@ -172,3 +193,32 @@ def format_input_line(template: RequestTemplate) -> str:
         "body": _embed(template.body),
     }
     return dumps_compact(line)
+
+
+def format_result_line(line: ResultLine) -> str:
+    """An output line for a completed request, else an error line (no newline)."""
+    if line.state is RequestState.COMPLETED:
+        return format_output_line(
+            line.request_id,
+            line.custom_id,
+            line.status or 0,
+            line.body,
+            body_is_json=line.body_is_json,
+            body_raw=line.body_raw,
+        )
+    reason = line.failure_reason or FailureReason.LOST
+    return format_error_line(
+        line.request_id,
+        line.custom_id,
+        reason,
+        line.failure_message or reason.value,
+        line.status,
+        line.body,
+        body_raw=line.body_raw,
+    )
+
+
+def result_file_bytes(lines: Iterable[ResultLine]) -> int:
+    """The size of an output or error file of ``lines``: each formatted line and its ``\\n``,
+    in UTF-8, which is exactly what a download of the file sends."""
+    return sum(len(format_result_line(line).encode("utf-8")) + 1 for line in lines)

@@ -53,6 +53,7 @@ import attrs
 import httpx
 
 from fusillade import metrics
+from fusillade.core.attempts import AbortReason, AttemptResult, ClaimedRequest, ResultKind
 from fusillade.core.models import Failure, FailureReason
 from fusillade.core.retry import (
     GiveUp,
@@ -69,19 +70,10 @@ from fusillade.runtime.dispatch import Dispatcher, Sent
 from fusillade.runtime.limits import ModelLimits, ModelStats
 from fusillade.runtime.repo import AsyncRepository
 from fusillade.runtime.writer import ResultWriter
-from fusillade.store.interface import (
-    AttemptResult,
-    ClaimedRequest,
-    DaemonInfo,
-    ReclaimStats,
-    RecordStats,
-    Repository,
-    ResultKind,
-)
+from fusillade.store.interface import DaemonInfo, ReclaimStats, RecordStats, Repository
 
 log = logging.getLogger("fusillade.daemon")
 R = TypeVar("R")
-_SHUTDOWN = "shutdown"
 # After a slot frees, wait this long for others before claiming: one claim statement
 # then fills several slots instead of one statement per finished request. Each slot
 # also idles about this long per request, which a slow upstream's pipe fullness (P3)
@@ -112,13 +104,14 @@ class DaemonStats:
 
 
 class _InFlight:
-    __slots__ = ("abort_reason", "label", "request", "scope")
+    __slots__ = ("abort", "label", "released", "request", "scope")
 
     def __init__(self, request: ClaimedRequest, label: str) -> None:
         self.request = request
         self.label = label  # the request's model label in the metrics (bounded)
         self.scope = anyio.CancelScope()
-        self.abort_reason: str | None = None
+        self.abort: AbortReason | None = None  # aborted: its result says why
+        self.released = False  # aborted at shutdown: no result, the row is released
 
 
 class Daemon:
@@ -378,19 +371,16 @@ class Daemon:
             self._finish_request(entry)
         metrics.UPSTREAM_SECONDS.labels(entry.label).observe(anyio.current_time() - started)
         if sent is None:  # aborted
-            if entry.abort_reason in (None, _SHUTDOWN):
+            if entry.abort is None or entry.released:
                 return  # released at shutdown, without a result
-            reason = (
-                FailureReason.EXPIRED
-                if entry.abort_reason == "expired"
-                else FailureReason.CANCELLED
-            )
-            message = "batch expired" if reason is FailureReason.EXPIRED else "batch cancelled"
-            metrics.CANCELED.labels(reason.value).inc()
+            expired = entry.abort is AbortReason.EXPIRED
+            reason = FailureReason.EXPIRED if expired else FailureReason.CANCELLED
+            message = "batch expired" if expired else "batch cancelled"
+            metrics.CANCELED.labels(entry.abort.value).inc()
             result = AttemptResult(
                 req.id,
                 req.attempt,
-                ResultKind.CANCELED,
+                entry.abort.kind,
                 self.now(),
                 failure=Failure(reason, message),
             )
@@ -469,7 +459,7 @@ class Daemon:
         with anyio.move_on_after(self.config.shutdown_grace):
             await self._tasks_done.wait()
         for entry in list(self._in_flight.values()):
-            entry.abort_reason = _SHUTDOWN
+            entry.released = True
             entry.scope.cancel()
 
     async def _hand_back(self) -> None:
@@ -558,8 +548,8 @@ class Daemon:
                 return
             for entry in list(self._in_flight.values()):
                 reason = aborts.get(entry.request.batch_id)
-                if reason is not None and entry.abort_reason is None:
-                    entry.abort_reason = reason
+                if reason is not None and entry.abort is None and not entry.released:
+                    entry.abort = reason
                     entry.scope.cancel()
 
         while True:

@@ -32,11 +32,11 @@ import attrs
 import httpx
 
 from fusillade import __version__
+from fusillade.core.attempts import ClaimedRequest
 from fusillade.core.bodies import body_of, shown
 from fusillade.core.results import parse_embeddable
 from fusillade.core.retry import HttpResponse, Outcome, TransportError, TransportErrorKind
 from fusillade.runtime.config import DaemonConfig
-from fusillade.store.interface import ClaimedRequest
 
 # Printable ASCII without CR/LF, short enough for any proxy: safe as a header value.
 _HEADER_SAFE = re.compile(r"[\x20-\x7e]{1,256}")

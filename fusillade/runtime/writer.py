@@ -39,10 +39,11 @@ from typing import Final
 import anyio
 
 from fusillade import metrics
+from fusillade.core.attempts import AttemptResult, ResultKind
 from fusillade.core.bodies import storable_text
 from fusillade.core.models import Failure, FailureReason
 from fusillade.errors import StoreError, StoreUnavailable
-from fusillade.store.interface import AttemptResult, RecordStats, ResultKind
+from fusillade.store.interface import RecordStats
 
 log = logging.getLogger("fusillade.writer")
 

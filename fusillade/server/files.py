@@ -16,9 +16,8 @@ from litestar.params import FromPath, FromQuery, QueryParameter
 
 from fusillade.core.ids import PREFIXES, IdKind, parse_id
 from fusillade.core.models import FilePurpose, FileRecord
-from fusillade.core.results import format_input_line
+from fusillade.core.results import format_input_line, format_result_line
 from fusillade.errors import NotFound, ValidationError
-from fusillade.results import format_result_line
 from fusillade.server.context import Ctx, Owner
 from fusillade.server.responses import error_responses
 from fusillade.server.streaming import CompleteStream

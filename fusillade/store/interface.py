@@ -11,7 +11,6 @@ Owner checks are part of every user-facing read and write: another owner's id ra
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Generic, Protocol, TypeVar
@@ -19,14 +18,16 @@ from uuid import UUID
 
 import attrs
 
+from fusillade.core.attempts import AbortReason, AttemptResult, ClaimedRequest
 from fusillade.core.models import (
     BatchView,
-    Failure,
+    FailureReason,
     FilePurpose,
     FileRecord,
     RequestState,
     RequestTemplate,
 )
+from fusillade.core.results import ResultLine
 
 T = TypeVar("T")
 
@@ -37,55 +38,6 @@ class Page(Generic[T]):
 
     items: tuple[T, ...]
     has_more: bool
-
-
-@attrs.frozen
-class ClaimedRequest:
-    """Everything needed to send one claimed request, returned by the claim itself."""
-
-    id: UUID
-    batch_id: UUID
-    attempt: int
-    budget_used: int
-    model: str
-    batch_expires_at: datetime
-    custom_id: str
-    endpoint: str
-    method: str
-    path: str
-    body: str
-    api_key: str | None = attrs.field(default=None, repr=False)
-
-
-class ResultKind(enum.StrEnum):
-    """What a daemon records for one attempt; maps to the state written."""
-
-    SUCCEEDED = "completed"
-    RETRY = "pending"
-    FAILED = "failed"
-    CANCELED = "canceled"
-
-
-@attrs.frozen
-class AttemptResult:
-    """The outcome of one attempt, fenced by ``attempt`` (the request's attempt count
-    when it was claimed) and by the daemon that records it."""
-
-    request_id: UUID
-    attempt: int
-    kind: ResultKind
-    finished_at: datetime
-    status: int | None = None
-    body: str | None = None
-    failure: Failure | None = None
-    not_before: datetime | None = None
-    input_tokens: int | None = None
-    output_tokens: int | None = None
-    # ``body`` is compact strict JSON (one line): output files embed it as it is.
-    body_is_json: bool = False
-    # The exact bytes of the body when ``body`` is only a rendering of them
-    # (``fusillade.core.bodies``): not UTF-8, or holding a NUL byte.
-    body_raw: bytes | None = attrs.field(default=None, repr=False)
 
 
 @attrs.frozen
@@ -103,24 +55,6 @@ class ReclaimStats:
 
 
 @attrs.frozen
-class ResultLine:
-    """One line of an output or error file, before formatting."""
-
-    request_id: UUID
-    custom_id: str
-    state: RequestState
-    status: int | None
-    body: str | None
-    failure_reason: str | None
-    failure_message: str | None
-    finished_at: datetime
-    # ``body`` is compact strict JSON (one line): embed it without parsing it again.
-    body_is_json: bool = False
-    # The exact bytes of the body when ``body`` is only a rendering of them.
-    body_raw: bytes | None = attrs.field(default=None, repr=False)
-
-
-@attrs.frozen
 class RequestSummary:
     """A request as the per-request listing shows it."""
 
@@ -132,7 +66,7 @@ class RequestSummary:
     attempts: int
     line_number: int
     response_status: int | None
-    failure_reason: str | None
+    failure_reason: FailureReason | None
     failure_message: str | None
     claimed_at: datetime | None
     finished_at: datetime | None
@@ -267,7 +201,9 @@ class Repository(Protocol):
     def reclaim_timed_out(
         self, *, now: datetime, claimed_before: datetime, max_attempts: int, limit: int = 1000
     ) -> ReclaimStats: ...
-    def batches_to_abort(self, batch_ids: Sequence[UUID], *, now: datetime) -> dict[UUID, str]: ...
+    def batches_to_abort(
+        self, batch_ids: Sequence[UUID], *, now: datetime
+    ) -> dict[UUID, AbortReason]: ...
     def sweep(self, *, now: datetime, limit: int = 5000) -> int: ...
     def resume_creation(self, *, now: datetime, stale_before: datetime) -> int:
         """Advance by one chunk the creation of a batch whose creation has not moved

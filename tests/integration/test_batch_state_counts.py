@@ -21,15 +21,10 @@ from uuid import UUID, uuid4
 import psycopg
 import pytest
 
+from fusillade.core.attempts import AttemptResult, ClaimedRequest, ResultKind
 from fusillade.core.models import BatchStatus, Failure, FailureReason, RequestTemplate
 from fusillade.errors import Conflict
-from fusillade.store.interface import (
-    AttemptResult,
-    BatchSpec,
-    ClaimedRequest,
-    DaemonInfo,
-    ResultKind,
-)
+from fusillade.store.interface import BatchSpec, DaemonInfo
 from fusillade.store.migrate import migrate
 from fusillade.store.postgres import PostgresRepository
 from fusillade.store.sqlfiles import sql_root
@@ -83,9 +78,12 @@ def result(c: ClaimedRequest, kind: ResultKind, now: datetime, attempt: int = 0)
     if kind is ResultKind.FAILED:
         failure = Failure(FailureReason.HTTP_STATUS, "upstream answered 400", 400, "no")
         return AttemptResult(c.id, attempt, kind, now, status=400, body="no", failure=failure)
-    if kind is ResultKind.CANCELED:
+    if kind is ResultKind.CANCELLED:
         cancel = Failure(FailureReason.CANCELLED, "batch cancelled")
         return AttemptResult(c.id, attempt, kind, now, failure=cancel)
+    if kind is ResultKind.EXPIRED:
+        expire = Failure(FailureReason.EXPIRED, "batch expired")
+        return AttemptResult(c.id, attempt, kind, now, failure=expire)
     timeout = Failure(FailureReason.TIMEOUT, "read timeout")
     return AttemptResult(c.id, attempt, kind, now, failure=timeout, not_before=now)
 

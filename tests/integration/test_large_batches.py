@@ -15,9 +15,10 @@ from uuid import UUID, uuid4
 import psycopg
 import pytest
 
+from fusillade.core.attempts import AttemptResult, ResultKind
 from fusillade.core.models import BatchStatus, RequestTemplate
 from fusillade.errors import StoreError
-from fusillade.store.interface import AttemptResult, BatchSpec, DaemonInfo, ResultKind
+from fusillade.store.interface import BatchSpec, DaemonInfo
 from fusillade.store.postgres import PostgresRepository
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)

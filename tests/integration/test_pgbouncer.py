@@ -33,17 +33,12 @@ from upstream import mock_upstream_fixture  # noqa: F401 (registers ``mock_upstr
 
 import fusillade.runtime.daemon
 from fusillade.config import ServerSettings, Settings, UpstreamSettings
+from fusillade.core.attempts import AttemptResult, ClaimedRequest, ResultKind
 from fusillade.core.models import RequestTemplate
 from fusillade.errors import StoreUnavailable
 from fusillade.mock_upstream import MockUpstream
 from fusillade.server.serve import Running, serve
-from fusillade.store.interface import (
-    AttemptResult,
-    BatchSpec,
-    ClaimedRequest,
-    DaemonInfo,
-    ResultKind,
-)
+from fusillade.store.interface import BatchSpec, DaemonInfo
 from fusillade.store.postgres import PostgresRepository
 
 pytestmark = pytest.mark.slow

@@ -17,8 +17,9 @@ import attrs
 import psycopg
 import pytest
 
+from fusillade.core.attempts import AttemptResult, ResultKind
 from fusillade.core.models import RequestTemplate
-from fusillade.store.interface import AttemptResult, BatchSpec, DaemonInfo, ResultKind
+from fusillade.store.interface import BatchSpec, DaemonInfo
 from fusillade.store.postgres import PostgresRepository
 from fusillade.store.sqlfiles import Queries, load_queries, sql_root
 

@@ -10,6 +10,7 @@ from uuid import UUID, uuid4
 import psycopg
 import pytest
 
+from fusillade.core.attempts import AttemptResult, ClaimedRequest, ResultKind
 from fusillade.core.models import (
     BatchStatus,
     Failure,
@@ -19,13 +20,7 @@ from fusillade.core.models import (
     RequestTemplate,
 )
 from fusillade.errors import Conflict, NotFound, ValidationError
-from fusillade.store.interface import (
-    AttemptResult,
-    BatchSpec,
-    ClaimedRequest,
-    DaemonInfo,
-    ResultKind,
-)
+from fusillade.store.interface import BatchSpec, DaemonInfo
 from fusillade.store.postgres import PostgresRepository
 from fusillade.store.postgres._daemon import record_results_params
 from fusillade.store.sqlfiles import load_queries
@@ -321,7 +316,7 @@ def test_reclaim_spends_the_budget(repo: PostgresRepository) -> None:
     view = repo.get_batch("alice", b, now=now)
     assert view.counts.failed == 1
     (line,) = repo.iter_results("alice", b, errors=True)
-    assert line.failure_reason == "lost"
+    assert line.failure_reason is FailureReason.LOST
 
 
 def test_release_refunds_the_attempt(repo: PostgresRepository) -> None:
@@ -373,7 +368,7 @@ def test_cancel_with_work_in_flight(repo: PostgresRepository) -> None:
         d,
         [
             ok(claimed[0].id, 1),
-            AttemptResult(claimed[1].id, 1, ResultKind.CANCELED, T0, failure=cancel),
+            AttemptResult(claimed[1].id, 1, ResultKind.CANCELLED, T0, failure=cancel),
         ],
     )
     view = repo.get_batch("alice", b, now=T0)
@@ -391,7 +386,7 @@ def _cancelled_in_flight(repo: PostgresRepository) -> tuple[UUID, UUID, list[Cla
     repo.cancel_batch("alice", b, now=T0)
     cancel = Failure(FailureReason.CANCELLED, "batch cancelled")
     repo.record_results(
-        d, [AttemptResult(x.id, 1, ResultKind.CANCELED, T0, failure=cancel) for x in c]
+        d, [AttemptResult(x.id, 1, ResultKind.CANCELLED, T0, failure=cancel) for x in c]
     )
     return b, d, c
 

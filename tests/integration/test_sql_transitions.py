@@ -52,6 +52,7 @@ from hypothesis.stateful import (
 )
 from psycopg.rows import dict_row
 
+from fusillade.core.attempts import AttemptResult, ResultKind
 from fusillade.core.models import Failure, FailureReason, RequestState, RequestTemplate
 from fusillade.core.transitions import (
     TRANSITIONS,
@@ -65,7 +66,7 @@ from fusillade.core.transitions import (
 )
 from fusillade.errors import FusilladeError
 from fusillade.ids import uuid7
-from fusillade.store.interface import AttemptResult, BatchSpec, DaemonInfo, ResultKind
+from fusillade.store.interface import BatchSpec, DaemonInfo
 from fusillade.store.postgres import PostgresRepository
 
 RECORDER = Path(__file__).resolve().parents[1] / "sql" / "record_transitions.sql"

@@ -40,6 +40,7 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
+from fusillade.core.attempts import AttemptResult, ClaimedRequest, ResultKind
 from fusillade.core.models import (
     BatchView,
     Failure,
@@ -47,18 +48,10 @@ from fusillade.core.models import (
     FileRecord,
     RequestTemplate,
 )
+from fusillade.core.results import ResultLine
 from fusillade.errors import FusilladeError, ValidationError
 from fusillade.ids import uuid7
-from fusillade.store.interface import (
-    AttemptResult,
-    BatchSpec,
-    ClaimedRequest,
-    DaemonInfo,
-    Repository,
-    RequestSummary,
-    ResultKind,
-    ResultLine,
-)
+from fusillade.store.interface import BatchSpec, DaemonInfo, Repository, RequestSummary
 from fusillade.store.memory import MemoryRepository
 from fusillade.store.postgres import PostgresRepository
 
@@ -262,7 +255,7 @@ class StoresAgree(RuleBasedStateMachine):
     ) -> tuple[Any, ...]:
         """The fields of an AttemptResult after request_id and attempt."""
         if kind is None:
-            kinds = [*ResultKind, ResultKind.SUCCEEDED, ResultKind.CANCELED]
+            kinds = [*ResultKind, ResultKind.SUCCEEDED, ResultKind.CANCELLED]
             kind = data.draw(st.sampled_from(kinds), label="kind")
         broken = data.draw(st.integers(0, 49), label="broken") == 0  # breaks a constraint
         body = json.dumps({"for": key[1]})

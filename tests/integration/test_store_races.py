@@ -17,9 +17,10 @@ from uuid import UUID, uuid4
 import psycopg
 import pytest
 
+from fusillade.core.attempts import AttemptResult, ResultKind
 from fusillade.core.models import BatchStatus, Failure, FailureReason, RequestTemplate
 from fusillade.errors import Conflict
-from fusillade.store.interface import AttemptResult, BatchSpec, BatchView, DaemonInfo, ResultKind
+from fusillade.store.interface import BatchSpec, BatchView, DaemonInfo
 from fusillade.store.postgres import PostgresRepository
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)

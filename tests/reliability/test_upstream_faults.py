@@ -21,9 +21,9 @@ from faultkit import rows
 from helpers import daemon_config, make_batch, poll_until, result_lines, wait_status
 
 from fusillade.core.models import BatchStatus
+from fusillade.core.results import format_result_line
 from fusillade.core.retry import RetryPolicy
 from fusillade.mock_upstream import Behaviour, MockConfig, MockUpstream, serve_mock_upstream
-from fusillade.results import format_result_line
 from fusillade.runtime.daemon import Daemon
 from fusillade.store.postgres import PostgresRepository
 

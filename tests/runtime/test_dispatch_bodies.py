@@ -9,10 +9,10 @@ from datetime import UTC, datetime
 import httpx
 import pytest
 
+from fusillade.core.attempts import ClaimedRequest
 from fusillade.core.retry import HttpResponse, TransportError
 from fusillade.runtime.config import DaemonConfig, Upstream
 from fusillade.runtime.dispatch import Dispatcher
-from fusillade.store.interface import ClaimedRequest
 
 PRETTY = '{\n  "id": "chatcmpl-1",\n  "usage": {"prompt_tokens": 3, "completion_tokens": 4}\n}'
 

@@ -22,11 +22,11 @@ from hypothesis import strategies as st
 from scripted_upstream import ScriptedUpstream, serve_scripted_upstream
 
 from fusillade.core.models import BatchStatus, BatchView, RequestState
+from fusillade.core.results import ResultLine, format_result_line
 from fusillade.core.retry import RetryPolicy
 from fusillade.core.strictjson import BadJSON, loads_strict
-from fusillade.results import format_result_line
 from fusillade.runtime.daemon import Daemon
-from fusillade.store.interface import Repository, ResultLine
+from fusillade.store.interface import Repository
 from fusillade.store.postgres import PostgresRepository
 
 POLICY = RetryPolicy(

@@ -19,11 +19,12 @@ from helpers import OWNER, daemon_config, make_batch, now, poll_until, wait_stat
 from prometheus_client import REGISTRY
 from scripted_upstream import serve_scripted_upstream
 
+from fusillade.core.attempts import AttemptResult, ResultKind
 from fusillade.core.models import BatchStatus, FailureReason, RequestState
 from fusillade.errors import StoreUnavailable
 from fusillade.runtime.daemon import Daemon
 from fusillade.runtime.writer import ResultWriter
-from fusillade.store.interface import AttemptResult, DaemonInfo, RecordStats, ResultKind
+from fusillade.store.interface import DaemonInfo, RecordStats
 from fusillade.store.postgres import PostgresRepository
 
 
@@ -73,7 +74,7 @@ async def test_a_result_the_database_refuses_is_failed_alone_and_the_rest_are_wr
         summary = (await trio.to_thread.run_sync(repo.get_request, OWNER, rid)).summary
         if rid in poison:
             assert summary.state is RequestState.FAILED
-            assert summary.failure_reason == FailureReason.UNSTORABLE.value
+            assert summary.failure_reason is FailureReason.UNSTORABLE
             assert summary.failure_message is not None
             assert summary.failure_message.startswith("the database refused this result")
         else:

@@ -14,6 +14,7 @@ from uuid import UUID, uuid4
 
 import pytest
 
+from fusillade.core.attempts import AttemptResult, ResultKind
 from fusillade.core.models import (
     BatchStatus,
     Failure,
@@ -23,13 +24,7 @@ from fusillade.core.models import (
     RequestTemplate,
 )
 from fusillade.errors import Conflict, NotFound, StoreError, ValidationError
-from fusillade.store.interface import (
-    AttemptResult,
-    BatchSpec,
-    DaemonInfo,
-    Repository,
-    ResultKind,
-)
+from fusillade.store.interface import BatchSpec, DaemonInfo, Repository
 from fusillade.store.memory import MemoryRepository
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -237,7 +232,7 @@ def test_results_complete_batch_and_freeze(repo: MemoryRepository) -> None:
     assert len(err) == 1
     assert err[0].status == 400
     assert err[0].body == '{"error":"bad"}'
-    assert err[0].failure_reason == "http_status"
+    assert err[0].failure_reason is FailureReason.HTTP_STATUS
     with pytest.raises(NotFound):
         list(repo.iter_results("bob", b, errors=False))
 
@@ -284,7 +279,7 @@ def test_reclaim_spends_the_budget_and_release_refunds_it(repo: MemoryRepository
         stats = repo.reclaim_dead(now=now, stale_before=now - timedelta(minutes=1), max_attempts=3)
     assert stats.failed == 1
     (line,) = repo.iter_results("alice", b, errors=True)
-    assert line.failure_reason == "lost"
+    assert line.failure_reason is FailureReason.LOST
     assert line.finished_at == now
 
     make_batch(repo, 3)
@@ -331,7 +326,7 @@ def test_cancel_with_work_in_flight_and_late_success(repo: MemoryRepository) -> 
     assert repo.claim(d, {"m1": 5}, now=T0) == []
     with pytest.raises(Conflict):
         repo.retry_batch("alice", b, now=T0)
-    cancel = [AttemptResult(x.id, 1, ResultKind.CANCELED, T0, failure=CANCEL) for x in c]
+    cancel = [AttemptResult(x.id, 1, ResultKind.CANCELLED, T0, failure=CANCEL) for x in c]
     assert repo.record_results(d, cancel).written == 2
     frozen = repo.get_batch("alice", b, now=T0)
     assert frozen.status is BatchStatus.CANCELLED

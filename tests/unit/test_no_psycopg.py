@@ -48,7 +48,8 @@ _SCRIPT = textwrap.dedent(
     import fusillade.store
     import fusillade.store.interface
     from fusillade.core.models import BatchStatus, RequestTemplate
-    from fusillade.store.interface import AttemptResult, BatchSpec, DaemonInfo, ResultKind
+    from fusillade.store.interface import BatchSpec, DaemonInfo
+    from fusillade.core.attempts import AttemptResult, ResultKind
     from fusillade.store.memory import MemoryRepository
 
     t0 = datetime(2026, 1, 1, tzinfo=UTC)

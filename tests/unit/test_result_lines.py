@@ -11,10 +11,13 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from fusillade.core.models import RequestState
-from fusillade.core.results import format_output_line, parse_embeddable
+from fusillade.core.results import (
+    ResultLine,
+    format_output_line,
+    format_result_line,
+    parse_embeddable,
+)
 from fusillade.core.strictjson import dumps_compact, storable
-from fusillade.results import format_result_line
-from fusillade.store.interface import ResultLine
 
 RID = uuid.UUID("00112233-4455-6677-8899-aabbccddeeff")
 

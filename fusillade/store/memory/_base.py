@@ -22,9 +22,7 @@ from fusillade.core.models import (
 from fusillade.core.transitions import Event, EventKind, step
 from fusillade.errors import NotFound
 from fusillade.ids import uuid7
-from fusillade.store.interface import (
-    RequestSummary,
-)
+from fusillade.store.interface import RequestSummary
 from fusillade.store.memory._rows import P, _Daemon, _File, _Row
 
 
@@ -140,7 +138,7 @@ class MemoryBase:
             attempts=r.attempts,
             line_number=row.line_number,
             response_status=r.response_status,
-            failure_reason=r.failure.reason.value if r.failure else None,
+            failure_reason=r.failure.reason if r.failure else None,
             failure_message=r.failure.message if r.failure else None,
             claimed_at=r.claimed_at,
             finished_at=r.finished_at,

@@ -8,6 +8,7 @@ from uuid import UUID
 
 import attrs
 
+from fusillade.core.attempts import AbortReason, AttemptResult, ClaimedRequest, ResultKind
 from fusillade.core.models import (
     BatchRecord,
     Failure,
@@ -16,19 +17,11 @@ from fusillade.core.models import (
 )
 from fusillade.core.transitions import Event, EventKind, step
 from fusillade.errors import StoreError
-from fusillade.store.interface import (
-    AttemptResult,
-    ClaimedRequest,
-    DaemonInfo,
-    ReclaimStats,
-    RecordStats,
-    ResultKind,
-)
+from fusillade.store.interface import DaemonInfo, ReclaimStats, RecordStats
 from fusillade.store.memory._base import MemoryBase
 from fusillade.store.memory._rows import (
     _LOST_DEAD,
     _LOST_TIMED_OUT,
-    _RESULT_EVENTS,
     _SMALLINT,
     CA,
     IN_FLIGHT,
@@ -137,7 +130,7 @@ class DaemonParts(MemoryBase):
         f = result.failure
         reported = Failure(f.reason, f.message) if f is not None else None
         event = Event(
-            _RESULT_EVENTS[result.kind],
+            result.kind.event,
             attempt=result.attempt,
             not_before=result.not_before,
             status=result.status,
@@ -274,17 +267,19 @@ class DaemonParts(MemoryBase):
             ]
             return self._reclaim(victims, now, max_attempts, _LOST_TIMED_OUT, limit)
 
-    def batches_to_abort(self, batch_ids: Sequence[UUID], *, now: datetime) -> dict[UUID, str]:
+    def batches_to_abort(
+        self, batch_ids: Sequence[UUID], *, now: datetime
+    ) -> dict[UUID, AbortReason]:
         with self._lock:
-            out = {}
+            out: dict[UUID, AbortReason] = {}
             for batch_id in batch_ids:
                 b = self._batches.get(batch_id)
                 if b is None:
                     continue
                 if b.cancelling_at is not None:
-                    out[b.id] = "cancelled"
+                    out[b.id] = AbortReason.CANCELLED
                 elif b.expired_at is not None or b.expires_at <= now:
-                    out[b.id] = "expired"
+                    out[b.id] = AbortReason.EXPIRED
             return out
 
     def resume_creation(self, *, now: datetime, stale_before: datetime) -> int:

@@ -15,9 +15,9 @@ from fusillade.core.models import (
     FileRecord,
     RequestTemplate,
 )
+from fusillade.core.results import ResultLine, result_file_bytes
 from fusillade.errors import NotFound, ValidationError
-from fusillade.results import result_file_bytes
-from fusillade.store.interface import Page, ResultLine, with_result_size
+from fusillade.store.interface import Page, with_result_size
 from fusillade.store.memory._base import MemoryBase
 from fusillade.store.memory._rows import _File, _no_nul
 

@@ -10,13 +10,9 @@ from fusillade.core.ids import format_id
 from fusillade.core.models import (
     RequestState,
 )
+from fusillade.core.results import ResultLine
 from fusillade.errors import ValidationError
-from fusillade.store.interface import (
-    Page,
-    RequestDetail,
-    RequestSummary,
-    ResultLine,
-)
+from fusillade.store.interface import Page, RequestDetail, RequestSummary
 from fusillade.store.memory._base import MemoryBase
 from fusillade.store.memory._rows import CA
 
@@ -47,7 +43,7 @@ class ResultParts(MemoryBase):
                         state=r.state,
                         status=r.response_status,
                         body=r.response_body,
-                        failure_reason=r.failure.reason.value if r.failure else None,
+                        failure_reason=r.failure.reason if r.failure else None,
                         failure_message=r.failure.message if r.failure else None,
                         finished_at=r.finished_at,
                         body_is_json=row.body_is_json,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import TYPE_CHECKING
 from uuid import UUID
 
 import attrs
@@ -15,15 +14,8 @@ from fusillade.core.models import (
     RequestState,
 )
 from fusillade.core.strictjson import storable
-from fusillade.core.transitions import EventKind
 from fusillade.errors import StoreError
-from fusillade.store.interface import (
-    DaemonInfo,
-    ResultKind,
-)
-
-if TYPE_CHECKING:
-    pass
+from fusillade.store.interface import DaemonInfo
 
 P = RequestState.PENDING
 PR = RequestState.PROCESSING
@@ -32,12 +24,6 @@ IN_FLIGHT = (RequestState.CLAIMED, PR)
 UNSETTLED = (P, *IN_FLIGHT)
 # As in postgres.py: cancel_batch turns this many pending rows canceled inline.
 _INLINE_SWEEP = 10_000
-_RESULT_EVENTS = {
-    ResultKind.SUCCEEDED: EventKind.SUCCEED,
-    ResultKind.RETRY: EventKind.RETRY,
-    ResultKind.FAILED: EventKind.FAIL,
-    ResultKind.CANCELED: EventKind.CANCEL,
-}
 _LOST_DEAD = "the daemon running this request stopped without recording a result"
 _LOST_TIMED_OUT = "the request stayed in flight past its time limit"
 _SMALLINT = range(-32768, 32768)

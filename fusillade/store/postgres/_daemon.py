@@ -10,14 +10,8 @@ from uuid import UUID
 
 from psycopg.types.json import Jsonb
 
-from fusillade.store.interface import (
-    AttemptResult,
-    ClaimedRequest,
-    DaemonInfo,
-    ReclaimStats,
-    RecordStats,
-    ResultKind,
-)
+from fusillade.core.attempts import AbortReason, AttemptResult, ClaimedRequest, ResultKind
+from fusillade.store.interface import DaemonInfo, ReclaimStats, RecordStats
 from fusillade.store.postgres._base import WORK_CHANNEL, PostgresBase
 
 
@@ -117,14 +111,16 @@ class DaemonQueries(PostgresBase):
             ).fetchall()
         return _reclaim_stats(rows)
 
-    def batches_to_abort(self, batch_ids: Sequence[UUID], *, now: datetime) -> dict[UUID, str]:
+    def batches_to_abort(
+        self, batch_ids: Sequence[UUID], *, now: datetime
+    ) -> dict[UUID, AbortReason]:
         if not batch_ids:
             return {}
         with self._tx() as cur:
             rows = cur.execute(
                 self.q.batches_to_abort, {"batch_ids": list(batch_ids), "now": now}
             ).fetchall()
-        return {r["id"]: r["reason"] for r in rows}
+        return {r["id"]: AbortReason(r["reason"]) for r in rows}
 
     def sweep(self, *, now: datetime, limit: int = 5000) -> int:
         """One round of maintenance: stamp expired batches, then turn a bounded chunk of
@@ -179,7 +175,7 @@ def record_results_params(daemon_id: UUID, results: Sequence[AttemptResult]) -> 
         "daemon_id": daemon_id,
         "ids": [r.request_id for r in results],
         "attempts": [r.attempt for r in results],
-        "states": [r.kind.value for r in results],
+        "states": [r.kind.state.value for r in results],
         "finished_at": [r.finished_at for r in results],
         "not_before": [r.not_before if r.kind is ResultKind.RETRY else None for r in results],
         "statuses": [r.status for r in results],

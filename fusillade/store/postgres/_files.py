@@ -13,11 +13,11 @@ from fusillade.core.models import (
     FileRecord,
     RequestTemplate,
 )
+from fusillade.core.results import ResultLine, result_file_bytes
 from fusillade.errors import NotFound, ValidationError
 from fusillade.ids import next_uuid7
-from fusillade.results import result_file_bytes
 from fusillade.serde import structure
-from fusillade.store.interface import Page, ResultLine, with_result_size
+from fusillade.store.interface import Page, with_result_size
 from fusillade.store.postgres._base import PostgresBase
 from fusillade.store.postgres._copy import copy_templates
 

@@ -11,20 +11,15 @@ from uuid import UUID
 from psycopg.rows import tuple_row
 
 from fusillade.core.ids import format_id
-from fusillade.core.models import (
-    RequestState,
-)
+from fusillade.core.models import FailureReason, RequestState
+from fusillade.core.results import ResultLine
 from fusillade.errors import NotFound, ValidationError
-from fusillade.store.interface import (
-    Page,
-    RequestDetail,
-    RequestSummary,
-    ResultLine,
-)
+from fusillade.store.interface import Page, RequestDetail, RequestSummary
 from fusillade.store.postgres._base import PostgresBase
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _STATES: Final = {s.value: s for s in RequestState}
+_REASONS: Final = {r.value: r for r in FailureReason}
 _ZERO_UUID = UUID(int=0)
 
 
@@ -70,7 +65,7 @@ class ResultQueries(PostgresBase):
                         state=_STATES[state],
                         status=status,
                         body=body,
-                        failure_reason=reason,
+                        failure_reason=_reason(reason),
                         failure_message=message,
                         finished_at=at,
                         body_is_json=body_json,
@@ -136,8 +131,12 @@ def _summary(row: Mapping[str, Any]) -> RequestSummary:
         attempts=row["attempts"],
         line_number=row["line_number"],
         response_status=row["response_status"],
-        failure_reason=row["failure_reason"],
+        failure_reason=_reason(row["failure_reason"]),
         failure_message=row["failure_message"],
         claimed_at=row["claimed_at"],
         finished_at=row["finished_at"],
     )
+
+
+def _reason(value: str | None) -> FailureReason | None:
+    return None if value is None else _REASONS[value]
