@@ -163,6 +163,8 @@ class Const:
 Update = SetNow | Clear | FromEvent | Increment | CopyOf | Const
 SET_NOW = SetNow()
 CLEAR = Clear()
+# A guard reads the request's fields and the event, never its state: the state is the
+# row's key in the table (so ``sources`` can ask it about another state cheaply).
 Guard = Callable[[Request, Event], bool]
 
 
@@ -293,6 +295,41 @@ def step(request: Request, event: Event, now: datetime) -> StepResult:
         raise IllegalTransition(request.state, event.kind)
     changes: dict[str, Any] = {f: u.apply(request, event, now) for f, u in rule.updates.items()}
     return StepResult(attrs.evolve(request, state=rule.target, **changes), rule.effects)
+
+
+def _alike(state: RequestState, kind: EventKind) -> tuple[tuple[RequestState, Transition], ...]:
+    """The other states whose row for ``kind`` writes what ``(state, kind)``'s row writes:
+    the same target and the same updates."""
+    rule = TRANSITIONS[(state, kind)]
+    return tuple(
+        (other, t)
+        for (other, k), t in TRANSITIONS.items()
+        if k is kind and other is not state and (t.target, t.updates) == (rule.target, rule.updates)
+    )
+
+
+_ALIKE = {pair: _alike(*pair) for pair in TRANSITIONS}
+_ONLY = {state: frozenset({state}) for state in RequestState}
+
+
+def sources(request: Request, event: Event) -> frozenset[RequestState]:
+    """The states a stored row may be in for ``event`` to leave it as ``step`` leaves
+    ``request``: the request's own state, and every other state whose row for the event
+    has the same target and updates and whose guard holds for the request in that state.
+
+    A store that finds the row in one of these states, with the fields the request's
+    guards read unchanged, may write ``step``'s result as it is (a compare-and-set). So
+    the success of an attempt held as processing also applies to the row its owner
+    recorded canceled meanwhile: the table's (canceled, succeed) row, guard ``was_sent``.
+    """
+    alike = _ALIKE.get((request.state, event.kind), ())
+    if not alike:
+        return _ONLY[request.state]
+    found = {request.state}
+    for state, rule in alike:
+        if rule.guard is None or rule.guard(request, event):
+            found.add(state)
+    return frozenset(found)
 
 
 def render_markdown() -> str:

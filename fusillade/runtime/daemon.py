@@ -54,7 +54,6 @@ import httpx
 
 from fusillade import metrics
 from fusillade.core.attempts import AbortReason, AttemptResult, ClaimedRequest, ResultKind
-from fusillade.core.models import Failure, FailureReason
 from fusillade.core.retry import (
     GiveUp,
     HttpResponse,
@@ -373,34 +372,26 @@ class Daemon:
         if sent is None:  # aborted
             if entry.abort is None or entry.released:
                 return  # released at shutdown, without a result
-            expired = entry.abort is AbortReason.EXPIRED
-            reason = FailureReason.EXPIRED if expired else FailureReason.CANCELLED
-            message = "batch expired" if expired else "batch cancelled"
             metrics.CANCELED.labels(entry.abort.value).inc()
-            result = AttemptResult(
-                req.id,
-                req.attempt,
-                entry.abort.kind,
-                self.now(),
-                failure=Failure(reason, message),
-            )
+            result = req.result(entry.abort.kind, self.now())
         else:
             result = self._result_of(req, sent, entry.label)
         written = await self.writer.submit(result)
-        if written and result.kind is ResultKind.RETRY and result.not_before is not None:
+        if written and result.kind is ResultKind.RETRY:
             assert self._clock is not None
-            due = self._clock.loop_time_at(result.not_before)
+            due = self._clock.loop_time_at(result.request.not_before)
             self._next_due = due if self._next_due is None else min(self._next_due, due)
             self._wake.set()
 
     def _result_of(self, req: ClaimedRequest, sent: Sent, label: str) -> AttemptResult:
+        """What the attempt came to, decided by the core: classified, retried or given
+        up (``fusillade.core.retry``), and the request's new state and fields
+        (``ClaimedRequest.result``, the state table)."""
         now = self.now()
         verdict = classify(sent.outcome, self.config.retry)
         if isinstance(verdict, Success):
             metrics.COMPLETED.labels(label, str(verdict.response.status)).inc()
-            return AttemptResult(
-                req.id,
-                req.attempt,
+            return req.result(
                 ResultKind.SUCCEEDED,
                 now,
                 status=verdict.response.status,
@@ -428,9 +419,7 @@ class Daemon:
         body_raw = sent.body_raw if response else None
         if isinstance(decision, RetryAt):
             metrics.RETRIED.labels(label, failure.reason.value).inc()
-            return AttemptResult(
-                req.id,
-                req.attempt,
+            return req.result(
                 ResultKind.RETRY,
                 now,
                 status=status,
@@ -441,15 +430,8 @@ class Daemon:
             )
         assert isinstance(decision, GiveUp)
         metrics.FAILED.labels(label, failure.reason.value).inc()
-        return AttemptResult(
-            req.id,
-            req.attempt,
-            ResultKind.FAILED,
-            now,
-            status=status,
-            body=body,
-            failure=failure,
-            body_raw=body_raw,
+        return req.result(
+            ResultKind.FAILED, now, status=status, body=body, failure=failure, body_raw=body_raw
         )
 
     # ------------------------------------------------------------ shutdown

@@ -39,7 +39,7 @@ from typing import Final
 import anyio
 
 from fusillade import metrics
-from fusillade.core.attempts import AttemptResult, ResultKind
+from fusillade.core.attempts import AttemptResult, ResultKind, attempt_result
 from fusillade.core.bodies import storable_text
 from fusillade.core.models import Failure, FailureReason
 from fusillade.errors import StoreError, StoreUnavailable
@@ -62,23 +62,18 @@ class _Pending:
         self.done = anyio.Event()
         self.written = False
         self.refused = False  # ``result`` is already the stand-in for a refused one
-        self.size = len(result.body or "") + len(result.body_raw or b"")
+        self.size = len(result.request.response_body or "") + len(result.body_raw or b"")
 
 
 Record = Callable[[Sequence[AttemptResult]], Awaitable[RecordStats]]
 
 
 def unstorable(result: AttemptResult, error: StoreError) -> AttemptResult:
-    """What is recorded for a result the database refused: failed, reason ``unstorable``,
-    the database's reason as the message, nothing of the upstream's answer."""
+    """What is recorded for a result the database refused: the same attempt failed, reason
+    ``unstorable``, the database's reason as the message, nothing of the upstream's answer."""
     message = storable_text(f"the database refused this result: {error}")[:_MAX_REASON]
-    return AttemptResult(
-        result.request_id,
-        result.attempt,
-        ResultKind.FAILED,
-        result.finished_at,
-        failure=Failure(FailureReason.UNSTORABLE, message),
-    )
+    failure = Failure(FailureReason.UNSTORABLE, message)
+    return attempt_result(result.held, ResultKind.FAILED, result.at, failure=failure)
 
 
 class ResultWriter:

@@ -191,7 +191,12 @@ class Repository(Protocol):
     def claim(
         self, daemon_id: UUID, slots: Mapping[str, int], *, now: datetime
     ) -> list[ClaimedRequest]: ...
-    def record_results(self, daemon_id: UUID, results: Sequence[AttemptResult]) -> RecordStats: ...
+    def record_results(self, daemon_id: UUID, results: Sequence[AttemptResult]) -> RecordStats:
+        """Write each result as the core computed it (``fusillade.core.attempts``): its
+        state and ``RESULT_FIELDS``, only while the row is in one of its ``sources``
+        under ``daemon_id``, at its attempt and with its start; the rest are lost races."""
+        ...
+
     def release(
         self, daemon_id: UUID, *, now: datetime, request_ids: Sequence[UUID] | None = None
     ) -> int: ...

@@ -1,43 +1,51 @@
--- record_results: many attempt results in one statement, each fenced by its owner and
--- attempt: a row is written only while it is still processing under this daemon and this
--- attempt (so a daemon's late write after its row was reclaimed is refused), or, for a
--- success, when it was canceled after that attempt was sent (billed work wins: the frozen
--- counts of its batch are repaired in the same statement). Rows that fail the fence are lost races: counted by the caller, not raised.
--- Parameters: daemon_id; arrays of equal length: ids, attempts, states ('completed',
--- 'pending' for a retry, 'failed', 'canceled'), finished_at, not_before, statuses,
--- bodies, bodies_json (the body is compact strict JSON), bodies_raw (the exact bytes when
--- the body is only a rendering of them, else NULL), reasons, messages, input_tokens,
--- output_tokens.
+-- record_results: many attempt results in one statement, each a compare-and-set of what
+-- the core computed (fusillade/core/attempts.py): the row takes the given state and
+-- fields only while it is still in one of the result's source states, under this daemon,
+-- at this attempt and with this start (the attempt as the daemon held it). So a daemon's
+-- late write after its row was reclaimed or released (owner cleared, or another attempt)
+-- is refused. The success of an attempt that was sent lists canceled among its sources
+-- (the state table's (canceled, succeed) row: billed work wins): it replaces the canceled
+-- result its owner recorded, and the frozen counts of its batch are repaired in the same
+-- statement. Rows that fail the fence are lost races: counted by the caller, not raised.
+-- No rule of the state table is restated here: every value written comes from the core.
+-- Parameters: daemon_id; arrays of equal length, one element per result: ids, attempts
+-- and held_started (the fence), sources (the old states allowed, comma-separated),
+-- states, owners, claimed_at, started_at, finished_at, not_before (the values to write),
+-- statuses, bodies, bodies_json (the body is compact strict JSON), bodies_raw (the exact
+-- bytes when the body is only a rendering of them, else NULL), reasons, messages,
+-- input_tokens, output_tokens.
+-- Locking: FOR UPDATE of the fenced rows, then of the batches with a late success.
 -- Returns the ids written.
 WITH input AS (
     SELECT *
     FROM unnest(
-        %(ids)s::uuid[], %(attempts)s::int[], %(states)s::text[], %(finished_at)s::timestamptz[],
-        %(not_before)s::timestamptz[], %(statuses)s::smallint[], %(bodies)s::text[],
-        %(bodies_json)s::bool[], %(bodies_raw)s::bytea[], %(reasons)s::text[],
-        %(messages)s::text[], %(input_tokens)s::int[], %(output_tokens)s::int[]
-    ) AS i (id, attempt, state, finished_at, not_before, status, body, body_json, body_raw,
-            reason, message, input_tokens, output_tokens)
+        %(ids)s::uuid[], %(attempts)s::int[], %(held_started)s::timestamptz[],
+        %(sources)s::text[], %(states)s::text[], %(owners)s::uuid[],
+        %(claimed_at)s::timestamptz[], %(started_at)s::timestamptz[],
+        %(finished_at)s::timestamptz[], %(not_before)s::timestamptz[], %(statuses)s::smallint[],
+        %(bodies)s::text[], %(bodies_json)s::bool[], %(bodies_raw)s::bytea[],
+        %(reasons)s::text[], %(messages)s::text[], %(input_tokens)s::int[],
+        %(output_tokens)s::int[]
+    ) AS i (id, attempt, held_started, sources, state, owner, claimed_at, started_at,
+            finished_at, not_before, status, body, body_json, body_raw, reason, message,
+            input_tokens, output_tokens)
 ), locked AS (
     SELECT r.id, r.batch_id, r.state AS old_state
     FROM requests r
     JOIN input i ON i.id = r.id
     WHERE r.daemon_id = %(daemon_id)s
       AND r.attempts = i.attempt
-      AND (r.state = 'processing'
-           OR (i.state = 'completed' AND r.state = 'canceled' AND r.started_at IS NOT NULL))
+      AND r.started_at = i.held_started
+      AND r.state = ANY (string_to_array(i.sources, ','))
     FOR UPDATE OF r
 ), written AS (
     UPDATE requests r
     SET state = i.state,
-        daemon_id = CASE WHEN i.state = 'pending' THEN NULL ELSE r.daemon_id END,
-        claimed_at = CASE WHEN i.state = 'pending' THEN NULL ELSE r.claimed_at END,
-        started_at = CASE WHEN i.state = 'pending' THEN NULL ELSE r.started_at END,
-        finished_at = CASE WHEN i.state = 'pending' THEN NULL ELSE i.finished_at END,
-        -- a retry is never due before its attempt ended
-        not_before = CASE WHEN i.state = 'pending'
-                          THEN greatest(coalesce(i.not_before, i.finished_at), i.finished_at)
-                          ELSE r.not_before END,
+        daemon_id = i.owner,
+        claimed_at = i.claimed_at,
+        started_at = i.started_at,
+        finished_at = i.finished_at,
+        not_before = i.not_before,
         response_status = i.status,
         response_body = i.body,
         response_body_json = i.body_json,
@@ -48,9 +56,10 @@ WITH input AS (
         output_tokens = i.output_tokens
     FROM input i, locked l
     WHERE r.id = i.id AND l.id = i.id
-    RETURNING r.id, r.batch_id, l.old_state, r.state AS new_state, r.input_tokens,
-              r.output_tokens
+    RETURNING r.id, r.batch_id, l.old_state, r.input_tokens, r.output_tokens
 ), repaired AS (
+    -- A result that replaces canceled (the late success) moves one request of a batch
+    -- whose counts may be frozen from canceled to completed.
     UPDATE batches b
     SET frozen_completed = b.frozen_completed + x.n,
         frozen_canceled = b.frozen_canceled - x.n,

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 from uuid import UUID, uuid4
 
+import attrs
 import psycopg
 import pytest
 
@@ -72,20 +73,17 @@ def new_daemon(repo: PostgresRepository, now: datetime) -> UUID:
 
 def result(c: ClaimedRequest, kind: ResultKind, now: datetime, attempt: int = 0) -> AttemptResult:
     """A result of ``kind`` for claim ``c`` (of another attempt when ``attempt`` is set)."""
-    attempt = attempt or c.attempt
+    if attempt:
+        c = attrs.evolve(c, attempt=attempt)
     if kind is ResultKind.SUCCEEDED:
-        return AttemptResult(c.id, attempt, kind, now, status=200, body="{}", input_tokens=1)
+        return c.result(kind, now, status=200, body="{}", input_tokens=1)
     if kind is ResultKind.FAILED:
         failure = Failure(FailureReason.HTTP_STATUS, "upstream answered 400", 400, "no")
-        return AttemptResult(c.id, attempt, kind, now, status=400, body="no", failure=failure)
-    if kind is ResultKind.CANCELLED:
-        cancel = Failure(FailureReason.CANCELLED, "batch cancelled")
-        return AttemptResult(c.id, attempt, kind, now, failure=cancel)
-    if kind is ResultKind.EXPIRED:
-        expire = Failure(FailureReason.EXPIRED, "batch expired")
-        return AttemptResult(c.id, attempt, kind, now, failure=expire)
+        return c.result(kind, now, status=400, body="no", failure=failure)
+    if kind in (ResultKind.CANCELLED, ResultKind.EXPIRED):
+        return c.result(kind, now)
     timeout = Failure(FailureReason.TIMEOUT, "read timeout")
-    return AttemptResult(c.id, attempt, kind, now, failure=timeout, not_before=now)
+    return c.result(kind, now, failure=timeout, not_before=now)
 
 
 class Mix:

@@ -15,7 +15,7 @@ from uuid import UUID, uuid4
 import psycopg
 import pytest
 
-from fusillade.core.attempts import AttemptResult, ResultKind
+from fusillade.core.attempts import ResultKind
 from fusillade.core.models import BatchStatus, RequestTemplate
 from fusillade.errors import StoreError
 from fusillade.store.interface import BatchSpec, DaemonInfo
@@ -102,7 +102,7 @@ def test_a_creation_cut_short_is_finished_by_a_repeat_without_duplicates(
         repo.register_daemon(DaemonInfo(d, "h", 1, "t"), now=T0)
         claimed = repo.claim(d, {"m1": 100}, now=T0)
         assert len(claimed) == 6
-        ok = [AttemptResult(c.id, 1, ResultKind.SUCCEEDED, T0, 200, "{}") for c in claimed]
+        ok = [c.result(ResultKind.SUCCEEDED, T0, 200, "{}") for c in claimed]
         assert repo.record_results(d, ok).written == 6
         view = repo.get_batch("alice", batch, now=T0)
         assert view.status is BatchStatus.IN_PROGRESS

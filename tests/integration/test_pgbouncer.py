@@ -33,7 +33,7 @@ from upstream import mock_upstream_fixture  # noqa: F401 (registers ``mock_upstr
 
 import fusillade.runtime.daemon
 from fusillade.config import ServerSettings, Settings, UpstreamSettings
-from fusillade.core.attempts import AttemptResult, ClaimedRequest, ResultKind
+from fusillade.core.attempts import ClaimedRequest, ResultKind
 from fusillade.core.models import RequestTemplate
 from fusillade.errors import StoreUnavailable
 from fusillade.mock_upstream import MockUpstream
@@ -214,9 +214,7 @@ def test_the_session_settings_cost_no_round_trip_on_the_hot_path(database_url: s
         claimed: list[ClaimedRequest] = []
         claim = round_trips(repo, lambda: claimed.extend(repo.claim(daemon, {"m": 3}, now=now)))
         assert len(claimed) == 3
-        results = [
-            AttemptResult(c.id, c.attempt, ResultKind.SUCCEEDED, now, 200, "{}") for c in claimed
-        ]
+        results = [c.result(ResultKind.SUCCEEDED, now, 200, "{}") for c in claimed]
         record = round_trips(repo, lambda: repo.record_results(daemon, results))
     for sent in (claim, record):
         assert len(sent) == 3, sent

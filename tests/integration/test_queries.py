@@ -17,7 +17,7 @@ import attrs
 import psycopg
 import pytest
 
-from fusillade.core.attempts import AttemptResult, ResultKind
+from fusillade.core.attempts import ResultKind
 from fusillade.core.models import RequestTemplate
 from fusillade.store.interface import BatchSpec, DaemonInfo
 from fusillade.store.postgres import PostgresRepository
@@ -66,7 +66,7 @@ def _plan(conn: psycopg.Connection[tuple[object, ...]], sql: str, params: dict[s
     return "\n".join(str(r[0]) for r in rows)
 
 
-def test_lesson10_plans_use_the_indexes(database_url: str) -> None:
+def test_plans_use_the_indexes(database_url: str) -> None:
     """Claim, count and list queries must use their indexes on a large table."""
     n = 60_000
     with PostgresRepository(database_url) as repo:
@@ -83,10 +83,7 @@ def test_lesson10_plans_use_the_indexes(database_url: str) -> None:
             claimed = repo.claim(d, {"m0": 700, "m1": 700, "m2": 600}, now=T0)
             repo.record_results(
                 d,
-                [
-                    AttemptResult(c.id, c.attempt, ResultKind.SUCCEEDED, T0, 200, "{}")
-                    for c in claimed
-                ],
+                [c.result(ResultKind.SUCCEEDED, T0, 200, "{}") for c in claimed],
             )
         # the batch the reads below look at: small, beside the big one
         small_file = repo.create_file(
@@ -287,10 +284,7 @@ def test_results_stream_100k_rows_in_flat_memory(database_url: str) -> None:
         while claimed := repo.claim(d, {"m": 5000}, now=T0):
             repo.record_results(
                 d,
-                [
-                    AttemptResult(c.id, c.attempt, ResultKind.SUCCEEDED, T0, 200, body)
-                    for c in claimed
-                ],
+                [c.result(ResultKind.SUCCEEDED, T0, 200, body) for c in claimed],
             )
         stream = repo.iter_results("alice", batch, errors=False)
         seen = 0

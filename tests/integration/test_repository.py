@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from uuid import UUID, uuid4
 
+import attrs
 import psycopg
 import pytest
 
@@ -61,8 +62,8 @@ def daemon(repo: PostgresRepository, now: datetime = T0) -> UUID:
     return d
 
 
-def ok(claimed_id: UUID, attempt: int, now: datetime = T0) -> AttemptResult:
-    return AttemptResult(claimed_id, attempt, ResultKind.SUCCEEDED, now, status=200, body="{}")
+def ok(c: ClaimedRequest, now: datetime = T0) -> AttemptResult:
+    return c.result(ResultKind.SUCCEEDED, now, status=200, body="{}")
 
 
 def test_file_roundtrip_and_isolation(repo: PostgresRepository) -> None:
@@ -123,7 +124,7 @@ def test_create_batch_validates(repo: PostgresRepository) -> None:
         )
 
 
-def test_lesson3_create_batch_is_idempotent(repo: PostgresRepository) -> None:
+def test_create_batch_is_idempotent(repo: PostgresRepository) -> None:
     """A re-delivered create (same batch id) must not insert every request twice."""
     f = repo.create_file("alice", "in", templates(50), now=T0)
     spec = BatchSpec(f.id, "/v1/chat/completions", "24h", timedelta(hours=24), batch_id=uuid4())
@@ -163,9 +164,9 @@ def test_claim_takes_due_retries_in_line_order_and_never_those_backing_off(
     repo.record_results(
         d,
         [
-            AttemptResult(first[0].id, 1, ResultKind.RETRY, T0, status=429, not_before=later),
-            AttemptResult(first[1].id, 1, ResultKind.RETRY, T0, status=503, not_before=soon),
-            ok(first[2].id, 1),
+            first[0].result(ResultKind.RETRY, T0, status=429, not_before=later),
+            first[1].result(ResultKind.RETRY, T0, status=503, not_before=soon),
+            ok(first[2]),
         ],
     )
     at = T0 + timedelta(seconds=20)
@@ -218,22 +219,16 @@ def test_results_complete_batch_and_freeze(repo: PostgresRepository) -> None:
     claimed = repo.claim(d, {"m1": 4}, now=T0)
     t1 = T0 + timedelta(seconds=1)
     results = [
-        AttemptResult(
-            claimed[0].id, 1, ResultKind.SUCCEEDED, t1, 200, '{"ok":1}', None, None, 3, 4
-        ),
-        AttemptResult(claimed[1].id, 1, ResultKind.SUCCEEDED, t1, 200, '{"ok":2}', None, None, 1),
-        AttemptResult(
-            claimed[2].id,
-            1,
+        claimed[0].result(ResultKind.SUCCEEDED, t1, 200, '{"ok":1}', None, None, 3, 4),
+        claimed[1].result(ResultKind.SUCCEEDED, t1, 200, '{"ok":2}', None, None, 1),
+        claimed[2].result(
             ResultKind.FAILED,
             t1,
             400,
             '{"error":"bad"}',
             Failure(FailureReason.HTTP_STATUS, "upstream answered 400", 400, '{"error":"bad"}'),
         ),
-        AttemptResult(
-            claimed[3].id,
-            1,
+        claimed[3].result(
             ResultKind.RETRY,
             t1,
             failure=Failure(FailureReason.TIMEOUT, "read timeout"),
@@ -250,7 +245,7 @@ def test_results_complete_batch_and_freeze(repo: PostgresRepository) -> None:
     t3 = t1 + timedelta(seconds=2)
     (again,) = repo.claim(d, {"m1": 5}, now=t3)
     assert again.attempt == 2 and again.budget_used == 2
-    repo.record_results(d, [ok(again.id, 2, t3)])
+    repo.record_results(d, [ok(again, t3)])
     view = repo.get_batch("alice", b, now=t3)
     assert view.status is BatchStatus.COMPLETED
     assert view.record.frozen_counts is not None
@@ -268,7 +263,7 @@ def test_frozen_counts_equal_a_recount_and_are_not_recounted(repo: PostgresRepos
     b = make_batch(repo, 20)
     d = daemon(repo)
     claimed = repo.claim(d, {"m1": 20}, now=T0)
-    repo.record_results(d, [ok(c.id, c.attempt) for c in claimed])
+    repo.record_results(d, [ok(c) for c in claimed])
     view = repo.get_batch("alice", b, now=T0)
     with psycopg.connect(repo.conninfo) as conn:
         rows = conn.execute(
@@ -282,7 +277,7 @@ def test_frozen_counts_equal_a_recount_and_are_not_recounted(repo: PostgresRepos
     assert again.counts == view.counts
 
 
-def test_lesson1_late_write_after_reclaim_is_refused(repo: PostgresRepository) -> None:
+def test_late_write_after_reclaim_is_refused(repo: PostgresRepository) -> None:
     """A late result from a daemon whose claim was reclaimed must not revive the row."""
     b = make_batch(repo, 1)
     d1 = daemon(repo)
@@ -293,10 +288,10 @@ def test_lesson1_late_write_after_reclaim_is_refused(repo: PostgresRepository) -
     assert stats.requeued == 1
     (c2,) = repo.claim(d2, {"m1": 1}, now=later)
     assert c2.id == c1.id and c2.attempt == 2
-    repo.record_results(d2, [ok(c2.id, 2, later)])
+    repo.record_results(d2, [ok(c2, later)])
     late = repo.record_results(
         d1,
-        [AttemptResult(c1.id, 1, ResultKind.RETRY, later, not_before=later)],
+        [c1.result(ResultKind.RETRY, later, not_before=later)],
     )
     assert late.written == 0 and late.lost == (c1.id,)
     view = repo.get_batch("alice", b, now=later)
@@ -341,7 +336,7 @@ def test_timed_out_rows_are_reclaimed(repo: PostgresRepository) -> None:
     assert stats.requeued == 1
 
 
-def test_lesson6_cancelled_batch_rows_are_never_claimed(repo: PostgresRepository) -> None:
+def test_cancelled_batch_rows_are_never_claimed(repo: PostgresRepository) -> None:
     """Rows of a cancelled batch must not fill the claim limit and block other work."""
     cancelled = make_batch(repo, 30_000 // 1000)
     live = make_batch(repo, 5)
@@ -367,8 +362,8 @@ def test_cancel_with_work_in_flight(repo: PostgresRepository) -> None:
     repo.record_results(
         d,
         [
-            ok(claimed[0].id, 1),
-            AttemptResult(claimed[1].id, 1, ResultKind.CANCELLED, T0, failure=cancel),
+            ok(claimed[0]),
+            claimed[1].result(ResultKind.CANCELLED, T0, failure=cancel),
         ],
     )
     view = repo.get_batch("alice", b, now=T0)
@@ -385,24 +380,22 @@ def _cancelled_in_flight(repo: PostgresRepository) -> tuple[UUID, UUID, list[Cla
     c = repo.claim(d, {"m1": 2}, now=T0)
     repo.cancel_batch("alice", b, now=T0)
     cancel = Failure(FailureReason.CANCELLED, "batch cancelled")
-    repo.record_results(
-        d, [AttemptResult(x.id, 1, ResultKind.CANCELLED, T0, failure=cancel) for x in c]
-    )
+    repo.record_results(d, [x.result(ResultKind.CANCELLED, T0, failure=cancel) for x in c])
     return b, d, c
 
 
-def test_lesson2_late_success_repairs_frozen_counts(repo: PostgresRepository) -> None:
+def test_late_success_repairs_frozen_counts(repo: PostgresRepository) -> None:
     """A billed result may replace canceled; the frozen counts are repaired with it."""
     b, d, c = _cancelled_in_flight(repo)
     frozen = repo.get_batch("alice", b, now=T0)
     assert frozen.record.frozen_counts is not None and frozen.counts.canceled == 2
-    late = repo.record_results(d, [ok(c[0].id, 1, T0 + timedelta(seconds=1))])
+    late = repo.record_results(d, [ok(c[0], T0 + timedelta(seconds=1))])
     assert late.written == 1
     view = repo.get_batch("alice", b, now=T0)
     assert (view.counts.completed, view.counts.canceled) == (1, 1)
     assert view.counts.is_consistent
     # a late retry/failure for a canceled row is refused
-    lost = repo.record_results(d, [AttemptResult(c[1].id, 1, ResultKind.RETRY, T0, not_before=T0)])
+    lost = repo.record_results(d, [c[1].result(ResultKind.RETRY, T0, not_before=T0)])
     assert lost.written == 0
 
 
@@ -432,19 +425,18 @@ def _in_thread(fn: Callable[[], object]) -> tuple[threading.Thread, threading.Ev
     return t, done
 
 
-def test_lesson2_late_success_racing_a_freeze_that_holds_the_batch_first(
+def test_late_success_racing_a_freeze_that_holds_the_batch_first(
     repo: PostgresRepository, database_url: str
 ) -> None:
     """The freeze counts the row canceled; the success, committed after it, repairs it."""
     b, d, (first, _) = _cancelled_in_flight(repo)
-    late_id = first.id
     q = load_queries()
     with psycopg.connect(database_url) as freezer:
         (version,) = freezer.execute("SELECT version FROM batches WHERE id = %s", (b,)).fetchone()
         freezer.execute(q.lock_batch_for_freeze, {"id": b})
         frozen = freezer.execute(q.freeze_batch, {"id": b, "version": version}).fetchone()
         assert frozen is not None  # frozen with the row canceled, not yet committed
-        late, done = _in_thread(lambda: repo.record_results(d, [ok(late_id, 1)]))
+        late, done = _in_thread(lambda: repo.record_results(d, [ok(first)]))
         _waits_on_a_lock(database_url, done)
         freezer.execute(q.fold_batch_state_counts, {"id": b})
         freezer.commit()
@@ -454,14 +446,13 @@ def test_lesson2_late_success_racing_a_freeze_that_holds_the_batch_first(
     assert (view.counts.completed, view.counts.canceled) == (1, 1)
 
 
-def test_lesson2_late_success_racing_a_freeze_that_comes_second(
+def test_late_success_racing_a_freeze_that_comes_second(
     repo: PostgresRepository, database_url: str
 ) -> None:
     """The success holds the batch row until it commits; the freeze then counts it."""
     b, d, (first, _) = _cancelled_in_flight(repo)
-    late_id = first.id
     with psycopg.connect(database_url) as writer:
-        params = record_results_params(d, [ok(late_id, 1)])
+        params = record_results_params(d, [ok(first)])
         assert len(writer.execute(load_queries().record_results, params).fetchall()) == 1
         reader, done = _in_thread(lambda: repo.get_batch("alice", b, now=T0))
         _waits_on_a_lock(database_url, done)
@@ -476,7 +467,7 @@ def test_expiry(repo: PostgresRepository) -> None:
     b = make_batch(repo, 3)
     d = daemon(repo)
     (c,) = repo.claim(d, {"m1": 1}, now=T0)
-    repo.record_results(d, [ok(c.id, 1)])
+    repo.record_results(d, [ok(c)])
     late = T0 + timedelta(hours=25)
     assert repo.claim(d, {"m1": 5}, now=late) == []
     assert repo.sweep(now=late) == 2
@@ -494,7 +485,7 @@ def test_retry_failed_resets_counts_and_budget(repo: PostgresRepository) -> None
     bad = Failure(FailureReason.HTTP_STATUS, "500", 500, "oops")
     repo.record_results(
         d,
-        [ok(c[0].id, 1), AttemptResult(c[1].id, 1, ResultKind.FAILED, T0, 500, "oops", bad)],
+        [ok(c[0]), c[1].result(ResultKind.FAILED, T0, 500, "oops", bad)],
     )
     assert repo.get_batch("alice", b, now=T0).status is BatchStatus.COMPLETED
     view = repo.retry_batch("alice", b, now=T0)
@@ -502,7 +493,7 @@ def test_retry_failed_resets_counts_and_budget(repo: PostgresRepository) -> None
     assert view.record.frozen_counts is None and view.counts.pending == 1
     (again,) = repo.claim(d, {"m1": 2}, now=T0)
     assert again.id == c[1].id and again.attempt == 2 and again.budget_used == 1
-    repo.record_results(d, [ok(again.id, 2)])
+    repo.record_results(d, [ok(again)])
     view = repo.get_batch("alice", b, now=T0)
     assert view.status is BatchStatus.COMPLETED and view.counts.completed == 2
 
@@ -529,7 +520,7 @@ def test_list_requests_and_detail(repo: PostgresRepository) -> None:
     b = make_batch(repo, 5)
     d = daemon(repo)
     (c,) = repo.claim(d, {"m1": 1}, now=T0)
-    repo.record_results(d, [ok(c.id, 1)])
+    repo.record_results(d, [ok(c)])
     page = repo.list_requests("alice", b, limit=3)
     assert [r.line_number for r in page.items] == [1, 2, 3] and page.has_more
     nxt = repo.list_requests("alice", b, after=page.items[-1].id, limit=3)
@@ -559,7 +550,7 @@ def test_output_files_are_listed_as_files(repo: PostgresRepository) -> None:
     assert out.purpose is FilePurpose.BATCH_OUTPUT and out.batch_id == b
 
 
-def test_lesson4_a_hung_query_times_out_instead_of_freezing(database_url: str) -> None:
+def test_a_hung_query_times_out_instead_of_freezing(database_url: str) -> None:
     """Every connection carries a statement timeout: a stuck query becomes
     StoreUnavailable (the daemon's loops back off and go on) instead of hanging."""
     from fusillade.errors import StoreUnavailable
@@ -588,7 +579,7 @@ def test_retry_after_the_deadline_moves_every_unsettled_row(repo: PostgresReposi
     d = daemon(repo)
     c = repo.claim(d, {"m1": 1}, now=T0)
     bad = Failure(FailureReason.HTTP_STATUS, "500", 500, "oops")
-    repo.record_results(d, [AttemptResult(c[0].id, 1, ResultKind.FAILED, T0, 500, "oops", bad)])
+    repo.record_results(d, [c[0].result(ResultKind.FAILED, T0, 500, "oops", bad)])
     late = T0 + timedelta(hours=24, seconds=1)  # past the deadline, before any sweep
     view = repo.retry_batch("alice", b, now=late)
     assert view.record.expires_at == late + timedelta(hours=24)
@@ -606,3 +597,43 @@ def test_a_large_file_is_not_cut_off_by_the_statement_timeout(database_url: str)
     with PostgresRepository(database_url, statement_timeout_ms=1) as repo:
         f = repo.create_file("alice", "big.jsonl", templates(20_000), now=T0)
     assert f.line_count == 20_000
+
+
+def test_record_results_writes_what_the_core_computed(
+    repo: PostgresRepository, database_url: str
+) -> None:
+    """record_results.sql decides nothing: it stores the state and fields it is given.
+    Here the computed values are ones the statement's old rules would have changed: a
+    retry due before its attempt ended (it clamped not_before to finished_at) and a
+    success finished at another time than its attempt's end (it wrote finished_at)."""
+    make_batch(repo, 2)
+    d = daemon(repo)
+    retry_c, ok_c = repo.claim(d, {"m1": 2}, now=T0)
+    t1 = T0 + timedelta(seconds=10)
+    retry = retry_c.result(ResultKind.RETRY, t1, 503, "busy", Failure(FailureReason.TIMEOUT, "t"))
+    early = T0 - timedelta(hours=1)
+    retry = attrs.evolve(retry, request=attrs.evolve(retry.request, not_before=early))
+    success = ok(ok_c, t1)
+    stamped = t1 + timedelta(seconds=5)
+    success = attrs.evolve(success, request=attrs.evolve(success.request, finished_at=stamped))
+    assert repo.record_results(d, [retry, success]).written == 2
+    with psycopg.connect(database_url) as conn:
+        query = "SELECT id, state, not_before, finished_at, daemon_id FROM requests"
+        rows = {r[0]: r[1:] for r in conn.execute(query).fetchall()}
+    assert rows[retry_c.id] == ("pending", early, None, None)
+    assert rows[ok_c.id] == ("completed", ok_c.not_before, stamped, d)
+
+
+def test_the_fence_refuses_a_stale_write_of_the_same_daemon(repo: PostgresRepository) -> None:
+    """Released and claimed again by the same daemon: the first attempt's result finds the
+    row under another attempt and is refused (a lost race), whatever the core computed."""
+    b = make_batch(repo, 1)
+    d = daemon(repo)
+    (first,) = repo.claim(d, {"m1": 1}, now=T0)
+    assert repo.release(d, now=T0) == 1
+    (second,) = repo.claim(d, {"m1": 1}, now=T0)
+    assert (second.id, second.attempt) == (first.id, 2)
+    stale = repo.record_results(d, [ok(first)])
+    assert stale.written == 0 and stale.lost == (first.id,)
+    assert repo.get_batch("alice", b, now=T0).counts.in_progress == 1
+    assert repo.record_results(d, [ok(second)]).written == 1

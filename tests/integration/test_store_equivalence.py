@@ -40,7 +40,7 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from fusillade.core.attempts import AttemptResult, ClaimedRequest, ResultKind
+from fusillade.core.attempts import ClaimedRequest, ResultKind
 from fusillade.core.models import (
     BatchView,
     Failure,
@@ -101,6 +101,8 @@ class StoresAgree(RuleBasedStateMachine):
         self.keys: tuple[dict[UUID, Key], dict[UUID, Key]] = ({}, {})
         self.daemons: list[UUID] = []
         self.claims: list[Claim] = []
+        # each claim as each store returned it (memory, postgres)
+        self.claimed: dict[Claim, list[ClaimedRequest]] = {}
         self.deadlines: dict[UUID, datetime] = {}
         self.next_batch_ms = int(T0.timestamp() * 1000)
 
@@ -216,7 +218,11 @@ class StoresAgree(RuleBasedStateMachine):
 
     def claim(self, d: UUID, slots: dict[str, int]) -> list[Claim]:
         def claim(repo: Repository, side: int) -> list[tuple[Any, ...]]:
-            return sorted(self._claimed(c, side) for c in repo.claim(d, slots, now=self.now))
+            got = repo.claim(d, slots, now=self.now)
+            for c in got:
+                pair = self.claimed.setdefault((d, self.keys[side][c.id], c.attempt), [c, c])
+                pair[side] = c
+            return sorted(self._claimed(c, side) for c in got)
 
         got = self.same(claim)
         assert got is not None
@@ -229,18 +235,16 @@ class StoresAgree(RuleBasedStateMachine):
         key = self.keys[side][c.id]
         assert (c.batch_id, c.custom_id) == key
         return (key, c.attempt, c.budget_used, c.model, c.batch_expires_at, c.endpoint,
-                c.method, c.path, c.body, c.api_key)  # fmt: skip
+                c.method, c.path, c.body, c.api_key, c.daemon_id, c.claimed_at, c.started_at,
+                c.not_before)  # fmt: skip
 
     def record(
         self, data: st.DataObject, d: UUID, picks: list[Claim], kind: ResultKind | None = None
     ) -> None:
-        draws = [(key, attempt, self._draw_result(data, key, kind)) for _, key, attempt in picks]
+        draws = [(claim, self._draw_result(data, claim[1], kind)) for claim in picks]
 
         def record(repo: Repository, side: int) -> tuple[int, list[Key]]:
-            results = [
-                AttemptResult(self.rid(key, side), attempt, *fields)
-                for key, attempt, fields in draws
-            ]
+            results = [self.claimed[claim][side].result(*fields) for claim, fields in draws]
             stats = repo.record_results(d, results)
             return stats.written, [self.keys[side][i] for i in stats.lost]
 
@@ -253,7 +257,7 @@ class StoresAgree(RuleBasedStateMachine):
     def _draw_result(
         self, data: st.DataObject, key: Key, kind: ResultKind | None = None
     ) -> tuple[Any, ...]:
-        """The fields of an AttemptResult after request_id and attempt."""
+        """The arguments of ``ClaimedRequest.result``."""
         if kind is None:
             kinds = [*ResultKind, ResultKind.SUCCEEDED, ResultKind.CANCELLED]
             kind = data.draw(st.sampled_from(kinds), label="kind")
@@ -275,10 +279,8 @@ class StoresAgree(RuleBasedStateMachine):
             raw = data.draw(st.sampled_from([None, b"\xff\x00 raw"]), label="raw body")
             fields = (kind, self.now, 400, body, None if broken else failure)
             return (*fields, None, None, None, False, raw)
-        # a reason other than cancelled/expired breaks the canceled row's constraint
-        reasons = [FailureReason.CANCELLED, FailureReason.EXPIRED] * 2 + [FailureReason.TIMEOUT]
-        reason = data.draw(st.sampled_from(reasons), label="cancel reason")
-        return (kind, self.now, None, None, None if broken else Failure(reason, "aborted"))
+        # an abort: its failure is the state table's (cancelled or expired)
+        return (kind, self.now)
 
     # ---------------------------------------------------------------- rules
 

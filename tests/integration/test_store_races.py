@@ -17,7 +17,7 @@ from uuid import UUID, uuid4
 import psycopg
 import pytest
 
-from fusillade.core.attempts import AttemptResult, ResultKind
+from fusillade.core.attempts import ResultKind
 from fusillade.core.models import BatchStatus, Failure, FailureReason, RequestTemplate
 from fusillade.errors import Conflict
 from fusillade.store.interface import BatchSpec, BatchView, DaemonInfo
@@ -42,7 +42,7 @@ def _batch_with_a_failure(repo: PostgresRepository) -> UUID:
     repo.register_daemon(DaemonInfo(d, "host", 1, "test"), now=T0)
     (c,) = repo.claim(d, {"m1": 1}, now=T0)
     bad = Failure(FailureReason.HTTP_STATUS, "500", 500, "oops")
-    repo.record_results(d, [AttemptResult(c.id, 1, ResultKind.FAILED, T0, 500, "oops", bad)])
+    repo.record_results(d, [c.result(ResultKind.FAILED, T0, 500, "oops", bad)])
     return b
 
 

@@ -30,6 +30,10 @@ def _request() -> ClaimedRequest:
         method="POST",
         path="/v1/chat/completions",
         body='{"model":"m"}',
+        daemon_id=uuid.uuid4(),
+        claimed_at=datetime(2026, 1, 1, tzinfo=UTC),
+        started_at=datetime(2026, 1, 1, tzinfo=UTC),
+        not_before=datetime(2026, 1, 1, tzinfo=UTC),
     )
 
 

@@ -19,7 +19,7 @@ from helpers import OWNER, daemon_config, make_batch, now, poll_until, wait_stat
 from prometheus_client import REGISTRY
 from scripted_upstream import serve_scripted_upstream
 
-from fusillade.core.attempts import AttemptResult, ResultKind
+from fusillade.core.attempts import AttemptResult, ClaimedRequest, ResultKind
 from fusillade.core.models import BatchStatus, FailureReason, RequestState
 from fusillade.errors import StoreUnavailable
 from fusillade.runtime.daemon import Daemon
@@ -28,13 +28,15 @@ from fusillade.store.interface import DaemonInfo, RecordStats
 from fusillade.store.postgres import PostgresRepository
 
 
-async def _claimed(repo: PostgresRepository, n: int) -> tuple[UUID, UUID, list[UUID]]:
+async def _claimed(
+    repo: PostgresRepository, n: int
+) -> tuple[UUID, UUID, dict[UUID, ClaimedRequest]]:
     batch = await make_batch(repo, n)
     d = uuid4()
 
-    def claim() -> list[UUID]:
+    def claim() -> dict[UUID, ClaimedRequest]:
         repo.register_daemon(DaemonInfo(d, "host", 1, "test"), now=now())
-        return [c.id for c in repo.claim(d, {"m": n}, now=now())]
+        return {c.id: c for c in repo.claim(d, {"m": n}, now=now())}
 
     return batch, d, await trio.to_thread.run_sync(claim)
 
@@ -44,12 +46,13 @@ async def test_a_result_the_database_refuses_is_failed_alone_and_the_rest_are_wr
 ) -> None:
     # Bodies that skipped the daemon's checks (core/bodies.py): whatever the database
     # refuses, for whatever reason, must not stall the writer (the report: forever).
-    batch, d, ids = await _claimed(repo, 9)
+    batch, d, claimed = await _claimed(repo, 9)
+    ids = list(claimed)
     poison = {ids[2]: "bad input \x00 here", ids[6]: "a lone \ud800 surrogate"}
 
     def result(rid: UUID) -> AttemptResult:
         body = poison.get(rid, '{"ok":true}')
-        return AttemptResult(rid, 1, ResultKind.SUCCEEDED, now(), status=200, body=body)
+        return claimed[rid].result(ResultKind.SUCCEEDED, now(), status=200, body=body)
 
     async def record(results: Sequence[AttemptResult]) -> RecordStats:
         return await trio.to_thread.run_sync(repo.record_results, d, results)

@@ -12,9 +12,10 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from uuid import UUID, uuid4
 
+import attrs
 import pytest
 
-from fusillade.core.attempts import AttemptResult, ResultKind
+from fusillade.core.attempts import AttemptResult, ClaimedRequest, ResultKind
 from fusillade.core.models import (
     BatchStatus,
     Failure,
@@ -56,8 +57,8 @@ def daemon(repo: Repository, now: datetime = T0) -> UUID:
     return d
 
 
-def ok(request_id: UUID, attempt: int, now: datetime = T0) -> AttemptResult:
-    return AttemptResult(request_id, attempt, ResultKind.SUCCEEDED, now, status=200, body="{}")
+def ok(c: ClaimedRequest, now: datetime = T0) -> AttemptResult:
+    return c.result(ResultKind.SUCCEEDED, now, status=200, body="{}")
 
 
 def test_file_roundtrip_isolation_and_soft_delete(repo: MemoryRepository) -> None:
@@ -194,12 +195,10 @@ def test_results_complete_batch_and_freeze(repo: MemoryRepository) -> None:
     stats = repo.record_results(
         d,
         [
-            AttemptResult(c[0].id, 1, ResultKind.SUCCEEDED, t1, 200, '{"ok":1}', None, None, 3, 4),
-            AttemptResult(c[1].id, 1, ResultKind.SUCCEEDED, t1, 200, '{"ok":2}', None, None, 1),
-            AttemptResult(c[2].id, 1, ResultKind.FAILED, t1, 400, '{"error":"bad"}', bad),
-            AttemptResult(
-                c[3].id,
-                1,
+            c[0].result(ResultKind.SUCCEEDED, t1, 200, '{"ok":1}', None, None, 3, 4),
+            c[1].result(ResultKind.SUCCEEDED, t1, 200, '{"ok":2}', None, None, 1),
+            c[2].result(ResultKind.FAILED, t1, 400, '{"error":"bad"}', bad),
+            c[3].result(
                 ResultKind.RETRY,
                 t1,
                 failure=Failure(FailureReason.TIMEOUT, "read timeout"),
@@ -217,7 +216,7 @@ def test_results_complete_batch_and_freeze(repo: MemoryRepository) -> None:
     (again,) = repo.claim(d, {"m1": 5}, now=t3)
     assert again.attempt == 2
     assert again.budget_used == 2
-    repo.record_results(d, [ok(again.id, 2, t3)])
+    repo.record_results(d, [ok(again, t3)])
     view = repo.get_batch("alice", b, now=t3)
     assert view.status is BatchStatus.COMPLETED
     assert view.completed_at == t3
@@ -241,13 +240,13 @@ def test_a_result_breaking_a_constraint_writes_nothing(repo: MemoryRepository) -
     make_batch(repo, 2)
     d = daemon(repo)
     c = repo.claim(d, {"m1": 2}, now=T0)
-    no_body = AttemptResult(c[1].id, 1, ResultKind.SUCCEEDED, T0, status=200)
+    no_body = c[1].result(ResultKind.SUCCEEDED, T0, status=200)
     with pytest.raises(StoreError):
-        repo.record_results(d, [ok(c[0].id, 1), no_body])
-    assert repo.record_results(d, [ok(c[0].id, 1)]).written == 1
+        repo.record_results(d, [ok(c[0]), no_body])
+    assert repo.record_results(d, [ok(c[0])]).written == 1
 
 
-def test_lesson1_late_write_after_reclaim_is_refused(repo: MemoryRepository) -> None:
+def test_late_write_after_reclaim_is_refused(repo: MemoryRepository) -> None:
     b = make_batch(repo, 1)
     d1 = daemon(repo)
     (c1,) = repo.claim(d1, {"m1": 1}, now=T0)
@@ -259,8 +258,8 @@ def test_lesson1_late_write_after_reclaim_is_refused(repo: MemoryRepository) -> 
     (c2,) = repo.claim(d2, {"m1": 1}, now=later)
     assert c2.id == c1.id
     assert c2.attempt == 2
-    repo.record_results(d2, [ok(c2.id, 2, later)])
-    late = repo.record_results(d1, [AttemptResult(c1.id, 1, ResultKind.RETRY, later)])
+    repo.record_results(d2, [ok(c2, later)])
+    late = repo.record_results(d1, [c1.result(ResultKind.RETRY, later)])
     assert late.written == 0
     assert late.lost == (c1.id,)
     view = repo.get_batch("alice", b, now=later)
@@ -304,7 +303,7 @@ def test_timed_out_rows_are_reclaimed(repo: MemoryRepository) -> None:
     assert (stats.requeued, stats.failed) == (1, 0)
 
 
-def test_lesson6_cancelled_batch_rows_are_never_claimed(repo: MemoryRepository) -> None:
+def test_cancelled_batch_rows_are_never_claimed(repo: MemoryRepository) -> None:
     cancelled = make_batch(repo, 30)
     live = make_batch(repo, 5)
     view = repo.cancel_batch("alice", cancelled, now=T0)
@@ -326,14 +325,14 @@ def test_cancel_with_work_in_flight_and_late_success(repo: MemoryRepository) -> 
     assert repo.claim(d, {"m1": 5}, now=T0) == []
     with pytest.raises(Conflict):
         repo.retry_batch("alice", b, now=T0)
-    cancel = [AttemptResult(x.id, 1, ResultKind.CANCELLED, T0, failure=CANCEL) for x in c]
+    cancel = [x.result(ResultKind.CANCELLED, T0, failure=CANCEL) for x in c]
     assert repo.record_results(d, cancel).written == 2
     frozen = repo.get_batch("alice", b, now=T0)
     assert frozen.status is BatchStatus.CANCELLED
     assert frozen.counts.canceled == 3
     # a billed late success replaces canceled and repairs the frozen counts
     t1 = T0 + timedelta(seconds=1)
-    late = AttemptResult(c[0].id, 1, ResultKind.SUCCEEDED, t1, 200, "{}", None, None, 5, 6)
+    late = c[0].result(ResultKind.SUCCEEDED, t1, 200, "{}", None, None, 5, 6)
     assert repo.record_results(d, [late]).written == 1
     view = repo.get_batch("alice", b, now=t1)
     assert (view.counts.completed, view.counts.canceled) == (1, 2)
@@ -341,8 +340,8 @@ def test_cancel_with_work_in_flight_and_late_success(repo: MemoryRepository) -> 
     assert view.record.usage is not None
     assert view.record.usage.total_tokens == 11
     # ... but a late retry or a second success is refused
-    retry = AttemptResult(c[1].id, 1, ResultKind.RETRY, t1, not_before=t1)
-    assert repo.record_results(d, [retry, ok(c[0].id, 1, t1)]).written == 0
+    retry = c[1].result(ResultKind.RETRY, t1, not_before=t1)
+    assert repo.record_results(d, [retry, ok(c[0], t1)]).written == 0
     assert repo.cancel_batch("alice", b, now=t1).counts == view.counts
 
 
@@ -350,7 +349,7 @@ def test_expiry_and_retry(repo: MemoryRepository) -> None:
     b = make_batch(repo, 3)
     d = daemon(repo)
     (c,) = repo.claim(d, {"m1": 1}, now=T0)
-    repo.record_results(d, [ok(c.id, 1)])
+    repo.record_results(d, [ok(c)])
     late = T0 + timedelta(hours=25)
     assert repo.claim(d, {"m1": 5}, now=late) == []
     assert repo.batches_to_abort([b], now=late) == {b: "expired"}
@@ -374,9 +373,7 @@ def test_retry_failed_resets_counts_and_budget(repo: MemoryRepository) -> None:
     d = daemon(repo)
     c = repo.claim(d, {"m1": 2}, now=T0)
     bad = Failure(FailureReason.HTTP_STATUS, "500", 500, "oops")
-    repo.record_results(
-        d, [ok(c[0].id, 1), AttemptResult(c[1].id, 1, ResultKind.FAILED, T0, 500, "oops", bad)]
-    )
+    repo.record_results(d, [ok(c[0]), c[1].result(ResultKind.FAILED, T0, 500, "oops", bad)])
     assert repo.get_batch("alice", b, now=T0).status is BatchStatus.COMPLETED
     view = repo.retry_batch("alice", b, now=T0)
     assert view.status is BatchStatus.IN_PROGRESS
@@ -386,14 +383,14 @@ def test_retry_failed_resets_counts_and_budget(repo: MemoryRepository) -> None:
     assert again.id == c[1].id
     assert again.attempt == 2
     assert again.budget_used == 1
-    repo.record_results(d, [ok(again.id, 2)])
+    repo.record_results(d, [ok(again)])
     assert repo.get_batch("alice", b, now=T0).counts.completed == 2
 
 
 def test_list_requests_and_detail(repo: MemoryRepository) -> None:
     b = make_batch(repo, 5)
     (c,) = repo.claim(d := daemon(repo), {"m1": 1}, now=T0)
-    repo.record_results(d, [ok(c.id, 1)])
+    repo.record_results(d, [ok(c)])
     page = repo.list_requests("alice", b, limit=3)
     assert [r.line_number for r in page.items] == [1, 2, 3]
     assert page.has_more
@@ -424,3 +421,22 @@ def test_daemon_lifecycle(repo: MemoryRepository) -> None:
     assert repo.heartbeat(d, now=later)
     repo.stop_daemon(d, now=later)
     assert not repo.heartbeat(d, now=later)
+
+
+def test_record_results_writes_what_the_core_computed(repo: MemoryRepository) -> None:
+    """As record_results.sql: the computed values are stored as they are (here a retry
+    due before its attempt ended, which the table would never compute), and a stale
+    attempt of the same daemon is refused."""
+    make_batch(repo, 2)
+    d = daemon(repo)
+    c = repo.claim(d, {"m1": 2}, now=T0)
+    retry = c[0].result(ResultKind.RETRY, T0, failure=Failure(FailureReason.TIMEOUT, "t"))
+    early = T0 - timedelta(hours=1)
+    retry = attrs.evolve(retry, request=attrs.evolve(retry.request, not_before=early))
+    assert repo.record_results(d, [retry]).written == 1
+    assert repo._rows[c[0].id].req.not_before == early
+    assert repo.release(d, now=T0) == 1
+    (again,) = (x for x in repo.claim(d, {"m1": 2}, now=T0) if x.id == c[1].id)
+    stale = repo.record_results(d, [ok(c[1])])
+    assert stale.written == 0 and stale.lost == (c[1].id,)
+    assert repo.record_results(d, [ok(again)]).written == 1

@@ -68,7 +68,7 @@ _SCRIPT = textwrap.dedent(
     assert len(claimed) == 3, claimed
     stats = repo.record_results(
         daemon,
-        [AttemptResult(c.id, c.attempt, ResultKind.SUCCEEDED, t0, 200, "{}") for c in claimed],
+        [c.result(ResultKind.SUCCEEDED, t0, 200, "{}") for c in claimed],
     )
     assert stats.written == 3, stats
     view = repo.get_batch("alice", batch, now=t0)

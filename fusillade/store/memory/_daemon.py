@@ -8,7 +8,7 @@ from uuid import UUID
 
 import attrs
 
-from fusillade.core.attempts import AbortReason, AttemptResult, ClaimedRequest, ResultKind
+from fusillade.core.attempts import RESULT_FIELDS, AbortReason, AttemptResult, ClaimedRequest
 from fusillade.core.models import (
     BatchRecord,
     Failure,
@@ -25,7 +25,6 @@ from fusillade.store.memory._rows import (
     _SMALLINT,
     CA,
     IN_FLIGHT,
-    PR,
     UNSETTLED,
     P,
     _check,
@@ -110,40 +109,30 @@ class DaemonParts(MemoryBase):
                             method=t.method,
                             path=t.path,
                             body=t.body,
+                            daemon_id=daemon_id,
+                            claimed_at=now,
+                            started_at=now,
+                            not_before=req.not_before,
                             api_key=t.api_key,
                         )
                     )
             return out
 
     def _apply_result(self, row: _Row, daemon_id: UUID, result: AttemptResult) -> _Row | None:
-        """The row after ``result``, or ``None`` when the fence refuses it (a lost race)."""
-        r = row.req
-        sent_then_canceled = (
-            result.kind is ResultKind.SUCCEEDED and r.state is CA and r.started_at is not None
+        """The row after ``result``, or ``None`` when the fence refuses it (a lost race):
+        record_results.sql's compare-and-set of the values the core computed."""
+        r, held = row.req, result.held
+        fenced = (r.daemon_id, r.attempts, r.started_at) != (
+            daemon_id,
+            held.attempts,
+            held.started_at,
         )
-        if r.daemon_id != daemon_id or r.attempts != result.attempt:
+        if fenced or r.state not in result.sources:
             return None
-        if r.state is not PR and not sent_then_canceled:
-            return None
-        # record_results.sql stores the typed reason and message without the HTTP details
-        # (those are the row's status and body, which the table's result rows store).
-        f = result.failure
-        reported = Failure(f.reason, f.message) if f is not None else None
-        event = Event(
-            result.kind.event,
-            attempt=result.attempt,
-            not_before=result.not_before,
-            status=result.status,
-            body=result.body,
-            failure=reported,
-        )
-        new = step(r, event, result.finished_at).request
-        # The failure as reported, for every kind: for a cancel, the owner's own reason
-        # (cancelled or expired) and message where the table's cancel names the batch's.
-        new = attrs.evolve(new, failure=reported)
+        new = result.request
         return attrs.evolve(
             row,
-            req=new,
+            req=attrs.evolve(r, **{f: getattr(new, f) for f in RESULT_FIELDS}),
             input_tokens=result.input_tokens,
             output_tokens=result.output_tokens,
             body_is_json=result.body_is_json,
@@ -160,9 +149,10 @@ class DaemonParts(MemoryBase):
             staged: dict[UUID, tuple[_Row, _Row]] = {}
             for result in results:
                 # The statement casts and stores every input, fenced or not.
-                _no_nul(result.body, result.failure.message if result.failure else None)
-                if result.status is not None and result.status not in _SMALLINT:
-                    raise StoreError(f"database error: status {result.status} out of range")
+                req = result.request
+                _no_nul(req.response_body, req.failure.message if req.failure else None)
+                if req.response_status is not None and req.response_status not in _SMALLINT:
+                    raise StoreError(f"database error: status {req.response_status} out of range")
             for result in results:
                 row = self._rows.get(result.request_id)
                 if row is None:

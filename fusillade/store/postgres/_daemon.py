@@ -10,7 +10,8 @@ from uuid import UUID
 
 from psycopg.types.json import Jsonb
 
-from fusillade.core.attempts import AbortReason, AttemptResult, ClaimedRequest, ResultKind
+from fusillade.core.attempts import AbortReason, AttemptResult, ClaimedRequest
+from fusillade.core.models import RequestState
 from fusillade.store.interface import DaemonInfo, ReclaimStats, RecordStats
 from fusillade.store.postgres._base import WORK_CHANNEL, PostgresBase
 
@@ -50,6 +51,10 @@ class DaemonQueries(PostgresBase):
                 method=r["method"],
                 path=r["path"],
                 body=r["body"],
+                daemon_id=daemon_id,
+                claimed_at=r["claimed_at"],
+                started_at=r["started_at"],
+                not_before=r["not_before"],
                 api_key=r["api_key"],
             )
             for r in rows
@@ -170,20 +175,66 @@ def _reclaim_stats(rows: Sequence[Mapping[str, Any]]) -> ReclaimStats:
 
 
 def record_results_params(daemon_id: UUID, results: Sequence[AttemptResult]) -> dict[str, Any]:
-    """record_results.sql's parameters: one array per column, in the order of ``results``."""
-    return {
-        "daemon_id": daemon_id,
-        "ids": [r.request_id for r in results],
-        "attempts": [r.attempt for r in results],
-        "states": [r.kind.state.value for r in results],
-        "finished_at": [r.finished_at for r in results],
-        "not_before": [r.not_before if r.kind is ResultKind.RETRY else None for r in results],
-        "statuses": [r.status for r in results],
-        "bodies": [r.body for r in results],
-        "bodies_json": [r.body_is_json for r in results],
-        "bodies_raw": [r.body_raw for r in results],
-        "reasons": [r.failure.reason.value if r.failure else None for r in results],
-        "messages": [r.failure.message if r.failure else None for r in results],
-        "input_tokens": [r.input_tokens for r in results],
-        "output_tokens": [r.output_tokens for r in results],
-    }
+    """record_results.sql's parameters: one array per column, in the order of ``results``:
+    the fence (the attempt as the daemon held it, the states allowed) and the values the
+    core computed."""
+    rows = []
+    for r in results:
+        new, f = r.request, r.request.failure
+        rows.append(
+            (
+                new.id,
+                new.attempts,
+                r.held.started_at,
+                _sources_text(r.sources),
+                new.state.value,
+                new.daemon_id,
+                new.claimed_at,
+                new.started_at,
+                new.finished_at,
+                new.not_before,
+                new.response_status,
+                new.response_body,
+                r.body_is_json,
+                r.body_raw,
+                None if f is None else f.reason.value,
+                None if f is None else f.message,
+                r.input_tokens,
+                r.output_tokens,
+            )
+        )
+    columns = list(zip(*rows, strict=True)) or [()] * len(_RECORD_COLUMNS)
+    params: dict[str, Any] = dict(zip(_RECORD_COLUMNS, map(list, columns), strict=True))
+    params["daemon_id"] = daemon_id
+    return params
+
+
+_RECORD_COLUMNS = (
+    "ids",
+    "attempts",
+    "held_started",
+    "sources",
+    "states",
+    "owners",
+    "claimed_at",
+    "started_at",
+    "finished_at",
+    "not_before",
+    "statuses",
+    "bodies",
+    "bodies_json",
+    "bodies_raw",
+    "reasons",
+    "messages",
+    "input_tokens",
+    "output_tokens",
+)
+_SOURCES: dict[frozenset[RequestState], str] = {}
+
+
+def _sources_text(states: frozenset[RequestState]) -> str:
+    """``states`` as record_results.sql reads them (comma-separated), made once per set."""
+    text = _SOURCES.get(states)
+    if text is None:
+        text = _SOURCES[states] = ",".join(sorted(s.value for s in states))
+    return text
