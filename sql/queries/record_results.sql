@@ -13,16 +13,17 @@
 -- states, owners, claimed_at, started_at, finished_at, not_before (the values to write),
 -- statuses, bodies, bodies_json (the body is compact strict JSON), bodies_raw (the exact
 -- bytes when the body is only a rendering of them, else NULL), reasons, messages,
--- input_tokens, output_tokens.
+-- input_tokens, output_tokens. The uuid and timestamp arrays are sent in binary format:
+-- psycopg formats 500 timestamps as text in about 3 ms, in binary in well under 1 ms.
 -- Locking: FOR UPDATE of the fenced rows, then of the batches with a late success.
 -- Returns the ids written.
 WITH input AS (
     SELECT *
     FROM unnest(
-        %(ids)s::uuid[], %(attempts)s::int[], %(held_started)s::timestamptz[],
-        %(sources)s::text[], %(states)s::text[], %(owners)s::uuid[],
-        %(claimed_at)s::timestamptz[], %(started_at)s::timestamptz[],
-        %(finished_at)s::timestamptz[], %(not_before)s::timestamptz[], %(statuses)s::smallint[],
+        %(ids)b::uuid[], %(attempts)s::int[], %(held_started)b::timestamptz[],
+        %(sources)s::text[], %(states)s::text[], %(owners)b::uuid[],
+        %(claimed_at)b::timestamptz[], %(started_at)b::timestamptz[],
+        %(finished_at)b::timestamptz[], %(not_before)b::timestamptz[], %(statuses)s::smallint[],
         %(bodies)s::text[], %(bodies_json)s::bool[], %(bodies_raw)s::bytea[],
         %(reasons)s::text[], %(messages)s::text[], %(input_tokens)s::int[],
         %(output_tokens)s::int[]

@@ -34,7 +34,7 @@ def to_positional(sql: str) -> str:
     def sub(m: re.Match[str]) -> str:
         return f"${names.setdefault(m.group(1), len(names) + 1)}"
 
-    return re.sub(r"%\((\w+)\)s", sub, sql)
+    return re.sub(r"%\((\w+)\)[sbt]", sub, sql)  # text, binary or automatic format
 
 
 @pytest.mark.parametrize("name", sorted(f.name for f in attrs.fields(Queries)))
