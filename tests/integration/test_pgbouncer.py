@@ -31,7 +31,7 @@ from pgbouncer import pgbouncer_fixture as pgbouncer_fixture  # registers ``pgbo
 from psycopg import pq
 from upstream import mock_upstream_fixture  # noqa: F401 (registers ``mock_upstream``)
 
-import fusillade.runtime.daemon
+import fusillade.runtime.listen
 from fusillade.config import ServerSettings, Settings, UpstreamSettings
 from fusillade.core.attempts import ClaimedRequest, ResultKind
 from fusillade.core.models import RequestTemplate
@@ -119,7 +119,7 @@ async def test_serve_through_pgbouncer(
     transaction = pgbouncer.mode == "transaction"
     if transaction:
         # The daemon's verdict comes after 0.5 s instead of 5 s.
-        monkeypatch.setattr(fusillade.runtime.daemon, "_PROBE_TIMEOUT", 0.5)
+        monkeypatch.setattr(fusillade.runtime.listen, "_PROBE_TIMEOUT", 0.5)
     monkeypatch.setenv("FUSILLADE_TEST_UPSTREAM_KEY", "sk-test")
     settings = Settings(
         database_url=pgbouncer.url,

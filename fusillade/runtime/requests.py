@@ -1,0 +1,126 @@
+"""Request tasks: one per claimed request, from the send to the recorded result.
+
+Each task sends its request (``Dispatcher``), frees its model slot, and has the core
+decide what the attempt came to: classified, retried or given up
+(``fusillade.core.retry``), and the request's new state and fields computed by the
+state table (``ClaimedRequest.result``). An attempt aborted by the cancel watcher is
+recorded the same way, as cancelled or expired; one aborted at shutdown has no result
+(its row is released). The result goes to the writer, which acknowledges it after
+commit (exactly once: every write is a compare-and-set under owner and attempt).
+"""
+
+from __future__ import annotations
+
+import random
+
+import anyio
+import anyio.abc
+
+from fusillade import metrics
+from fusillade.core.attempts import AttemptResult, ClaimedRequest, ResultKind
+from fusillade.core.retry import GiveUp, HttpResponse, RetryAt, Success, classify, decide
+from fusillade.runtime._base import DaemonBase, InFlight
+from fusillade.runtime.dispatch import Sent
+
+
+class RequestTasks(DaemonBase):
+    def _start_request(self, tg: anyio.abc.TaskGroup, req: ClaimedRequest) -> None:
+        entry = InFlight(req, self.config.metric_label(req.model))
+        self._in_flight[req.id] = entry
+        self._batch_in_flight[req.batch_id] = self._batch_in_flight.get(req.batch_id, 0) + 1
+        self.limits.acquire_nowait(req.model)
+        metrics.CLAIMED.labels(entry.label).inc()
+        metrics.IN_FLIGHT.labels(entry.label).inc()
+        if self._tasks_done.is_set():
+            self._tasks_done = anyio.Event()
+        tg.start_soon(self._run_request, entry)
+
+    def _finish_request(self, entry: InFlight) -> None:
+        req = entry.request
+        del self._in_flight[req.id]
+        left = self._batch_in_flight[req.batch_id] - 1
+        if left:
+            self._batch_in_flight[req.batch_id] = left
+        else:
+            del self._batch_in_flight[req.batch_id]  # nothing kept for finished batches
+        self.limits.release(req.model)
+        metrics.IN_FLIGHT.labels(entry.label).dec()
+        if not self._in_flight:
+            self._tasks_done.set()
+        if req.model not in self._starved:
+            self._wake.set()
+
+    async def _run_request(self, entry: InFlight) -> None:
+        req = entry.request
+        started = anyio.current_time()
+        sent: Sent | None = None
+        try:
+            with entry.scope:
+                sent = await self.dispatcher.send(req)
+        finally:
+            self._finish_request(entry)
+        metrics.UPSTREAM_SECONDS.labels(entry.label).observe(anyio.current_time() - started)
+        if sent is None:  # aborted
+            if entry.abort is None or entry.released:
+                return  # released at shutdown, without a result
+            metrics.CANCELED.labels(entry.abort.value).inc()
+            result = req.result(entry.abort.kind, self.now())
+        else:
+            result = self._result_of(req, sent, entry.label)
+        written = await self.writer.submit(result)
+        if written and result.kind is ResultKind.RETRY:
+            assert self._clock is not None
+            due = self._clock.loop_time_at(result.request.not_before)
+            self._next_due = due if self._next_due is None else min(self._next_due, due)
+            self._wake.set()
+
+    def _result_of(self, req: ClaimedRequest, sent: Sent, label: str) -> AttemptResult:
+        """What the attempt came to, decided by the core: classified, retried or given
+        up (``fusillade.core.retry``), and the request's new state and fields
+        (``ClaimedRequest.result``, the state table)."""
+        now = self.now()
+        verdict = classify(sent.outcome, self.config.retry)
+        if isinstance(verdict, Success):
+            metrics.COMPLETED.labels(label, str(verdict.response.status)).inc()
+            return req.result(
+                ResultKind.SUCCEEDED,
+                now,
+                status=verdict.response.status,
+                body=sent.json_body if sent.json_body is not None else verdict.response.body,
+                body_is_json=sent.json_body is not None,
+                body_raw=sent.body_raw,
+                input_tokens=sent.input_tokens,
+                output_tokens=sent.output_tokens,
+            )
+        decision = decide(
+            verdict,
+            budget_used=req.budget_used,
+            now=now,
+            deadline=req.batch_expires_at,
+            jitter=random.random(),
+            policy=self.config.retry,
+        )
+        if decision.pause_until is not None:
+            assert self._clock is not None
+            self.limits.pause(req.model, self._clock.loop_time_at(decision.pause_until))
+        failure = decision.failure
+        response = sent.outcome if isinstance(sent.outcome, HttpResponse) else None
+        status = response.status if response else None
+        body = response.body if response else None
+        body_raw = sent.body_raw if response else None
+        if isinstance(decision, RetryAt):
+            metrics.RETRIED.labels(label, failure.reason.value).inc()
+            return req.result(
+                ResultKind.RETRY,
+                now,
+                status=status,
+                body=body,
+                failure=failure,
+                not_before=decision.not_before,
+                body_raw=body_raw,
+            )
+        assert isinstance(decision, GiveUp)
+        metrics.FAILED.labels(label, failure.reason.value).inc()
+        return req.result(
+            ResultKind.FAILED, now, status=status, body=body, failure=failure, body_raw=body_raw
+        )

@@ -1,0 +1,118 @@
+"""Registration, heartbeat and maintenance: the daemon's upkeep on intervals.
+
+The **heartbeat** first re-reads the database's clock (every time the daemon writes or
+compares is the database's, ``fusillade.runtime.clock``), then refreshes this daemon's
+row; a daemon declared dead meanwhile registers again. **Maintenance** reclaims the rows
+of dead daemons and rows in flight past their time limit (bounded chunks), stamps
+expired batches, sweeps the pending rows of cancelled and expired batches, and advances
+batches whose creator died half-way. Database errors are logged and counted; the loops
+never die on them.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+from typing import Any
+
+import anyio
+
+from fusillade import metrics
+from fusillade.errors import StoreError
+from fusillade.runtime._base import DaemonBase, log
+from fusillade.store.interface import DaemonInfo, ReclaimStats
+
+
+class Upkeep(DaemonBase):
+    async def _register(self) -> None:
+        info = DaemonInfo(
+            id=self.id,
+            hostname=socket.gethostname(),
+            pid=os.getpid(),
+            version=_version(),
+            config={
+                "default_concurrency": self.config.default_concurrency,
+                "model_concurrency": dict(self.config.model_concurrency),
+            },
+        )
+        delay = 0.1
+        while True:
+            try:
+                assert self._clock is not None
+                await self._clock.sync(self._database_time)
+                await self._db(self.repo.sync.register_daemon, info, now=self.now())
+            except (StoreError, TimeoutError) as exc:
+                log.warning("daemon registration failed, retrying: %s", exc)
+                await anyio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+            else:
+                return
+
+    async def _every(self, interval: float, name: str, body: Callable[[], Awaitable[None]]) -> None:
+        while True:
+            try:
+                await body()
+            except (StoreError, TimeoutError) as exc:
+                metrics.DB_ERRORS.labels(name).inc()
+                log.warning("%s: database call failed: %s", name, exc)
+            await anyio.sleep(interval)
+
+    async def _heartbeat_loop(self) -> None:
+        async def beat() -> None:
+            try:
+                assert self._clock is not None
+                await self._clock.sync(self._database_time)
+                alive = await self._db(self.repo.sync.heartbeat, self.id, now=self.now())
+            except (StoreError, TimeoutError):
+                self._heartbeat_ok = False
+                raise
+            self._heartbeat_ok = True
+            if not alive:
+                log.warning("this daemon was declared dead (heartbeat too old); re-registering")
+                await self._register()
+
+        await self._every(self.config.heartbeat_interval, "heartbeat", beat)
+
+    async def _maintenance_loop(self) -> None:
+        chunk = 1000
+
+        async def in_chunks(reclaim: Callable[..., ReclaimStats], **kwargs: Any) -> int:
+            """Run a bounded reclaim until a chunk comes back short; rows touched."""
+            total = 0
+            while True:
+                stats = await self._db(
+                    reclaim, max_attempts=self.config.retry.max_attempts, limit=chunk, **kwargs
+                )
+                total += stats.requeued + stats.failed
+                if stats.requeued + stats.failed < chunk:
+                    return total
+
+        async def maintain() -> None:
+            now = self.now()
+            stale = now - timedelta(seconds=self.config.stale_after)
+            timed_out = now - timedelta(seconds=self.config.request_timeout * 1.5 + 60)
+            requeued = await in_chunks(self.repo.sync.reclaim_dead, now=now, stale_before=stale)
+            requeued += await in_chunks(
+                self.repo.sync.reclaim_timed_out, now=now, claimed_before=timed_out
+            )
+            while await self._db(self.repo.sync.sweep, now=now, limit=5 * chunk) >= 5 * chunk:
+                pass
+            # batches whose creation stopped moving (the creator died half-way): one
+            # chunk of requests per call
+            while await self._db(
+                self.repo.sync.resume_creation, now=self.now(), stale_before=stale
+            ):
+                pass
+            if requeued:
+                metrics.RECLAIMED.inc(requeued)
+                self._wake_for_work()
+
+        await self._every(self.config.maintenance_interval, "maintenance", maintain)
+
+
+def _version() -> str:
+    from fusillade import __version__
+
+    return __version__
