@@ -39,12 +39,8 @@ class ResultKind(enum.Enum):
 
     @property
     def event(self) -> EventKind:
+        """The state table's event; the state it leaves a request in is the table's."""
         return self.value
-
-    @property
-    def state(self) -> RequestState:
-        """The state a request in flight is left in (the table's target)."""
-        return TRANSITIONS[(_PROCESSING, self.value)].target
 
 
 class AbortReason(enum.StrEnum):
@@ -63,7 +59,7 @@ class AbortReason(enum.StrEnum):
 # from processing update (the other states a result may find its row in have rows with
 # the same updates: ``sources``). A store writes exactly these, as the core computed them.
 RESULT_FIELDS: Final = tuple(
-    sorted(frozenset().union(*(TRANSITIONS[(_PROCESSING, k.value)].fields for k in ResultKind)))
+    sorted(frozenset().union(*(TRANSITIONS[(_PROCESSING, k.event)].fields for k in ResultKind)))
 )
 
 
@@ -125,7 +121,7 @@ def attempt_result(
     if failure is not None and (failure.status is not None or failure.body is not None):
         failure = Failure(failure.reason, failure.message)
     event = Event(
-        kind.value,
+        kind.event,
         attempt=held.attempts,
         not_before=not_before,
         status=status,

@@ -1,8 +1,10 @@
 """Every row change PostgreSQL makes to ``requests`` is a transition of the state table.
 
-The set-based writes stay in SQL (claim, record_results, sweep and expiry, reclaim,
-release, retry_batch, cancel_batch's inline sweep); this test proves they are the
-table's transitions. A test-only trigger (tests/sql/record_transitions.sql) logs every
+The set-based writes stay in SQL (claim, sweep and expiry, reclaim, release,
+retry_batch, cancel_batch's inline sweep); this test proves they are the table's
+transitions. record_results writes what the core computed (``step``, as a
+compare-and-set); this test also proves the fence lets it write only from the states
+the event may come from. A test-only trigger (tests/sql/record_transitions.sql) logs every
 inserted and updated row: its states before and after, the columns that changed and
 the row as it was. A hypothesis ``RuleBasedStateMachine`` drives random operations
 through the real ``PostgresRepository``: batches, claims by several daemons (also two

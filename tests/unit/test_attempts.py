@@ -76,7 +76,7 @@ def test_each_kind_leaves_its_state_and_may_find_the_row_in_its_sources(
     wins); every other result applies only to the row still processing."""
     failure = Failure(FailureReason.TIMEOUT, "t")
     result = claimed().result(kind, T0, failure=failure)
-    assert kind.state is state
+    assert TRANSITIONS[(PR, kind.event)].target is state
     assert result.request.state is state
     assert result.sources == sources
 
