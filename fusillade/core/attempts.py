@@ -64,85 +64,6 @@ RESULT_FIELDS: Final = tuple(
 
 
 @attrs.frozen
-class AttemptResult:
-    """One attempt's result as the core computed it (``ClaimedRequest.result``).
-
-    ``request`` is the request after the event: the state and the ``RESULT_FIELDS`` a
-    store writes. ``held`` is the request as the daemon held it; a store writes only
-    while the row still has its owner, attempt count and start, and is in one of
-    ``sources``. The rest are details of the stored response.
-    """
-
-    kind: ResultKind
-    held: Request
-    request: Request
-    sources: frozenset[RequestState]
-    at: datetime  # when the attempt ended: the ``now`` of the step
-    input_tokens: int | None = None
-    output_tokens: int | None = None
-    # the body is compact strict JSON (one line): output files embed it as it is
-    body_is_json: bool = False
-    # The exact bytes of the body when the body is only a rendering of them
-    # (``fusillade.core.bodies``): not UTF-8, or holding a NUL byte.
-    body_raw: bytes | None = attrs.field(default=None, repr=False)
-
-    @property
-    def request_id(self) -> UUID:
-        return self.held.id
-
-    @property
-    def attempt(self) -> int:
-        return self.held.attempts
-
-
-def attempt_result(
-    held: Request,
-    kind: ResultKind,
-    at: datetime,
-    status: int | None = None,
-    body: str | None = None,
-    failure: Failure | None = None,
-    not_before: datetime | None = None,
-    input_tokens: int | None = None,
-    output_tokens: int | None = None,
-    body_is_json: bool = False,
-    body_raw: bytes | None = None,
-) -> AttemptResult:
-    """The result of the attempt ``held`` when it came to ``kind`` at ``at``.
-
-    ``status`` and ``body`` are what the upstream answered (none for a transport error
-    or an abort); ``failure`` why a retry or failure did not succeed (its reason and
-    message are stored; the HTTP details are ``status`` and ``body``); ``not_before``
-    when a retry is due (never before ``at``: the table says so).
-
-    Raises:
-        IllegalTransition: ``held`` is not in a state the event applies to.
-    """
-    if failure is not None and (failure.status is not None or failure.body is not None):
-        failure = Failure(failure.reason, failure.message)
-    event = Event(
-        kind.event,
-        attempt=held.attempts,
-        not_before=not_before,
-        status=status,
-        body=body,
-        failure=failure,
-    )
-    new = step(held, event, at).request
-    return AttemptResult(
-        kind,
-        held,
-        new,
-        sources(held, event),
-        at,
-        input_tokens,
-        output_tokens,
-        body_is_json,
-        body_raw,
-    )
-
-
-@attrs.frozen
 class ClaimedRequest:
     """Everything needed to send one claimed request, returned by the claim itself.
 
@@ -170,17 +91,13 @@ class ClaimedRequest:
 
     def held(self) -> Request:
         """The request as the daemon holds it: processing, owned, this attempt, started."""
+        # In Request's field order: id, batch, state, not_before, attempts, budget_base,
+        # owner, claimed_at, started_at; the response fields stay unknown (None).
+        budget_base = self.attempt - self.budget_used
         return Request(
-            id=self.id,
-            batch_id=self.batch_id,
-            state=_PROCESSING,
-            not_before=self.not_before,
-            attempts=self.attempt,
-            budget_base=self.attempt - self.budget_used,
-            daemon_id=self.daemon_id,
-            claimed_at=self.claimed_at,
-            started_at=self.started_at,
-        )
+            self.id, self.batch_id, _PROCESSING, self.not_before, self.attempt, budget_base,
+            self.daemon_id, self.claimed_at, self.started_at,
+        )  # fmt: skip
 
     def result(
         self,
@@ -195,17 +112,66 @@ class ClaimedRequest:
         body_is_json: bool = False,
         body_raw: bytes | None = None,
     ) -> AttemptResult:
-        """This attempt's result (``attempt_result`` applied to ``held()``)."""
-        return attempt_result(
-            self.held(),
+        """This attempt's result when it came to ``kind`` at ``at``: the state table's
+        event applied to ``held()``.
+
+        ``status`` and ``body`` are what the upstream answered (none for a transport
+        error or an abort); ``failure`` why a retry or failure did not succeed (its reason
+        and message are stored; the HTTP details are ``status`` and ``body``);
+        ``not_before`` when a retry is due (never before ``at``: the table says so).
+        """
+        if failure is not None and (failure.status is not None or failure.body is not None):
+            failure = Failure(failure.reason, failure.message)
+        held = self.held()
+        event = Event(
+            kind.event,
+            attempt=self.attempt,
+            not_before=not_before,
+            status=status,
+            body=body,
+            failure=failure,
+        )
+        new = step(held, event, at).request
+        return AttemptResult(
             kind,
+            self,
+            new,
+            sources(held, event),
             at,
-            status,
-            body,
-            failure,
-            not_before,
             input_tokens,
             output_tokens,
             body_is_json,
             body_raw,
         )
+
+
+@attrs.frozen
+class AttemptResult:
+    """One attempt's result as the core computed it (``ClaimedRequest.result``).
+
+    ``request`` is the request after the event: the state and the ``RESULT_FIELDS`` a
+    store writes. ``claimed`` is the attempt as the claim left it; a store writes only
+    while the row still has its owner, attempt count and start, and is in one of
+    ``sources``. The rest are details of the stored response.
+    """
+
+    kind: ResultKind
+    claimed: ClaimedRequest
+    request: Request
+    sources: frozenset[RequestState]
+    at: datetime  # when the attempt ended: the ``now`` of the step
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    # the body is compact strict JSON (one line): output files embed it as it is
+    body_is_json: bool = False
+    # The exact bytes of the body when the body is only a rendering of them
+    # (``fusillade.core.bodies``): not UTF-8, or holding a NUL byte.
+    body_raw: bytes | None = attrs.field(default=None, repr=False)
+
+    @property
+    def request_id(self) -> UUID:
+        return self.claimed.id
+
+    @property
+    def attempt(self) -> int:
+        return self.claimed.attempt

@@ -39,7 +39,7 @@ from typing import Final
 import anyio
 
 from fusillade import metrics
-from fusillade.core.attempts import AttemptResult, ResultKind, attempt_result
+from fusillade.core.attempts import AttemptResult, ResultKind
 from fusillade.core.bodies import storable_text
 from fusillade.core.models import Failure, FailureReason
 from fusillade.errors import StoreError, StoreUnavailable
@@ -73,7 +73,7 @@ def unstorable(result: AttemptResult, error: StoreError) -> AttemptResult:
     ``unstorable``, the database's reason as the message, nothing of the upstream's answer."""
     message = storable_text(f"the database refused this result: {error}")[:_MAX_REASON]
     failure = Failure(FailureReason.UNSTORABLE, message)
-    return attempt_result(result.held, ResultKind.FAILED, result.at, failure=failure)
+    return result.claimed.result(ResultKind.FAILED, result.at, failure=failure)
 
 
 class ResultWriter:

@@ -15,10 +15,9 @@ from fusillade.core.attempts import (
     AbortReason,
     ClaimedRequest,
     ResultKind,
-    attempt_result,
 )
 from fusillade.core.models import Failure, FailureReason, RequestState
-from fusillade.core.transitions import TRANSITIONS, EventKind
+from fusillade.core.transitions import TRANSITIONS, Event, EventKind, sources
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 PR = RequestState.PROCESSING
@@ -84,7 +83,9 @@ def test_each_kind_leaves_its_state_and_may_find_the_row_in_its_sources(
 def test_a_success_of_an_attempt_never_sent_may_not_replace_canceled() -> None:
     """(canceled, succeed) is guarded by was_sent: no start, no such source."""
     held = attrs.evolve(claimed().held(), started_at=None)
-    assert attempt_result(held, ResultKind.SUCCEEDED, T0, 200, "{}").sources == {PR}
+    succeed = Event(EventKind.SUCCEED, attempt=held.attempts, status=200, body="{}")
+    assert sources(held, succeed) == {PR}
+    assert sources(claimed().held(), succeed) == {PR, RequestState.CANCELED}
 
 
 def test_aborts_record_the_tables_reason_whatever_is_reported() -> None:
@@ -133,7 +134,7 @@ def test_a_result_changes_only_the_fields_the_stores_write(
     not_before = None if delay is None else T0 + timedelta(seconds=delay)
     c = claimed()
     result = c.result(kind, T0, status, body, Failure(FailureReason.CONNECT, "x"), not_before)
-    held = attrs.asdict(result.held, recurse=False)
+    held = attrs.asdict(c.held(), recurse=False)
     new = attrs.asdict(result.request, recurse=False)
     changed = {f for f in held if held[f] != new[f]}
     assert changed <= set(RESULT_FIELDS)

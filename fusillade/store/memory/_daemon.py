@@ -121,11 +121,11 @@ class DaemonParts(MemoryBase):
     def _apply_result(self, row: _Row, daemon_id: UUID, result: AttemptResult) -> _Row | None:
         """The row after ``result``, or ``None`` when the fence refuses it (a lost race):
         record_results.sql's compare-and-set of the values the core computed."""
-        r, held = row.req, result.held
+        r, claimed = row.req, result.claimed
         fenced = (r.daemon_id, r.attempts, r.started_at) != (
             daemon_id,
-            held.attempts,
-            held.started_at,
+            claimed.attempt,
+            claimed.started_at,
         )
         if fenced or r.state not in result.sources:
             return None

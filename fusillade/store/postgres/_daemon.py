@@ -185,7 +185,7 @@ def record_results_params(daemon_id: UUID, results: Sequence[AttemptResult]) -> 
             (
                 new.id,
                 new.attempts,
-                r.held.started_at,
+                r.claimed.started_at,
                 _sources_text(r.sources),
                 new.state.value,
                 new.daemon_id,
