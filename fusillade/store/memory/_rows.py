@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import TYPE_CHECKING
 from uuid import UUID
 
 import attrs
@@ -21,9 +20,6 @@ from fusillade.store.interface import (
     DaemonInfo,
     ResultKind,
 )
-
-if TYPE_CHECKING:
-    pass
 
 P = RequestState.PENDING
 PR = RequestState.PROCESSING
