@@ -9,16 +9,26 @@ Embed it::
         async for line in engine.iter_results(batch.record.id):
             ...
 
-Everything public is re-exported here; submodules are private unless documented.
+Everything public is re-exported here, and every type that a public signature names
+(``tests/unit/test_public_api.py`` checks it). Submodules are private, except
+``fusillade.testing`` (what to test code that uses fusillade with) and
+``fusillade.metrics`` (the Prometheus metrics).
+
+A ``Repository`` is where files, batches and requests are kept: ``open`` builds one on
+PostgreSQL from a URL, or takes one (``fusillade.testing.MemoryRepository``). Its methods
+are the interface between the engine, the daemon and a store, not part of this API.
 """
 
 from __future__ import annotations
 
 __version__ = "0.1.0"  # before the imports: submodules may read it
 
+from fusillade.core.jsonl import JsonlLimits, LineProblem, ProblemCode
 from fusillade.core.models import (
+    BatchRecord,
     BatchStatus,
     BatchView,
+    FilePurpose,
     FileRecord,
     RequestCounts,
     RequestState,
@@ -41,9 +51,11 @@ from fusillade.errors import (
 )
 from fusillade.runtime.config import DaemonConfig, Upstream
 from fusillade.runtime.daemon import Daemon, DaemonStats
-from fusillade.store.interface import Page, ResultLine
+from fusillade.runtime.limits import ModelStats
+from fusillade.store.interface import Page, Repository, ResultLine
 
 __all__ = [
+    "BatchRecord",
     "BatchStatus",
     "BatchView",
     "ConfigError",
@@ -52,13 +64,19 @@ __all__ = [
     "DaemonConfig",
     "DaemonStats",
     "Engine",
+    "FilePurpose",
     "FileRecord",
     "FusilladeError",
     "IllegalTransition",
     "InvalidJSONL",
+    "JsonlLimits",
+    "LineProblem",
     "MigrationError",
+    "ModelStats",
     "NotFound",
     "Page",
+    "ProblemCode",
+    "Repository",
     "RequestCounts",
     "RequestState",
     "RequestTemplate",
