@@ -39,12 +39,11 @@ from fusillade.core.models import (
     BatchView,
     RequestTemplate,
 )
-from fusillade.core.retry import RetryPolicy
 from fusillade.errors import NotFound, ValidationError
 from fusillade.ids import next_uuid7
 from fusillade.progress import Progress
 from fusillade.results import format_result_line
-from fusillade.runtime.config import DaemonConfig, Upstream
+from fusillade.runtime.config import DaemonConfig
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -55,14 +54,11 @@ class RunOptions:
     output: Path
     errors: Path | None = None
     single_file: bool = False
-    upstream: str | None = None
-    api_key_env: str | None = "OPENAI_API_KEY"
-    concurrency: int = 16
     endpoint: str | None = None
     completion_window: str = "24h"
-    max_attempts: int = 6
-    stale_after: float = 30.0
     progress_interval: float = 5.0
+    # routing, concurrency, retries: the configuration's (``Settings.daemon_config()``)
+    daemon: DaemonConfig = attrs.field(factory=DaemonConfig)
 
     @property
     def error_path(self) -> Path:
@@ -118,22 +114,6 @@ def _atomic(path: Path) -> Iterator[TextIO]:
     os.replace(tmp, path)
 
 
-def daemon_config(options: RunOptions) -> DaemonConfig:
-    upstreams = {}
-    if options.upstream:
-        upstreams["default"] = Upstream(options.upstream, api_key_env=options.api_key_env)
-    return DaemonConfig(
-        default_concurrency=options.concurrency,
-        upstreams=upstreams,
-        default_upstream="default" if options.upstream else None,
-        stale_after=options.stale_after,
-        # a short stale threshold (tests, impatient resumes) needs beats well within it
-        heartbeat_interval=min(5.0, options.stale_after / 4),
-        maintenance_interval=min(5.0, options.stale_after / 2),
-        retry=RetryPolicy(max_attempts=options.max_attempts),
-    )
-
-
 async def run_batch(
     url: str, options: RunOptions, *, stderr: TextIO = sys.stderr
 ) -> tuple[int, BatchView]:
@@ -150,7 +130,7 @@ async def run_batch(
     endpoint = options.endpoint or first.path
     batch_id = _batch_id_for(options, input_hash)
     progress = Progress(stderr, interval=options.progress_interval)
-    async with fusillade.engine.open(url, daemon_config(options)) as engine:
+    async with fusillade.engine.open(url, options.daemon) as engine:
         try:
             view = await engine.get_batch(batch_id)
             print(f"resuming batch {batch_id}", file=stderr)
@@ -185,10 +165,6 @@ def check_options(options: RunOptions) -> None:
         raise ValidationError(f"no input file at {options.input}")
     if options.output.resolve() == options.input.resolve():
         raise ValidationError("the output file must not be the input file")
-    if options.concurrency < 1:
-        raise ValidationError("--concurrency must be at least 1")
-    if options.max_attempts < 1:
-        raise ValidationError("--max-attempts must be at least 1")
     from fusillade.core.windows import parse_completion_window
 
     window = parse_completion_window(options.completion_window)

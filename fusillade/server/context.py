@@ -14,7 +14,6 @@ from litestar.di import NamedDependency
 
 from fusillade.config import ServerSettings
 from fusillade.core.jsonl import JsonlLimits
-from fusillade.core.windows import parse_duration
 from fusillade.runtime.daemon import Daemon
 from fusillade.server.auth import HostPolicy, KeyRing
 from fusillade.store.interface import Repository
@@ -36,8 +35,7 @@ class BodyTiming:
 
     @classmethod
     def from_settings(cls, settings: ServerSettings) -> BodyTiming:
-        timeout = parse_duration(settings.body_read_timeout, name="body_read_timeout")
-        return cls(timeout.total_seconds(), settings.body_min_rate)
+        return cls(settings.body_read_timeout.total_seconds(), settings.body_min_rate)
 
     def deadline(self, start: float, received: int) -> float:
         """When the rest of a body started at ``start`` is late, ``received`` bytes in."""
