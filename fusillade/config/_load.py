@@ -15,9 +15,7 @@ errors, nothing is coerced), the database rows and JSON bodies there are not.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import re
 import tomllib
 import typing
 from collections.abc import Callable, Iterator, Mapping
@@ -40,14 +38,14 @@ from fusillade.config._model import (
     FLAGS,
     DaemonSettings,
     Invalid,
+    Key,
     Rule,
     ServerSettings,
     Settings,
     format_duration,
 )
+from fusillade.config._render import show_key, toml_key
 from fusillade.errors import ConfigError
-
-_Key = tuple[str, ...]
 
 
 class _NotTable(Exception):
@@ -71,7 +69,7 @@ def _rules(cls: type) -> dict[str, Rule]:
 
 
 # the keys an environment variable or a flag may set: the top level, [server], [daemon]
-KEYS: Mapping[_Key, Rule] = {
+KEYS: Mapping[Key, Rule] = {
     (*section, name): rule
     for section, cls in (
         ((), Settings),
@@ -118,32 +116,17 @@ _converter.register_structure_hook_factory(
 # --- the tree of merged values ------------------------------------------------------------
 
 
-def _toml_str(text: str) -> str:
-    # JSON string escapes are valid TOML basic-string escapes; TOML also bans raw DEL.
-    return json.dumps(text, ensure_ascii=False).replace("\x7f", "\\u007f")
-
-
-def _toml_key(name: str) -> str:
-    return name if re.fullmatch(r"[A-Za-z0-9_-]+", name) else _toml_str(name)
-
-
-def _show_key(path: _Key) -> str:
-    if len(path) == 1:
-        return path[0]
-    return f"[{'.'.join(map(_toml_key, path[:-1]))}] {path[-1]}"
-
-
 @attrs.define
 class _Tree:
     values: dict[str, Any] = attrs.field(factory=dict)
-    sources: dict[_Key, str] = attrs.field(factory=dict)
+    sources: dict[Key, str] = attrs.field(factory=dict)
 
-    def source(self, path: _Key) -> str:
+    def source(self, path: Key) -> str:
         while path and path not in self.sources:
             path = path[:-1]
         return self.sources.get(path, "the defaults")
 
-    def put(self, path: _Key, value: object, source: str) -> None:
+    def put(self, path: Key, value: object, source: str) -> None:
         node = self.values
         for i in range(1, len(path)):
             node = node.setdefault(path[i - 1], {})
@@ -153,19 +136,19 @@ class _Tree:
         node[path[-1]] = value
         self.sources[path] = source
 
-    def error(self, path: _Key, problem: BaseException) -> ConfigError:
+    def error(self, path: Key, problem: BaseException) -> ConfigError:
         if isinstance(problem, ForbiddenExtraKeysError):
             order = list(self.sources)  # the file's order
             key = min(problem.extra_fields, key=lambda k: order.index((*path, k)))
             path = (*path, key)
-            return ConfigError(f"{self.source(path)}: unknown key {_show_key(path)}")
+            return ConfigError(f"{self.source(path)}: unknown key {show_key(path)}")
         if isinstance(problem, _NotTable):
             return ConfigError(
-                f"{self.source(path)}: [{'.'.join(map(_toml_key, path))}] must be a table"
+                f"{self.source(path)}: [{'.'.join(map(toml_key, path))}] must be a table"
             )
         text = "required" if isinstance(problem, KeyError) else "invalid value"
         text = str(problem) if isinstance(problem, Invalid) else text
-        return ConfigError(f"{self.source(path)}: {_show_key(path)}: {text}")
+        return ConfigError(f"{self.source(path)}: {show_key(path)}: {text}")
 
 
 def _read_file(path: Path, tree: _Tree) -> None:
@@ -177,7 +160,7 @@ def _read_file(path: Path, tree: _Tree) -> None:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
 
-    def walk(prefix: _Key, table: dict[str, Any]) -> None:
+    def walk(prefix: Key, table: dict[str, Any]) -> None:
         for key, value in table.items():
             tree.sources[(*prefix, key)] = str(path)
             if isinstance(value, dict):
@@ -187,11 +170,11 @@ def _read_file(path: Path, tree: _Tree) -> None:
     tree.values = data
 
 
-def _set_text(tree: _Tree, path: _Key, text: str, source: str) -> None:
+def _set_text(tree: _Tree, path: Key, text: str, source: str) -> None:
     try:
         value = KEYS[path].from_text(text)
     except Invalid as exc:
-        raise ConfigError(f"{source}: {_show_key(path)}: {exc}") from None
+        raise ConfigError(f"{source}: {show_key(path)}: {exc}") from None
     tree.put(path, value, source)
 
 
@@ -229,7 +212,7 @@ def _read_flags(flags: Mapping[str, object], tree: _Tree) -> None:
             tree.put(path, value, FLAGS)
 
 
-def _leaves(exc: BaseException, path: _Key) -> Iterator[tuple[_Key, BaseException]]:
+def _leaves(exc: BaseException, path: Key) -> Iterator[tuple[Key, BaseException]]:
     """The errors inside cattrs' validation errors, each with its key path."""
     for note in getattr(exc, "__notes__", ()):
         if isinstance(note, AttributeValidationNote):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping
 from datetime import timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 from urllib.parse import urlsplit
@@ -25,6 +26,7 @@ from fusillade.redact import mask_urls
 if TYPE_CHECKING:
     from fusillade.runtime.config import DaemonConfig
 
+Key = tuple[str, ...]  # a key's path: ("server", "port"), ("models", NAME, "upstream")
 CONFIG_ENV = "FUSILLADE_CONFIG"  # names the file when no path is given
 FLAGS = "command line"  # the source label of flags
 MiB = 1024 * 1024
@@ -103,27 +105,17 @@ def _duration(*, positive: bool) -> Rule:
                 raise Invalid(str(exc)) from None
         if not isinstance(value, timedelta):
             raise Invalid(f"must be a duration string such as '5s', got {_show(value)}")
-        if value < timedelta(0) or (positive and value == timedelta(0)):
+        if value < timedelta(0) or (positive and not value):
             raise Invalid(f"must be longer than 0s, got {format_duration(value)!r}")
         return value
 
     return Rule(check)
 
 
-_UNITS = (("d", 86_400_000_000), ("h", 3_600_000_000), ("m", 60_000_000), ("s", 1_000_000))
-
-
 def format_duration(value: timedelta) -> str:
-    """``value`` as ``parse_duration`` reads it back: ``"5s"``, ``"2m"``, ``"250ms"``."""
-    micros = value // timedelta(microseconds=1)
-    if micros == 0:
-        return "0s"
-    for unit, size in _UNITS:
-        if micros % size == 0:
-            return f"{micros // size}{unit}"
-    whole, part = divmod(abs(micros), 1000)
-    text = f"{whole}.{part:03d}".rstrip("0").rstrip(".") if part else str(whole)
-    return f"{'-' if micros < 0 else ''}{text}ms"
+    """``value`` in seconds as ``parse_duration`` reads it back: ``"5s"``, ``"0.25s"``."""
+    seconds = Decimal(value // timedelta(microseconds=1)).scaleb(-6).normalize()
+    return f"{seconds:f}s"
 
 
 def _split(text: str) -> list[str]:

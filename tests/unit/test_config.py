@@ -475,6 +475,28 @@ def test_default_daemon_config_matches_the_runtime_defaults() -> None:
     assert Settings().daemon_config() == DaemonConfig()
 
 
+@settings(max_examples=200)
+@given(st.timedeltas(min_value=timedelta(0), max_value=timedelta(days=100_000)))
+def test_durations_render_as_they_read(value: timedelta) -> None:
+    from fusillade.config._model import format_duration
+    from fusillade.core.windows import parse_duration
+
+    assert parse_duration(format_duration(value)) == value
+
+
+def test_flags_may_give_durations_as_timedeltas() -> None:
+    # `run --stale-after 2` sets both; the daemon reclaims twice per stale_after
+    flags = {"daemon.stale_after": timedelta(seconds=2), "daemon.heartbeat_interval": "500ms"}
+    config = load_settings(env={}, flags=flags).daemon_config()
+    assert (config.stale_after, config.heartbeat_interval, config.maintenance_interval) == (
+        2,
+        0.5,
+        1,
+    )
+    with pytest.raises(ConfigError, match=r"^command line: \[daemon\] stale_after: must be lon"):
+        load_settings(env={}, flags={"daemon.stale_after": timedelta(0)})
+
+
 # --- the command ------------------------------------------------------------------------
 
 
