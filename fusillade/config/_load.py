@@ -20,7 +20,7 @@ import tomllib
 import typing
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 import attrs
 import cattrs
@@ -53,9 +53,8 @@ class _NotTable(Exception):
 
 
 def _rule(hint: object) -> Rule | None:
-    if typing.get_origin(hint) is Annotated:
-        return next((m for m in hint.__metadata__ if isinstance(m, Rule)), None)  # type: ignore[attr-defined]  # an Annotated alias has __metadata__
-    return None
+    """The ``Rule`` of an ``Annotated`` key type, else ``None``."""
+    return next((m for m in getattr(hint, "__metadata__", ()) if isinstance(m, Rule)), None)
 
 
 def _rules(cls: type) -> dict[str, Rule]:
@@ -69,14 +68,9 @@ def _rules(cls: type) -> dict[str, Rule]:
 
 
 # the keys an environment variable or a flag may set: the top level, [server], [daemon]
+_FLAT = (((), Settings), (("server",), ServerSettings), (("daemon",), DaemonSettings))
 KEYS: Mapping[Key, Rule] = {
-    (*section, name): rule
-    for section, cls in (
-        ((), Settings),
-        (("server",), ServerSettings),
-        (("daemon",), DaemonSettings),
-    )
-    for name, rule in _rules(cls).items()
+    (*section, name): rule for section, cls in _FLAT for name, rule in _rules(cls).items()
 }
 
 
