@@ -112,13 +112,16 @@ def _run_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--completion-window", default="24h", help="deadline (default 24h)")
     parser.add_argument(
-        "--max-attempts", type=int, metavar="N", help="attempts per request (default 6)"
+        "--max-attempts",
+        type=int,
+        metavar="N",
+        help="attempts per request (default: [daemon] max_attempts, 6)",
     )
     parser.add_argument(
         "--stale-after",
         type=float,
         metavar="SECONDS",
-        help="reclaim requests of a daemon silent this long (default 30)",
+        help="reclaim requests of a daemon silent this long (default: [daemon] stale_after, 30)",
     )
     parser.add_argument(
         "--progress-interval",
