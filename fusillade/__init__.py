@@ -21,8 +21,7 @@ are the interface between the engine, the daemon and a store, not part of this A
 
 from __future__ import annotations
 
-__version__ = "0.1.0"  # before the imports: submodules may read it
-
+from fusillade._version import __version__
 from fusillade.core.jsonl import JsonlLimits, LineProblem, ProblemCode
 from fusillade.core.models import (
     BatchRecord,

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 import attrs
 
-from fusillade import __version__
+from fusillade._version import __version__
 from fusillade.errors import FusilladeError
 from fusillade.redact import mask_urls
 

@@ -613,6 +613,6 @@ class Daemon:
 
 
 def _version() -> str:
-    from fusillade import __version__
+    from fusillade._version import __version__
 
     return __version__

@@ -23,7 +23,7 @@ from litestar.openapi.plugins import JsonRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from fusillade import __version__
+from fusillade._version import __version__
 from fusillade.server import batches, files
 from fusillade.server.context import ServerContext, context_of
 from fusillade.server.errors import exception_to_response
