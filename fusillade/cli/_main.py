@@ -12,6 +12,7 @@ Exit statuses: 0 success, 1 a runtime error (one sentence on stderr, no tracebac
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -50,15 +51,11 @@ def _add_config(parser: argparse.ArgumentParser, *, daemon: bool = False) -> Non
 @contextmanager
 def _database(settings: Settings) -> Iterator[str]:
     """The configured database URL, else a started embedded server in ``data_dir``."""
-    if settings.database_url:
-        yield settings.database_url
-        return
-    from fusillade.embedded import default_data_dir, start_embedded
+    from fusillade.embedded import database_url
 
-    data_dir = settings.data_dir / "pg" if settings.data_dir else default_data_dir()
-    print(f"using the embedded PostgreSQL in {data_dir}", file=sys.stderr)
-    with start_embedded(data_dir) as server:
-        yield server.url
+    say = functools.partial(print, file=sys.stderr)
+    with database_url(settings.database_url, settings.data_dir, say=say) as url:
+        yield url
 
 
 # --- commands ---------------------------------------------------------------------------

@@ -22,8 +22,9 @@ from typing import IO, Any, Protocol
 
 import attrs
 
-from fusillade.config import ServerSettings, Settings, load_settings
+from fusillade.config import ServerSettings, load_settings
 from fusillade.core.models import FilePurpose
+from fusillade.embedded import database_url
 from fusillade.errors import FusilladeError, InvalidJSONL, ValidationError
 
 SERVER_ENV = "FUSILLADE_SERVER_URL"
@@ -237,19 +238,14 @@ def backend(args: argparse.Namespace) -> Iterator[Backend]:
         return
     settings = load_settings(args.config, flags={"database_url": args.database_url})
     with ExitStack() as stack:
-        url = settings.database_url or _embedded(stack, settings)
+        url = stack.enter_context(database_url(settings.database_url, settings.data_dir, say=_say))
         db = DatabaseBackend(url, args.owner, settings.server)
         stack.callback(db.close)
         yield db
 
 
-def _embedded(stack: ExitStack, settings: Settings) -> str:
-    from fusillade.embedded import default_data_dir, start_embedded
-
-    data_dir = settings.data_dir / "pg" if settings.data_dir else default_data_dir()
-    print(f"using the embedded PostgreSQL in {data_dir}", file=sys.stderr)
-    url: str = stack.enter_context(start_embedded(data_dir)).url
-    return url
+def _say(line: str) -> None:
+    print(line, file=sys.stderr)
 
 
 def _show(batch: Batch) -> None:

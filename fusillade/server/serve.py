@@ -29,6 +29,7 @@ from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve as hypercorn_serve
 
 from fusillade.config import Settings
+from fusillade.embedded import open_database_url
 from fusillade.errors import ConfigError
 from fusillade.runtime.clock import Clock
 from fusillade.runtime.config import DaemonConfig
@@ -135,8 +136,13 @@ async def serve(
         repo = repository
         url = settings.database_url or ""
         if repo is None:
-            if not url:
-                url = await _start_embedded(stack, settings, say)
+            url = await stack.enter_async_context(
+                open_database_url(
+                    url,
+                    settings.data_dir,
+                    say=lambda line: say(f"no database_url configured: {line}"),
+                )
+            )
             repo = await trio.to_thread.run_sync(
                 functools.partial(_open_repository, url, migrate=migrate)
             )
@@ -200,25 +206,6 @@ async def _close(repo: Repository) -> None:
     if close is not None:
         with trio.CancelScope(shield=True):
             await trio.to_thread.run_sync(close)
-
-
-async def _start_embedded(
-    stack: AsyncExitStack, settings: Settings, say: Callable[[str], None]
-) -> str:
-    from fusillade.embedded import default_data_dir, start_embedded
-
-    # `data_dir` is fusillade's local state; the embedded server keeps its data in data_dir/pg.
-    data_dir = settings.data_dir / "pg" if settings.data_dir is not None else default_data_dir()
-    say(f"no database_url configured: using the embedded PostgreSQL in {data_dir}")
-    server = await trio.to_thread.run_sync(start_embedded, data_dir)
-
-    async def stop() -> None:
-        with trio.CancelScope(shield=True):
-            await trio.to_thread.run_sync(server.stop)
-
-    stack.push_async_callback(stop)
-    url: str = server.url
-    return url
 
 
 async def serve_until_signalled(settings: Settings, **kwargs: Any) -> None:
