@@ -26,7 +26,7 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from datetime import timedelta
 from pathlib import Path
-from typing import TextIO
+from typing import BinaryIO, TextIO
 from uuid import UUID
 
 import anyio
@@ -39,10 +39,10 @@ from fusillade.core.models import (
     BatchView,
     RequestTemplate,
 )
+from fusillade.engine import Engine
 from fusillade.errors import NotFound, ValidationError
 from fusillade.ids import next_uuid7
 from fusillade.progress import Progress
-from fusillade.results import format_result_line
 from fusillade.runtime.config import DaemonConfig
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE = 0, 1, 2
@@ -96,20 +96,22 @@ def _batch_id_for(options: RunOptions, input_hash: str) -> UUID:
     return batch_id
 
 
-async def _write_results(engine: fusillade.engine.Engine, batch: UUID, options: RunOptions) -> None:
+async def _write_results(engine: Engine, view: BatchView, options: RunOptions) -> None:
+    """The batch's output and error files, byte for byte as the server serves them."""
     with ExitStack() as stack:
         out = stack.enter_context(_atomic(options.output))
         err = out if options.single_file else stack.enter_context(_atomic(options.error_path))
-        for errors, target in ((False, out), (True, err)):
-            async for line in engine.iter_results(batch, errors=errors):
-                target.write(format_result_line(line) + "\n")
+        for file_id, target in ((view.record.output_file_id, out),
+                                (view.record.error_file_id, err)):  # fmt: skip
+            async for chunk in await engine.file_content(file_id):
+                target.write(chunk)
 
 
 @contextmanager
-def _atomic(path: Path) -> Iterator[TextIO]:
+def _atomic(path: Path) -> Iterator[BinaryIO]:
     """Write ``path`` through a temporary file renamed into place on success."""
     tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", encoding="utf-8", newline="\n") as f:
+    with tmp.open("wb") as f:
         yield f
     os.replace(tmp, path)
 
@@ -145,7 +147,7 @@ async def run_batch(
             print(f"started batch {batch_id}: {view.counts.total} requests", file=stderr)
         async for view in engine.watch(batch_id, interval=0.25):
             progress.update(view, final=view.status.is_terminal)
-        await _write_results(engine, batch_id, options)
+        await _write_results(engine, view, options)
     c = view.counts
     where = str(options.output)
     if not options.single_file:

@@ -30,6 +30,7 @@ from hypercorn.trio import serve as hypercorn_serve
 
 from fusillade.config import Settings
 from fusillade.embedded import open_database_url
+from fusillade.engine import Engine
 from fusillade.errors import ConfigError
 from fusillade.runtime.clock import Clock
 from fusillade.runtime.config import DaemonConfig
@@ -155,21 +156,14 @@ async def serve(
         # The API's times (batch deadlines, cancel and retry stamps) are compared by
         # daemons on other hosts: take them from the database's clock, like the daemon.
         clock = Clock()
-        read = functools.partial(
-            trio.to_thread.run_sync, repo.database_time, abandon_on_cancel=True
-        )
+        engine = Engine(repo, daemon, clock=clock.now)
         async with trio.open_nursery() as clocks:
-            await clocks.start(clock.keep_synced, read, _CLOCK_SYNC_INTERVAL)
+            await clocks.start(clock.keep_synced, engine.database_time, _CLOCK_SYNC_INTERVAL)
             async with trio.open_nursery() as nursery:
                 # The API binds first: an address in use then starts no daemon.
                 if run_api:
                     ctx = ServerContext(
-                        repo=repo,
-                        settings=settings.server,
-                        keys=keys,
-                        daemon=daemon,
-                        clock=clock.now,
-                        metrics_key=metrics_key,
+                        engine=engine, settings=settings.server, keys=keys, metrics_key=metrics_key
                     )
                     binds: list[str] = await nursery.start(
                         functools.partial(

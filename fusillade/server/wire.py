@@ -17,7 +17,7 @@ import attrs
 from fusillade.core.ids import format_id
 from fusillade.core.models import BatchStatus, BatchView, FailureReason, FilePurpose, FileRecord
 from fusillade.core.results import ERROR_CODES
-from fusillade.store.interface import RequestSummary
+from fusillade.engine import RequestSummary
 
 FilePurposeName = Literal["batch", "batch_output"]
 """A File's ``purpose`` on the wire: OpenAI's names. Error files are ``batch_output`` too
