@@ -39,7 +39,7 @@ from fusillade.core.models import (
     BatchView,
     RequestTemplate,
 )
-from fusillade.engine import Engine
+from fusillade.engine import Engine, Rules
 from fusillade.errors import NotFound, ValidationError
 from fusillade.ids import next_uuid7
 from fusillade.progress import Progress
@@ -121,23 +121,24 @@ async def run_batch(
 ) -> tuple[int, BatchView]:
     """Run (or resume) the batch of ``options.input``; return the exit status and batch."""
     input_hash = _sha256(options.input)
-    limits = JsonlLimits(max_lines=None, max_file_bytes=None)  # a local file: no upload limits
+    # a local file: no upload limits
+    rules = Rules(limits=JsonlLimits(max_lines=None, max_file_bytes=None))
     # Validate everything before storing or sending anything.
 
     def check() -> RequestTemplate:
         with options.input.open("rb") as stream:
-            return validate_file(stream, limits)
+            return validate_file(stream, rules.limits)
 
     first = await anyio.to_thread.run_sync(check)
     endpoint = options.endpoint or first.path
     batch_id = _batch_id_for(options, input_hash)
     progress = Progress(stderr, interval=options.progress_interval)
-    async with fusillade.engine.open(url, options.daemon) as engine:
+    async with fusillade.engine.open(url, options.daemon, rules=rules) as engine:
         try:
             view = await engine.get_batch(batch_id)
             print(f"resuming batch {batch_id}", file=stderr)
         except NotFound:
-            stored = await engine.create_file(options.input, limits=limits)
+            stored = await engine.create_file(options.input)
             view = await engine.create_batch(
                 stored.id,
                 endpoint=endpoint,

@@ -11,7 +11,6 @@ from __future__ import annotations
 from typing import Any, Final
 
 import anyio
-import anyio.to_thread
 from litestar import Litestar, MediaType, Request, Response, Router, get
 from litestar.connection import ASGIConnection
 from litestar.datastructures import State
