@@ -93,6 +93,34 @@ async def test_against_the_database(server: Running, database_url: str, tmp_path
     assert "no batch" in err
 
 
+async def test_the_database_and_the_server_share_the_engine(
+    server: Running, database_url: str, tmp_path: Path
+) -> None:
+    """Both backends are adapters over one engine: the same refusal, the same bytes."""
+    assert server.url is not None
+    source = tmp_path / "in.jsonl"
+    source.write_bytes(jsonl(chat_line(f"s{i}") for i in range(4)))
+    where = {"db": ["--database-url", database_url], "http": ["--server", server.url]}
+    too_many = [arg for i in range(17) for arg in ("--metadata", f"k{i}=v")]
+    expected = "metadata has 17 pairs; at most 16 are allowed"
+    for name, target in where.items():
+        code, out, err = await fusillade("submit", str(source), *too_many, *target)
+        assert code == 1, (name, err)
+        assert expected in err, (name, err)
+
+    code, out, err = await fusillade("submit", str(source), "--wait", *where["db"])
+    assert code == 0, err
+    batch_id = json.loads(out)["id"]
+    downloaded = {}
+    for name, target in where.items():
+        output = tmp_path / f"{name}.jsonl"
+        code, out, err = await fusillade("results", batch_id, "-o", str(output), *target)
+        assert code == 0, (name, err)
+        downloaded[name] = output.read_bytes()
+    assert downloaded["db"] == downloaded["http"]
+    assert downloaded["db"].count(b"\n") == 4
+
+
 async def test_invalid_file_is_reported_by_line(server: Running, tmp_path: Path) -> None:
     assert server.url is not None
     source = tmp_path / "bad.jsonl"
