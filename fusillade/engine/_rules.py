@@ -4,7 +4,9 @@ Every adapter (the HTTP routes, the command line, ``run``, library callers) reac
 rules through ``Engine``, so a request refused by one is refused by all, with the same
 ``ValidationError`` (its message and ``param``) or ``NotFound``. What needs the stored
 input file (it exists and is the owner's, is an input file, has lines, every line's url
-is the endpoint) is checked by the repository, in the transaction that creates the batch.
+is the endpoint) is checked by the repository, in the transaction that creates the batch,
+with the pure rules of ``fusillade/core/batches.py`` (``check_input_file``,
+``endpoint_mismatch``) that both repositories call.
 """
 
 from __future__ import annotations
