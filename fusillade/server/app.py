@@ -113,7 +113,7 @@ async def openapi_json(request: Request[Any, Any, Any]) -> Response[dict[str, An
 
 
 def create_app(ctx: ServerContext) -> Litestar:
-    """The ASGI application serving ``ctx``'s repository."""
+    """The ASGI application: the API over ``ctx.engine``."""
     v1 = Router(
         "/v1",
         route_handlers=[*files.ROUTES, *batches.ROUTES],
