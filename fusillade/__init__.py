@@ -35,7 +35,7 @@ from fusillade.core.models import (
     Usage,
 )
 from fusillade.core.retry import RetryPolicy
-from fusillade.engine import Engine, open
+from fusillade.engine import Content, Engine, Rules, open
 from fusillade.errors import (
     ConfigError,
     Conflict,
@@ -51,7 +51,7 @@ from fusillade.errors import (
 from fusillade.runtime.config import DaemonConfig, Upstream
 from fusillade.runtime.daemon import Daemon, DaemonStats
 from fusillade.runtime.limits import ModelStats
-from fusillade.store.interface import Page, Repository, ResultLine
+from fusillade.store.interface import Page, Repository, RequestSummary, ResultLine
 
 __all__ = [
     "BatchRecord",
@@ -59,6 +59,7 @@ __all__ = [
     "BatchView",
     "ConfigError",
     "Conflict",
+    "Content",
     "Daemon",
     "DaemonConfig",
     "DaemonStats",
@@ -78,9 +79,11 @@ __all__ = [
     "Repository",
     "RequestCounts",
     "RequestState",
+    "RequestSummary",
     "RequestTemplate",
     "ResultLine",
     "RetryPolicy",
+    "Rules",
     "StoreError",
     "StoreUnavailable",
     "Upstream",

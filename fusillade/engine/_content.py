@@ -9,11 +9,10 @@ templates, ``format_result_line`` for a batch's results) and ended by ``\\n``, i
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Final, TypeVar
 
 from fusillade.core.models import FileRecord
-from fusillade.runtime.repo import AsyncRepository
 
 T = TypeVar("T")
 
@@ -56,13 +55,11 @@ class Content:
         self,
         record: FileRecord,
         first: bytes | None,
-        read: Callable[[], bytes | None],
-        threads: AsyncRepository,
+        read_next: Callable[[], Awaitable[bytes | None]],
     ) -> None:
         self.record = record
         self._next = first
-        self._read = read
-        self._threads = threads
+        self._read_next = read_next  # the next chunk, read in a worker thread
 
     def __aiter__(self) -> Content:
         return self
@@ -71,5 +68,5 @@ class Content:
         chunk = self._next
         if chunk is None:
             raise StopAsyncIteration
-        self._next = await self._threads.call(self._read)
+        self._next = await self._read_next()
         return chunk

@@ -9,6 +9,7 @@ repository calls go through one typed thread hop, ``AsyncRepository.call``.
 from __future__ import annotations
 
 import copy
+import functools
 import os
 from collections.abc import AsyncIterator, Callable, Collection, Iterable, Iterator, Mapping
 from datetime import UTC, datetime
@@ -190,7 +191,7 @@ class Engine:
             results = self.repo.iter_results(self.owner, record.batch_id, errors=errors)
             read = chunk_reader(results, format_result_line)
         first = await self._threads.call(read)
-        return Content(record, first, read, self._threads)
+        return Content(record, first, functools.partial(self._threads.call, read))
 
     # ------------------------------------------------------------------------ batches
 
