@@ -122,7 +122,11 @@ class _InFlight:
 
 
 class Daemon:
-    """One daemon. ``await daemon.run()`` (or ``nursery.start(daemon.run)``) runs it."""
+    """One daemon. ``await daemon.run()`` (or ``nursery.start(daemon.run)``) runs it.
+
+    ``jitter`` draws the backoff's jitter from ``[0, 1)`` (``random.random`` by default);
+    tests pass their own to know every retry's time.
+    """
 
     def __init__(
         self,
@@ -131,8 +135,10 @@ class Daemon:
         *,
         daemon_id: UUID | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
+        jitter: Callable[[], float] = random.random,
     ) -> None:
         self.config = config or DaemonConfig()
+        self._jitter = jitter
         self.id = daemon_id or uuid4()
         self.repo = AsyncRepository(repo, threads=self.config.db_write_concurrency + 4)
         self.limits = ModelLimits(self.config.concurrency_for)
@@ -425,7 +431,7 @@ class Daemon:
             budget_used=req.budget_used,
             now=now,
             deadline=req.batch_expires_at,
-            jitter=random.random(),
+            jitter=self._jitter(),
             policy=self.config.retry,
         )
         if decision.pause_until is not None:
