@@ -49,8 +49,10 @@ def _add_config(parser: argparse.ArgumentParser, *, daemon: bool = False) -> Non
 
 
 @contextmanager
-def _database(settings: Settings) -> Iterator[str]:
-    """The configured database URL, else a started embedded server in ``data_dir``."""
+def database(settings: Settings) -> Iterator[str]:
+    """The configured database URL, else a started embedded server in ``data_dir``: how
+    every command that opens the database finds it (``migrate``, ``run``, and
+    ``submit``/``status``/``cancel``/``results`` without ``--server``)."""
     from fusillade.embedded import database_url
 
     say = functools.partial(print, file=sys.stderr)
@@ -69,7 +71,7 @@ def _migrate(args: argparse.Namespace) -> int:
     from fusillade.config import settings_from_args
     from fusillade.store.migrate import migrate
 
-    with _database(settings_from_args(args)) as url:
+    with database(settings_from_args(args)) as url:
         applied = migrate(url)
     for name in applied:
         print(f"applied {name}")
@@ -158,7 +160,7 @@ def _run(args: argparse.Namespace) -> int:
             daemon=settings.daemon_config(),
         )
         check_options(options)
-        with _database(settings) as url:
+        with database(settings) as url:
             status, _ = trio.run(run_batch, url, options)
     except InvalidJSONL as exc:
         print(f"fusillade run: {args.input} is not a valid batch file:", file=sys.stderr)
@@ -198,26 +200,46 @@ def _serve(args: argparse.Namespace) -> int:
     return run(args)
 
 
-def _remote(name: str) -> Callable[[argparse.Namespace], int]:
-    """``submit``/``status``/``cancel``/``results``, loaded when run."""
+def _submit_arguments(parser: argparse.ArgumentParser) -> None:
+    from fusillade.cli.remote import add_submit_arguments
 
-    def run(args: argparse.Namespace) -> int:
-        from fusillade.cli import remote
-
-        command: Callable[[argparse.Namespace], int] = getattr(remote, name)
-        return command(args)
-
-    return run
+    add_submit_arguments(parser)
 
 
-def _remote_arguments(name: str) -> Callable[[argparse.ArgumentParser], None]:
-    def add(parser: argparse.ArgumentParser) -> None:
-        from fusillade.cli import remote
+def _submit(args: argparse.Namespace) -> int:
+    from fusillade.cli.remote import submit
 
-        adder: Callable[[argparse.ArgumentParser], None] = getattr(remote, f"add_{name}_arguments")
-        adder(parser)
+    return submit(args)
 
-    return add
+
+def _id_arguments(parser: argparse.ArgumentParser) -> None:
+    from fusillade.cli.remote import add_id_arguments
+
+    add_id_arguments(parser)
+
+
+def _status(args: argparse.Namespace) -> int:
+    from fusillade.cli.remote import status
+
+    return status(args)
+
+
+def _cancel(args: argparse.Namespace) -> int:
+    from fusillade.cli.remote import cancel
+
+    return cancel(args)
+
+
+def _results_arguments(parser: argparse.ArgumentParser) -> None:
+    from fusillade.cli.remote import add_results_arguments
+
+    add_results_arguments(parser)
+
+
+def _results(args: argparse.Namespace) -> int:
+    from fusillade.cli.remote import results
+
+    return results(args)
 
 
 COMMANDS: tuple[Command, ...] = (
@@ -238,17 +260,10 @@ COMMANDS: tuple[Command, ...] = (
         "config", "print the effective configuration, secrets masked", _config_arguments, _config
     ),
     Command("serve", "run the HTTP API and a daemon", _serve_arguments, _serve),
-    Command(
-        "submit",
-        "upload a JSONL file and create a batch",
-        _remote_arguments("submit"),
-        _remote("submit"),
-    ),
-    Command("status", "show a batch", _remote_arguments("id"), _remote("status")),
-    Command("cancel", "cancel a batch", _remote_arguments("id"), _remote("cancel")),
-    Command(
-        "results", "download a batch's results", _remote_arguments("results"), _remote("results")
-    ),
+    Command("submit", "upload a JSONL file and create a batch", _submit_arguments, _submit),
+    Command("status", "show a batch", _id_arguments, _status),
+    Command("cancel", "cancel a batch", _id_arguments, _cancel),
+    Command("results", "download a batch's results", _results_arguments, _results),
 )
 
 

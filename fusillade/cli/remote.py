@@ -1,10 +1,12 @@
 """``fusillade submit|status|cancel|results``: against a running server or the database.
 
 With ``--server URL`` (or ``$FUSILLADE_SERVER_URL``) the commands speak the HTTP API with
-the bearer key in ``$FUSILLADE_API_KEY`` (``--key-env`` names another variable).
-Otherwise they open the database (``--database-url``, the configuration, or the embedded
-PostgreSQL) and act as ``--owner`` (default ``default``, the owner of a server without
-keys). Both print the same OpenAI Batch JSON on stdout.
+the bearer key in ``$FUSILLADE_API_KEY`` (``--key-env`` names another variable); the
+configuration is not read (the server's applies). Otherwise they read the configuration
+as ``migrate`` does (``fusillade.config``: ``--config``, ``FUSILLADE_*``, ``--database-url``,
+``--data-dir``), open its database (``database_url``, else the embedded PostgreSQL) and act
+as ``--owner`` (default ``default``, the owner of a server without keys) under its
+``[server]`` rules. Both print the same OpenAI Batch JSON on stdout.
 """
 
 from __future__ import annotations
@@ -15,15 +17,16 @@ import os
 import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any, Protocol, TypeVar
 
 import attrs
 
-from fusillade.config import ServerSettings, load_settings
+from fusillade.cli._main import database
+from fusillade.config import ServerSettings, settings_from_args
+from fusillade.config import add_arguments as add_config_arguments
 from fusillade.core.models import BatchView
-from fusillade.embedded import database_url
 from fusillade.engine import Engine
 from fusillade.errors import FusilladeError, InvalidJSONL, ValidationError
 
@@ -180,11 +183,10 @@ def add_target_arguments(parser: argparse.ArgumentParser) -> None:
         default=KEY_ENV,
         help=f"variable holding the server's api key (default: {KEY_ENV})",
     )
-    target.add_argument("--config", type=Path, metavar="FILE", help="TOML configuration")
-    target.add_argument("--database-url", metavar="URL", help="PostgreSQL URL or conninfo")
     target.add_argument(
         "--owner", default="default", help="owner to act as on the database (default: default)"
     )
+    add_config_arguments(parser, server=False, daemon=False)  # the database's, as migrate
 
 
 def add_submit_arguments(parser: argparse.ArgumentParser) -> None:
@@ -228,16 +230,13 @@ def backend(args: argparse.Namespace) -> Iterator[Backend]:
         finally:
             http.close()
         return
-    settings = load_settings(args.config, flags={"database_url": args.database_url})
-    with ExitStack() as stack:
-        url = stack.enter_context(database_url(settings.database_url, settings.data_dir, say=_say))
+    settings = settings_from_args(args)
+    with database(settings) as url:
         db = DatabaseBackend(url, args.owner, settings.server)
-        stack.callback(db.close)
-        yield db
-
-
-def _say(line: str) -> None:
-    print(line, file=sys.stderr)
+        try:
+            yield db
+        finally:
+            db.close()
 
 
 def _show(batch: Batch) -> None:
