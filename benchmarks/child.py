@@ -12,7 +12,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 from uuid import UUID
 
 from benchmarks.common import MODEL, READY_LINE, RESULT_PREFIX, request_body
@@ -93,24 +93,28 @@ def ingest(params: dict[str, Any]) -> dict[str, Any]:
 
 
 def download(params: dict[str, Any]) -> dict[str, Any]:
-    """P5 through the library: ``repo.iter_results`` of a batch, each line formatted in the
-    output-file format and written to ``out`` (what ``run`` and the download route do)."""
-    from fusillade.core.results import format_result_line
-    from fusillade.store.postgres import PostgresRepository
+    """P5 through the library: the content of a batch's output file
+    (``engine.file_content``, exactly what ``run`` and the download route write) written
+    to ``out``."""
+    import trio
 
-    batch_id = UUID(params["batch_id"])
-    lines = 0
-    size = 0
-    with PostgresRepository(params["database_url"]) as repo:
-        start = time.perf_counter()
-        with Path(params["out"]).open("w", encoding="utf-8") as out:
-            for line in repo.iter_results("default", batch_id, errors=False):
-                text = format_result_line(line)
-                out.write(text + "\n")
-                lines += 1
-                size += len(text) + 1
-        seconds = time.perf_counter() - start
-    return {"seconds": seconds, "lines": lines, "bytes": size, "rate": lines / seconds}
+    import fusillade
+
+    async def main(out: IO[bytes]) -> dict[str, Any]:
+        lines = 0
+        size = 0
+        async with fusillade.open(params["database_url"], run_daemon=False) as engine:
+            start = time.perf_counter()
+            batch = await engine.get_batch(UUID(params["batch_id"]))
+            async for chunk in await engine.file_content(batch.record.output_file_id):
+                out.write(chunk)
+                lines += chunk.count(b"\n")
+                size += len(chunk)
+            seconds = time.perf_counter() - start
+        return {"seconds": seconds, "lines": lines, "bytes": size, "rate": lines / seconds}
+
+    with Path(params["out"]).open("wb") as out:
+        return trio.run(main, out)
 
 
 def daemon(params: dict[str, Any]) -> dict[str, Any]:

@@ -122,7 +122,7 @@ def p5(env: Env, up: Upstreams) -> list[Row]:
         setup = time.perf_counter() - start
         rates, rss = [], []
         for i in range(env.runs):
-            env.log(f"P5 run {i + 1}/{env.runs}: library iter_results")
+            env.log(f"P5 run {i + 1}/{env.runs}: library file_content")
             out = env.workdir / "p5-output.jsonl"
             child = run_child(
                 "download", {"database_url": url, "batch_id": str(batch_id), "out": str(out)}
@@ -138,7 +138,7 @@ def p5(env: Env, up: Upstreams) -> list[Row]:
         lib.notes = [
             f"setup bypasses the daemon ({setup:.0f} s: seeded file, create_batch, "
             "one UPDATE, VACUUM ANALYZE)",
-            "child: repo.iter_results + format_output_line, written to a file",
+            "child: engine.file_content of the output file, written to a file",
         ]
         lib.raw = {"rates": rates, "rss": rss, "setup_seconds": setup}
         if not env.server_available:

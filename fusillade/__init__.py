@@ -9,16 +9,25 @@ Embed it::
         async for line in engine.iter_results(batch.record.id):
             ...
 
-Everything public is re-exported here; submodules are private unless documented.
+Everything public is re-exported here, and every type that a public signature names
+(``tests/unit/test_public_api.py`` checks it). Submodules are private, except
+``fusillade.testing`` (what to test code that uses fusillade with) and
+``fusillade.metrics`` (the Prometheus metrics).
+
+A ``Repository`` is where files, batches and requests are kept: ``open`` builds one on
+PostgreSQL from a URL, or takes one (``fusillade.testing.MemoryRepository``). Its methods
+are the interface between the engine, the daemon and a store, not part of this API.
 """
 
 from __future__ import annotations
 
-__version__ = "0.1.0"  # before the imports: submodules may read it
-
+from fusillade._version import __version__
+from fusillade.core.jsonl import JsonlLimits, LineProblem, ProblemCode
 from fusillade.core.models import (
+    BatchRecord,
     BatchStatus,
     BatchView,
+    FilePurpose,
     FileRecord,
     RequestCounts,
     RequestState,
@@ -27,7 +36,7 @@ from fusillade.core.models import (
 )
 from fusillade.core.results import ResultLine
 from fusillade.core.retry import RetryPolicy
-from fusillade.engine import Engine, open
+from fusillade.engine import Content, Engine, Rules, open
 from fusillade.errors import (
     ConfigError,
     Conflict,
@@ -42,29 +51,40 @@ from fusillade.errors import (
 )
 from fusillade.runtime.config import DaemonConfig, Upstream
 from fusillade.runtime.daemon import Daemon, DaemonStats
-from fusillade.store.interface import Page
+from fusillade.runtime.limits import ModelStats
+from fusillade.store.interface import Page, Repository, RequestSummary
 
 __all__ = [
+    "BatchRecord",
     "BatchStatus",
     "BatchView",
     "ConfigError",
     "Conflict",
+    "Content",
     "Daemon",
     "DaemonConfig",
     "DaemonStats",
     "Engine",
+    "FilePurpose",
     "FileRecord",
     "FusilladeError",
     "IllegalTransition",
     "InvalidJSONL",
+    "JsonlLimits",
+    "LineProblem",
     "MigrationError",
+    "ModelStats",
     "NotFound",
     "Page",
+    "ProblemCode",
+    "Repository",
     "RequestCounts",
     "RequestState",
+    "RequestSummary",
     "RequestTemplate",
     "ResultLine",
     "RetryPolicy",
+    "Rules",
     "StoreError",
     "StoreUnavailable",
     "Upstream",

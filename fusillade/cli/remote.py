@@ -1,10 +1,12 @@
 """``fusillade submit|status|cancel|results``: against a running server or the database.
 
 With ``--server URL`` (or ``$FUSILLADE_SERVER_URL``) the commands speak the HTTP API with
-the bearer key in ``$FUSILLADE_API_KEY`` (``--key-env`` names another variable).
-Otherwise they open the database (``--database-url``, the configuration, or the embedded
-PostgreSQL) and act as ``--owner`` (default ``default``, the owner of a server without
-keys). Both print the same OpenAI Batch JSON on stdout.
+the bearer key in ``$FUSILLADE_API_KEY`` (``--key-env`` names another variable); the
+configuration is not read (the server's applies). Otherwise they read the configuration
+as ``migrate`` does (``fusillade.config``: ``--config``, ``FUSILLADE_*``, ``--database-url``,
+``--data-dir``), open its database (``database_url``, else the embedded PostgreSQL) and act
+as ``--owner`` (default ``default``, the owner of a server without keys) under its
+``[server]`` rules. Both print the same OpenAI Batch JSON on stdout.
 """
 
 from __future__ import annotations
@@ -14,22 +16,26 @@ import json
 import os
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
-from datetime import UTC, datetime
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Any, Protocol
+from typing import IO, Any, Protocol, TypeVar
 
 import attrs
 
-from fusillade.config import ServerSettings, Settings, load_settings
-from fusillade.core.models import FilePurpose
+from fusillade.cli._main import database
+from fusillade.config import ServerSettings, settings_from_args
+from fusillade.config import add_arguments as add_config_arguments
+from fusillade.core.models import BatchView
+from fusillade.engine import Engine
 from fusillade.errors import FusilladeError, InvalidJSONL, ValidationError
 
 SERVER_ENV = "FUSILLADE_SERVER_URL"
 KEY_ENV = "FUSILLADE_API_KEY"
 TERMINAL = frozenset({"completed", "failed", "expired", "cancelled"})
 Batch = dict[str, Any]
+"""A batch as the API's JSON (what the commands print)."""
+T = TypeVar("T")
 
 
 class Backend(Protocol):
@@ -99,76 +105,67 @@ def _server_error(status: int, body: bytes) -> FusilladeError:
 
 
 class DatabaseBackend:
-    """The repository directly, as one owner (the same rules as the API)."""
+    """The engine on the database, as one owner: the API's rules (its endpoints and
+    windows from the configuration), without the upload limits (the file is local).
+
+    Each call runs the engine in its own ``trio.run``; the repository stays open
+    between calls (``--wait`` polls).
+    """
 
     def __init__(self, url: str, owner: str, settings: ServerSettings) -> None:
+        from fusillade.core.jsonl import JsonlLimits
+        from fusillade.server.context import server_rules
         from fusillade.store.postgres import PostgresRepository
 
         self._repo = PostgresRepository(url, max_size=2)
         self._repo.open()
         self._owner = owner
-        self._settings = settings
+        limits = JsonlLimits(  # a local file: no upload limits
+            max_lines=None, max_file_bytes=None, allowed_endpoints=settings.allowed_endpoints
+        )
+        self._rules = attrs.evolve(server_rules(settings), limits=limits)
 
     def close(self) -> None:
         self._repo.close()
 
+    def _run(self, action: Callable[[Engine], Awaitable[T]]) -> T:
+        import trio
+
+        async def main() -> T:
+            return await action(Engine(self._repo, owner=self._owner, rules=self._rules))
+
+        return trio.run(main)
+
     def submit(
         self, path: Path, endpoint: str, window: str, metadata: dict[str, str] | None
     ) -> Batch:
-        from fusillade.core.jsonl import JsonlLimits, iter_validated
-        from fusillade.server.batches import batch_spec
-        from fusillade.server.wire import CreateBatchBody, batch_object, file_object
-
-        limits = JsonlLimits(  # a local file: no upload limits
-            max_lines=None, max_file_bytes=None, allowed_endpoints=self._settings.allowed_endpoints
-        )
-        with path.open("rb") as f:
-            record = self._repo.create_file(
-                self._owner,
-                path.name,
-                iter_validated(f, limits),
-                now=_now(),
-                size_bytes=path.stat().st_size,
+        async def submit(engine: Engine) -> BatchView:
+            record = await engine.create_file(path)
+            return await engine.create_batch(
+                record.id, endpoint=endpoint, completion_window=window, metadata=metadata
             )
-        body = CreateBatchBody(file_object(record).id, endpoint, window, metadata)
-        spec = batch_spec(body, self._settings)
-        return _plain(batch_object(self._repo.create_batch(self._owner, spec, now=_now())))
+
+        return _plain(self._run(submit))
 
     def get(self, batch_id: str) -> Batch:
-        from fusillade.server.batches import batch_uuid
-        from fusillade.server.wire import batch_object
-
-        view = self._repo.get_batch(self._owner, batch_uuid(batch_id), now=_now())
-        return _plain(batch_object(view))
+        return _plain(self._run(lambda engine: engine.get_batch(batch_id)))
 
     def cancel(self, batch_id: str) -> Batch:
-        from fusillade.server.batches import batch_uuid
-        from fusillade.server.wire import batch_object
-
-        view = self._repo.cancel_batch(self._owner, batch_uuid(batch_id), now=_now())
-        return _plain(batch_object(view))
+        return _plain(self._run(lambda engine: engine.cancel_batch(batch_id)))
 
     def download(self, file_id: str, target: IO[bytes]) -> None:
-        from fusillade.core.results import format_input_line, format_result_line
-        from fusillade.server.files import file_uuid
+        async def download(engine: Engine) -> None:
+            async for chunk in await engine.file_content(file_id):
+                target.write(chunk)
 
-        record = self._repo.get_file(self._owner, file_uuid(file_id), sized=False)
-        if record.purpose is FilePurpose.BATCH:
-            for template in self._repo.iter_templates(self._owner, record.id):
-                target.write(format_input_line(template).encode() + b"\n")
-            return
-        assert record.batch_id is not None
-        errors = record.purpose is FilePurpose.BATCH_ERROR
-        for line in self._repo.iter_results(self._owner, record.batch_id, errors=errors):
-            target.write(format_result_line(line).encode() + b"\n")
+        self._run(download)
 
 
-def _now() -> datetime:
-    return datetime.now(UTC)
+def _plain(view: BatchView) -> Batch:
+    """The batch as the API answers it (``BatchObject``), as plain JSON values."""
+    from fusillade.server.wire import batch_object
 
-
-def _plain(value: Any) -> Batch:
-    data: Batch = json.loads(json.dumps(attrs.asdict(value), default=str))
+    data: Batch = json.loads(json.dumps(attrs.asdict(batch_object(view)), default=str))
     return data
 
 
@@ -186,11 +183,10 @@ def add_target_arguments(parser: argparse.ArgumentParser) -> None:
         default=KEY_ENV,
         help=f"variable holding the server's api key (default: {KEY_ENV})",
     )
-    target.add_argument("--config", type=Path, metavar="FILE", help="TOML configuration")
-    target.add_argument("--database-url", metavar="URL", help="PostgreSQL URL or conninfo")
     target.add_argument(
         "--owner", default="default", help="owner to act as on the database (default: default)"
     )
+    add_config_arguments(parser, server=False, daemon=False)  # the database's, as migrate
 
 
 def add_submit_arguments(parser: argparse.ArgumentParser) -> None:
@@ -234,21 +230,13 @@ def backend(args: argparse.Namespace) -> Iterator[Backend]:
         finally:
             http.close()
         return
-    settings = load_settings(args.config, flags={"database_url": args.database_url})
-    with ExitStack() as stack:
-        url = settings.database_url or _embedded(stack, settings)
+    settings = settings_from_args(args)
+    with database(settings) as url:
         db = DatabaseBackend(url, args.owner, settings.server)
-        stack.callback(db.close)
-        yield db
-
-
-def _embedded(stack: ExitStack, settings: Settings) -> str:
-    from fusillade.embedded import default_data_dir, start_embedded
-
-    data_dir = settings.data_dir / "pg" if settings.data_dir else default_data_dir()
-    print(f"using the embedded PostgreSQL in {data_dir}", file=sys.stderr)
-    url: str = stack.enter_context(start_embedded(data_dir)).url
-    return url
+        try:
+            yield db
+        finally:
+            db.close()
 
 
 def _show(batch: Batch) -> None:

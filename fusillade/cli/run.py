@@ -26,7 +26,7 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from datetime import timedelta
 from pathlib import Path
-from typing import TextIO
+from typing import BinaryIO, TextIO
 from uuid import UUID
 
 import anyio
@@ -39,12 +39,11 @@ from fusillade.core.models import (
     BatchView,
     RequestTemplate,
 )
-from fusillade.core.results import format_result_line
-from fusillade.core.retry import RetryPolicy
+from fusillade.engine import Engine, Rules
 from fusillade.errors import NotFound, ValidationError
 from fusillade.ids import next_uuid7
 from fusillade.progress import Progress
-from fusillade.runtime.config import DaemonConfig, Upstream
+from fusillade.runtime.config import DaemonConfig
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -55,14 +54,11 @@ class RunOptions:
     output: Path
     errors: Path | None = None
     single_file: bool = False
-    upstream: str | None = None
-    api_key_env: str | None = "OPENAI_API_KEY"
-    concurrency: int = 16
     endpoint: str | None = None
     completion_window: str = "24h"
-    max_attempts: int = 6
-    stale_after: float = 30.0
     progress_interval: float = 5.0
+    # routing, concurrency, retries: the configuration's (``Settings.daemon_config()``)
+    daemon: DaemonConfig = attrs.field(factory=DaemonConfig)
 
     @property
     def error_path(self) -> Path:
@@ -100,38 +96,24 @@ def _batch_id_for(options: RunOptions, input_hash: str) -> UUID:
     return batch_id
 
 
-async def _write_results(engine: fusillade.engine.Engine, batch: UUID, options: RunOptions) -> None:
+async def _write_results(engine: Engine, view: BatchView, options: RunOptions) -> None:
+    """The batch's output and error files, byte for byte as the server serves them."""
     with ExitStack() as stack:
         out = stack.enter_context(_atomic(options.output))
         err = out if options.single_file else stack.enter_context(_atomic(options.error_path))
-        for errors, target in ((False, out), (True, err)):
-            async for line in engine.iter_results(batch, errors=errors):
-                target.write(format_result_line(line) + "\n")
+        for file_id, target in ((view.record.output_file_id, out),
+                                (view.record.error_file_id, err)):  # fmt: skip
+            async for chunk in await engine.file_content(file_id):
+                target.write(chunk)
 
 
 @contextmanager
-def _atomic(path: Path) -> Iterator[TextIO]:
+def _atomic(path: Path) -> Iterator[BinaryIO]:
     """Write ``path`` through a temporary file renamed into place on success."""
     tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", encoding="utf-8", newline="\n") as f:
+    with tmp.open("wb") as f:
         yield f
     os.replace(tmp, path)
-
-
-def daemon_config(options: RunOptions) -> DaemonConfig:
-    upstreams = {}
-    if options.upstream:
-        upstreams["default"] = Upstream(options.upstream, api_key_env=options.api_key_env)
-    return DaemonConfig(
-        default_concurrency=options.concurrency,
-        upstreams=upstreams,
-        default_upstream="default" if options.upstream else None,
-        stale_after=options.stale_after,
-        # a short stale threshold (tests, impatient resumes) needs beats well within it
-        heartbeat_interval=min(5.0, options.stale_after / 4),
-        maintenance_interval=min(5.0, options.stale_after / 2),
-        retry=RetryPolicy(max_attempts=options.max_attempts),
-    )
 
 
 async def run_batch(
@@ -139,23 +121,24 @@ async def run_batch(
 ) -> tuple[int, BatchView]:
     """Run (or resume) the batch of ``options.input``; return the exit status and batch."""
     input_hash = _sha256(options.input)
-    limits = JsonlLimits(max_lines=None, max_file_bytes=None)  # a local file: no upload limits
+    # a local file: no upload limits
+    rules = Rules(limits=JsonlLimits(max_lines=None, max_file_bytes=None))
     # Validate everything before storing or sending anything.
 
     def check() -> RequestTemplate:
         with options.input.open("rb") as stream:
-            return validate_file(stream, limits)
+            return validate_file(stream, rules.limits)
 
     first = await anyio.to_thread.run_sync(check)
     endpoint = options.endpoint or first.path
     batch_id = _batch_id_for(options, input_hash)
     progress = Progress(stderr, interval=options.progress_interval)
-    async with fusillade.engine.open(url, daemon_config(options)) as engine:
+    async with fusillade.engine.open(url, options.daemon, rules=rules) as engine:
         try:
             view = await engine.get_batch(batch_id)
             print(f"resuming batch {batch_id}", file=stderr)
         except NotFound:
-            stored = await engine.create_file(options.input, limits=limits)
+            stored = await engine.create_file(options.input)
             view = await engine.create_batch(
                 stored.id,
                 endpoint=endpoint,
@@ -165,7 +148,7 @@ async def run_batch(
             print(f"started batch {batch_id}: {view.counts.total} requests", file=stderr)
         async for view in engine.watch(batch_id, interval=0.25):
             progress.update(view, final=view.status.is_terminal)
-        await _write_results(engine, batch_id, options)
+        await _write_results(engine, view, options)
     c = view.counts
     where = str(options.output)
     if not options.single_file:
@@ -185,10 +168,6 @@ def check_options(options: RunOptions) -> None:
         raise ValidationError(f"no input file at {options.input}")
     if options.output.resolve() == options.input.resolve():
         raise ValidationError("the output file must not be the input file")
-    if options.concurrency < 1:
-        raise ValidationError("--concurrency must be at least 1")
-    if options.max_attempts < 1:
-        raise ValidationError("--max-attempts must be at least 1")
     from fusillade.core.windows import parse_completion_window
 
     window = parse_completion_window(options.completion_window)

@@ -4,17 +4,15 @@ The shape is fixed by docs/configuration.md (every key, its default and its vari
 Secrets are never values here: api keys are named by the environment variable that holds
 them (``key_env``, ``api_key_env``) and read when used.
 
-``_settings`` holds the records, ``_schema`` how each key is checked, ``_load`` the
-layers (file, environment, flags) and their merge, ``_render`` the masked TOML of
-``fusillade config``, ``_flags`` the shared command-line flags.
+``_model`` is the typed model (attrs records; each key's type carries its check),
+``_load`` merges the sources and structures them with cattrs, and holds the shared
+command-line flags; ``_render`` writes the masked TOML of ``fusillade config``.
 """
 
 from __future__ import annotations
 
-from fusillade.config._flags import add_arguments, settings_from_args
-from fusillade.config._load import load_settings
-from fusillade.config._render import render
-from fusillade.config._settings import (
+from fusillade.config._load import add_arguments, load_settings, settings_from_args
+from fusillade.config._model import (
     CONFIG_ENV,
     FLAGS,
     ApiKey,
@@ -24,6 +22,7 @@ from fusillade.config._settings import (
     Settings,
     UpstreamSettings,
 )
+from fusillade.config._render import render
 
 __all__ = [
     "CONFIG_ENV",

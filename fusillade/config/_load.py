@@ -1,71 +1,151 @@
 """Loading the configuration: a TOML file, ``FUSILLADE_*`` environment variables, flags; flags win.
 
-The shape is fixed by docs/configuration.md (every key, its default and its variable).
-Secrets are never values here: api keys are named by the environment variable that holds
-them (``key_env``, ``api_key_env``) and read when used.
+Theory of operation: the sources are merged, in order, into one tree of plain values
+(what a TOML file holds), remembering which source set each key path (a tuple such as
+``("server", "port")`` or ``("models", "llama-3.1-8b", "upstream")``: model names contain
+dots). Environment and flag text is read by its key's ``Rule`` on the way in. A cattrs
+converter then structures the tree into ``Settings`` through the rules of ``_model``;
+its first error (an unknown key first) becomes one ``ConfigError`` naming the source and
+the key. Rules across keys run last.
 
-Theory of operation: each source becomes a *layer*, a flat ``{path: (value, source)}``
-dict where a path is ``("server", "port")`` or ``("models", "llama-3.1-8b", "upstream")``
-(tuples, because model names contain dots). Text from the environment or the command line
-is parsed per key on the way in. The layers are merged (later wins), each value is checked
-by its key's ``_Kind``, and cross-key rules run last. Every error names the source and the
-key.
+The converter is not ``fusillade.serde``'s: a configuration is strict (unknown keys are
+errors, nothing is coerced), the database rows and JSON bodies there are not.
 """
 
 from __future__ import annotations
 
-import json
+import argparse
 import os
-import re
 import tomllib
-from collections.abc import Mapping
+import typing
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from fusillade.config._schema import _NAMED, _SCHEMA, _Invalid
-from fusillade.config._settings import (
+import attrs
+import cattrs
+from cattrs.errors import (
+    AttributeValidationNote,
+    ClassValidationError,
+    ForbiddenExtraKeysError,
+    IterableValidationError,
+    IterableValidationNote,
+)
+from cattrs.gen import make_dict_structure_fn, make_mapping_structure_fn, override
+
+from fusillade.config._model import (
     CONFIG_ENV,
     FLAGS,
     DaemonSettings,
-    ModelSettings,
+    Invalid,
+    Key,
+    Rule,
     ServerSettings,
     Settings,
-    UpstreamSettings,
+    format_duration,
 )
-from fusillade.core.windows import parse_duration
+from fusillade.config._render import show_key, toml_key
 from fusillade.errors import ConfigError
 
-_Key = tuple[str, ...]  # ("server", "port"), ("models", NAME, "upstream")
-_Layer = dict[_Key, tuple[object, str]]
+
+class _NotTable(Exception):
+    """A value where the model expects a table."""
 
 
-def _toml_str(text: str) -> str:
-    # JSON string escapes are valid TOML basic-string escapes; TOML also bans raw DEL.
-    return json.dumps(text, ensure_ascii=False).replace("\x7f", "\\u007f")
+def _rule(hint: object) -> Rule | None:
+    """The ``Rule`` of an ``Annotated`` key type, else ``None``."""
+    return next((m for m in getattr(hint, "__metadata__", ()) if isinstance(m, Rule)), None)
 
 
-def _toml_key(name: str) -> str:
-    return name if re.fullmatch(r"[A-Za-z0-9_-]+", name) else _toml_str(name)
+def _rules(cls: type) -> dict[str, Rule]:
+    """The rule of each field of ``cls`` (through ``X | None``)."""
+    out = {}
+    for name, hint in typing.get_type_hints(cls, include_extras=True).items():
+        for candidate in (hint, *typing.get_args(hint)):
+            if rule := _rule(candidate):
+                out[name] = rule
+    return out
 
 
-def _show_key(path: _Key) -> str:
-    if len(path) == 1:
-        return path[0]
-    table = ".".join(_toml_key(p) for p in path[:-1])
-    return f"[{table}] {path[-1]}"
+# the keys an environment variable or a flag may set: the top level, [server], [daemon]
+_FLAT = (((), Settings), (("server",), ServerSettings), (("daemon",), DaemonSettings))
+KEYS: Mapping[Key, Rule] = {
+    (*section, name): rule for section, cls in _FLAT for name, rule in _rules(cls).items()
+}
 
 
-def _error(source: str, path: _Key, problem: object) -> ConfigError:
-    return ConfigError(f"{source}: {_show_key(path)}: {problem}")
+def _tables(structure: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
+    def hook(value: Any, type_: Any) -> Any:
+        if not isinstance(value, dict):
+            raise _NotTable
+        return structure(value, type_)
+
+    return hook
 
 
-def _table(value: object, source: str, path: _Key) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        raise ConfigError(f"{source}: [{'.'.join(map(_toml_key, path))}] must be a table")
-    return value
+def _record(cls: Any) -> Callable[[Any, Any], Any]:
+    omit: dict[str, Any] = {"sources": override(omit=True)} if cls is Settings else {}
+    return _tables(make_dict_structure_fn(cls, _converter, _cattrs_forbid_extra_keys=True, **omit))
 
 
-def _read_file(path: Path) -> _Layer:
+def _ruled(hint: Any) -> Callable[[Any, Any], Any]:
+    check = typing.cast(Rule, _rule(hint)).check
+    return lambda value, _: check(value)
+
+
+_converter = cattrs.Converter(detailed_validation=True)
+_converter.register_structure_hook_factory(lambda t: _rule(t) is not None, _ruled)
+_converter.register_structure_hook_factory(attrs.has, _record)
+
+
+def _is_mapping(hint: Any) -> bool:
+    return typing.get_origin(hint) is Mapping
+
+
+_converter.register_structure_hook_factory(
+    _is_mapping, lambda t: _tables(make_mapping_structure_fn(t, _converter))
+)
+
+
+# --- the tree of merged values ------------------------------------------------------------
+
+
+@attrs.define
+class _Tree:
+    values: dict[str, Any] = attrs.field(factory=dict)
+    sources: dict[Key, str] = attrs.field(factory=dict)
+
+    def source(self, path: Key) -> str:
+        while path and path not in self.sources:
+            path = path[:-1]
+        return self.sources.get(path, "the defaults")
+
+    def put(self, path: Key, value: object, source: str) -> None:
+        node = self.values
+        for i in range(1, len(path)):
+            node = node.setdefault(path[i - 1], {})
+            if not isinstance(node, dict):
+                raise self.error(path[:i], _NotTable())
+            self.sources[path[:i]] = source  # the table exists, even when empty
+        node[path[-1]] = value
+        self.sources[path] = source
+
+    def error(self, path: Key, problem: BaseException) -> ConfigError:
+        if isinstance(problem, ForbiddenExtraKeysError):
+            order = list(self.sources)  # the file's order
+            key = min(problem.extra_fields, key=lambda k: order.index((*path, k)))
+            path = (*path, key)
+            return ConfigError(f"{self.source(path)}: unknown key {show_key(path)}")
+        if isinstance(problem, _NotTable):
+            return ConfigError(
+                f"{self.source(path)}: [{'.'.join(map(toml_key, path))}] must be a table"
+            )
+        text = "required" if isinstance(problem, KeyError) else "invalid value"
+        text = str(problem) if isinstance(problem, Invalid) else text
+        return ConfigError(f"{self.source(path)}: {show_key(path)}: {text}")
+
+
+def _read_file(path: Path, tree: _Tree) -> None:
     try:
         with path.open("rb") as f:
             data = tomllib.load(f)
@@ -73,128 +153,103 @@ def _read_file(path: Path) -> _Layer:
         raise ConfigError(f"cannot read the configuration file {path}: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-    source, layer = str(path), _Layer()
 
-    def add(keys: _Key, table: Mapping[str, object]) -> None:
-        section = keys[0] if keys else ""
+    def walk(prefix: Key, table: dict[str, Any]) -> None:
         for key, value in table.items():
-            if key not in _SCHEMA[section]:
-                raise ConfigError(f"{source}: unknown key {_show_key((*keys, key))}")
-            layer[(*keys, key)] = (value, source)
+            tree.sources[(*prefix, key)] = str(path)
+            if isinstance(value, dict):
+                walk((*prefix, key), value)
 
-    for key, value in data.items():
-        if key in ("server", "daemon"):
-            add((key,), _table(value, source, (key,)))
-        elif key in _NAMED:
-            for name, entry in _table(value, source, (key,)).items():
-                layer[(key, name)] = (None, source)  # the table exists, even when empty
-                add((key, name), _table(entry, source, (key, name)))
-        else:
-            add((), {key: value})
-    return layer
+    walk((), data)
+    tree.values = data
 
 
-def _from_text(layer: _Layer, path: _Key, text: str, source: str) -> None:
-    kind = _SCHEMA[path[0] if len(path) > 1 else ""][path[-1]]
+def _set_text(tree: _Tree, path: Key, text: str, source: str) -> None:
     try:
-        layer[path] = (kind.from_text(text), source)
-    except _Invalid as exc:
-        raise _error(source, path, exc) from None
+        value = KEYS[path].from_text(text)
+    except Invalid as exc:
+        raise ConfigError(f"{source}: {show_key(path)}: {exc}") from None
+    tree.put(path, value, source)
 
 
-def _shortcut(layer: _Layer, url: object, key_env: object, source: str) -> None:
+def _shortcut(tree: _Tree, url: object, key_env: object, source: str) -> None:
     """``--upstream URL``: upstream ``default`` with that URL, used for every model."""
     if url is None:
         if key_env is not None:
             raise ConfigError(f"{source}: upstream_api_key_env needs upstream as well")
         return
-    layer[("upstreams", "default")] = (None, source)
-    layer[("default_upstream",)] = ("default", source)
-    layer[("upstreams", "default", "base_url")] = (url, source)
+    tree.put(("default_upstream",), "default", source)
+    tree.put(("upstreams", "default", "base_url"), url, source)
     if key_env is not None:
-        layer[("upstreams", "default", "api_key_env")] = (key_env, source)
+        tree.put(("upstreams", "default", "api_key_env"), key_env, source)
 
 
-def _read_env(env: Mapping[str, str]) -> _Layer:
-    layer = _Layer()
+def _read_env(env: Mapping[str, str], tree: _Tree) -> None:
     url, key_env = env.get("FUSILLADE_UPSTREAM"), env.get("FUSILLADE_UPSTREAM_API_KEY_ENV")
-    _shortcut(layer, url or None, key_env or None, "FUSILLADE_UPSTREAM")
-    for section in ("", "server", "daemon"):
-        for key in _SCHEMA[section]:
-            path = (section, key) if section else (key,)
-            name = "_".join(["FUSILLADE", *path]).upper()
-            if text := env.get(name):  # an empty variable counts as unset
-                _from_text(layer, path, text, name)
-    return layer
+    _shortcut(tree, url or None, key_env or None, "FUSILLADE_UPSTREAM")
+    for path in KEYS:
+        name = "_".join(["FUSILLADE", *path]).upper()
+        if text := env.get(name):  # an empty variable counts as unset
+            _set_text(tree, path, text, name)
 
 
-def _read_flags(flags: Mapping[str, object]) -> _Layer:
+def _read_flags(flags: Mapping[str, object], tree: _Tree) -> None:
     given = {k: v for k, v in flags.items() if v is not None}
-    layer = _Layer()
-    _shortcut(layer, given.pop("upstream", None), given.pop("upstream_api_key_env", None), FLAGS)
+    _shortcut(tree, given.pop("upstream", None), given.pop("upstream_api_key_env", None), FLAGS)
     for dotted, value in given.items():
         path = tuple(dotted.split(".", 1))
-        section = path[0] if len(path) == 2 else ""
-        if section not in ("", "server", "daemon") or path[-1] not in _SCHEMA[section]:
+        if path not in KEYS:
             raise ConfigError(f"{FLAGS}: unknown setting {dotted!r}")
         if isinstance(value, str):
-            _from_text(layer, path, value, FLAGS)
+            _set_text(tree, path, value, FLAGS)
         else:
-            layer[path] = (value, FLAGS)
-    return layer
+            tree.put(path, value, FLAGS)
 
 
-def _build(merged: _Layer) -> Settings:
-    def fields(prefix: _Key) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        kinds = _SCHEMA[prefix[0] if prefix else ""]
-        for key, kind in kinds.items():
-            path = (*prefix, key)
-            if path in merged:
-                value, source = merged[path]
-                try:
-                    out[key] = kind.check(value)
-                except _Invalid as exc:
-                    raise _error(source, path, exc) from None
-        return out
+def _leaves(exc: BaseException, path: Key) -> Iterator[tuple[Key, BaseException]]:
+    """The errors inside cattrs' validation errors, each with its key path."""
+    for note in getattr(exc, "__notes__", ()):
+        if isinstance(note, AttributeValidationNote):
+            path = (*path, note.name)
+        elif isinstance(note, IterableValidationNote):
+            path = (*path, str(note.index))
+    if isinstance(exc, ClassValidationError | IterableValidationError):
+        for inner in exc.exceptions:
+            yield from _leaves(inner, path)
+    else:
+        yield path, exc
 
-    named: dict[str, dict[str, Any]] = {section: {} for section in _NAMED}
-    for path, (_, source) in merged.items():
-        if len(path) == 2 and path[0] in _NAMED:
-            entry = fields(path)
-            if path[0] == "upstreams" and "base_url" not in entry:
-                raise _error(source, (*path, "base_url"), "required")
-            cls = UpstreamSettings if path[0] == "upstreams" else ModelSettings
-            named[path[0]][path[1]] = cls(**entry)
-    settings = Settings(
-        **fields(()),
-        server=ServerSettings(**fields(("server",))),
-        daemon=DaemonSettings(**fields(("daemon",))),
-        upstreams=named["upstreams"],
-        models=named["models"],
-        sources={path: source for path, (_, source) in merged.items()},
-    )
-    _check(settings)
+
+def _structure(tree: _Tree) -> Settings:
+    try:
+        settings = _converter.structure(tree.values, Settings)
+    except ClassValidationError as exc:
+        leaves = list(_leaves(exc, ()))
+        unknown = [leaf for leaf in leaves if isinstance(leaf[1], ForbiddenExtraKeysError)]
+        path, problem = (unknown or leaves)[0]
+        raise tree.error(path, problem) from None
+    settings = attrs.evolve(settings, sources=tree.sources)
+    _check(settings, tree)
     return settings
 
 
-def _check(settings: Settings) -> None:
+def _check(settings: Settings, tree: _Tree) -> None:
     """Rules across keys: routing names defined upstreams, the lease outlives a heartbeat."""
-    sources, defined = settings.sources, settings.upstreams
+    defined = settings.upstreams
     named = [(("models", m, "upstream"), s.upstream) for m, s in settings.models.items()]
     for path, name in [*named, (("default_upstream",), settings.default_upstream)]:
         if name is not None and name not in defined:
             known = ", ".join(sorted(defined)) or "none"
             problem = f"no upstream named {name!r} in [upstreams] (defined: {known})"
-            raise _error(sources[path], path, problem)
-    d = settings.daemon
-    if parse_duration(d.stale_after) <= parse_duration(d.heartbeat_interval):
-        path = (
-            "daemon",
-            "stale_after" if ("daemon", "stale_after") in sources else "heartbeat_interval",
+            raise tree.error(path, Invalid(problem))
+    stale, beat = settings.daemon.stale_after, settings.daemon.heartbeat_interval
+    if stale <= beat:
+        key = "stale_after" if ("daemon", "stale_after") in tree.sources else "heartbeat_interval"
+        problem = (
+            f"stale_after {format_duration(stale)!r} must be longer than "
+            f"heartbeat_interval {format_duration(beat)!r}"
         )
-        problem = f"stale_after {d.stale_after!r} must be longer than heartbeat_interval"
-        raise _error(sources[path], path, f"{problem} {d.heartbeat_interval!r}")
+        raise tree.error(("daemon", key), Invalid(problem))
 
 
 def load_settings(
@@ -209,9 +264,9 @@ def load_settings(
         path: a TOML file; ``None`` reads the file named by ``$FUSILLADE_CONFIG`` if set.
         env: where ``FUSILLADE_*`` variables are read (unknown ones are ignored).
         flags: dotted keys (``"server.port"``, ``"database_url"``) to values; ``None``
-            values are skipped; strings are parsed as environment values are. Also
-            ``"upstream"`` (a URL: upstream ``default``, used for every model) and
-            ``"upstream_api_key_env"``.
+            values are skipped; strings are read as environment values are, other values
+            as the file's (a duration may be a ``timedelta``). Also ``"upstream"`` (a
+            URL: upstream ``default``, used for every model) and ``"upstream_api_key_env"``.
 
     Raises:
         ConfigError: an unreadable file, an unknown key in the file or the flags, or a bad
@@ -224,7 +279,67 @@ def load_settings(
             raise ConfigError(
                 f"{CONFIG_ENV}: names a home directory that does not exist: {env[CONFIG_ENV]!r}"
             ) from None
-    merged = _read_file(path) if path is not None else _Layer()
-    merged.update(_read_env(env))
-    merged.update(_read_flags(flags or {}))
-    return _build(merged)
+    tree = _Tree()
+    if path is not None:
+        _read_file(path, tree)
+    _read_env(env, tree)
+    _read_flags(flags or {}, tree)
+    return _structure(tree)
+
+
+# --- the command line -------------------------------------------------------------------
+
+
+def add_arguments(
+    parser: argparse.ArgumentParser, *, server: bool = True, daemon: bool = True
+) -> None:
+    """The configuration flags: ``--config``, the database, and the ``server``/``daemon`` ones.
+
+    Every command that reads the configuration takes them (``config`` and ``serve`` all;
+    ``run`` the daemon's; ``migrate`` and the remote commands the database's).
+    """
+    parser.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help=f"TOML configuration file (default: ${CONFIG_ENV})",
+    )
+    parser.add_argument(
+        "--database-url",
+        metavar="URL",
+        help="PostgreSQL URL or conninfo (default: database_url, else the embedded PostgreSQL)",
+    )
+    parser.add_argument("--data-dir", metavar="DIR", help="local data (the embedded PostgreSQL)")
+    if server:
+        parser.add_argument("--host", help="address the server listens on")
+        parser.add_argument("--port", type=int, help="port the server listens on")
+    if daemon:
+        parser.add_argument(
+            "--concurrency", type=int, metavar="N", help="requests in flight per model"
+        )
+        parser.add_argument("--upstream", metavar="URL", help="send every model to this server")
+        parser.add_argument(
+            "--api-key-env",
+            metavar="NAME",
+            help="variable holding the --upstream api key (default: OPENAI_API_KEY)",
+        )
+
+
+def settings_from_args(
+    args: argparse.Namespace,
+    env: Mapping[str, str] = os.environ,
+    flags: Mapping[str, object] | None = None,
+) -> Settings:
+    """``load_settings`` with the flags of ``add_arguments``, and a command's own ``flags``."""
+    upstream = getattr(args, "upstream", None)
+    key_env = getattr(args, "api_key_env", None) or ("OPENAI_API_KEY" if upstream else None)
+    given = {
+        "database_url": args.database_url,
+        "data_dir": args.data_dir,
+        "server.host": getattr(args, "host", None),
+        "server.port": getattr(args, "port", None),
+        "daemon.default_concurrency": getattr(args, "concurrency", None),
+        "upstream": upstream,
+        "upstream_api_key_env": key_env,
+    }
+    return load_settings(args.config, env=env, flags={**given, **(flags or {})})

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
 from collections.abc import Mapping
-from typing import Any
+from datetime import timedelta
 
 import attrs
 
-from fusillade.config._load import _Key, _toml_key, _toml_str
-from fusillade.config._schema import _NAMED, _SCHEMA
-from fusillade.config._settings import Settings
+from fusillade.config._model import ApiKey, Key, Settings, format_duration
 from fusillade.redact import mask_urls
+
+_SECRET_NAMES = ("api_key_env", "metrics_key_env")  # keys whose value names a secret's variable
 
 
 def render(settings: Settings, *, env: Mapping[str, str] = os.environ) -> str:
@@ -24,7 +26,7 @@ def render(settings: Settings, *, env: Mapping[str, str] = os.environ) -> str:
     """
     out = ["# fusillade: effective configuration (secrets masked)"]
 
-    def note(path: _Key, *extra: str) -> str:
+    def note(path: Key, *extra: str) -> str:
         source = settings.sources.get(path)
         notes = [*extra, f"from {source}"] if source else list(extra)
         return f"  # {'; '.join(notes)}" if notes else ""
@@ -32,37 +34,56 @@ def render(settings: Settings, *, env: Mapping[str, str] = os.environ) -> str:
     def is_set(name: str) -> str:
         return "set" if env.get(name) else "NOT SET"
 
-    def emit(prefix: _Key, values: Mapping[str, object]) -> None:
-        for key, value in values.items():
+    def emit(prefix: Key, record: attrs.AttrsInstance) -> None:
+        for key, value in attrs.asdict(record, recurse=False).items():
             path = (*prefix, key)
+            if attrs.has(type(value)) or isinstance(value, Mapping):
+                continue  # a table: below
             if value is None:
                 out.append(f"# {key}: not set{note(path)}")
-            elif key == "api_keys" and isinstance(value, tuple):
+            elif key == "api_keys":
                 out.append(f"{key} = [{note(path)}")
                 for k in value:
-                    line = f"{{ key_env = {_toml_str(k.key_env)}, owner = {_toml_str(k.owner)} }}"
+                    assert isinstance(k, ApiKey)
+                    line = f"{{ key_env = {toml_str(k.key_env)}, owner = {toml_str(k.owner)} }}"
                     out.append(f"  {line},  # {is_set(k.key_env)}")
                 out.append("]")
             else:
-                named_secret = key in ("api_key_env", "metrics_key_env")
-                extra = [is_set(value)] if named_secret and isinstance(value, str) else []
-                out.append(f"{key} = {_value(key, value)}{note(path, *extra)}")
+                extra = [is_set(value)] if key in _SECRET_NAMES else []
+                out.append(f"{key} = {_value(value)}{note(path, *extra)}")
 
-    emit((), {k: getattr(settings, k) for k in _SCHEMA[""]})
+    emit((), settings)
     for section in ("server", "daemon"):
         out.append(f"\n[{section}]")
-        emit((section,), attrs.asdict(getattr(settings, section), recurse=False))
-    for section in _NAMED:
-        table: Mapping[str, Any] = getattr(settings, section)
+        emit((section,), getattr(settings, section))
+    for section in ("upstreams", "models"):
+        table: Mapping[str, attrs.AttrsInstance] = getattr(settings, section)
         for name, entry in table.items():
-            out.append(f"\n[{section}.{_toml_key(name)}]")
-            emit((section, name), attrs.asdict(entry))
+            out.append(f"\n[{section}.{toml_key(name)}]")
+            emit((section, name), entry)
     return "\n".join(out) + "\n"
 
 
-def _value(key: str, value: object) -> str:
+def _value(value: object) -> str:
     if isinstance(value, int):
         return str(value)
+    if isinstance(value, timedelta):
+        return toml_str(format_duration(value))
     if isinstance(value, tuple):
-        return "[" + ", ".join(_toml_str(mask_urls(str(v))) for v in value) + "]"
-    return _toml_str(mask_urls(str(value)))
+        return "[" + ", ".join(toml_str(mask_urls(str(v))) for v in value) + "]"
+    return toml_str(mask_urls(str(value)))
+
+
+def toml_str(text: str) -> str:
+    # JSON string escapes are valid TOML basic-string escapes; TOML also bans raw DEL.
+    return json.dumps(text, ensure_ascii=False).replace("\x7f", "\\u007f")
+
+
+def toml_key(name: str) -> str:
+    return name if re.fullmatch(r"[A-Za-z0-9_-]+", name) else toml_str(name)
+
+
+def show_key(path: Key) -> str:
+    if len(path) == 1:
+        return path[0]
+    return f"[{'.'.join(map(toml_key, path[:-1]))}] {path[-1]}"

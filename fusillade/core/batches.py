@@ -44,6 +44,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import datetime
+from uuid import UUID
 
 import attrs
 
@@ -51,9 +52,11 @@ from fusillade.core.models import (
     BatchRecord,
     BatchStatus,
     BatchView,
+    FilePurpose,
     RequestCounts,
     RequestState,
 )
+from fusillade.errors import ValidationError
 
 
 def derive(record: BatchRecord, counts: RequestCounts, now: datetime) -> BatchView:
@@ -120,6 +123,28 @@ def needs_freeze(view: BatchView) -> bool:
         view.record.frozen_counts is None
         and view.counts.unsettled == 0
         and recount_consistent(view.record, view.counts)
+    )
+
+
+def check_input_file(file_id: UUID, purpose: FilePurpose, line_count: int) -> None:
+    """What the stored input file of a new batch must be (the engine checks the request
+    itself, ``fusillade/engine/_rules.py``; a repository checks this, and
+    ``endpoint_mismatch``, in the transaction that creates the batch).
+
+    Raises:
+        ValidationError: the file is not an input file, or has no lines.
+    """
+    if purpose is not FilePurpose.BATCH:
+        raise ValidationError(f"file {file_id} is not a batch input file", param="input_file_id")
+    if line_count == 0:
+        raise ValidationError("the input file has no requests", param="input_file_id")
+
+
+def endpoint_mismatch(line_number: int, path: str, endpoint: str) -> ValidationError:
+    """The error for the first line of an input file whose url is not the batch endpoint."""
+    return ValidationError(
+        f"line {line_number}: url {path!r} does not match the batch endpoint {endpoint!r}",
+        param="endpoint",
     )
 
 

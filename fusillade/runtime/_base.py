@@ -10,6 +10,7 @@ attributes declared here.
 from __future__ import annotations
 
 import logging
+import random
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any, TypeVar
@@ -53,8 +54,12 @@ class DaemonBase:
         *,
         daemon_id: UUID | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
+        jitter: Callable[[], float] = random.random,
     ) -> None:
         self.config = config or DaemonConfig()
+        # the backoff's jitter, drawn from [0, 1); tests pass their own to know every
+        # retry's time
+        self._jitter = jitter
         self.id = daemon_id or uuid4()
         self.repo = AsyncRepository(repo, threads=self.config.db_write_concurrency + 4)
         self.limits = ModelLimits(self.config.concurrency_for)

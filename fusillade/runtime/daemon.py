@@ -62,8 +62,10 @@ class DaemonStats:
 class Daemon(ClaimLoop, CancelWatcher, Upkeep, Listener, Shutdown):
     """One daemon. ``await daemon.run()`` (or ``nursery.start(daemon.run)``) runs it.
 
-    ``Daemon(repo, config=None, *, daemon_id=None, transport=None)``: ``repo`` is the
-    repository it works on; ``transport`` replaces the HTTP transport (tests, mocks).
+    ``Daemon(repo, config=None, *, daemon_id=None, transport=None, jitter=random.random)``:
+    ``repo`` is the repository it works on; ``transport`` replaces the HTTP transport
+    (tests, mocks); ``jitter`` draws the backoff's jitter from ``[0, 1)`` (tests pass
+    their own to know every retry's time).
     """
 
     @property

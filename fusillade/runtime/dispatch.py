@@ -31,7 +31,7 @@ import anyio
 import attrs
 import httpx
 
-from fusillade import __version__
+from fusillade._version import __version__
 from fusillade.core.attempts import ClaimedRequest
 from fusillade.core.bodies import body_of, shown
 from fusillade.core.results import parse_embeddable

@@ -11,8 +11,6 @@ commit (exactly once: every write is a compare-and-set under owner and attempt).
 
 from __future__ import annotations
 
-import random
-
 import anyio
 import anyio.abc
 
@@ -97,7 +95,7 @@ class RequestTasks(DaemonBase):
             budget_used=req.budget_used,
             now=now,
             deadline=req.batch_expires_at,
-            jitter=random.random(),
+            jitter=self._jitter(),
             policy=self.config.retry,
         )
         if decision.pause_until is not None:

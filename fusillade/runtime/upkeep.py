@@ -113,6 +113,6 @@ class Upkeep(DaemonBase):
 
 
 def _version() -> str:
-    from fusillade import __version__
+    from fusillade._version import __version__
 
     return __version__

@@ -11,7 +11,6 @@ from __future__ import annotations
 from typing import Any, Final
 
 import anyio
-import anyio.to_thread
 from litestar import Litestar, MediaType, Request, Response, Router, get
 from litestar.connection import ASGIConnection
 from litestar.datastructures import State
@@ -23,7 +22,7 @@ from litestar.openapi.plugins import JsonRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from fusillade import __version__
+from fusillade._version import __version__
 from fusillade.server import batches, files
 from fusillade.server.context import ServerContext, context_of
 from fusillade.server.errors import exception_to_response
@@ -73,14 +72,9 @@ async def healthz() -> Health:
 async def readyz(request: Request[Any, Any, Any]) -> Response[Health]:
     ctx = context_of(request)
     database = False
-    ping = getattr(ctx.repo, "ping", None)
     with anyio.move_on_after(READY_TIMEOUT):
         try:
-            if ping is not None:
-                # Abandoned (left to finish in its thread) when the timeout passes: a
-                # worker thread cannot be cancelled, and a probe must answer on time
-                # while the database is down. The ping itself is read-only.
-                await anyio.to_thread.run_sync(ping, abandon_on_cancel=True)
+            await ctx.engine.ping()  # abandoned, not awaited, when the timeout passes
             database = True
         except Exception:
             database = False
@@ -119,7 +113,7 @@ async def openapi_json(request: Request[Any, Any, Any]) -> Response[dict[str, An
 
 
 def create_app(ctx: ServerContext) -> Litestar:
-    """The ASGI application serving ``ctx``'s repository."""
+    """The ASGI application: the API over ``ctx.engine``."""
     v1 = Router(
         "/v1",
         route_handlers=[*files.ROUTES, *batches.ROUTES],

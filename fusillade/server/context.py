@@ -1,29 +1,23 @@
-"""What every route needs: the repository, the settings, the keys, the daemon (if any)."""
+"""What every route needs: the engine, the settings, the keys.
+
+Routes are adapters over the engine (``fusillade.engine``): they read the HTTP request,
+call one of its methods as the caller's owner and shape the answer.
+"""
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
-from datetime import UTC, datetime
-from typing import Any, TypeAlias, TypeVar
+from typing import Any, TypeAlias
 
-import anyio.to_thread
 import attrs
 from litestar.connection import ASGIConnection
 from litestar.di import NamedDependency
 
 from fusillade.config import ServerSettings
 from fusillade.core.jsonl import JsonlLimits
-from fusillade.core.windows import parse_duration
+from fusillade.engine import Engine, Rules
 from fusillade.runtime.daemon import Daemon
 from fusillade.server.auth import HostPolicy, KeyRing
-from fusillade.store.interface import Repository
-
-R = TypeVar("R")
-
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)
 
 
 @attrs.frozen
@@ -36,25 +30,53 @@ class BodyTiming:
 
     @classmethod
     def from_settings(cls, settings: ServerSettings) -> BodyTiming:
-        timeout = parse_duration(settings.body_read_timeout, name="body_read_timeout")
-        return cls(timeout.total_seconds(), settings.body_min_rate)
+        return cls(settings.body_read_timeout.total_seconds(), settings.body_min_rate)
 
     def deadline(self, start: float, received: int) -> float:
         """When the rest of a body started at ``start`` is late, ``received`` bytes in."""
         return start + self.timeout + received / self.min_rate
 
 
+def upload_limits(settings: ServerSettings) -> JsonlLimits:
+    """The limits of an uploaded input file (``[server]`` ``max_upload_bytes`` ...)."""
+    return JsonlLimits(
+        max_file_bytes=settings.max_upload_bytes,
+        max_line_bytes=settings.max_line_bytes,
+        max_lines=settings.max_lines,
+        allowed_endpoints=tuple(settings.allowed_endpoints),
+    )
+
+
+def server_rules(settings: ServerSettings) -> Rules:
+    """What a server's engine accepts: its upload limits, endpoints and windows."""
+    return Rules(
+        limits=upload_limits(settings),
+        endpoints=tuple(settings.allowed_endpoints),
+        completion_windows=tuple(settings.completion_windows),
+    )
+
+
 @attrs.define
 class ServerContext:
-    """Shared by every request of one server; repository calls go to worker threads."""
+    """Shared by every request of one server.
 
-    repo: Repository
+    ``engine`` is given the server's rules (``server_rules(settings)``), whatever rules
+    it came with: the settings are the one source of what the API accepts.
+    """
+
+    engine: Engine
     settings: ServerSettings
     keys: KeyRing
-    daemon: Daemon | None = None
     # empty: GET /metrics needs no key
     metrics_key: KeyRing = attrs.field(factory=functools.partial(KeyRing, ()))
-    clock: Callable[[], datetime] = utc_now
+
+    def __attrs_post_init__(self) -> None:
+        self.engine = self.engine.with_rules(server_rules(self.settings))
+
+    @property
+    def daemon(self) -> Daemon | None:
+        """The daemon running in this process, if any (``/readyz`` asks it)."""
+        return self.engine.daemon
 
     @functools.cached_property
     def hosts(self) -> HostPolicy:
@@ -66,19 +88,9 @@ class ServerContext:
         """How long a request body may take to arrive."""
         return BodyTiming.from_settings(self.settings)
 
-    @property
-    def upload_limits(self) -> JsonlLimits:
-        s = self.settings
-        return JsonlLimits(
-            max_file_bytes=s.max_upload_bytes,
-            max_line_bytes=s.max_line_bytes,
-            max_lines=s.max_lines,
-            allowed_endpoints=tuple(s.allowed_endpoints),
-        )
-
-    async def call(self, fn: Callable[..., R], /, *args: Any, **kwargs: Any) -> R:
-        """``fn(*args, **kwargs)`` in a worker thread (repository calls block)."""
-        return await anyio.to_thread.run_sync(functools.partial(fn, *args, **kwargs))
+    def engine_for(self, owner: str) -> Engine:
+        """The engine acting for ``owner`` (the caller's key)."""
+        return self.engine.for_owner(owner)
 
 
 def context_of(connection: ASGIConnection[Any, Any, Any, Any]) -> ServerContext:

@@ -29,6 +29,8 @@ from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve as hypercorn_serve
 
 from fusillade.config import Settings
+from fusillade.embedded import open_database_url
+from fusillade.engine import Engine
 from fusillade.errors import ConfigError
 from fusillade.runtime.clock import Clock
 from fusillade.runtime.config import DaemonConfig
@@ -135,8 +137,13 @@ async def serve(
         repo = repository
         url = settings.database_url or ""
         if repo is None:
-            if not url:
-                url = await _start_embedded(stack, settings, say)
+            url = await stack.enter_async_context(
+                open_database_url(
+                    url,
+                    settings.data_dir,
+                    say=lambda line: say(f"no database_url configured: {line}"),
+                )
+            )
             repo = await trio.to_thread.run_sync(
                 functools.partial(_open_repository, url, migrate=migrate)
             )
@@ -149,21 +156,14 @@ async def serve(
         # The API's times (batch deadlines, cancel and retry stamps) are compared by
         # daemons on other hosts: take them from the database's clock, like the daemon.
         clock = Clock()
-        read = functools.partial(
-            trio.to_thread.run_sync, repo.database_time, abandon_on_cancel=True
-        )
+        engine = Engine(repo, daemon, clock=clock.now)
         async with trio.open_nursery() as clocks:
-            await clocks.start(clock.keep_synced, read, _CLOCK_SYNC_INTERVAL)
+            await clocks.start(clock.keep_synced, engine.database_time, _CLOCK_SYNC_INTERVAL)
             async with trio.open_nursery() as nursery:
                 # The API binds first: an address in use then starts no daemon.
                 if run_api:
                     ctx = ServerContext(
-                        repo=repo,
-                        settings=settings.server,
-                        keys=keys,
-                        daemon=daemon,
-                        clock=clock.now,
-                        metrics_key=metrics_key,
+                        engine=engine, settings=settings.server, keys=keys, metrics_key=metrics_key
                     )
                     binds: list[str] = await nursery.start(
                         functools.partial(
@@ -200,25 +200,6 @@ async def _close(repo: Repository) -> None:
     if close is not None:
         with trio.CancelScope(shield=True):
             await trio.to_thread.run_sync(close)
-
-
-async def _start_embedded(
-    stack: AsyncExitStack, settings: Settings, say: Callable[[str], None]
-) -> str:
-    from fusillade.embedded import default_data_dir, start_embedded
-
-    # `data_dir` is fusillade's local state; the embedded server keeps its data in data_dir/pg.
-    data_dir = settings.data_dir / "pg" if settings.data_dir is not None else default_data_dir()
-    say(f"no database_url configured: using the embedded PostgreSQL in {data_dir}")
-    server = await trio.to_thread.run_sync(start_embedded, data_dir)
-
-    async def stop() -> None:
-        with trio.CancelScope(shield=True):
-            await trio.to_thread.run_sync(server.stop)
-
-    stack.push_async_callback(stop)
-    url: str = server.url
-    return url
 
 
 async def serve_until_signalled(settings: Settings, **kwargs: Any) -> None:

@@ -15,9 +15,9 @@ from typing import Literal
 import attrs
 
 from fusillade.core.ids import format_id
-from fusillade.core.models import BatchStatus, BatchView, FailureReason, FilePurpose, FileRecord
+from fusillade.core.models import BatchStatus, BatchView, FilePurpose, FileRecord
 from fusillade.core.results import ERROR_CODES
-from fusillade.store.interface import RequestSummary
+from fusillade.engine import RequestSummary
 
 FilePurposeName = Literal["batch", "batch_output"]
 """A File's ``purpose`` on the wire: OpenAI's names. Error files are ``batch_output`` too
@@ -320,10 +320,7 @@ class BatchRequestList:
 def _request_error(summary: RequestSummary) -> RequestError | None:
     if summary.failure_reason is None:
         return None
-    try:
-        code = ERROR_CODES[FailureReason(summary.failure_reason)]
-    except ValueError:
-        code = summary.failure_reason
+    code = ERROR_CODES[summary.failure_reason]  # every reason has its code
     return RequestError(code=code, message=summary.failure_message or code)
 
 

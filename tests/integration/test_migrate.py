@@ -213,6 +213,24 @@ def test_cli_migrate_prints_what_it_applied(
     )
 
 
+def test_cli_migrate_reads_the_configuration(
+    empty_database_url: str, run_fusillade: RunFusillade, tmp_path: Path
+) -> None:
+    # the same file and variables as serve: --config, then FUSILLADE_CONFIG
+    config = tmp_path / "fusillade.toml"
+    config.write_text(f"database_url = {empty_database_url!r}\n")
+    first = run_fusillade(["migrate", "--config", str(config)])
+    assert (first.returncode, first.stderr) == (0, "")
+    assert first.stdout.splitlines() == [f"applied {name}" for name in SHIPPED]
+    second = run_fusillade(["migrate"], env={"FUSILLADE_CONFIG": str(config)})
+    assert (second.returncode, second.stdout) == (0, "database is up to date\n"), second.stderr
+    # a bad file names itself and the key, as for serve
+    config.write_text("[server]\nprot = 1\n")
+    bad = run_fusillade(["migrate", "--config", str(config)])
+    assert bad.returncode == 1
+    assert bad.stderr == f"fusillade migrate: error: {config}: unknown key [server] prot\n"
+
+
 def test_cli_runtime_error_is_one_sentence_without_traceback(
     run_fusillade: RunFusillade,
 ) -> None:

@@ -469,9 +469,18 @@ class StoresAgree(RuleBasedStateMachine):
             self.now += timedelta(seconds=step)
             return
         due = sorted(t for t in self.deadlines.values() if t >= self.now - timedelta(seconds=1))
-        if due:
-            offset = data.draw(st.sampled_from([-1, 0, 0, 1]), label="offset")
-            self.now = max(self.now, due[0] + timedelta(seconds=offset))
+        if not due:
+            return
+        offset = data.draw(st.sampled_from([-1, 0, 0, 1]), label="offset")
+        self.now = max(self.now, due[0] + timedelta(seconds=offset))
+        # What a daemon asks there (the cancel watcher, the claim loop, maintenance), so
+        # each is checked at the deadline itself and not only when a later rule happens
+        # to run before the clock moves on. The daemon's tests in virtual time
+        # (tests/runtime/test_virtual_time.py) rely on these answers at the deadline.
+        self.same(lambda repo, _: repo.batches_to_abort(self.batches, now=self.now))
+        self.same(lambda repo, _: repo.active_models(now=self.now))
+        if data.draw(st.booleans(), label="sweep at the deadline"):
+            self.same(lambda repo, _: repo.sweep(now=self.now))
 
     @rule()
     def compare_batches(self) -> None:

@@ -27,6 +27,7 @@ from faultkit import raw_request
 from litestar.routes import HTTPRoute
 
 from fusillade.config import ServerSettings
+from fusillade.engine import Engine
 from fusillade.server.app import create_app
 from fusillade.server.auth import KeyRing
 from fusillade.server.context import ServerContext
@@ -41,7 +42,9 @@ BODY_ROUTES = {("POST", "/v1/files"), ("POST", "/v1/batches")}
 
 def served_routes() -> list[tuple[str, str]]:
     """(method, path template) of every route the application serves."""
-    ctx = ServerContext(repo=MemoryRepository(), settings=ServerSettings(), keys=KeyRing(()))
+    ctx = ServerContext(
+        engine=Engine(MemoryRepository()), settings=ServerSettings(), keys=KeyRing(())
+    )
     found = set()
     for route in create_app(ctx).routes:
         if isinstance(route, HTTPRoute):

@@ -190,3 +190,39 @@ async def test_run_with_failures_exits_1(
     assert out.read_text() == ""
     errors = [json.loads(x) for x in (tmp_path / "out.errors.jsonl").read_text().splitlines()]
     assert {e["response"]["status_code"] for e in errors} == {400}
+
+
+async def test_run_reads_the_configuration(
+    database_url: str, mock_upstream: MockUpstream, tmp_path: Path
+) -> None:
+    # run takes the file, variables and flags serve takes: database, upstream, [daemon]
+    mock_upstream.config.default = Behaviour(status=500)  # retryable: attempts are counted
+    config = tmp_path / "fusillade.toml"
+    config.write_text(
+        f'database_url = "{database_url}"\ndefault_upstream = "mock"\n'
+        f'[upstreams.mock]\nbase_url = "{mock_upstream.url}"\n'
+        '[daemon]\nmax_attempts = 1\nbackoff_base = "10ms"\n'
+    )
+    src = write_input(tmp_path / "in.jsonl", 3)
+
+    async def run(out: str, *flags: str) -> int:
+        args = [str(src), "-o", str(tmp_path / out), *flags]
+        env = {**os.environ, "FUSILLADE_CONFIG": str(config)}
+        done = await trio.run_process(run_command(args), check=False, capture_stderr=True, env=env)
+        return done.returncode
+
+    assert await run("one.jsonl") == 1
+    assert mock_upstream.stats.total == 3  # the file's max_attempts
+    assert await run("two.jsonl", "--max-attempts", "2") == 1
+    assert mock_upstream.stats.total == 3 + 6  # the flag wins
+
+
+async def test_run_configuration_errors_exit_2_naming_the_key(tmp_path: Path) -> None:
+    src = write_input(tmp_path / "in.jsonl", 1)
+    args = [str(src), "-o", str(tmp_path / "o.jsonl"), "--concurrency", "0"]
+    done = await trio.run_process(run_command(args), check=False, capture_stderr=True)
+    assert done.returncode == 2
+    assert done.stderr.decode() == (
+        "fusillade run: error: command line: [daemon] default_concurrency: "
+        "must be an integer >= 1, got 0\n"
+    )

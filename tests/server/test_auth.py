@@ -13,6 +13,7 @@ from litestar.routes import HTTPRoute
 from serverkit import StartServer, chat_line, jsonl, wait_status_json
 
 from fusillade.config import ApiKey, ServerSettings
+from fusillade.engine import Engine
 from fusillade.errors import ConfigError
 from fusillade.mock_upstream import Behaviour, MockUpstream
 from fusillade.server.app import create_app
@@ -73,7 +74,9 @@ PLACEHOLDER_PATHS = {
 
 def test_route_table_is_complete() -> None:
     """A new /v1 route must be added to ID_ROUTES or LIST_ROUTES (so it is tested)."""
-    ctx = ServerContext(repo=MemoryRepository(), settings=ServerSettings(), keys=KeyRing(()))
+    ctx = ServerContext(
+        engine=Engine(MemoryRepository()), settings=ServerSettings(), keys=KeyRing(())
+    )
     app = create_app(ctx)
     served = set()
     for route in app.routes:

@@ -20,6 +20,7 @@ from litestar.handlers import HTTPRouteHandler
 from serverkit import StartServer, chat_line, jsonl, raw_post
 
 from fusillade.config import ApiKey, ServerSettings
+from fusillade.engine import Engine
 from fusillade.server.app import create_app
 from fusillade.server.auth import KeyRing
 from fusillade.server.context import ServerContext
@@ -67,7 +68,9 @@ async def upload(
 
 def json_routes() -> list[tuple[str, str]]:
     """(method, path) of every route whose body Litestar would decode as JSON."""
-    ctx = ServerContext(repo=MemoryRepository(), settings=ServerSettings(), keys=KeyRing(()))
+    ctx = ServerContext(
+        engine=Engine(MemoryRepository()), settings=ServerSettings(), keys=KeyRing(())
+    )
     found = []
     for route in create_app(ctx).routes:
         for handler in getattr(route, "route_handlers", []):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from datetime import timedelta
 from typing import Any
 
 import h11
@@ -104,7 +105,7 @@ async def test_a_body_trickling_in_is_cut_off(
     head: bytes,
 ) -> None:
     caplog.set_level(logging.INFO, logger="fusillade")
-    running = await start_server(body_read_timeout="1s", body_min_rate=1000)
+    running = await start_server(body_read_timeout=timedelta(seconds=1), body_min_rate=1000)
     client = await Client.connect(running)
     async with client.stream, trio.open_nursery() as nursery:
         body = head + b"x" * 1000
@@ -124,7 +125,7 @@ async def test_a_body_trickling_in_is_cut_off(
 
 async def test_a_steady_slow_upload_earns_its_time(start_server: StartServer) -> None:
     # 1 s to start plus 1 s per 1,000 bytes: 20 KB sent at about 10 KB/s takes 2 s.
-    running = await start_server(body_read_timeout="1s", body_min_rate=1000)
+    running = await start_server(body_read_timeout=timedelta(seconds=1), body_min_rate=1000)
     file = jsonl([chat_line(f"c{i}", content="y" * 150) for i in range(100)])
     body = (
         UPLOAD_HEAD

@@ -99,12 +99,15 @@ def test_openapi_conformance(live_url: str) -> None:
 
 def test_every_documented_error_is_the_envelope() -> None:
     from fusillade.config import ServerSettings
+    from fusillade.engine import Engine
     from fusillade.server.app import create_app
     from fusillade.server.auth import KeyRing
     from fusillade.server.context import ServerContext
     from fusillade.store.memory import MemoryRepository
 
-    ctx = ServerContext(repo=MemoryRepository(), settings=ServerSettings(), keys=KeyRing(()))
+    ctx = ServerContext(
+        engine=Engine(MemoryRepository()), settings=ServerSettings(), keys=KeyRing(())
+    )
     document = create_app(ctx).openapi_schema.to_schema()
     for path, item in document["paths"].items():
         for method, operation in item.items():

@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from serverkit import chat_line, jsonl
 
-from fusillade.core.jsonl import JsonlLimits, validate_stream
+from fusillade.core.jsonl import JsonlLimits, iter_validated
 from fusillade.core.models import RequestTemplate
 from fusillade.errors import InvalidJSONL, ValidationError
 from fusillade.server.spool import TemplateSpool
@@ -48,7 +48,7 @@ def feed_in(
         received.spool.close()
 
 
-EXPECTED = validate_stream(io.BytesIO(FILE))
+EXPECTED = list(iter_validated(io.BytesIO(FILE)))
 
 
 @given(st.lists(st.integers(min_value=0, max_value=len(body(FILE))), max_size=20))

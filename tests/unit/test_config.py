@@ -91,14 +91,14 @@ FULL_SETTINGS = Settings(
     ),
     daemon=DaemonSettings(
         default_concurrency=8,
-        heartbeat_interval="2s",
-        stale_after="20s",
-        poll_interval="250ms",
-        request_timeout="2m",
-        shutdown_grace="0s",
+        heartbeat_interval=timedelta(seconds=2),
+        stale_after=timedelta(seconds=20),
+        poll_interval=timedelta(milliseconds=250),
+        request_timeout=timedelta(minutes=2),
+        shutdown_grace=timedelta(0),
         max_attempts=3,
-        backoff_base="500ms",
-        backoff_cap="30s",
+        backoff_base=timedelta(milliseconds=500),
+        backoff_cap=timedelta(seconds=30),
     ),
     upstreams={
         "openai": UpstreamSettings("https://api.openai.com", "OPENAI_API_KEY"),
@@ -142,15 +142,16 @@ def test_file_sets_every_key(full: Path) -> None:
     assert load_settings(full, env={}) == FULL_SETTINGS
 
 
-def test_every_field_is_a_key() -> None:
-    from fusillade.config._schema import _SCHEMA  # the table the loader and render() both read
+def test_every_scalar_key_has_a_rule() -> None:
+    from fusillade.config._load import KEYS  # what variables and flags may set
 
-    shapes = {"server": ServerSettings, "daemon": DaemonSettings}
-    shapes |= {"upstreams": UpstreamSettings, "models": ModelSettings}
-    for section, cls in shapes.items():
-        assert set(_SCHEMA[section]) == set(attrs.fields_dict(cls)), section
-    top = set(attrs.fields_dict(Settings)) - {*shapes, "sources"}
-    assert set(_SCHEMA[""]) == top
+    for section, cls in (("server", ServerSettings), ("daemon", DaemonSettings)):
+        assert {(section, name) for name in attrs.fields_dict(cls)} <= set(KEYS), section
+    assert {key for key in KEYS if len(key) == 1} == {
+        ("database_url",),
+        ("data_dir",),
+        ("default_upstream",),
+    }
 
 
 def test_config_env_names_the_file(full: Path) -> None:
@@ -174,7 +175,7 @@ def test_env_overrides_file(full: Path) -> None:
     assert s.server.api_keys == (ApiKey("CAROL_KEY", "carol"), ApiKey("DAVE_KEY", "dave"))
     assert s.server.completion_windows == ("24h", "7d")
     assert s.daemon.default_concurrency == 32
-    assert s.daemon.stale_after == "1m"
+    assert s.daemon.stale_after == timedelta(minutes=1)
     assert s.server.host == "0.0.0.0"  # untouched keys keep the file's value
     assert s.sources[("server", "port")] == "FUSILLADE_SERVER_PORT"
     assert s.sources[("server", "host")] == str(full)
@@ -206,14 +207,16 @@ def test_empty_and_unknown_env_variables_are_ignored() -> None:
 
 
 def test_every_server_and_daemon_key_has_a_variable() -> None:
+    defaults = {"server": ServerSettings(), "daemon": DaemonSettings()}
     env = {
         f"FUSILLADE_{section.upper()}_{name.upper()}": "7"
-        for section, cls in (("server", ServerSettings), ("daemon", DaemonSettings))
-        for name, field in attrs.fields_dict(cls).items()
-        if field.type in ("int", int)
+        for section, record in defaults.items()
+        for name, value in attrs.asdict(record).items()
+        if type(value) is int
     }
     s = load_settings(env=env)
     assert s.server.port == s.server.max_lines == s.daemon.max_attempts == 7
+    assert s.server.body_min_rate == s.daemon.default_concurrency == 7
 
 
 # --- the --upstream shortcut ------------------------------------------------------------
@@ -472,6 +475,28 @@ def test_default_daemon_config_matches_the_runtime_defaults() -> None:
     assert Settings().daemon_config() == DaemonConfig()
 
 
+@settings(max_examples=200)
+@given(st.timedeltas(min_value=timedelta(0), max_value=timedelta(days=100_000)))
+def test_durations_render_as_they_read(value: timedelta) -> None:
+    from fusillade.config._model import format_duration
+    from fusillade.core.windows import parse_duration
+
+    assert parse_duration(format_duration(value)) == value
+
+
+def test_flags_may_give_durations_as_timedeltas() -> None:
+    # `run --stale-after 2` sets both; the daemon reclaims twice per stale_after
+    flags = {"daemon.stale_after": timedelta(seconds=2), "daemon.heartbeat_interval": "500ms"}
+    config = load_settings(env={}, flags=flags).daemon_config()
+    assert (config.stale_after, config.heartbeat_interval, config.maintenance_interval) == (
+        2,
+        0.5,
+        1,
+    )
+    with pytest.raises(ConfigError, match=r"^command line: \[daemon\] stale_after: must be lon"):
+        load_settings(env={}, flags={"daemon.stale_after": timedelta(0)})
+
+
 # --- the command ------------------------------------------------------------------------
 
 
@@ -621,14 +646,20 @@ def test_docs_example_loads(tmp_path: Path) -> None:
 
 
 def test_docs_name_every_key_and_variable() -> None:
-    from fusillade.config._schema import _SCHEMA
-
     text = DOC.read_text()
-    for section, keys in _SCHEMA.items():
-        for key in keys:
-            assert f"| `{key}` |" in text, key
-            if section in ("", "server", "daemon"):
-                variable = "_".join(["FUSILLADE", *filter(None, (section, key))]).upper()
+    records = (Settings, ServerSettings, DaemonSettings, UpstreamSettings, ModelSettings)
+    for cls in records:
+        for field in attrs.fields(cls):
+            if not attrs.has(field.type) and field.name not in ("upstreams", "models", "sources"):
+                assert f"| `{field.name}` |" in text, field.name
+    for section, cls in (
+        ((), Settings),
+        (("server",), ServerSettings),
+        (("daemon",), DaemonSettings),
+    ):
+        for field in attrs.fields(cls):
+            if not attrs.has(field.type) and field.name not in ("upstreams", "models", "sources"):
+                variable = "_".join(["FUSILLADE", *section, field.name]).upper()
                 assert f"`{variable}`" in text, variable
 
 

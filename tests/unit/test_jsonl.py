@@ -3,7 +3,7 @@ from __future__ import annotations
 import io
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 from uuid import UUID
 
@@ -19,11 +19,9 @@ from fusillade.core.jsonl import (
     LineSplitter,
     OversizedLine,
     ProblemCode,
-    iter_jsonl_lines,
+    Readable,
     iter_validated,
     validate_file,
-    validate_lines,
-    validate_stream,
 )
 from fusillade.core.models import FailureReason, RequestTemplate
 from fusillade.core.results import (
@@ -55,6 +53,28 @@ def enc(value: object) -> bytes:
 
 def file_of(*lines: bytes | dict[str, Any]) -> bytes:
     return b"".join((enc(x) if isinstance(x, dict) else x) + b"\n" for x in lines)
+
+
+def validate_lines(
+    lines: Iterable[bytes | OversizedLine], limits: JsonlLimits | None = None
+) -> list[RequestTemplate]:
+    """Whole lines through ``feed_line``, as a caller that splits lines itself would."""
+    validator = JsonlValidator(limits)
+    out = []
+    for line in lines:
+        template = validator.feed_line(line)
+        if template is not None:
+            out.append(template)
+        if validator.done:
+            break
+    out.extend(validator.finish())
+    return out
+
+
+def validate_stream(
+    stream: Readable, limits: JsonlLimits | None = None, *, chunk_size: int = 64 * 1024
+) -> list[RequestTemplate]:
+    return list(iter_validated(stream, limits, chunk_size=chunk_size))
 
 
 def only_problem_lines(lines: list[bytes], limits: JsonlLimits) -> LineProblem:
@@ -437,7 +457,7 @@ def test_problems_are_capped_and_the_cap_is_reported() -> None:
     assert [p.line for p in info.value.problems] == [1, 2, 3]
     assert info.value.truncated
     assert str(info.value).endswith("(and 2+ more problems)")
-    assert validator.line_count == 4  # stopped at the first unlisted problem
+    assert validator.request_count == 4  # stopped at the first unlisted problem
 
 
 def test_exactly_the_cap_is_not_truncated() -> None:
@@ -613,7 +633,10 @@ class CountingStream:
 
 def test_oversized_line_is_reported_before_it_is_read_whole() -> None:
     stream = CountingStream(enc(obj("a")) + b"\n", filler=10_000_000)
-    lines = iter_jsonl_lines(stream, max_line_bytes=1000, chunk_size=4096)
+    splitter = LineSplitter(max_line_bytes=1000)
+    lines = (
+        line for chunk in iter(lambda: stream.read(4096), b"") for line in splitter.feed(chunk)
+    )
     assert isinstance(next(lines), bytes)
     assert isinstance(next(lines), OversizedLine)
     assert stream.read_bytes < 10_000  # only the first chunks were read

@@ -21,7 +21,7 @@ from fusillade.core.models import (
 )
 from fusillade.core.transitions import Event, EventKind, step
 from fusillade.errors import NotFound
-from fusillade.ids import uuid7
+from fusillade.ids import next_uuid7
 from fusillade.store.interface import RequestSummary
 from fusillade.store.memory._rows import P, _Daemon, _File, _Row
 
@@ -38,7 +38,6 @@ class MemoryBase:
         self._batch_rows: dict[UUID, list[UUID]] = {}  # in line order
         self._by_state: dict[RequestState, set[UUID]] = {s: set() for s in RequestState}
         self._daemons: dict[UUID, _Daemon] = {}
-        self._last_id = UUID(int=0)
 
     # Parity with PostgresRepository, so either can be used as a context manager.
     def open(self, *, wait: bool = True, timeout: float = 30.0) -> None:
@@ -61,13 +60,9 @@ class MemoryBase:
         pass
 
     def _new_id(self) -> UUID:
-        """A uuid7 strictly greater than every earlier one, so id order is creation
-        order even within one millisecond."""
-        new = uuid7()
-        if new <= self._last_id:
-            new = uuid7((self._last_id.int >> 80) + 1)
-        self._last_id = new
-        return new
+        """A new id from the process's one uuid7 sequence (``fusillade.ids``): greater
+        than every earlier one, so id order is creation order, as in PostgreSQL."""
+        return next_uuid7()
 
     def _put(self, row: _Row) -> None:
         old = self._rows.get(row.req.id)

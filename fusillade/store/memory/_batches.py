@@ -7,7 +7,7 @@ from uuid import UUID, uuid4
 
 import attrs
 
-from fusillade.core.batches import retry_refusal
+from fusillade.core.batches import check_input_file, endpoint_mismatch, retry_refusal
 from fusillade.core.ids import format_id
 from fusillade.core.models import (
     UNSETTLED_STATES,
@@ -53,20 +53,11 @@ class BatchParts(MemoryBase):
         f = self._live_file(owner, spec.input_file_id)
         if f is None:
             raise NotFound("file", spec.input_file_id)
-        if f.record.purpose is not FilePurpose.BATCH:
-            raise ValidationError(
-                f"file {spec.input_file_id} is not a batch input file", param="input_file_id"
-            )
-        if f.record.line_count == 0:
-            raise ValidationError("the input file has no requests", param="input_file_id")
+        check_input_file(spec.input_file_id, f.record.purpose, f.record.line_count)
         templates = self._templates[spec.input_file_id]
         for line, t in enumerate(templates, start=1):
             if t.path != spec.endpoint:
-                raise ValidationError(
-                    f"line {line}: url {t.path!r} does not match "
-                    f"the batch endpoint {spec.endpoint!r}",
-                    param="endpoint",
-                )
+                raise endpoint_mismatch(line, t.path, spec.endpoint)
         expires_at = now + spec.window
         output_id, error_id = self._new_id(), self._new_id()
         for file_id, purpose in (

@@ -11,7 +11,13 @@ import psycopg
 import psycopg.errors
 from psycopg.types.json import Jsonb
 
-from fusillade.core.batches import derive, needs_freeze, retry_refusal
+from fusillade.core.batches import (
+    check_input_file,
+    derive,
+    endpoint_mismatch,
+    needs_freeze,
+    retry_refusal,
+)
 from fusillade.core.ids import format_id
 from fusillade.core.models import (
     BatchRecord,
@@ -117,22 +123,15 @@ class BatchQueries(PostgresBase):
         ).fetchone()
         if file_row is None:
             raise NotFound("file", spec.input_file_id)
-        if file_row["purpose"] != FilePurpose.BATCH.value:
-            raise ValidationError(
-                f"file {spec.input_file_id} is not a batch input file", param="input_file_id"
-            )
-        if file_row["line_count"] == 0:
-            raise ValidationError("the input file has no requests", param="input_file_id")
+        check_input_file(
+            spec.input_file_id, FilePurpose(file_row["purpose"]), file_row["line_count"]
+        )
         mismatch = cur.execute(
             self.q.first_path_mismatch,
             {"file_id": spec.input_file_id, "endpoint": spec.endpoint},
         ).fetchone()
         if mismatch is not None:
-            raise ValidationError(
-                f"line {mismatch['line_number']}: url {mismatch['path']!r} does not match "
-                f"the batch endpoint {spec.endpoint!r}",
-                param="endpoint",
-            )
+            raise endpoint_mismatch(mismatch["line_number"], mismatch["path"], spec.endpoint)
         expires_at = now + spec.window
         output_id, error_id = next_uuid7(), next_uuid7()
         for file_id, purpose in (

@@ -1,0 +1,296 @@
+"""The configuration as one typed model: frozen attrs records, their defaults and checks.
+
+Each key's type is an ``Annotated`` alias carrying a ``Rule``: how a value from the file
+is checked (and converted: a duration string becomes a ``timedelta``) and how the text of
+an environment variable or a flag is read first. ``_load`` structures the merged layers
+into ``Settings`` with cattrs through these rules; ``_render`` writes them back.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from datetime import timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+from urllib.parse import urlsplit
+
+import attrs
+
+from fusillade.core.jsonl import DEFAULT_ENDPOINTS
+from fusillade.core.windows import parse_completion_window, parse_duration
+from fusillade.errors import ConfigError, ValidationError
+from fusillade.redact import mask_urls
+
+if TYPE_CHECKING:
+    from fusillade.runtime.config import DaemonConfig
+
+Key = tuple[str, ...]  # a key's path: ("server", "port"), ("models", NAME, "upstream")
+CONFIG_ENV = "FUSILLADE_CONFIG"  # names the file when no path is given
+FLAGS = "command line"  # the source label of flags
+MiB = 1024 * 1024
+
+
+class Invalid(Exception):
+    """What is wrong with a value; the loader adds the source and the key."""
+
+
+@attrs.frozen
+class Rule:
+    """How one key's value is checked: ``check(value) -> the field's value`` or ``Invalid``;
+    ``from_text`` reads environment and flag text into what a TOML file would hold."""
+
+    check: Callable[[Any], Any]
+    from_text: Callable[[str], Any] = str
+
+
+def _show(value: object) -> str:
+    text = mask_urls(repr(value))
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _integer(low: int, high: int | None = None) -> Rule:
+    def check(value: object) -> int:
+        if type(value) is int and low <= value and (high is None or value <= high):
+            return value
+        bounds = f"from {low} to {high}" if high is not None else f">= {low}"
+        raise Invalid(f"must be an integer {bounds}, got {_show(value)}")
+
+    def from_text(text: str) -> object:
+        try:
+            return int(text)
+        except ValueError:
+            return text  # check() says what is wrong
+
+    return Rule(check, from_text)
+
+
+def _text(value: object) -> str:
+    if not isinstance(value, str) or not value:
+        raise Invalid(f"must be a non-empty string, got {_show(value)}")
+    return value
+
+
+def _env_name(value: object) -> str:
+    # Never echoed: a secret pasted here instead of a variable name must not reach a log.
+    if not isinstance(value, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", value):
+        raise Invalid("must be the NAME of an environment variable (letters, digits, _)")
+    return value
+
+
+def _url(value: object) -> str:
+    parts = urlsplit(_text(value))
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise Invalid(f"must be an http:// or https:// URL, got {_show(value)}")
+    return str(value)
+
+
+def _path(value: object) -> Path:
+    path = Path(value if isinstance(value, Path) else _text(value))
+    try:
+        return path.expanduser()
+    except RuntimeError:  # "~user" naming no user, or no home directory to expand "~" to
+        raise Invalid(f"names a home directory that does not exist: {_show(value)}") from None
+
+
+def _duration(*, positive: bool) -> Rule:
+    """A ``timedelta`` from a string such as ``"5s"`` (``parse_duration``), or as is."""
+
+    def check(value: object) -> timedelta:
+        if isinstance(value, str):
+            try:
+                value = parse_duration(value)
+            except ConfigError as exc:
+                raise Invalid(str(exc)) from None
+        if not isinstance(value, timedelta):
+            raise Invalid(f"must be a duration string such as '5s', got {_show(value)}")
+        if value < timedelta(0) or (positive and not value):
+            raise Invalid(f"must be longer than 0s, got {format_duration(value)!r}")
+        return value
+
+    return Rule(check)
+
+
+def format_duration(value: timedelta) -> str:
+    """``value`` in seconds as ``parse_duration`` reads it back: ``"5s"``, ``"0.25s"``."""
+    seconds = Decimal(value // timedelta(microseconds=1)).scaleb(-6).normalize()
+    return f"{seconds:f}s"
+
+
+def _split(text: str) -> list[str]:
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
+def _strings(item: Callable[[str], object], *, empty: bool = False) -> Rule:
+    def check(value: object) -> tuple[str, ...]:
+        if not isinstance(value, list | tuple) or not (value or empty):
+            what = "list" if empty else "non-empty list"
+            raise Invalid(f"must be a {what} of strings, got {_show(value)}")
+        for entry in value:
+            if not isinstance(entry, str) or not entry:
+                raise Invalid(f"must be a {'list' if empty else 'non-empty list'} of strings")
+            item(entry)
+        return tuple(value)
+
+    return Rule(check, _split)
+
+
+def _endpoint(text: str) -> None:
+    if not text.startswith("/"):
+        raise Invalid(f"endpoints start with '/', got {_show(text)}")
+
+
+def _window(text: str) -> None:
+    try:
+        parse_completion_window(text)
+    except ValidationError as exc:
+        raise Invalid(exc.message) from None
+
+
+_HOST = re.compile(
+    r"(?:\*|(?:[a-z0-9_-]+(?:\.[a-z0-9_-]+)*\.?|\[[0-9a-f:.]+\])(?::[0-9]{1,5})?)",
+    re.IGNORECASE,
+)
+
+
+def _host(text: str) -> None:
+    # "name", "name:port", "[v6]:port" or "*"
+    if not _HOST.fullmatch(text):
+        raise Invalid(
+            f"each entry must be a host name, an address or '*', optionally with :port, "
+            f"got {_show(text)}"
+        )
+
+
+@attrs.frozen
+class ApiKey:
+    """A bearer key accepted by the server: its value is read from ``key_env``."""
+
+    key_env: str
+    owner: str
+
+
+def _api_keys(value: object) -> tuple[ApiKey, ...]:
+    if not isinstance(value, list | tuple):
+        raise Invalid("must be a list of { key_env = ..., owner = ... } tables")
+    keys: list[ApiKey] = []
+    for entry in value:
+        entry = attrs.asdict(entry) if isinstance(entry, ApiKey) else entry
+        if not isinstance(entry, dict) or set(entry) != {"key_env", "owner"}:
+            raise Invalid("each entry must be a table with exactly key_env and owner")
+        try:
+            keys.append(ApiKey(_env_name(entry["key_env"]), _text(entry["owner"])))
+        except Invalid as exc:
+            raise Invalid(f"entry {len(keys) + 1}: {exc}") from None
+    if len({k.key_env for k in keys}) != len(keys):
+        raise Invalid("the same key_env is listed twice")
+    return tuple(keys)
+
+
+def _api_keys_from_text(text: str) -> list[dict[str, str]]:
+    # "alice=FUSILLADE_KEY_ALICE,bob=BOB_KEY": owner=variable pairs
+    pairs = [item.partition("=") for item in _split(text)]
+    if any(not sep for _, sep, _ in pairs):
+        raise Invalid("expected owner=VARIABLE pairs separated by commas")
+    return [{"owner": owner.strip(), "key_env": env.strip()} for owner, _, env in pairs]
+
+
+# The types of the keys. Each is its Python type to everything but the loader.
+Text = Annotated[str, Rule(_text)]
+EnvName = Annotated[str, Rule(_env_name)]
+Url = Annotated[str, Rule(_url)]
+LocalPath = Annotated[Path, Rule(_path)]
+Port = Annotated[int, _integer(0, 65535)]  # 0: any free port (tests, ad-hoc runs)
+Count = Annotated[int, _integer(1)]
+Duration = Annotated[timedelta, _duration(positive=True)]
+Grace = Annotated[timedelta, _duration(positive=False)]  # a duration that may be 0s
+Endpoints = Annotated[tuple[str, ...], _strings(_endpoint)]
+Windows = Annotated[tuple[str, ...], _strings(_window)]
+Hosts = Annotated[tuple[str, ...], _strings(_host, empty=True)]
+ApiKeys = Annotated[tuple[ApiKey, ...], Rule(_api_keys, _api_keys_from_text)]
+
+
+@attrs.frozen
+class ServerSettings:
+    host: Text = "127.0.0.1"
+    port: Port = 8000
+    api_keys: ApiKeys = ()
+    max_upload_bytes: Count = 200 * MiB
+    max_lines: Count = 50_000
+    max_line_bytes: Count = 8 * MiB
+    allowed_endpoints: Endpoints = DEFAULT_ENDPOINTS
+    completion_windows: Windows = ("24h",)
+    max_request_bytes: Count = 1 * MiB  # every route but uploads
+    metrics_key_env: EnvName | None = None  # None: GET /metrics needs no key
+    # Host header values accepted besides loopback names; checked when no keys are
+    # configured, or whenever this is set (docs/deployment.md, "Browsers")
+    allowed_hosts: Hosts = ()
+    # a request body must arrive within body_read_timeout plus one second per
+    # body_min_rate bytes received (else 408)
+    body_read_timeout: Duration = timedelta(seconds=30)
+    body_min_rate: Count = 16 * 1024
+
+
+@attrs.frozen
+class DaemonSettings:
+    default_concurrency: Count = 16
+    heartbeat_interval: Duration = timedelta(seconds=5)
+    stale_after: Duration = timedelta(seconds=30)
+    poll_interval: Duration = timedelta(seconds=1)
+    request_timeout: Duration = timedelta(seconds=600)
+    shutdown_grace: Grace = timedelta(seconds=10)
+    max_attempts: Count = 6
+    backoff_base: Duration = timedelta(seconds=1)
+    backoff_cap: Duration = timedelta(seconds=60)
+
+
+@attrs.frozen
+class UpstreamSettings:
+    base_url: Url
+    api_key_env: EnvName | None = None
+
+
+@attrs.frozen
+class ModelSettings:
+    upstream: Text | None = None  # None: the default upstream
+    concurrency: Count | None = None  # None: [daemon] default_concurrency
+
+
+@attrs.frozen
+class Settings:
+    database_url: Text | None = None
+    data_dir: LocalPath | None = None
+    default_upstream: Text | None = None  # `--upstream URL`: "default"
+    server: ServerSettings = ServerSettings()
+    daemon: DaemonSettings = DaemonSettings()
+    upstreams: Mapping[str, UpstreamSettings] = attrs.field(factory=dict)
+    models: Mapping[str, ModelSettings] = attrs.field(factory=dict)
+    # where each value not at its default came from: a file name, a variable, FLAGS
+    sources: Mapping[tuple[str, ...], str] = attrs.field(factory=dict, eq=False, repr=False)
+
+    def daemon_config(self) -> DaemonConfig:
+        """The runtime's ``DaemonConfig``; the one place it is made from the settings."""
+        from fusillade.core.retry import RetryPolicy
+        from fusillade.runtime.config import DaemonConfig, Upstream
+
+        d = self.daemon
+        stale = d.stale_after.total_seconds()
+        return DaemonConfig(
+            default_concurrency=d.default_concurrency,
+            model_concurrency={
+                m: s.concurrency for m, s in self.models.items() if s.concurrency is not None
+            },
+            upstreams={n: Upstream(u.base_url, u.api_key_env) for n, u in self.upstreams.items()},
+            model_upstreams={m: s.upstream for m, s in self.models.items() if s.upstream},
+            metric_models=frozenset(self.models),
+            default_upstream=self.default_upstream,
+            retry=RetryPolicy(max_attempts=d.max_attempts, base=d.backoff_base, cap=d.backoff_cap),
+            request_timeout=d.request_timeout.total_seconds(),
+            poll_interval=d.poll_interval.total_seconds(),
+            heartbeat_interval=d.heartbeat_interval.total_seconds(),
+            stale_after=stale,
+            # reclaim at least twice per stale_after (a short one: tests, `run --stale-after`)
+            maintenance_interval=min(5.0, stale / 2),
+            shutdown_grace=d.shutdown_grace.total_seconds(),
+        )

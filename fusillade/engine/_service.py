@@ -1,0 +1,338 @@
+"""``Engine``: files, batches and results of one repository, for one owner.
+
+The application service: every adapter (the HTTP routes, the command line on the
+database, ``run``, library callers) calls these methods, so the rules (``_rules.py``),
+the rendering of a file's content (``_content.py``) and paging are written once. Blocking
+repository calls go through one typed thread hop, ``AsyncRepository.call``.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import os
+from collections.abc import AsyncIterator, Callable, Collection, Iterable, Iterator, Mapping
+from datetime import UTC, datetime
+from itertools import islice
+from pathlib import Path
+from typing import IO, Final, TypeVar, cast
+from uuid import UUID
+
+import anyio
+import anyio.to_thread
+
+from fusillade.core.jsonl import JsonlLimits, Readable, iter_validated
+from fusillade.core.models import (
+    BatchView,
+    FilePurpose,
+    FileRecord,
+    RequestState,
+    RequestTemplate,
+)
+from fusillade.core.results import ResultLine, format_input_line, format_result_line
+from fusillade.engine._content import Content, chunk_reader
+from fusillade.engine._rules import Rules, batch_spec, cursor_uuid, public_uuid
+from fusillade.errors import NotFound
+from fusillade.runtime.daemon import Daemon
+from fusillade.runtime.repo import AsyncRepository
+from fusillade.store.interface import Page, Repository, RequestSummary
+
+T = TypeVar("T")
+DEFAULT_OWNER: Final = "default"
+THREADS: Final = 40
+"""Worker threads one engine's repository calls may occupy at once (anyio's default)."""
+_RESULTS_PER_HOP: Final = 1000
+
+
+def _host_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Engine:
+    """Files, batches and results of one repository, as one owner, with an optional daemon.
+
+    Every method may block (it waits for the database); none holds a connection
+    while the caller consumes results. Ids are uuids, or the public ids clients see
+    (``file-...``, ``batch_...``): a malformed public id is not found.
+
+    Args:
+        repo: the repository.
+        daemon: the daemon running in this process, if any (``open`` starts one).
+        owner: whose files and batches these are (``for_owner`` for another).
+        clock: now; ``open`` passes the database's clock, since batch deadlines and
+            retry times are compared by daemons on other hosts.
+        rules: what ``create_file`` and ``create_batch`` accept beyond the limits every
+            engine applies (``Rules``: by default any endpoint and window).
+    """
+
+    def __init__(
+        self,
+        repo: Repository,
+        daemon: Daemon | None = None,
+        *,
+        owner: str = DEFAULT_OWNER,
+        clock: Callable[[], datetime] = _host_now,
+        rules: Rules | None = None,
+    ) -> None:
+        self.repo = repo
+        self.daemon = daemon
+        self.owner = owner
+        self.rules = rules if rules is not None else Rules()
+        self._now = clock
+        self._threads = AsyncRepository(repo, threads=THREADS)
+
+    def for_owner(self, owner: str) -> Engine:
+        """This engine acting for ``owner`` (the same repository, threads and rules)."""
+        other = copy.copy(self)
+        other.owner = owner
+        return other
+
+    def with_rules(self, rules: Rules) -> Engine:
+        """This engine applying ``rules``."""
+        other = copy.copy(self)
+        other.rules = rules
+        return other
+
+    # -------------------------------------------------------------------------- files
+
+    async def create_file(
+        self,
+        source: Iterable[RequestTemplate] | str | os.PathLike[str] | IO[bytes],
+        *,
+        filename: str | None = None,
+        limits: JsonlLimits | None = None,
+        size_bytes: int | None = None,
+    ) -> FileRecord:
+        """Store a file of request templates.
+
+        ``source`` is an iterable of ``RequestTemplate`` (not validated beyond the
+        types; ``size_bytes`` is then its size as uploaded, if known), a path to an
+        OpenAI batch JSONL file, or a binary stream of one. JSONL is validated line by
+        line (``limits``, else the engine's ``rules.limits``) while it streams into the
+        database: an invalid file raises ``InvalidJSONL`` (first problems, each with its
+        line) and stores nothing.
+        """
+        limits = limits if limits is not None else self.rules.limits
+        now = self._now()  # on the event loop: the clock advances by the loop's time
+        if isinstance(source, (str, os.PathLike)):
+            path = Path(source)
+            name = filename or path.name
+
+            def from_path() -> FileRecord:
+                with path.open("rb") as stream:
+                    return self.repo.create_file(
+                        self.owner,
+                        name,
+                        iter_validated(stream, limits),
+                        now=now,
+                        size_bytes=path.stat().st_size,
+                    )
+
+            return await self._threads.call(from_path)
+        templates: Iterable[RequestTemplate]
+        if hasattr(source, "read"):  # a binary stream (itself iterable, so checked first)
+            templates = iter_validated(cast(Readable, source), limits)
+            name = filename or "upload.jsonl"
+        else:
+            templates = source
+            name = filename or "templates.jsonl"
+        return await self._threads.call(
+            self.repo.create_file, self.owner, name, templates, now=now, size_bytes=size_bytes
+        )
+
+    async def get_file(self, file_id: UUID | str) -> FileRecord:
+        return await self._threads.call(
+            self.repo.get_file, self.owner, public_uuid("file", file_id)
+        )
+
+    async def list_files(
+        self,
+        *,
+        after: UUID | str | None = None,
+        limit: int = 20,
+        purposes: Collection[FilePurpose] | None = None,
+        ascending: bool = False,
+    ) -> Page[FileRecord]:
+        """Newest first (``ascending``: oldest first), after the cursor ``after``.
+
+        Raises:
+            ValidationError: ``after`` is not a file id.
+        """
+        return await self._threads.call(
+            self.repo.list_files,
+            self.owner,
+            after=cursor_uuid("file", after),
+            limit=limit,
+            purposes=purposes,
+            ascending=ascending,
+        )
+
+    async def delete_file(self, file_id: UUID | str) -> None:
+        uuid = public_uuid("file", file_id)
+        await self._threads.call(self.repo.delete_file, self.owner, uuid, now=self._now())
+
+    async def file_content(self, file_id: UUID | str) -> Content:
+        """The content of a file, as a download sends it (``Content``: ``bytes`` chunks).
+
+        An input file gives its stored lines; an output or error file the results of its
+        batch so far (partial while the batch runs). The first chunk is read here, so a
+        failure raises now rather than mid-iteration.
+        """
+        uuid = public_uuid("file", file_id)
+        record = await self._threads.call(self.repo.get_file, self.owner, uuid, sized=False)
+        read: Callable[[], bytes | None]
+        if record.purpose is FilePurpose.BATCH:
+            read = chunk_reader(self.repo.iter_templates(self.owner, record.id), format_input_line)
+        else:
+            if record.batch_id is None:  # pragma: no cover - the schema forbids it
+                raise NotFound("file", uuid)
+            errors = record.purpose is FilePurpose.BATCH_ERROR
+            results = self.repo.iter_results(self.owner, record.batch_id, errors=errors)
+            read = chunk_reader(results, format_result_line)
+        first = await self._threads.call(read)
+        return Content(record, first, functools.partial(self._threads.call, read))
+
+    # ------------------------------------------------------------------------ batches
+
+    async def create_batch(
+        self,
+        file_id: UUID | str,
+        *,
+        endpoint: str = "/v1/chat/completions",
+        completion_window: str = "24h",
+        metadata: Mapping[str, str] | None = None,
+        batch_id: UUID | None = None,
+    ) -> BatchView:
+        """Create a batch of every template in the file (idempotent for ``batch_id``).
+
+        Raises:
+            ValidationError: the endpoint or window is not accepted (``rules``), the
+                metadata breaks OpenAI's limits, or the file cannot make a batch (not
+                an input file, empty, a line for another endpoint).
+            NotFound: no such file of this owner.
+            Conflict: ``batch_id`` is another owner's batch.
+        """
+        spec = batch_spec(
+            self.rules,
+            file_id,
+            endpoint=endpoint,
+            completion_window=completion_window,
+            metadata=metadata,
+            batch_id=batch_id,
+        )
+        return await self._threads.call(self.repo.create_batch, self.owner, spec, now=self._now())
+
+    async def get_batch(self, batch_id: UUID | str) -> BatchView:
+        uuid = public_uuid("batch", batch_id)
+        return await self._threads.call(self.repo.get_batch, self.owner, uuid, now=self._now())
+
+    async def list_batches(
+        self, *, after: UUID | str | None = None, limit: int = 20
+    ) -> Page[BatchView]:
+        """Newest first, after the cursor ``after``.
+
+        Raises:
+            ValidationError: ``after`` is not a batch id.
+        """
+        cursor = cursor_uuid("batch", after)
+        return await self._threads.call(
+            self.repo.list_batches, self.owner, now=self._now(), after=cursor, limit=limit
+        )
+
+    async def cancel_batch(self, batch_id: UUID | str) -> BatchView:
+        uuid = public_uuid("batch", batch_id)
+        return await self._threads.call(self.repo.cancel_batch, self.owner, uuid, now=self._now())
+
+    async def retry_failed(
+        self, batch_id: UUID | str, *, include_cancelled: bool = False
+    ) -> BatchView:
+        """Run the failed (and optionally canceled) requests of a batch again."""
+        return await self._threads.call(
+            self.repo.retry_batch,
+            self.owner,
+            public_uuid("batch", batch_id),
+            now=self._now(),
+            include_cancelled=include_cancelled,
+        )
+
+    async def list_requests(
+        self,
+        batch_id: UUID | str,
+        *,
+        states: Collection[RequestState] | None = None,
+        after: UUID | str | None = None,
+        limit: int = 20,
+    ) -> tuple[BatchView, Page[RequestSummary]]:
+        """The batch and a page of its requests in input order (``states``: only those).
+
+        Raises:
+            NotFound: no such batch of this owner.
+            ValidationError: ``after`` is not a request id.
+        """
+        uuid = public_uuid("batch", batch_id)
+        cursor = cursor_uuid("request", after)
+        wanted = list(states) if states else None
+        now = self._now()
+
+        def read() -> tuple[BatchView, Page[RequestSummary]]:
+            view = self.repo.get_batch(self.owner, uuid, now=now)
+            page = self.repo.list_requests(
+                self.owner, uuid, states=wanted, after=cursor, limit=limit
+            )
+            return view, page
+
+        return await self._threads.call(read)
+
+    # ------------------------------------------------------------------------ results
+
+    async def iter_results(
+        self, batch_id: UUID | str, *, errors: bool = False
+    ) -> AsyncIterator[ResultLine]:
+        """Output (or error) lines of a batch, streamed page by page."""
+        uuid = public_uuid("batch", batch_id)
+        it: Iterator[ResultLine] = self.repo.iter_results(self.owner, uuid, errors=errors)
+        # Lines cross from the worker thread in chunks: one thread hop per line capped
+        # this at a few thousand lines/s.
+        while chunk := await self._threads.call(_take, it, _RESULTS_PER_HOP):
+            for line in chunk:
+                yield line
+
+    async def watch(
+        self, batch_id: UUID | str, *, interval: float = 0.5
+    ) -> AsyncIterator[BatchView]:
+        """Yield the batch every ``interval`` seconds until it is terminal (inclusive)."""
+        while True:
+            view = await self.get_batch(batch_id)
+            yield view
+            if view.status.is_terminal:
+                return
+            await anyio.sleep(interval)
+
+    async def wait(self, batch_id: UUID | str, *, interval: float = 0.5) -> BatchView:
+        """Wait until the batch is terminal and return it."""
+        last = None
+        async for view in self.watch(batch_id, interval=interval):
+            last = view
+        assert last is not None
+        return last
+
+    # ------------------------------------------------------------------- the database
+
+    async def ping(self) -> None:
+        """Return when the database answers; raise when it does not.
+
+        Like ``database_time`` the call is abandoned (left to finish in its thread) when
+        the caller is cancelled: a worker thread cannot be cancelled, and a probe with a
+        timeout must answer on time while the database is down.
+        """
+        ping = getattr(self.repo, "ping", None)
+        if ping is not None:
+            await anyio.to_thread.run_sync(ping, abandon_on_cancel=True)
+
+    async def database_time(self) -> datetime | None:
+        """The database's clock (``None``: the repository has none but the host's)."""
+        return await anyio.to_thread.run_sync(self.repo.database_time, abandon_on_cancel=True)
+
+
+def _take(it: Iterator[T], n: int) -> list[T]:
+    return list(islice(it, n))
