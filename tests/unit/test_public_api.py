@@ -19,8 +19,9 @@ import attrs
 
 import fusillade
 import fusillade.testing
+from fusillade.core.attempts import ClaimedRequest
 from fusillade.core.jsonl import CheckedLine, JsonlValidator
-from fusillade.store.interface import BatchSpec, ClaimedRequest
+from fusillade.store.interface import BatchSpec
 
 PUBLIC_MODULES = (fusillade, fusillade.testing)
 
@@ -145,7 +146,7 @@ def test_the_signature_check_sees_an_unexported_type() -> None:
         "fusillade.store.interface.BatchSpec"
     }
     assert set(unexported_types({**exported(), "function": function})) == {
-        "fusillade.store.interface.ClaimedRequest"
+        "fusillade.core.attempts.ClaimedRequest"
     }
     missing = unexported_types({"JsonlValidator": JsonlValidator})
     assert "JsonlValidator.problems" in missing["fusillade.core.jsonl._limits.LineProblem"]
