@@ -271,11 +271,16 @@ class SqlFollowsTheTable(RuleBasedStateMachine):
         self.new_batch(n, ("a", "b"))
 
     def failed_and_retried(self) -> None:
-        """One request of its own model (no rule claims it) fails and is retried by hand,
-        so every example writes processing -> failed -> pending, which the random rules
-        reach only when a batch happens to settle with a failure before a retry."""
+        """One request of its own model (no rule claims it) is retried after a 503, then
+        fails and is retried by hand, so every example writes processing -> pending and
+        processing -> failed -> pending, which the random rules reach only when they
+        happen to draw a retry, or a batch settles with a failure before a retry."""
         self.new_batch(1, ("z",))
         b = self.batches.pop()
+        (c,) = self.pg.claim(self.daemons[0], {"z": 1}, now=self.now)
+        failure = Failure(FailureReason.HTTP_STATUS, "upstream answered 503")
+        retry = c.result(ResultKind.RETRY, self.now, 503, "{}", failure, self.now)
+        assert self.pg.record_results(self.daemons[0], [retry]).written == 1
         (c,) = self.pg.claim(self.daemons[0], {"z": 1}, now=self.now)
         failure = Failure(FailureReason.HTTP_STATUS, "upstream answered 400")
         failed = c.result(ResultKind.FAILED, self.now, 400, "{}", failure)
