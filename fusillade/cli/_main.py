@@ -16,6 +16,7 @@ import functools
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -40,6 +41,21 @@ class Command:
 
 
 # --- shared arguments and helpers -------------------------------------------------------
+
+
+def _duration(text: str) -> timedelta:
+    """A duration flag, in the configuration's form (``"30s"``, ``"5m"``, ``"250ms"``) or a
+    plain number of seconds (``"30"``, ``"0.2"``)."""
+    from fusillade.core.windows import parse_duration
+    from fusillade.errors import ConfigError
+
+    number = text.strip()
+    if number.replace(".", "", 1).isdigit():
+        number += "s"
+    try:
+        return parse_duration(number)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _add_config(parser: argparse.ArgumentParser, *, daemon: bool = False) -> None:
@@ -118,37 +134,43 @@ def _run_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--stale-after",
-        type=float,
-        metavar="SECONDS",
-        help="reclaim requests of a daemon silent this long (default: [daemon] stale_after, 30)",
+        type=_duration,
+        metavar="DURATION",
+        help="reclaim requests of a daemon silent this long, e.g. 30s, 2m, or seconds "
+        "(default: [daemon] stale_after, 30s)",
     )
     parser.add_argument(
         "--progress-interval",
-        type=float,
-        default=5.0,
-        metavar="SECONDS",
-        help="seconds between progress lines when not on a terminal (default 5)",
+        type=_duration,
+        default=timedelta(seconds=5),
+        metavar="DURATION",
+        help="time between progress lines when not on a terminal, e.g. 5s, 1m, or seconds "
+        "(default 5s)",
     )
     _add_config(parser, daemon=True)
 
 
-def _run(args: argparse.Namespace) -> int:
-    from datetime import timedelta
-
-    import trio
-
-    from fusillade.cli.run import EXIT_USAGE, RunOptions, check_options, run_batch
+def _run_settings(args: argparse.Namespace) -> Settings:
+    """The configuration with ``run``'s own flags applied over it."""
     from fusillade.config import settings_from_args
-    from fusillade.errors import ConfigError, InvalidJSONL, ValidationError
 
     flags: dict[str, object] = {"daemon.max_attempts": args.max_attempts}
     if args.stale_after is not None:
         # a short stale threshold (tests, impatient resumes) needs beats well within it
-        stale = timedelta(seconds=args.stale_after)
+        stale: timedelta = args.stale_after
         flags |= {"daemon.stale_after": stale}
         flags |= {"daemon.heartbeat_interval": min(timedelta(seconds=5), stale / 4)}
+    return settings_from_args(args, flags=flags)
+
+
+def _run(args: argparse.Namespace) -> int:
+    import trio
+
+    from fusillade.cli.run import EXIT_USAGE, RunOptions, check_options, run_batch
+    from fusillade.errors import ConfigError, InvalidJSONL, ValidationError
+
     try:
-        settings = settings_from_args(args, flags=flags)
+        settings = _run_settings(args)
         options = RunOptions(
             input=args.input,
             output=args.output,

@@ -56,7 +56,7 @@ class RunOptions:
     single_file: bool = False
     endpoint: str | None = None
     completion_window: str = "24h"
-    progress_interval: float = 5.0
+    progress_interval: timedelta = timedelta(seconds=5)
     # routing, concurrency, retries: the configuration's (``Settings.daemon_config()``)
     daemon: DaemonConfig = attrs.field(factory=DaemonConfig)
 
@@ -132,7 +132,7 @@ async def run_batch(
     first = await anyio.to_thread.run_sync(check)
     endpoint = options.endpoint or first.path
     batch_id = _batch_id_for(options, input_hash)
-    progress = Progress(stderr, interval=options.progress_interval)
+    progress = Progress(stderr, interval=options.progress_interval.total_seconds())
     async with fusillade.engine.open(url, options.daemon, rules=rules) as engine:
         try:
             view = await engine.get_batch(batch_id)

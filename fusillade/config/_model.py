@@ -275,7 +275,6 @@ class Settings:
         from fusillade.runtime.config import DaemonConfig, Upstream
 
         d = self.daemon
-        stale = d.stale_after.total_seconds()
         return DaemonConfig(
             default_concurrency=d.default_concurrency,
             model_concurrency={
@@ -286,11 +285,11 @@ class Settings:
             metric_models=frozenset(self.models),
             default_upstream=self.default_upstream,
             retry=RetryPolicy(max_attempts=d.max_attempts, base=d.backoff_base, cap=d.backoff_cap),
-            request_timeout=d.request_timeout.total_seconds(),
-            poll_interval=d.poll_interval.total_seconds(),
-            heartbeat_interval=d.heartbeat_interval.total_seconds(),
-            stale_after=stale,
+            request_timeout=d.request_timeout,
+            poll_interval=d.poll_interval,
+            heartbeat_interval=d.heartbeat_interval,
+            stale_after=d.stale_after,
             # reclaim at least twice per stale_after (a short one: tests, `run --stale-after`)
-            maintenance_interval=min(5.0, stale / 2),
-            shutdown_grace=d.shutdown_grace.total_seconds(),
+            maintenance_interval=min(timedelta(seconds=5), d.stale_after / 2),
+            shutdown_grace=d.shutdown_grace,
         )

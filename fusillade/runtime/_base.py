@@ -64,10 +64,12 @@ class DaemonBase:
         self.repo = AsyncRepository(repo, threads=self.config.db_write_concurrency + 4)
         self.limits = ModelLimits(self.config.concurrency_for)
         self.dispatcher = Dispatcher(self.config, transport=transport)
+        # seconds, as anyio takes them (read on every database call)
+        self._db_call_timeout = self.config.db_call_timeout.total_seconds()
         self.writer = ResultWriter(
             self._record,
             flush_max=self.config.flush_max,
-            flush_interval=self.config.flush_interval,
+            flush_interval=self.config.flush_interval.total_seconds(),
             write_concurrency=self.config.db_write_concurrency,
             unhealthy_after=self.config.unhealthy_after_failures,
         )
@@ -98,7 +100,7 @@ class DaemonBase:
         return self._clock.now()
 
     async def _db(self, fn: Callable[..., R], *args: Any, **kwargs: Any) -> R:
-        with anyio.fail_after(self.config.db_call_timeout):
+        with anyio.fail_after(self._db_call_timeout):
             return await self.repo.call(fn, *args, **kwargs)
 
     async def _database_time(self) -> datetime | None:

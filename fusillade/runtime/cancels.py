@@ -37,6 +37,6 @@ class CancelWatcher(DaemonBase):
             except (StoreError, TimeoutError) as exc:
                 metrics.DB_ERRORS.labels("cancel_watch").inc()
                 log.warning("cancel watcher: database call failed: %s", exc)
-            with anyio.move_on_after(self.config.cancel_check_interval):
+            with anyio.move_on_after(self.config.cancel_check_interval.total_seconds()):
                 await self._check_cancels.wait()
             self._check_cancels = anyio.Event()

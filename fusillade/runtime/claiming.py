@@ -72,7 +72,7 @@ class ClaimLoop(RequestTasks):
 
     async def _wait_for_work(self) -> None:
         now_loop = anyio.current_time()
-        deadline = now_loop + self.config.poll_interval
+        deadline = now_loop + self.config.poll_interval.total_seconds()
         for t in (self._next_due, self.limits.next_unpause(now_loop)):
             if t is not None:
                 deadline = min(deadline, t)

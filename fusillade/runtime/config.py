@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Mapping
+from datetime import timedelta
 
 import attrs
 
@@ -27,9 +28,23 @@ def _names(names: Iterable[str]) -> frozenset[str]:
     return frozenset(names)
 
 
+def _duration(value: timedelta | float) -> timedelta:
+    """A ``timedelta`` as is; a number as that many seconds."""
+    if isinstance(value, timedelta):
+        return value
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"a duration must be a timedelta or seconds, got {value!r}")
+    return timedelta(seconds=value)
+
+
 @attrs.frozen
 class DaemonConfig:
-    """Everything a daemon needs besides the repository. Durations are seconds.
+    """Everything a daemon needs besides the repository.
+
+    Durations are ``timedelta`` (as in the configuration file); each also accepts a number
+    of seconds, so ``DaemonConfig(poll_interval=0.05)`` and
+    ``DaemonConfig(poll_interval=timedelta(milliseconds=50))`` are the same configuration,
+    and the field holds the ``timedelta`` either way.
 
     Routing: a template's own ``endpoint`` wins; else ``model_upstreams[model]``; else
     ``default_upstream``. Concurrency is per daemon and per model
@@ -50,18 +65,20 @@ class DaemonConfig:
     metric_models: frozenset[str] = attrs.field(default=frozenset(), converter=_names)
     default_upstream: str | None = None
     retry: RetryPolicy = DEFAULT_POLICY
-    request_timeout: float = 600.0
-    connect_timeout: float = 10.0
-    poll_interval: float = 1.0
-    heartbeat_interval: float = 5.0
-    stale_after: float = 30.0
-    maintenance_interval: float = 5.0
-    cancel_check_interval: float = 0.5
-    shutdown_grace: float = 10.0
-    flush_interval: float = 0.05
+    request_timeout: timedelta = attrs.field(default=timedelta(seconds=600), converter=_duration)
+    connect_timeout: timedelta = attrs.field(default=timedelta(seconds=10), converter=_duration)
+    poll_interval: timedelta = attrs.field(default=timedelta(seconds=1), converter=_duration)
+    heartbeat_interval: timedelta = attrs.field(default=timedelta(seconds=5), converter=_duration)
+    stale_after: timedelta = attrs.field(default=timedelta(seconds=30), converter=_duration)
+    maintenance_interval: timedelta = attrs.field(default=timedelta(seconds=5), converter=_duration)
+    cancel_check_interval: timedelta = attrs.field(
+        default=timedelta(seconds=0.5), converter=_duration
+    )
+    shutdown_grace: timedelta = attrs.field(default=timedelta(seconds=10), converter=_duration)
+    flush_interval: timedelta = attrs.field(default=timedelta(seconds=0.05), converter=_duration)
     flush_max: int = 500
     db_write_concurrency: int = 2
-    db_call_timeout: float = 30.0
+    db_call_timeout: timedelta = attrs.field(default=timedelta(seconds=30), converter=_duration)
     connections_per_client: int = 16
     # times the claim loop may fail in a row before readiness turns false
     unhealthy_after_failures: int = 3

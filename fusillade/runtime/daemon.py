@@ -121,6 +121,6 @@ class Daemon(ClaimLoop, CancelWatcher, Upkeep, Listener, Shutdown):
                 await self.writer.drain()
                 services.cancel_scope.cancel()
         finally:
-            with anyio.CancelScope(shield=True), anyio.move_on_after(self.config.db_call_timeout):
+            with anyio.CancelScope(shield=True), anyio.move_on_after(self._db_call_timeout):
                 await self._hand_back()
             await self.dispatcher.aclose()

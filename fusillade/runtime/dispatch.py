@@ -128,10 +128,11 @@ class Dispatcher:
         self._tls: ssl.SSLContext | None = None
         # httpx's per-request timeout extension: read and write bounded like the whole
         # request, no pool timeout (a shard never has more requests than connections).
+        self._request_timeout = config.request_timeout.total_seconds()
         self._timeouts = {
-            "connect": config.connect_timeout,
-            "read": config.request_timeout,
-            "write": config.request_timeout,
+            "connect": config.connect_timeout.total_seconds(),
+            "read": self._request_timeout,
+            "write": self._request_timeout,
             "pool": None,
         }
 
@@ -225,7 +226,7 @@ class Dispatcher:
                 headers=headers,
                 extensions={"timeout": self._timeouts},
             )
-            with anyio.move_on_after(self.config.request_timeout) as scope:
+            with anyio.move_on_after(self._request_timeout) as scope:
                 response = await shard.transport.handle_async_request(request)
                 try:
                     await response.aread()

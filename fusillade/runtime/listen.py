@@ -43,7 +43,7 @@ class Listener(DaemonBase):
                             "listener: notifications do not reach this daemon (its probe "
                             "never came back: PgBouncer in transaction pooling?); new work "
                             "is found by polling every %g s",
-                            self.config.poll_interval,
+                            self.config.poll_interval.total_seconds(),
                         )
                         return
                     channels = await anyio.to_thread.run_sync(

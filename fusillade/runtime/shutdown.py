@@ -18,7 +18,7 @@ from fusillade.runtime._base import DaemonBase, log
 class Shutdown(DaemonBase):
     async def _wind_down(self) -> None:
         """Give in-flight requests the grace period, then abort the rest."""
-        with anyio.move_on_after(self.config.shutdown_grace):
+        with anyio.move_on_after(self.config.shutdown_grace.total_seconds()):
             await self._tasks_done.wait()
         for entry in list(self._in_flight.values()):
             entry.released = True

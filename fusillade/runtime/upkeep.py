@@ -73,7 +73,7 @@ class Upkeep(DaemonBase):
                 log.warning("this daemon was declared dead (heartbeat too old); re-registering")
                 await self._register()
 
-        await self._every(self.config.heartbeat_interval, "heartbeat", beat)
+        await self._every(self.config.heartbeat_interval.total_seconds(), "heartbeat", beat)
 
     async def _maintenance_loop(self) -> None:
         chunk = 1000
@@ -91,8 +91,8 @@ class Upkeep(DaemonBase):
 
         async def maintain() -> None:
             now = self.now()
-            stale = now - timedelta(seconds=self.config.stale_after)
-            timed_out = now - timedelta(seconds=self.config.request_timeout * 1.5 + 60)
+            stale = now - self.config.stale_after
+            timed_out = now - (self.config.request_timeout * 1.5 + timedelta(seconds=60))
             requeued = await in_chunks(self.repo.sync.reclaim_dead, now=now, stale_before=stale)
             requeued += await in_chunks(
                 self.repo.sync.reclaim_timed_out, now=now, claimed_before=timed_out
@@ -109,7 +109,7 @@ class Upkeep(DaemonBase):
                 metrics.RECLAIMED.inc(requeued)
                 self._wake_for_work()
 
-        await self._every(self.config.maintenance_interval, "maintenance", maintain)
+        await self._every(self.config.maintenance_interval.total_seconds(), "maintenance", maintain)
 
 
 def _version() -> str:

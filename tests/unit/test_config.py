@@ -438,8 +438,13 @@ def test_daemon_config(full: Path) -> None:
     assert config.retry.max_attempts == 3
     assert config.retry.base == timedelta(milliseconds=500)
     assert config.retry.cap == timedelta(seconds=30)
-    assert (config.heartbeat_interval, config.stale_after, config.poll_interval) == (2, 20, 0.25)
-    assert (config.request_timeout, config.shutdown_grace) == (120, 0)
+    seconds = timedelta(seconds=1)
+    assert (config.heartbeat_interval, config.stale_after, config.poll_interval) == (
+        2 * seconds,
+        20 * seconds,
+        seconds / 4,
+    )
+    assert (config.request_timeout, config.shutdown_grace) == (120 * seconds, timedelta(0))
 
 
 def test_metrics_label_only_configured_models_by_name(tmp_path: Path) -> None:
@@ -475,6 +480,63 @@ def test_default_daemon_config_matches_the_runtime_defaults() -> None:
     assert Settings().daemon_config() == DaemonConfig()
 
 
+def test_daemon_config_durations_are_timedeltas_and_accept_seconds() -> None:
+    from fusillade.runtime.config import DaemonConfig
+
+    # library callers may give seconds; the field holds a timedelta either way
+    numbers = DaemonConfig(poll_interval=0.05, stale_after=90, shutdown_grace=0)
+    deltas = DaemonConfig(
+        poll_interval=timedelta(milliseconds=50),
+        stale_after=timedelta(seconds=90),
+        shutdown_grace=timedelta(0),
+    )
+    assert numbers == deltas
+    assert numbers.poll_interval == timedelta(milliseconds=50)
+    assert type(numbers.stale_after) is timedelta
+    durations = [f.name for f in attrs.fields(DaemonConfig) if f.type in ("timedelta", timedelta)]
+    assert "db_call_timeout" in durations
+    assert all(type(getattr(DaemonConfig(), name)) is timedelta for name in durations)
+    assert all(type(getattr(numbers, name)) is timedelta for name in durations)
+    with pytest.raises(TypeError, match="a duration must be a timedelta or seconds"):
+        DaemonConfig(poll_interval="5s")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="a duration must be a timedelta or seconds"):
+        DaemonConfig(poll_interval=True)
+
+
+@pytest.mark.parametrize(
+    ("given", "stale", "beat"),
+    [
+        ("2m", timedelta(minutes=2), timedelta(seconds=5)),
+        ("90s", timedelta(seconds=90), timedelta(seconds=5)),
+        ("2", timedelta(seconds=2), timedelta(milliseconds=500)),
+        ("1.5", timedelta(seconds=1.5), timedelta(milliseconds=375)),
+    ],
+)
+def test_run_duration_flags_take_the_configuration_form(
+    given: str, stale: timedelta, beat: timedelta, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+
+    from fusillade.cli._main import _run_settings, build_parser
+
+    for name in [n for n in os.environ if n.startswith("FUSILLADE_")]:
+        monkeypatch.delenv(name)
+    argv = ["run", "in.jsonl", "-o", "out.jsonl", "--stale-after", given]
+    args = build_parser().parse_args([*argv, "--progress-interval", given])
+    assert args.progress_interval == stale
+    config = _run_settings(args).daemon_config()
+    assert (config.stale_after, config.heartbeat_interval) == (stale, beat)
+    assert build_parser().parse_args(argv[:4]).progress_interval == timedelta(seconds=5)
+
+
+@pytest.mark.parametrize("given", ["soon", "-5", "5 parsecs", ""])
+def test_run_rejects_a_bad_duration_flag(given: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["run", "in.jsonl", "-o", "out.jsonl", "--stale-after", given])
+    assert exit_.value.code == 2
+    assert "--stale-after" in capsys.readouterr().err
+
+
 @settings(max_examples=200)
 @given(st.timedeltas(min_value=timedelta(0), max_value=timedelta(days=100_000)))
 def test_durations_render_as_they_read(value: timedelta) -> None:
@@ -489,9 +551,9 @@ def test_flags_may_give_durations_as_timedeltas() -> None:
     flags = {"daemon.stale_after": timedelta(seconds=2), "daemon.heartbeat_interval": "500ms"}
     config = load_settings(env={}, flags=flags).daemon_config()
     assert (config.stale_after, config.heartbeat_interval, config.maintenance_interval) == (
-        2,
-        0.5,
-        1,
+        timedelta(seconds=2),
+        timedelta(milliseconds=500),
+        timedelta(seconds=1),
     )
     with pytest.raises(ConfigError, match=r"^command line: \[daemon\] stale_after: must be lon"):
         load_settings(env={}, flags={"daemon.stale_after": timedelta(0)})
