@@ -27,10 +27,6 @@ class RequestState(enum.StrEnum):
     def is_terminal(self) -> bool:
         return self in TERMINAL_STATES
 
-    @property
-    def is_in_flight(self) -> bool:
-        return self in (RequestState.CLAIMED, RequestState.PROCESSING)
-
 
 TERMINAL_STATES = frozenset({RequestState.COMPLETED, RequestState.FAILED, RequestState.CANCELED})
 UNSETTLED_STATES = frozenset({RequestState.PENDING, RequestState.CLAIMED, RequestState.PROCESSING})

@@ -24,7 +24,7 @@ import re
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal
-from email.utils import format_datetime, parsedate_to_datetime
+from email.utils import parsedate_to_datetime
 from http import HTTPStatus
 from types import MappingProxyType
 
@@ -293,24 +293,6 @@ def parse_retry_after(headers: Mapping[str, str], now: datetime) -> timedelta | 
     if now.tzinfo is None:
         now = now.replace(tzinfo=UTC)
     return max(when - now, timedelta(0))
-
-
-def format_retry_after(value: timedelta | datetime) -> str:
-    """A ``retry-after`` value that ``parse_retry_after`` reads back exactly.
-
-    A delay becomes decimal seconds (microsecond precision); a time becomes an HTTP-date
-    (whole seconds, GMT; a naive time is taken as UTC).
-
-    Raises:
-        ValueError: a negative delay.
-    """
-    if isinstance(value, datetime):
-        aware = value if value.tzinfo is not None else value.replace(tzinfo=UTC)
-        return format_datetime(aware.astimezone(UTC), usegmt=True)
-    if value < timedelta(0):
-        raise ValueError(f"a retry-after delay cannot be negative, got {value}")
-    whole = value.days * 86_400 + value.seconds
-    return f"{whole}.{value.microseconds:06d}" if value.microseconds else str(whole)
 
 
 # ----------------------------------------------------------------------------- decide

@@ -74,7 +74,7 @@ def make_request(state: RequestState, *, sent: bool = True, attempts: int = 3) -
     a ``finished_at``, a completed one its response, a failed or canceled one a failure,
     and a failed one also the upstream's answer (as ``record_results.sql`` stores it).
     """
-    in_flight = state.is_in_flight or state is RequestState.CANCELED
+    in_flight = state in (RequestState.CLAIMED, RequestState.PROCESSING, RequestState.CANCELED)
     failure = {FA: FAILURE, CA: Failure(FailureReason.CANCELLED, "batch cancelled")}
     return Request(
         id=uuid.UUID(int=1),
@@ -496,7 +496,7 @@ class RequestMachine(RuleBasedStateMachine):
     @invariant()
     def fields_fit_the_state(self) -> None:
         r = self.request
-        if r.state.is_in_flight:
+        if r.state in (RequestState.CLAIMED, RequestState.PROCESSING):
             assert r.daemon_id is not None
             assert r.claimed_at is not None
         if r.state is RequestState.PENDING:

@@ -170,7 +170,7 @@ class DaemonQueries(PostgresBase):
 
 
 def _reclaim_stats(rows: Sequence[Mapping[str, Any]]) -> ReclaimStats:
-    failed = sum(1 for r in rows if r["state"] == "failed")
+    failed = sum(1 for r in rows if r["state"] == RequestState.FAILED)
     return ReclaimStats(requeued=len(rows) - failed, failed=failed)
 
 
