@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import importlib
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -94,18 +95,6 @@ def _migrate(args: argparse.Namespace) -> int:
     if not applied:
         print("database is up to date")
     return 0
-
-
-def _mock_upstream_arguments(parser: argparse.ArgumentParser) -> None:
-    from fusillade.mock_upstream._cli import add_arguments
-
-    add_arguments(parser)
-
-
-def _mock_upstream(args: argparse.Namespace) -> int:
-    from fusillade.mock_upstream._cli import run
-
-    return run(args)
 
 
 def _run_arguments(parser: argparse.ArgumentParser) -> None:
@@ -197,12 +186,6 @@ def _run(args: argparse.Namespace) -> int:
     return status
 
 
-def _config_arguments(parser: argparse.ArgumentParser) -> None:
-    from fusillade.config import add_arguments
-
-    add_arguments(parser)
-
-
 def _config(args: argparse.Namespace) -> int:
     from fusillade.config import render, settings_from_args
 
@@ -210,58 +193,24 @@ def _config(args: argparse.Namespace) -> int:
     return 0
 
 
-def _serve_arguments(parser: argparse.ArgumentParser) -> None:
-    from fusillade.cli.serve import add_arguments
+def _args(module: str, name: str) -> Callable[[argparse.ArgumentParser], None]:
+    """``module.name(parser)``, imported when called: ``--help`` and each command load
+    only their own dependencies."""
 
-    add_arguments(parser)
+    def add_arguments(parser: argparse.ArgumentParser) -> None:
+        getattr(importlib.import_module(module), name)(parser)
 
-
-def _serve(args: argparse.Namespace) -> int:
-    from fusillade.cli.serve import run
-
-    return run(args)
+    return add_arguments
 
 
-def _submit_arguments(parser: argparse.ArgumentParser) -> None:
-    from fusillade.cli.remote import add_submit_arguments
+def _run_command(module: str, name: str) -> Callable[[argparse.Namespace], int]:
+    """``module.name(args)``, imported when called (as ``_args``)."""
 
-    add_submit_arguments(parser)
+    def run(args: argparse.Namespace) -> int:
+        status: int = getattr(importlib.import_module(module), name)(args)
+        return status
 
-
-def _submit(args: argparse.Namespace) -> int:
-    from fusillade.cli.remote import submit
-
-    return submit(args)
-
-
-def _id_arguments(parser: argparse.ArgumentParser) -> None:
-    from fusillade.cli.remote import add_id_arguments
-
-    add_id_arguments(parser)
-
-
-def _status(args: argparse.Namespace) -> int:
-    from fusillade.cli.remote import status
-
-    return status(args)
-
-
-def _cancel(args: argparse.Namespace) -> int:
-    from fusillade.cli.remote import cancel
-
-    return cancel(args)
-
-
-def _results_arguments(parser: argparse.ArgumentParser) -> None:
-    from fusillade.cli.remote import add_results_arguments
-
-    add_results_arguments(parser)
-
-
-def _results(args: argparse.Namespace) -> int:
-    from fusillade.cli.remote import results
-
-    return results(args)
+    return run
 
 
 COMMANDS: tuple[Command, ...] = (
@@ -275,17 +224,45 @@ COMMANDS: tuple[Command, ...] = (
     Command(
         "mock-upstream",
         "serve an OpenAI-compatible fake upstream (tests, benchmarks, trying fusillade out)",
-        _mock_upstream_arguments,
-        _mock_upstream,
+        _args("fusillade.mock_upstream._cli", "add_arguments"),
+        _run_command("fusillade.mock_upstream._cli", "run"),
     ),
     Command(
-        "config", "print the effective configuration, secrets masked", _config_arguments, _config
+        "config",
+        "print the effective configuration, secrets masked",
+        _args("fusillade.config", "add_arguments"),
+        _config,
     ),
-    Command("serve", "run the HTTP API and a daemon", _serve_arguments, _serve),
-    Command("submit", "upload a JSONL file and create a batch", _submit_arguments, _submit),
-    Command("status", "show a batch", _id_arguments, _status),
-    Command("cancel", "cancel a batch", _id_arguments, _cancel),
-    Command("results", "download a batch's results", _results_arguments, _results),
+    Command(
+        "serve",
+        "run the HTTP API and a daemon",
+        _args("fusillade.cli.serve", "add_arguments"),
+        _run_command("fusillade.cli.serve", "run"),
+    ),
+    Command(
+        "submit",
+        "upload a JSONL file and create a batch",
+        _args("fusillade.cli.remote", "add_submit_arguments"),
+        _run_command("fusillade.cli.remote", "submit"),
+    ),
+    Command(
+        "status",
+        "show a batch",
+        _args("fusillade.cli.remote", "add_id_arguments"),
+        _run_command("fusillade.cli.remote", "status"),
+    ),
+    Command(
+        "cancel",
+        "cancel a batch",
+        _args("fusillade.cli.remote", "add_id_arguments"),
+        _run_command("fusillade.cli.remote", "cancel"),
+    ),
+    Command(
+        "results",
+        "download a batch's results",
+        _args("fusillade.cli.remote", "add_results_arguments"),
+        _run_command("fusillade.cli.remote", "results"),
+    ),
 )
 
 
