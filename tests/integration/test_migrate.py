@@ -76,7 +76,7 @@ def test_the_test_template_is_fully_migrated(database_url: str) -> None:
     assert migrate(database_url) == []
 
 
-def test_lesson9_an_edited_applied_migration_is_refused(
+def test_an_edited_applied_migration_is_refused(
     empty_database_url: str, migrations: Path
 ) -> None:
     migrate(empty_database_url, directory=migrations)

@@ -48,7 +48,7 @@ async def test_batch_over_two_models_completes_within_limits(
     daemon.stop()
 
 
-async def test_lesson8_per_batch_state_is_evicted(
+async def test_per_batch_state_is_evicted(
     repo: PostgresRepository, mock_upstream: MockUpstream, nursery: trio.Nursery
 ) -> None:
     """A long-running daemon keeps nothing for batches with nothing in flight."""

@@ -39,7 +39,7 @@ async def test_a_new_batch_starts_on_notify_not_on_the_poll(
     daemon.stop()
 
 
-async def test_lesson5_limits_are_per_daemon_and_change_while_running(
+async def test_limits_are_per_daemon_and_change_while_running(
     repo: PostgresRepository, mock_upstream: MockUpstream, nursery: trio.Nursery
 ) -> None:
     mock_upstream.config.default = Behaviour(hold=True)
