@@ -4,7 +4,8 @@
 -- Parameters: daemon_id, now, models (text[]), slots (int[]): at most slots[i] rows of
 -- models[i]; the daemon asks only for slots it can start at once.
 -- Returns each row as the claim left it (the request the daemon holds, whose results
--- record_results.sql writes as a compare-and-set) and its template.
+-- record_results.sql writes as a compare-and-set) and its template; claimed_at and
+-- started_at are not returned: the claim sets both to now, which the caller has.
 -- Order: earliest batch deadline, then batch age (uuid7), then line (see Cost below).
 -- Locking: FOR UPDATE OF r SKIP LOCKED in each read of requests (the locking read itself,
 -- never a separate CTE), so concurrent daemons skip each other's rows.
@@ -102,10 +103,10 @@ WITH capacity AS (
         attempts = r.attempts + 1
     WHERE r.id = ANY (ARRAY(SELECT id FROM picked))
     RETURNING r.id, r.batch_id, r.attempts, r.budget_base, r.model, r.batch_expires_at,
-              r.file_id, r.line_number, r.claimed_at, r.started_at, r.not_before
+              r.file_id, r.line_number, r.not_before
 )
 SELECT c.id, c.batch_id, c.attempts, c.budget_base, c.model, c.batch_expires_at,
-       c.claimed_at, c.started_at, c.not_before,
+       c.not_before,
        t.custom_id, t.endpoint, t.method, t.path, t.body, t.api_key
 FROM claimed c
 JOIN request_templates t ON t.file_id = c.file_id AND t.line_number = c.line_number

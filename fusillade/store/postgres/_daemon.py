@@ -52,8 +52,9 @@ class DaemonQueries(PostgresBase):
                 path=r["path"],
                 body=r["body"],
                 daemon_id=daemon_id,
-                claimed_at=r["claimed_at"],
-                started_at=r["started_at"],
+                # claim.sql sets both to now (parsing them back cost 1.5 ms per 256 rows)
+                claimed_at=now,
+                started_at=now,
                 not_before=r["not_before"],
                 api_key=r["api_key"],
             )
