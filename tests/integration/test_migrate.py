@@ -76,9 +76,7 @@ def test_the_test_template_is_fully_migrated(database_url: str) -> None:
     assert migrate(database_url) == []
 
 
-def test_an_edited_applied_migration_is_refused(
-    empty_database_url: str, migrations: Path
-) -> None:
+def test_an_edited_applied_migration_is_refused(empty_database_url: str, migrations: Path) -> None:
     migrate(empty_database_url, directory=migrations)
     initial = migrations / "0001_initial.sql"
     initial.write_text(initial.read_text() + "\n-- an innocent-looking edit\n")
