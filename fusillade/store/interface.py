@@ -94,6 +94,15 @@ class RequestDetail:
 
 
 @attrs.frozen
+class BudgetHolders:
+    """Who shares one budget scope (``lease_budgets``): the live daemons holding it, and
+    since when the asking daemon does."""
+
+    holders: int
+    since: datetime
+
+
+@attrs.frozen
 class DaemonInfo:
     id: UUID
     hostname: str
@@ -218,4 +227,13 @@ class Repository(Protocol):
 
     def register_daemon(self, info: DaemonInfo, *, now: datetime) -> None: ...
     def heartbeat(self, daemon_id: UUID, *, now: datetime) -> bool: ...
-    def stop_daemon(self, daemon_id: UUID, *, now: datetime) -> None: ...
+    def stop_daemon(self, daemon_id: UUID, *, now: datetime) -> None:
+        """Mark the daemon stopped and drop its budget leases."""
+        ...
+
+    def lease_budgets(
+        self, daemon_id: UUID, scopes: Sequence[str], *, now: datetime, stale_before: datetime
+    ) -> dict[str, BudgetHolders]:
+        """Hold leases on ``scopes`` (and no others), drop the leases of daemons not running
+        or stale (heartbeat before ``stale_before``), and say who holds each scope."""
+        ...

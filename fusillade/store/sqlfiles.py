@@ -34,6 +34,7 @@ class Queries:
     active_models: str
     batches_to_abort: str
     begin: str
+    budget_holders: str
     cancel_batch: str
     claim: str
     count_batch_requests: str
@@ -42,6 +43,7 @@ class Queries:
     daemon_register: str
     daemon_stop: str
     database_time: str
+    drop_budget_leases: str
     expire_batches: str
     expire_requests: str
     first_path_mismatch: str
@@ -53,6 +55,7 @@ class Queries:
     get_request: str
     insert_batch: str
     insert_file: str
+    lease_budgets: str
     list_batches: str
     list_files: str
     list_files_asc: str

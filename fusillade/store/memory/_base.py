@@ -38,6 +38,8 @@ class MemoryBase:
         self._batch_rows: dict[UUID, list[UUID]] = {}  # in line order
         self._by_state: dict[RequestState, set[UUID]] = {s: set() for s in RequestState}
         self._daemons: dict[UUID, _Daemon] = {}
+        # budget leases: (scope, daemon id) -> since
+        self._leases: dict[tuple[str, UUID], datetime] = {}
 
     # Parity with PostgresRepository, so either can be used as a context manager.
     def open(self, *, wait: bool = True, timeout: float = 30.0) -> None:

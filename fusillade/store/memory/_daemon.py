@@ -17,7 +17,7 @@ from fusillade.core.models import (
 )
 from fusillade.core.transitions import Event, EventKind, step
 from fusillade.errors import StoreError
-from fusillade.store.interface import DaemonInfo, ReclaimStats, RecordStats
+from fusillade.store.interface import BudgetHolders, DaemonInfo, ReclaimStats, RecordStats
 from fusillade.store.memory._base import MemoryBase
 from fusillade.store.memory._rows import (
     _LOST_DEAD,
@@ -320,3 +320,33 @@ class DaemonParts(MemoryBase):
             d = self._daemons.get(daemon_id)
             if d is not None:
                 self._daemons[daemon_id] = attrs.evolve(d, status="stopped", stopped_at=now)
+            for key in [k for k in self._leases if k[1] == daemon_id]:
+                del self._leases[key]
+
+    def lease_budgets(
+        self, daemon_id: UUID, scopes: Sequence[str], *, now: datetime, stale_before: datetime
+    ) -> dict[str, BudgetHolders]:
+        wanted = set(scopes)
+        with self._lock:
+
+            def live(holder: UUID) -> bool:
+                d = self._daemons.get(holder)
+                if d is None or d.status != "running":
+                    return False
+                return holder == daemon_id or d.heartbeat_at >= stale_before
+
+            for scope in wanted:
+                self._leases.setdefault((scope, daemon_id), now)
+            for key in list(self._leases):
+                scope, holder = key
+                if (holder == daemon_id and scope not in wanted) or not live(holder):
+                    del self._leases[key]
+            holders: dict[str, int] = {}
+            for scope, _ in self._leases:
+                if scope in wanted:
+                    holders[scope] = holders.get(scope, 0) + 1
+            return {
+                scope: BudgetHolders(n, self._leases[(scope, daemon_id)])
+                for scope, n in holders.items()
+                if (scope, daemon_id) in self._leases
+            }

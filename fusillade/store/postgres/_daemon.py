@@ -12,7 +12,7 @@ from psycopg.types.json import Jsonb
 
 from fusillade.core.attempts import AbortReason, AttemptResult, ClaimedRequest
 from fusillade.core.models import RequestState
-from fusillade.store.interface import DaemonInfo, ReclaimStats, RecordStats
+from fusillade.store.interface import BudgetHolders, DaemonInfo, ReclaimStats, RecordStats
 from fusillade.store.postgres._base import WORK_CHANNEL, PostgresBase
 
 
@@ -168,6 +168,21 @@ class DaemonQueries(PostgresBase):
     def stop_daemon(self, daemon_id: UUID, *, now: datetime) -> None:
         with self._tx() as cur:
             cur.execute(self.q.daemon_stop, {"id": daemon_id, "now": now})
+            cur.execute(self.q.drop_budget_leases, {"daemon_id": daemon_id})
+
+    def lease_budgets(
+        self, daemon_id: UUID, scopes: Sequence[str], *, now: datetime, stale_before: datetime
+    ) -> dict[str, BudgetHolders]:
+        params = {
+            "daemon_id": daemon_id,
+            "scopes": sorted(scopes),  # one lock order for every daemon
+            "now": now,
+            "stale_before": stale_before,
+        }
+        with self._tx() as cur:
+            cur.execute(self.q.lease_budgets, params)
+            rows = cur.execute(self.q.budget_holders, params).fetchall()
+        return {r["scope"]: BudgetHolders(r["holders"], r["since"]) for r in rows}
 
 
 def _reclaim_stats(rows: Sequence[Mapping[str, Any]]) -> ReclaimStats:
