@@ -193,9 +193,26 @@ def _read_env(env: Mapping[str, str], tree: _Tree) -> None:
             _set_text(tree, path, text, name)
 
 
+# flags that set a key of the default upstream (`--rpm` is upstreams.<default>.rpm)
+_UPSTREAM_FLAGS = ("max_in_flight", "rpm", "tpm")
+
+
+def _default_upstream_limits(tree: _Tree, given: dict[str, object]) -> None:
+    limits = {k: given.pop(f"upstream.{k}") for k in _UPSTREAM_FLAGS if f"upstream.{k}" in given}
+    if not limits:
+        return
+    name = tree.values.get("default_upstream")
+    if not isinstance(name, str):
+        flag = "--" + next(iter(limits)).replace("_", "-")
+        raise ConfigError(f"{FLAGS}: {flag} needs an upstream: give --upstream URL")
+    for key, value in limits.items():
+        tree.put(("upstreams", name, key), value, FLAGS)
+
+
 def _read_flags(flags: Mapping[str, object], tree: _Tree) -> None:
     given = {k: v for k, v in flags.items() if v is not None}
     _shortcut(tree, given.pop("upstream", None), given.pop("upstream_api_key_env", None), FLAGS)
+    _default_upstream_limits(tree, given)
     for dotted, value in given.items():
         path = tuple(dotted.split(".", 1))
         if path not in KEYS:
@@ -266,7 +283,9 @@ def load_settings(
         flags: dotted keys (``"server.port"``, ``"database_url"``) to values; ``None``
             values are skipped; strings are read as environment values are, other values
             as the file's (a duration may be a ``timedelta``). Also ``"upstream"`` (a
-            URL: upstream ``default``, used for every model) and ``"upstream_api_key_env"``.
+            URL: upstream ``default``, used for every model) and ``"upstream_api_key_env"``;
+            ``"upstream.rpm"`` (``.tpm``, ``.max_in_flight``) set that key of the default
+            upstream.
 
     Raises:
         ConfigError: an unreadable file, an unknown key in the file or the flags, or a bad
@@ -319,6 +338,18 @@ def add_arguments(
         )
         parser.add_argument("--upstream", metavar="URL", help="send every model to this server")
         parser.add_argument(
+            "--max-in-flight",
+            type=int,
+            metavar="N",
+            help="requests in flight to the upstream, all models and daemons together",
+        )
+        parser.add_argument(
+            "--rpm", type=int, metavar="N", help="requests per minute the upstream allows"
+        )
+        parser.add_argument(
+            "--tpm", type=int, metavar="N", help="tokens per minute the upstream allows"
+        )
+        parser.add_argument(
             "--api-key-env",
             metavar="NAME",
             help="variable holding the --upstream api key (default: OPENAI_API_KEY)",
@@ -341,5 +372,8 @@ def settings_from_args(
         "daemon.default_concurrency": getattr(args, "concurrency", None),
         "upstream": upstream,
         "upstream_api_key_env": key_env,
+        "upstream.max_in_flight": getattr(args, "max_in_flight", None),
+        "upstream.rpm": getattr(args, "rpm", None),
+        "upstream.tpm": getattr(args, "tpm", None),
     }
     return load_settings(args.config, env=env, flags={**given, **(flags or {})})

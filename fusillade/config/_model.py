@@ -66,6 +66,25 @@ def _integer(low: int, high: int | None = None) -> Rule:
     return Rule(check, from_text)
 
 
+def _positive_number(high: float) -> Rule:
+    """A number (an integer or a float) above 0 and at most ``high``."""
+
+    def check(value: object) -> float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            number = float(value)
+            if 0 < number <= high:
+                return number
+        raise Invalid(f"must be a number above 0 and at most {high:g}, got {_show(value)}")
+
+    def from_text(text: str) -> object:
+        try:
+            return float(text)
+        except ValueError:
+            return text  # check() says what is wrong
+
+    return Rule(check, from_text)
+
+
 def _text(value: object) -> str:
     if not isinstance(value, str) or not value:
         raise Invalid(f"must be a non-empty string, got {_show(value)}")
@@ -203,6 +222,8 @@ Url = Annotated[str, Rule(_url)]
 LocalPath = Annotated[Path, Rule(_path)]
 Port = Annotated[int, _integer(0, 65535)]  # 0: any free port (tests, ad-hoc runs)
 Count = Annotated[int, _integer(1)]
+Share = Annotated[float, _positive_number(1.0)]  # budget_share
+Weight = Annotated[float, _positive_number(1e6)]
 Duration = Annotated[timedelta, _duration(positive=True)]
 Grace = Annotated[timedelta, _duration(positive=False)]  # a duration that may be 0s
 Endpoints = Annotated[tuple[str, ...], _strings(_endpoint)]
@@ -243,18 +264,36 @@ class DaemonSettings:
     max_attempts: Count = 6
     backoff_base: Duration = timedelta(seconds=1)
     backoff_cap: Duration = timedelta(seconds=60)
+    # a request's output estimate for the tpm budget when it names no max_tokens
+    default_max_output_tokens: Count = 1024
 
 
 @attrs.frozen
 class UpstreamSettings:
     base_url: Url
     api_key_env: EnvName | None = None
+    # the deployment's budget for everything sent here (docs/scheduling.md); None: unset
+    # (max_in_flight: [daemon] default_concurrency plus its models' own limits)
+    max_in_flight: Count | None = None
+    rpm: Count | None = None
+    tpm: Count | None = None
+    # the part of limits learned from the provider's answers fusillade may use
+    budget_share: Share = 0.9
 
 
 @attrs.frozen
 class ModelSettings:
     upstream: Text | None = None  # None: the default upstream
-    concurrency: Count | None = None  # None: [daemon] default_concurrency
+    concurrency: Count | None = None  # None: [daemon] default_concurrency (per daemon)
+    # the deployment's budget for this model on its upstream; None: unset
+    max_in_flight: Count | None = None
+    rpm: Count | None = None
+    tpm: Count | None = None
+
+
+@attrs.frozen
+class OwnerSettings:
+    weight: Weight = 1.0  # fair-share weight between owners (docs/scheduling.md)
 
 
 @attrs.frozen
@@ -266,6 +305,7 @@ class Settings:
     daemon: DaemonSettings = DaemonSettings()
     upstreams: Mapping[str, UpstreamSettings] = attrs.field(factory=dict)
     models: Mapping[str, ModelSettings] = attrs.field(factory=dict)
+    owners: Mapping[str, OwnerSettings] = attrs.field(factory=dict)
     # where each value not at its default came from: a file name, a variable, FLAGS
     sources: Mapping[tuple[str, ...], str] = attrs.field(factory=dict, eq=False, repr=False)
 

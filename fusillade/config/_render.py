@@ -56,7 +56,7 @@ def render(settings: Settings, *, env: Mapping[str, str] = os.environ) -> str:
     for section in ("server", "daemon"):
         out.append(f"\n[{section}]")
         emit((section,), getattr(settings, section))
-    for section in ("upstreams", "models"):
+    for section in ("upstreams", "models", "owners"):
         table: Mapping[str, attrs.AttrsInstance] = getattr(settings, section)
         for name, entry in table.items():
             out.append(f"\n[{section}.{toml_key(name)}]")
@@ -65,8 +65,8 @@ def render(settings: Settings, *, env: Mapping[str, str] = os.environ) -> str:
 
 
 def _value(value: object) -> str:
-    if isinstance(value, int):
-        return str(value)
+    if isinstance(value, int | float):
+        return repr(value)
     if isinstance(value, timedelta):
         return toml_str(format_duration(value))
     if isinstance(value, tuple):

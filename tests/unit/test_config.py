@@ -20,6 +20,7 @@ from fusillade.config import (
     ApiKey,
     DaemonSettings,
     ModelSettings,
+    OwnerSettings,
     ServerSettings,
     Settings,
     UpstreamSettings,
@@ -709,10 +710,22 @@ def test_docs_example_loads(tmp_path: Path) -> None:
 
 def test_docs_name_every_key_and_variable() -> None:
     text = DOC.read_text()
-    records = (Settings, ServerSettings, DaemonSettings, UpstreamSettings, ModelSettings)
+    records = (
+        Settings,
+        ServerSettings,
+        DaemonSettings,
+        UpstreamSettings,
+        ModelSettings,
+        OwnerSettings,
+    )
     for cls in records:
         for field in attrs.fields(cls):
-            if not attrs.has(field.type) and field.name not in ("upstreams", "models", "sources"):
+            if not attrs.has(field.type) and field.name not in (
+                "upstreams",
+                "models",
+                "owners",
+                "sources",
+            ):
                 assert f"| `{field.name}` |" in text, field.name
     for section, cls in (
         ((), Settings),
@@ -720,7 +733,12 @@ def test_docs_name_every_key_and_variable() -> None:
         (("daemon",), DaemonSettings),
     ):
         for field in attrs.fields(cls):
-            if not attrs.has(field.type) and field.name not in ("upstreams", "models", "sources"):
+            if not attrs.has(field.type) and field.name not in (
+                "upstreams",
+                "models",
+                "owners",
+                "sources",
+            ):
                 variable = "_".join(["FUSILLADE", *section, field.name]).upper()
                 assert f"`{variable}`" in text, variable
 
@@ -735,3 +753,69 @@ def test_allowed_hosts_from_the_environment() -> None:
     hosts = load_settings(env=env).server.allowed_hosts
     assert hosts == ("batch.internal", "ui.internal:3000", "[::1]:8000", "*")
     assert load_settings(env={}).server.allowed_hosts == ()
+
+
+# --- issue 13: budgets and owner weights -------------------------------------------------
+
+
+def test_budget_keys_of_upstreams_models_and_owners(tmp_path: Path) -> None:
+    s = load_settings(
+        write(
+            tmp_path,
+            """
+            [upstreams.openai]
+            base_url = "https://api.openai.com"
+            max_in_flight = 64
+            rpm = 500
+            tpm = 200000
+            budget_share = 0.5
+            [models."gpt-4o"]
+            upstream = "openai"
+            rpm = 100
+            [owners.alice]
+            weight = 3
+            [owners."bob the builder"]
+            weight = 0.5
+            """,
+        ),
+        env={},
+    )
+    assert s.upstreams["openai"] == UpstreamSettings(
+        "https://api.openai.com", None, max_in_flight=64, rpm=500, tpm=200000, budget_share=0.5
+    )
+    assert s.models["gpt-4o"] == ModelSettings("openai", rpm=100)
+    assert s.owners == {"alice": OwnerSettings(3.0), "bob the builder": OwnerSettings(0.5)}
+    assert load_settings(write(tmp_path, render(s, env={})), env={}) == s
+
+
+@pytest.mark.parametrize(
+    ("table", "problem"),
+    [
+        ('[upstreams.u]\nbase_url = "http://h"\nbudget_share = 0', "above 0 and at most 1"),
+        ('[upstreams.u]\nbase_url = "http://h"\nbudget_share = 1.5', "above 0 and at most 1"),
+        ('[upstreams.u]\nbase_url = "http://h"\nrpm = 0', "integer >= 1"),
+        ('[models.m]\ntpm = "many"', "integer >= 1"),
+        ("[owners.a]\nweight = -1", "above 0"),
+        ("[owners.a]\nweight = true", "above 0"),
+    ],
+)
+def test_budget_keys_are_checked(tmp_path: Path, table: str, problem: str) -> None:
+    with pytest.raises(ConfigError, match=problem):
+        load_settings(write(tmp_path, table), env={})
+
+
+def test_rate_flags_set_the_default_upstreams_budget() -> None:
+    flags: dict[str, object] = {
+        "upstream": "http://127.0.0.1:8001",
+        "upstream.rpm": 1200,
+        "upstream.tpm": 90000,
+        "upstream.max_in_flight": 8,
+    }
+    s = load_settings(env={}, flags=flags)
+    u = s.upstreams["default"]
+    assert (u.rpm, u.tpm, u.max_in_flight, u.budget_share) == (1200, 90000, 8, 0.9)
+
+
+def test_rate_flags_need_an_upstream() -> None:
+    with pytest.raises(ConfigError, match="--rpm needs an upstream"):
+        load_settings(env={}, flags={"upstream.rpm": 10})
