@@ -44,3 +44,23 @@ RESULTS_UNSTORABLE = Counter(
     "fusillade_results_unstorable",
     "Results the database refused, recorded as failed with reason unstorable instead",
 )
+BUDGET_IN_FLIGHT = Gauge(
+    "fusillade_budget_in_flight",
+    "Requests in flight against a budget (model: the upstream's own budget when empty)",
+    ["upstream", "model"],
+)
+BUDGET_LIMIT = Gauge(
+    "fusillade_budget_limit",
+    "This daemon's part of a budget now: configured or learned, after budget_share",
+    ["upstream", "model", "kind"],
+)
+BUDGET_RESERVED_TOKENS = Gauge(
+    "fusillade_budget_reserved_tokens",
+    "Tokens reserved by requests in flight, not yet settled with their usage",
+    ["upstream", "model"],
+)
+BUDGET_THROTTLED = Gauge(
+    "fusillade_budget_throttled",
+    "1 while a budget holds requests back, by the limit that does",
+    ["upstream", "model", "reason"],
+)

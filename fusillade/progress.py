@@ -7,6 +7,8 @@ every ``interval`` seconds and once at the end.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import time
 from typing import TextIO
 
@@ -31,7 +33,7 @@ class Progress:
         self._first_done: int | None = None
         self._last_print = 0.0
 
-    def line(self, view: BatchView) -> str:
+    def line(self, view: BatchView, *, throttled: Sequence[str] = ()) -> str:
         """The progress text for ``view`` (no line ending)."""
         c = view.counts
         done = c.completed + c.failed + c.canceled
@@ -47,13 +49,17 @@ class Progress:
             f"ok {c.completed} failed {c.failed} canceled {c.canceled} "
             f"in flight {c.in_progress} | {rate:,.1f} req/s | ETA {eta}"
         )
+        if throttled:
+            text += f" | throttled: {', '.join(throttled)}"
         if self.tty:
             filled = int(share * _BAR)
             text = f"[{'#' * filled}{'.' * (_BAR - filled)}] {text}"
         return text
 
-    def update(self, view: BatchView, *, final: bool = False) -> None:
-        text = self.line(view)
+    def update(
+        self, view: BatchView, *, final: bool = False, throttled: Sequence[str] = ()
+    ) -> None:
+        text = self.line(view, throttled=throttled)
         now = time.monotonic()
         if self.tty:
             self.stream.write("\r\x1b[2K" + text + ("\n" if final else ""))

@@ -147,7 +147,9 @@ async def run_batch(
             )
             print(f"started batch {batch_id}: {view.counts.total} requests", file=stderr)
         async for view in engine.watch(batch_id, interval=0.25):
-            progress.update(view, final=view.status.is_terminal)
+            daemon = engine.daemon
+            throttled = daemon.statistics().throttled if daemon is not None else ()
+            progress.update(view, final=view.status.is_terminal, throttled=throttled)
         await _write_results(engine, view, options)
     c = view.counts
     where = str(options.output)

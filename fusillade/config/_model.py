@@ -312,6 +312,7 @@ class Settings:
     def daemon_config(self) -> DaemonConfig:
         """The runtime's ``DaemonConfig``; the one place it is made from the settings."""
         from fusillade.core.retry import RetryPolicy
+        from fusillade.core.scheduling.budget import BudgetLimits
         from fusillade.runtime.config import DaemonConfig, Upstream
 
         d = self.daemon
@@ -332,4 +333,22 @@ class Settings:
             # reclaim at least twice per stale_after (a short one: tests, `run --stale-after`)
             maintenance_interval=min(timedelta(seconds=5), d.stale_after / 2),
             shutdown_grace=d.shutdown_grace,
+            upstream_budgets={
+                n: BudgetLimits(u.max_in_flight, u.rpm, u.tpm, share=u.budget_share)
+                for n, u in self.upstreams.items()
+            },
+            model_budgets={
+                m: BudgetLimits(
+                    s.max_in_flight,
+                    s.rpm,
+                    s.tpm,
+                    share=self.upstreams[up].budget_share
+                    if (up := s.upstream or self.default_upstream) in self.upstreams
+                    else 0.9,
+                )
+                for m, s in self.models.items()
+                if (s.max_in_flight, s.rpm, s.tpm) != (None, None, None)
+            },
+            owner_weights={o: s.weight for o, s in self.owners.items()},
+            default_max_output_tokens=d.default_max_output_tokens,
         )

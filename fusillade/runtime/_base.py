@@ -21,6 +21,7 @@ import httpx
 
 from fusillade import metrics
 from fusillade.core.attempts import AbortReason, AttemptResult, ClaimedRequest
+from fusillade.runtime.budgets import Budgets
 from fusillade.runtime.clock import Clock
 from fusillade.runtime.config import DaemonConfig
 from fusillade.runtime.dispatch import Dispatcher
@@ -63,6 +64,7 @@ class DaemonBase:
         self.id = daemon_id or uuid4()
         self.repo = AsyncRepository(repo, threads=self.config.db_write_concurrency + 4)
         self.limits = ModelLimits(self.config.concurrency_for)
+        self.budgets = Budgets(self.config)
         self.dispatcher = Dispatcher(self.config, transport=transport)
         # seconds, as anyio takes them (read on every database call)
         self._db_call_timeout = self.config.db_call_timeout.total_seconds()
@@ -88,6 +90,7 @@ class DaemonBase:
         self._starved: set[str] = set()
         self._next_due: float | None = None
         self._check_cancels = anyio.Event()
+        self._lease_now = anyio.Event()  # a budget in use has no lease yet
         # health and counters
         self._claim_failures = 0
         self._heartbeat_ok = True

@@ -9,6 +9,7 @@ from datetime import timedelta
 import attrs
 
 from fusillade.core.retry import DEFAULT_POLICY, RetryPolicy
+from fusillade.core.scheduling.budget import BudgetLimits
 from fusillade.metrics import OTHER_MODELS
 
 
@@ -50,6 +51,13 @@ class DaemonConfig:
     ``default_upstream``. Concurrency is per daemon and per model
     (``model_concurrency``, else ``default_concurrency``).
 
+    Budgets (docs/scheduling.md): ``upstream_budgets`` by upstream name and
+    ``model_budgets`` by model name hold what the operator configured (the deployment's,
+    shared between daemons); an upstream not named gets ``max_in_flight`` =
+    ``default_concurrency`` plus the limits of the models routed to it, and a model not
+    named learns its limits from its upstream's answers. ``owner_weights`` weigh owners'
+    fair shares (default 1).
+
     Metrics: a model is a label value by its own name only when the operator named it
     (a key of ``model_concurrency`` or ``model_upstreams``, or in ``metric_models``);
     every other model is counted under ``"other"`` (``metric_label``). Request bodies
@@ -82,10 +90,45 @@ class DaemonConfig:
     connections_per_client: int = 16
     # times the claim loop may fail in a row before readiness turns false
     unhealthy_after_failures: int = 3
+    upstream_budgets: Mapping[str, BudgetLimits] = attrs.field(factory=dict)
+    model_budgets: Mapping[str, BudgetLimits] = attrs.field(factory=dict)
+    owner_weights: Mapping[str, float] = attrs.field(factory=dict)
+    default_max_output_tokens: int = 1024
+
+    def upstream_name_for(self, model: str) -> str | None:
+        name = self.model_upstreams.get(model, self.default_upstream)
+        return name if name is not None and name in self.upstreams else None
 
     def upstream_for(self, model: str) -> Upstream | None:
-        name = self.model_upstreams.get(model, self.default_upstream)
-        return self.upstreams.get(name) if name is not None else None
+        name = self.upstream_name_for(model)
+        return self.upstreams[name] if name is not None else None
+
+    def budget_limits(self, upstream: str, model: str | None) -> BudgetLimits:
+        """The configured budget of an upstream (``model`` None) or of a model on it: the
+        deployment's, shared between daemons."""
+        own = self.upstream_budgets.get(upstream, BudgetLimits())
+        if model is None:
+            return own
+        return self.model_budgets.get(model, BudgetLimits(share=own.share))
+
+    def upstream_cap(self, upstream: str) -> int | None:
+        """An upstream's in-flight cap per daemon when no ``max_in_flight`` is configured
+        (None: it is): one ``default_concurrency`` for all the models not configured,
+        plus each configured model's own limit."""
+        if self.upstream_budgets.get(upstream, BudgetLimits()).max_in_flight is not None:
+            return None
+        routed = [
+            limit
+            for m in {*self.model_concurrency, *self.model_budgets}
+            if self.upstream_name_for(m) == upstream and (limit := self._model_cap(m)) is not None
+        ]
+        return self.default_concurrency + sum(routed)
+
+    def _model_cap(self, model: str) -> int | None:
+        budget = self.model_budgets.get(model)
+        if budget is not None and budget.max_in_flight is not None:
+            return budget.max_in_flight
+        return self.model_concurrency.get(model)
 
     def concurrency_for(self, model: str) -> int:
         return self.model_concurrency.get(model, self.default_concurrency)

@@ -34,6 +34,7 @@ import anyio.abc
 import attrs
 
 from fusillade.runtime.cancels import CancelWatcher
+from fusillade.runtime.budgets import ScopeState
 from fusillade.runtime.claiming import ClaimLoop
 from fusillade.runtime.clock import Clock
 from fusillade.runtime.limits import ModelStats
@@ -57,6 +58,9 @@ class DaemonStats:
     healthy: bool
     recorded: int
     lost_races: int
+    # why requests wait for a budget now ("rpm", "tpm", "max_in_flight", "slow_start")
+    throttled: tuple[str, ...] = ()
+    budgets: tuple[ScopeState, ...] = ()
 
 
 class Daemon(ClaimLoop, CancelWatcher, Upkeep, Listener, Shutdown):
@@ -99,6 +103,8 @@ class Daemon(ClaimLoop, CancelWatcher, Upkeep, Listener, Shutdown):
             healthy=self.healthy,
             recorded=self._recorded,
             lost_races=self._lost,
+            throttled=tuple(self.budgets.throttled(anyio.current_time())),
+            budgets=tuple(self.budgets.states(anyio.current_time())),
         )
 
     async def run(
@@ -111,6 +117,7 @@ class Daemon(ClaimLoop, CancelWatcher, Upkeep, Listener, Shutdown):
             async with anyio.create_task_group() as services:
                 await services.start(self.writer.run)
                 services.start_soon(self._heartbeat_loop)
+                services.start_soon(self._lease_loop)
                 services.start_soon(self._maintenance_loop)
                 services.start_soon(self._cancel_watch_loop)
                 services.start_soon(self._listen_loop)

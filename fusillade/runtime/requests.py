@@ -17,7 +17,9 @@ import anyio.abc
 from fusillade import metrics
 from fusillade.core.attempts import AttemptResult, ClaimedRequest, ResultKind
 from fusillade.core.retry import GiveUp, HttpResponse, RetryAt, Success, classify, decide
+from fusillade.core.scheduling.tokens import used_tokens
 from fusillade.runtime._base import DaemonBase, InFlight
+from fusillade.runtime.budgets import Reservation
 from fusillade.runtime.dispatch import Sent
 
 
@@ -27,6 +29,7 @@ class RequestTasks(DaemonBase):
         self._in_flight[req.id] = entry
         self._batch_in_flight[req.batch_id] = self._batch_in_flight.get(req.batch_id, 0) + 1
         self.limits.acquire_nowait(req.model)
+        self.budgets.start(req.model, anyio.current_time())
         metrics.CLAIMED.labels(entry.label).inc()
         metrics.IN_FLIGHT.labels(entry.label).inc()
         if self._tasks_done.is_set():
@@ -52,11 +55,15 @@ class RequestTasks(DaemonBase):
         req = entry.request
         started = anyio.current_time()
         sent: Sent | None = None
+        reservation = self.budgets.estimate(req.model, req.body)
+        reserved = False
         try:
             with entry.scope:
+                reserved = await self._reserve_tokens(reservation)
                 sent = await self.dispatcher.send(req)
         finally:
             self._finish_request(entry)
+            self._settle(reservation, reserved, sent)
         metrics.UPSTREAM_SECONDS.labels(entry.label).observe(anyio.current_time() - started)
         if sent is None:  # aborted
             if entry.abort is None or entry.released:
@@ -71,6 +78,25 @@ class RequestTasks(DaemonBase):
             due = self._clock.loop_time_at(result.request.not_before)
             self._next_due = due if self._next_due is None else min(self._next_due, due)
             self._wake.set()
+
+    async def _reserve_tokens(self, reservation: Reservation) -> bool:
+        """Wait until the request's estimated tokens fit its token budgets, and take them."""
+        while not self.budgets.reserve(reservation, anyio.current_time()):
+            await anyio.sleep(self.budgets.reserve_wait(reservation, anyio.current_time()))
+        return True
+
+    def _settle(self, reservation: Reservation, reserved: bool, sent: Sent | None) -> None:
+        """Give the budgets the answer: tokens actually used, rate-limit headers, a 429."""
+        response = sent.outcome if sent is not None and isinstance(sent.outcome, HttpResponse) else None
+        used = used_tokens(sent.input_tokens, sent.output_tokens) if sent is not None else None
+        self.budgets.finish(
+            reservation,
+            anyio.current_time(),
+            reserved=reserved,
+            used=used,
+            response=response,
+            wall_clock=self.now(),
+        )
 
     def _result_of(self, req: ClaimedRequest, sent: Sent, label: str) -> AttemptResult:
         """What the attempt came to, decided by the core: classified, retried or given

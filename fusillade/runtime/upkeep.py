@@ -22,6 +22,7 @@ import anyio
 from fusillade import metrics
 from fusillade.errors import StoreError
 from fusillade.runtime._base import DaemonBase, log
+from fusillade.runtime.budgets import fraction_of, scope_name
 from fusillade.store.interface import DaemonInfo, ReclaimStats
 
 
@@ -74,6 +75,73 @@ class Upkeep(DaemonBase):
                 await self._register()
 
         await self._every(self.config.heartbeat_interval.total_seconds(), "heartbeat", beat)
+
+    async def _lease_loop(self) -> None:
+        """Lease the budgets this daemon uses, with each heartbeat and whenever a budget
+        in use has no lease yet, and take this daemon's part of each (docs/scheduling.md)."""
+        interval = self.config.heartbeat_interval.total_seconds()
+        held = False
+        while True:
+            with anyio.move_on_after(interval):
+                await self._lease_now.wait()
+            self._lease_now = anyio.Event()
+            self._publish_budget_metrics()
+            scopes = self.budgets.leased_scopes(
+                anyio.current_time(), recent=self.config.stale_after.total_seconds()
+            )
+            if not scopes and not held:
+                continue
+            try:
+                holders = await self._db(
+                    self.repo.sync.lease_budgets,
+                    self.id,
+                    [scope_name(s) for s in scopes],
+                    now=self.now(),
+                    stale_before=self.now() - self.config.stale_after,
+                )
+            except (StoreError, TimeoutError) as exc:
+                metrics.DB_ERRORS.labels("leases").inc()
+                log.warning("budget leases: database call failed: %s", exc)
+                continue
+            held = bool(scopes)
+            now = self.now()
+            fractions = {
+                scope: fraction_of(h.holders, h.since, now, interval)
+                for scope in scopes
+                if (h := holders.get(scope_name(scope))) is not None
+            }
+            self.budgets.set_fractions(fractions, anyio.current_time())
+            self._wake.set()
+
+    def _publish_budget_metrics(self) -> None:
+        """Budget gauges by upstream and model label (models not configured add up under
+        "other", so the label set stays bounded)."""
+        now = anyio.current_time()
+        in_flight: dict[tuple[str, str], float] = {}
+        reserved: dict[tuple[str, str], float] = {}
+        limits: dict[tuple[str, str, str], float] = {}
+        throttled: set[tuple[str, str, str]] = set()
+        for scope in self.budgets.states(now):
+            upstream, model = scope.scope
+            key = (upstream, "" if model is None else self.config.metric_label(model))
+            st = scope.state
+            in_flight[key] = in_flight.get(key, 0) + st.in_flight
+            reserved[key] = reserved.get(key, 0) + st.reserved_tokens
+            for kind, value in (("max_in_flight", st.max_in_flight), ("rpm", st.rpm), ("tpm", st.tpm)):
+                if value is not None:
+                    limits[(*key, kind)] = limits.get((*key, kind), 0) + value
+            if st.throttle is not None:
+                throttled.add((*key, st.throttle))
+        for key, n in in_flight.items():
+            metrics.BUDGET_IN_FLIGHT.labels(*key).set(n)
+            metrics.BUDGET_RESERVED_TOKENS.labels(*key).set(reserved[key])
+        for lkey, value in limits.items():
+            metrics.BUDGET_LIMIT.labels(*lkey).set(value)
+        for reason in ("max_in_flight", "rpm", "tpm", "slow_start"):
+            for key in in_flight:
+                metrics.BUDGET_THROTTLED.labels(*key, reason).set(
+                    1 if (*key, reason) in throttled else 0
+                )
 
     async def _maintenance_loop(self) -> None:
         chunk = 1000
