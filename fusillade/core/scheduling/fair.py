@@ -1,0 +1,203 @@
+"""Free slots shared between owners and their batches: weighted, work-conserving, by priority.
+
+Theory of operation
+-------------------
+Each model belongs to one group (its upstream; ``group_of``), so groups are independent.
+Within a group, slots are handed out one at a time (in bulk where the order is already
+decided, which gives the same answer faster):
+
+1. the owner with the lowest ``load / weight`` gets the next slot (ties: owner name),
+   where an owner's load is its in-flight requests in the group plus what it has been
+   allotted so far; only owners with an eligible claimable compete (one whose model and
+   group both have a free slot left);
+2. within the owner, the best priority class among its eligible claimables: escalated
+   (will miss its deadline at the current rate) before not, then the shorter completion
+   window;
+3. within that class, the (batch, model) with the lowest in flight plus allotted (ties:
+   earliest ``expires_at``, then ``batch_id``).
+
+This stops only when no claimable is eligible: work-conserving (an owner alone gets
+everything that is free).
+
+Fairness bound: an owner ``a`` got its last slot at a time when its ``load / weight``
+was the lowest of the eligible owners; loads only grow and eligibility is only lost. So
+for any owner ``b`` still eligible at the end, ``L_a / w_a <= L_b / w_b + 1 / w_a``
+(``L``: final load): owners differ by at most one slot of the favoured owner.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timedelta
+from uuid import UUID
+
+import attrs
+
+_UNLIMITED = 1 << 62
+
+
+@attrs.frozen
+class Claimable:
+    """A (batch, model) with requests waiting, as one daemon sees it."""
+
+    batch_id: UUID
+    model: str
+    owner: str
+    expires_at: datetime
+    window: timedelta
+    """The batch's completion window."""
+    escalated: bool
+    """It will miss its deadline at the current rate."""
+    in_flight: int
+    """This daemon's requests of this (batch, model) in flight."""
+
+
+@attrs.frozen
+class Allotment:
+    batch_id: UUID
+    model: str
+    count: int
+
+
+def priority_class(c: Claimable) -> tuple[bool, timedelta]:
+    """Lower is served first: escalated before not, then the shorter window."""
+    return (not c.escalated, c.window)
+
+
+# A claimable in its class's heap: (load, expires_at, batch_id, index in claimables).
+_Entry = tuple[int, datetime, UUID, int]
+
+
+@attrs.define
+class _Owner:
+    name: str
+    weight: float
+    load: int
+    classes: list[list[_Entry]]  # heaps, best class first
+
+
+def allocate(
+    claimables: Sequence[Claimable],
+    *,
+    model_free: Mapping[str, int],
+    group_of: Mapping[str, str],
+    group_free: Mapping[str, int],
+    weights: Mapping[str, float],
+    default_weight: float = 1.0,
+) -> list[Allotment]:
+    """Hand out the free slots; one ``Allotment`` per (batch, model) that gets any.
+
+    Args:
+        model_free: free slots per model (a model absent: none).
+        group_of: each model's group (upstream); a model absent is its own group, limited
+            only by ``model_free``.
+        group_free: free slots per group, shared by its models (a group absent: unlimited).
+        weights: owner weights (absent, zero, negative or not finite: ``default_weight``).
+    """
+    free = {m: max(0, n) for m, n in model_free.items()}
+    groups: dict[str, list[int]] = {}
+    for i, c in enumerate(claimables):
+        if c.model in group_of:
+            groups.setdefault("g:" + group_of[c.model], []).append(i)
+        else:
+            groups.setdefault("m:" + c.model, []).append(i)
+    allotted = [0] * len(claimables)
+    for key, members in groups.items():
+        room = group_free.get(key[2:], _UNLIMITED) if key.startswith("g:") else _UNLIMITED
+        _allocate_group(claimables, members, max(0, room), free, weights, default_weight, allotted)
+    merged: dict[tuple[UUID, str], int] = {}
+    for c, n in zip(claimables, allotted, strict=True):
+        if n > 0:
+            merged[(c.batch_id, c.model)] = merged.get((c.batch_id, c.model), 0) + n
+    return [Allotment(batch_id=b, model=m, count=n) for (b, m), n in merged.items()]
+
+
+def _weight(weights: Mapping[str, float], owner: str, default: float) -> float:
+    w = weights.get(owner, default)
+    return w if math.isfinite(w) and w > 0 else default
+
+
+def _allocate_group(
+    claimables: Sequence[Claimable],
+    members: list[int],
+    room: int,
+    free: dict[str, int],
+    weights: Mapping[str, float],
+    default_weight: float,
+    allotted: list[int],
+) -> None:
+    by_owner: dict[str, dict[tuple[bool, timedelta], list[_Entry]]] = {}
+    loads: dict[str, int] = {}
+    for i in members:
+        c = claimables[i]
+        classes = by_owner.setdefault(c.owner, {})
+        classes.setdefault(priority_class(c), []).append((c.in_flight, c.expires_at, c.batch_id, i))
+        loads[c.owner] = loads.get(c.owner, 0) + c.in_flight
+    owners: dict[str, _Owner] = {}
+    queue: list[tuple[float, str]] = []
+    for name, classes in by_owner.items():
+        heaps = [classes[k] for k in sorted(classes)]
+        for h in heaps:
+            heapq.heapify(h)
+        owner = owners[name] = _Owner(
+            name, _weight(weights, name, default_weight), loads[name], heaps
+        )
+        queue.append((owner.load / owner.weight, name))
+    heapq.heapify(queue)
+
+    while room > 0 and queue:
+        _, name = heapq.heappop(queue)
+        owner = owners[name]
+        heap = _best_class(owner, claimables, free)
+        if heap is None:
+            continue  # nothing of this owner's is eligible any more (and never will be)
+        load, expires_at, batch_id, i = heap[0]
+        model = claimables[i].model
+        # Bulk: as many slots as the one-at-a-time order would give in a row.
+        amount = min(room, free[model], _owner_run(owner, queue), _entry_run(heap))
+        allotted[i] += amount
+        free[model] -= amount
+        room -= amount
+        owner.load += amount
+        heapq.heapreplace(heap, (load + amount, expires_at, batch_id, i))
+        heapq.heappush(queue, (owner.load / owner.weight, name))
+
+
+def _best_class(
+    owner: _Owner, claimables: Sequence[Claimable], free: Mapping[str, int]
+) -> list[_Entry] | None:
+    """The owner's best class with an eligible claimable at the top of its heap.
+
+    Claimables whose model is full are dropped: free slots only shrink here.
+    """
+    for heap in owner.classes:
+        while heap and free.get(claimables[heap[0][3]].model, 0) <= 0:
+            heapq.heappop(heap)
+        if heap:
+            return heap
+    return None
+
+
+def _owner_run(owner: _Owner, queue: list[tuple[float, str]]) -> int:
+    """Slots in a row before the next owner in the queue comes first."""
+    if not queue:
+        return _UNLIMITED
+    key, name = queue[0]
+    # Slot j (0-based) goes to this owner while (load + j) / weight < key, or == key with
+    # this owner's name first.
+    bound = key * owner.weight - owner.load
+    run = math.floor(bound) + 1 if owner.name < name else math.ceil(bound)
+    return max(1, run)
+
+
+def _entry_run(heap: list[_Entry]) -> int:
+    """Slots in a row for the top of ``heap`` before the next entry comes first."""
+    top = heap[0]
+    nexts = [e for e in heap[1:3]]
+    if not nexts:
+        return _UNLIMITED
+    nxt = min(nexts)
+    run = nxt[0] - top[0] + (1 if top[1:] < nxt[1:] else 0)
+    return max(1, run)
