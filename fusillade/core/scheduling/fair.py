@@ -104,9 +104,12 @@ def allocate(
         else:
             groups.setdefault("m:" + c.model, []).append(i)
     allotted = [0] * len(claimables)
+    models = [c.model for c in claimables]
     for key, members in groups.items():
         room = group_free.get(key[2:], _UNLIMITED) if key.startswith("g:") else _UNLIMITED
-        _allocate_group(claimables, members, max(0, room), free, weights, default_weight, allotted)
+        _allocate_group(
+            claimables, members, max(0, room), free, weights, default_weight, allotted, models
+        )
     merged: dict[tuple[UUID, str], int] = {}
     for c, n in zip(claimables, allotted, strict=True):
         if n > 0:
@@ -127,6 +130,7 @@ def _allocate_group(
     weights: Mapping[str, float],
     default_weight: float,
     allotted: list[int],
+    models: list[str],
 ) -> None:
     by_owner: dict[str, dict[tuple[bool, timedelta], list[_Entry]]] = {}
     loads: dict[str, int] = {}
@@ -147,57 +151,49 @@ def _allocate_group(
         queue.append((owner.load / owner.weight, name))
     heapq.heapify(queue)
 
+    pop, push, replace = heapq.heappop, heapq.heappush, heapq.heapreplace
     while room > 0 and queue:
-        _, name = heapq.heappop(queue)
+        _, name = pop(queue)
         owner = owners[name]
-        heap = _best_class(owner, claimables, free)
+        # The owner's best class with an eligible claimable on top; claimables whose model
+        # is full are dropped for good (free slots only shrink here).
+        heap = None
+        for candidate in owner.classes:
+            while candidate and free.get(models[candidate[0][3]], 0) <= 0:
+                pop(candidate)
+            if candidate:
+                heap = candidate
+                break
         if heap is None:
             continue  # nothing of this owner's is eligible any more (and never will be)
-        load, expires_at, batch_id, i = heap[0]
-        model = claimables[i].model
-        # Bulk: as many slots as the one-at-a-time order would give in a row.
-        amount = min(room, free[model], _owner_run(owner, queue), _entry_run(heap))
+        top = heap[0]
+        i = top[3]
+        model = models[i]
+        # Bulk: as many slots as the one-at-a-time order gives this claimable in a row.
+        amount = min(room, free[model])
+        if queue:
+            amount = min(amount, _owner_run(owner, queue[0]))
+        if len(heap) > 1:
+            amount = min(amount, _entry_run(top, min(heap[1:3])))
         allotted[i] += amount
         free[model] -= amount
         room -= amount
         owner.load += amount
-        heapq.heapreplace(heap, (load + amount, expires_at, batch_id, i))
-        heapq.heappush(queue, (owner.load / owner.weight, name))
+        replace(heap, (top[0] + amount, top[1], top[2], i))
+        push(queue, (owner.load / owner.weight, name))
 
 
-def _best_class(
-    owner: _Owner, claimables: Sequence[Claimable], free: Mapping[str, int]
-) -> list[_Entry] | None:
-    """The owner's best class with an eligible claimable at the top of its heap.
-
-    Claimables whose model is full are dropped: free slots only shrink here.
-    """
-    for heap in owner.classes:
-        while heap and free.get(claimables[heap[0][3]].model, 0) <= 0:
-            heapq.heappop(heap)
-        if heap:
-            return heap
-    return None
-
-
-def _owner_run(owner: _Owner, queue: list[tuple[float, str]]) -> int:
-    """Slots in a row before the next owner in the queue comes first."""
-    if not queue:
-        return _UNLIMITED
-    key, name = queue[0]
+def _owner_run(owner: _Owner, following: tuple[float, str]) -> int:
+    """Slots in a row for ``owner`` before the ``following`` owner's turn comes."""
+    key, name = following
     # Slot j (0-based) goes to this owner while (load + j) / weight < key, or == key with
-    # this owner's name first.
-    bound = key * owner.weight - owner.load
+    # this owner's name first. Rounding errs short (the next turn gives the rest).
+    bound = key * owner.weight - owner.load - 1e-9 * (1.0 + abs(key * owner.weight))
     run = math.floor(bound) + 1 if owner.name < name else math.ceil(bound)
     return max(1, run)
 
 
-def _entry_run(heap: list[_Entry]) -> int:
-    """Slots in a row for the top of ``heap`` before the next entry comes first."""
-    top = heap[0]
-    nexts = [e for e in heap[1:3]]
-    if not nexts:
-        return _UNLIMITED
-    nxt = min(nexts)
-    run = nxt[0] - top[0] + (1 if top[1:] < nxt[1:] else 0)
+def _entry_run(top: _Entry, following: _Entry) -> int:
+    """Slots in a row for ``top`` before the ``following`` entry's turn comes."""
+    run = following[0] - top[0] + (1 if top[1:] < following[1:] else 0)
     return max(1, run)
