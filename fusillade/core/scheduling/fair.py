@@ -140,47 +140,168 @@ def _allocate_group(
         classes.setdefault(priority_class(c), []).append((c.in_flight, c.expires_at, c.batch_id, i))
         loads[c.owner] = loads.get(c.owner, 0) + c.in_flight
     owners: dict[str, _Owner] = {}
-    queue: list[tuple[float, str]] = []
     for name, classes in by_owner.items():
         heaps = [classes[k] for k in sorted(classes)]
         for h in heaps:
             heapq.heapify(h)
-        owner = owners[name] = _Owner(
-            name, _weight(weights, name, default_weight), loads[name], heaps
-        )
-        queue.append((owner.load / owner.weight, name))
-    heapq.heapify(queue)
+        owners[name] = _Owner(name, _weight(weights, name, default_weight), loads[name], heaps)
+    group = _Group(owners, room, free, allotted, models)
+    while group.room > 0 and group.owners:
+        group.bulk()
+        if not group.greedy(steps=len(group.owners) + len(members) + 1):
+            break
 
-    pop, push, replace = heapq.heappop, heapq.heappush, heapq.heapreplace
-    while room > 0 and queue:
-        _, name = pop(queue)
-        owner = owners[name]
-        # The owner's best class with an eligible claimable on top; claimables whose model
-        # is full are dropped for good (free slots only shrink here).
-        heap = None
-        for candidate in owner.classes:
-            while candidate and free.get(models[candidate[0][3]], 0) <= 0:
-                pop(candidate)
-            if candidate:
-                heap = candidate
+
+class _Group:
+    """One group's allocation in progress.
+
+    ``greedy`` applies the rules one turn at a time (a turn may give several slots when
+    the order is already decided); ``bulk`` jumps ahead to the state ``greedy`` would reach
+    after many slots, when no model can fill up on the way (so no one's eligibility
+    changes): the owners' shares by water-filling, then each owner's share within its
+    best class the same way. Both leave the same state the one-slot-at-a-time rules do.
+    """
+
+    def __init__(
+        self,
+        owners: dict[str, _Owner],
+        room: int,
+        free: dict[str, int],
+        allotted: list[int],
+        models: list[str],
+    ) -> None:
+        self.owners = owners
+        self.room = room
+        self.free = free
+        self.allotted = allotted
+        self.models = models
+        self.queue = [(o.load / o.weight, name) for name, o in owners.items()]
+        heapq.heapify(self.queue)
+
+    def _best_class(self, owner: _Owner) -> list[_Entry] | None:
+        """The owner's best class with an eligible claimable on top; claimables whose
+        model is full are dropped for good (free slots only shrink here)."""
+        free, models = self.free, self.models
+        for heap in owner.classes:
+            while heap and free.get(models[heap[0][3]], 0) <= 0:
+                heapq.heappop(heap)
+            if heap:
+                return heap
+        return None
+
+    def greedy(self, *, steps: int) -> bool:
+        """Up to ``steps`` turns; False when nothing is eligible any more."""
+        pop, push, replace = heapq.heappop, heapq.heappush, heapq.heapreplace
+        queue, owners, free, models = self.queue, self.owners, self.free, self.models
+        for _ in range(steps):
+            if self.room <= 0 or not queue:
+                return False
+            _, name = pop(queue)
+            owner = owners.get(name)
+            if owner is None:
+                continue  # dropped by ``bulk``
+            heap = self._best_class(owner)
+            if heap is None:
+                del owners[name]  # nothing of this owner's is eligible any more
+                continue
+            top = heap[0]
+            i = top[3]
+            model = models[i]
+            amount = min(self.room, free[model])
+            if queue:
+                amount = min(amount, _owner_run(owner, queue[0]))
+            if len(heap) > 1:
+                amount = min(amount, _entry_run(top, min(heap[1:3])))
+            self.allotted[i] += amount
+            free[model] -= amount
+            self.room -= amount
+            owner.load += amount
+            replace(heap, (top[0] + amount, top[1], top[2], i))
+            push(queue, (owner.load / owner.weight, name))
+        return True
+
+    def bulk(self) -> None:
+        """Jump ahead by up to ``room`` slots while no model can fill up."""
+        best: dict[str, list[_Entry]] = {}
+        for name, owner in list(self.owners.items()):
+            heap = self._best_class(owner)
+            if heap is None:
+                del self.owners[name]
+                continue
+            heap[:] = [e for e in heap if self.free.get(self.models[e[3]], 0) > 0]
+            best[name] = heap
+        if not best:
+            return
+        limit = min(self.free[self.models[e[3]]] for h in best.values() for e in h)
+        slots = min(self.room, limit) - len(best) - 1  # each owner's ceil adds up to one
+        if slots <= len(best):
+            return  # too little to be worth it: greedy turns do it
+        shares = _water_fill({n: self.owners[n] for n in best}, slots)
+        for name, share in shares.items():
+            if share:
+                self._spread(best[name], share)
+                self.owners[name].load += share
+                self.room -= share
+        self.queue = [(o.load / o.weight, name) for name, o in self.owners.items()]
+        heapq.heapify(self.queue)
+
+    def _spread(self, heap: list[_Entry], share: int) -> None:
+        """Give ``share`` slots within one class as the greedy would: the lowest loads
+        first (ties: earliest expiry, then batch), i.e. fill up to a level."""
+        entries = sorted(heap)
+        level, below, total = entries[0][0], 0, 0  # below: entries with load <= level
+        # Raise the level while everyone at or below it can be lifted by one.
+        while True:
+            while below < len(entries) and entries[below][0] <= level:
+                below += 1
+            if total + below > share:
                 break
-        if heap is None:
-            continue  # nothing of this owner's is eligible any more (and never will be)
-        top = heap[0]
-        i = top[3]
-        model = models[i]
-        # Bulk: as many slots as the one-at-a-time order gives this claimable in a row.
-        amount = min(room, free[model])
-        if queue:
-            amount = min(amount, _owner_run(owner, queue[0]))
-        if len(heap) > 1:
-            amount = min(amount, _entry_run(top, min(heap[1:3])))
-        allotted[i] += amount
-        free[model] -= amount
-        room -= amount
-        owner.load += amount
-        replace(heap, (top[0] + amount, top[1], top[2], i))
-        push(queue, (owner.load / owner.weight, name))
+            rise = (share - total) // below
+            if below < len(entries):
+                rise = min(rise, entries[below][0] - level)
+            total += rise * below
+            level += rise
+        extra = share - total  # to the first ``extra`` entries at the level, in tie order
+        lifted = []
+        lucky = {e[3] for e in sorted(entries[:below], key=lambda e: e[1:])[:extra]}
+        for load, expires_at, batch_id, i in entries:
+            add = max(0, level - load) + (1 if i in lucky else 0)
+            if add:
+                self.allotted[i] += add
+                self.free[self.models[i]] -= add
+            lifted.append((load + add, expires_at, batch_id, i))
+        heapq.heapify(lifted)
+        heap[:] = lifted
+
+
+def _water_fill(owners: Mapping[str, _Owner], slots: int) -> dict[str, int]:
+    """Each owner's slots among the first (at most) ``slots`` of the greedy order.
+
+    The greedy hands out the smallest keys ``(load + j) / weight`` first; a level ``L``
+    with about ``slots`` keys below it is found by sweeping the owners in key order, and
+    each owner gets exactly its keys below ``L`` (checked against the same float keys the
+    greedy compares), which is a prefix of the greedy order.
+    """
+    order = sorted(owners.values(), key=lambda o: o.load / o.weight)
+    weight_sum = load_sum = 0.0
+    level = 0.0
+    for k, owner in enumerate(order):
+        weight_sum += owner.weight
+        load_sum += owner.load
+        level = (slots + load_sum) / weight_sum
+        if k + 1 == len(order) or level <= order[k + 1].load / order[k + 1].weight:
+            break
+    shares: dict[str, int] = {}
+    for owner in order:
+        n = max(0, math.ceil(level * owner.weight - owner.load))
+        while n > 0 and (owner.load + n - 1) / owner.weight >= level:
+            n -= 1
+        while (owner.load + n) / owner.weight < level:
+            n += 1
+        shares[owner.name] = n
+    if sum(shares.values()) > slots + len(order) + 1:  # float trouble: skip the jump
+        return {}
+    return shares
 
 
 def _owner_run(owner: _Owner, following: tuple[float, str]) -> int:

@@ -50,7 +50,7 @@ class Scenario:
 
 
 @st.composite
-def scenarios(draw: st.DrawFn) -> Scenario:
+def scenarios(draw: st.DrawFn, most_free: int = 30) -> Scenario:
     n = draw(st.integers(min_value=0, max_value=25))
     claimables = [
         Claimable(
@@ -67,9 +67,11 @@ def scenarios(draw: st.DrawFn) -> Scenario:
     group_of = draw(st.dictionaries(st.sampled_from(MODELS), st.sampled_from(["g1", "g2"])))
     return Scenario(
         claimables=claimables,
-        model_free=draw(st.dictionaries(st.sampled_from(MODELS), st.integers(0, 30))),
+        model_free=draw(st.dictionaries(st.sampled_from(MODELS), st.integers(0, most_free))),
         group_of=group_of,
-        group_free=draw(st.dictionaries(st.sampled_from(["g1", "g2"]), st.integers(0, 40))),
+        group_free=draw(
+            st.dictionaries(st.sampled_from(["g1", "g2"]), st.integers(0, most_free + 10))
+        ),
         weights=draw(
             st.dictionaries(st.sampled_from(OWNERS), st.sampled_from([0.5, 1.0, 2.0, 3.0]))
         ),
@@ -111,7 +113,7 @@ def outcome(
     return claimables, got, model_left, group_left
 
 
-@given(scenarios())
+@given(scenarios() | scenarios(most_free=400))
 def test_caps_are_respected_and_the_work_is_conserved(s: Scenario) -> None:
     claimables, _, model_left, group_left = outcome(s)
     group_of = s.group_of
@@ -121,7 +123,7 @@ def test_caps_are_respected_and_the_work_is_conserved(s: Scenario) -> None:
         assert model_left[c.model] == 0 or group_left[group(c.model, group_of)] == 0
 
 
-@given(scenarios())
+@given(scenarios() | scenarios(most_free=400))
 def test_weighted_fairness_bound(s: Scenario) -> None:
     """For owners a (got a slot) and b (still eligible at the end) in one group:
     L_a / w_a <= L_b / w_b + 1 / w_a, where L is in flight + allotted in the group."""
@@ -147,7 +149,7 @@ def test_weighted_fairness_bound(s: Scenario) -> None:
                 assert load[(g, a)] / wa <= load[(g, b)] / wb + 1 / wa + 1e-9
 
 
-@given(scenarios())
+@given(scenarios() | scenarios(most_free=400))
 def test_priority_classes_within_an_owner(s: Scenario) -> None:
     """While an owner has an eligible claimable of a better class, a worse class of the
     same owner and group gets nothing; within a class the loads differ by at most one."""
@@ -251,7 +253,7 @@ def test_fast_enough() -> None:
 
     assert sum(a.count for a in once()) == 4000
     best = min(timeit.repeat(once, number=1, repeat=5))
-    assert best < 0.1  # a generous ceiling for slow CI machines; ~8 ms measured
+    assert best < 0.1  # a generous ceiling for slow CI machines; ~3 ms measured
 
 
 def one_slot_at_a_time(s: Scenario) -> Counter[tuple[uuid.UUID, str]]:
@@ -296,7 +298,7 @@ def one_slot_at_a_time(s: Scenario) -> Counter[tuple[uuid.UUID, str]]:
             group_left[s.group_of[pick.model]] -= 1
 
 
-@given(scenarios())
+@given(scenarios() | scenarios(most_free=400))
 def test_the_same_as_one_slot_at_a_time(s: Scenario) -> None:
     _, got, _, _ = outcome(s)
     assert got == one_slot_at_a_time(s)
