@@ -7,9 +7,8 @@ every ``interval`` seconds and once at the end.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import time
+from collections.abc import Sequence
 from typing import TextIO
 
 from fusillade.core.models import BatchView

@@ -309,6 +309,13 @@ class Settings:
     # where each value not at its default came from: a file name, a variable, FLAGS
     sources: Mapping[tuple[str, ...], str] = attrs.field(factory=dict, eq=False, repr=False)
 
+    def _share_of(self, model: ModelSettings) -> float:
+        """The ``budget_share`` of the upstream serving ``model``."""
+        upstream = self.upstreams.get(model.upstream or self.default_upstream or "")
+        if upstream is None:
+            return float(attrs.fields(UpstreamSettings).budget_share.default)
+        return upstream.budget_share
+
     def daemon_config(self) -> DaemonConfig:
         """The runtime's ``DaemonConfig``; the one place it is made from the settings."""
         from fusillade.core.retry import RetryPolicy
@@ -338,14 +345,7 @@ class Settings:
                 for n, u in self.upstreams.items()
             },
             model_budgets={
-                m: BudgetLimits(
-                    s.max_in_flight,
-                    s.rpm,
-                    s.tpm,
-                    share=self.upstreams[up].budget_share
-                    if (up := s.upstream or self.default_upstream) in self.upstreams
-                    else 0.9,
-                )
+                m: BudgetLimits(s.max_in_flight, s.rpm, s.tpm, share=self._share_of(s))
                 for m, s in self.models.items()
                 if (s.max_in_flight, s.rpm, s.tpm) != (None, None, None)
             },

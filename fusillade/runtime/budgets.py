@@ -29,7 +29,7 @@ from datetime import datetime
 import attrs
 
 from fusillade.core.retry import HttpResponse
-from fusillade.core.scheduling.budget import Budget, BudgetLimits, BudgetState
+from fusillade.core.scheduling.budget import Budget, BudgetState
 from fusillade.core.scheduling.headers import ProviderLimits, parse_limits
 from fusillade.core.scheduling.tokens import estimate_tokens
 from fusillade.runtime.config import DaemonConfig
@@ -73,6 +73,7 @@ class Budgets:
         self._in_flight: dict[str, int] = {}  # per upstream, for the per-daemon default cap
         self.lease_wanted = False  # a limited scope is in use without a lease
         self._caps: dict[str, int | None] = {}  # upstream -> per-daemon cap (config)
+        self._unleased: set[Scope] = set()  # limited scopes whose part is 0 for now
         default = config.default_max_output_tokens
         self._first_guess = float(default + 256)
 
@@ -102,11 +103,22 @@ class Budgets:
         this daemon's, it has none (so daemons starting together never add up to more)."""
         fraction = self._fractions.get(scope)
         if fraction is None:
-            if not _limited(budget.snapshot(now)):
+            if not self._limited(scope, budget, now):
                 return
             fraction = 0.0
             self.lease_wanted = True
         budget.set_fraction(fraction, now)
+        if fraction == 0.0:
+            self._unleased.add(scope)
+        else:
+            self._unleased.discard(scope)
+
+    def _limited(self, scope: Scope, budget: Budget, now: float) -> bool:
+        """Whether the scope's budget is the deployment's: configured, or learned from the
+        provider (an AIMD estimate and slow start are this daemon's own)."""
+        limits = self._config.budget_limits(*scope)
+        configured = (limits.max_in_flight, limits.rpm, limits.tpm) != (None, None, None)
+        return configured or budget.snapshot(now).learned
 
     def _forget_idle(self, now: float) -> None:
         for scope, budget in list(self._budgets.items()):
@@ -142,6 +154,8 @@ class Budgets:
 
     def _admit(self, scope: Scope, now: float) -> int:
         self._last_used[scope] = now
+        if scope in self._unleased:
+            return 0  # no part of the deployment's budget yet (the lease loop is asked)
         average = self._average.get(scope, self._first_guess)
         return min(_UNLIMITED, self._budget(scope, now).admit(now, tokens_per_request=average))
 
@@ -172,7 +186,9 @@ class Budgets:
 
     def reserve_wait(self, reservation: Reservation, now: float) -> float:
         """Seconds until every scope can hold the reservation (0: reserve now)."""
-        waits = [self._budget(s, now).reserve_wait(reservation.tokens, now) for s in reservation.scopes]
+        waits = [
+            self._budget(s, now).reserve_wait(reservation.tokens, now) for s in reservation.scopes
+        ]
         return max(waits, default=0.0)
 
     def reserve(self, reservation: Reservation, now: float) -> bool:
@@ -207,7 +223,7 @@ class Budgets:
             budget.finish(
                 now, reserved=tokens, used=used if reserved else 0, status=status, limits=learned
             )
-            if learned is not None or status == 429:
+            if learned is not None and scope not in self._fractions:
                 self._apply_fraction(scope, budget, now)  # it may have become limited
         if reservation.scopes:
             upstream = reservation.scopes[0][0]
@@ -227,7 +243,7 @@ class Budgets:
         for scope, budget in self._budgets.items():
             state = budget.snapshot(now)
             used = now - self._last_used.get(scope, -math.inf) <= recent or state.in_flight
-            if _limited(state) and used:
+            if used and self._limited(scope, budget, now):
                 out.append(scope)
         return out
 
@@ -245,13 +261,11 @@ class Budgets:
         return [ScopeState(s, b.snapshot(now)) for s, b in self._budgets.items()]
 
     def throttled(self, now: float) -> list[str]:
-        """Why requests wait now, one entry per limiting reason (``rpm``, ``tpm``...)."""
-        reasons = {t for b in self._budgets.values() if (t := b.throttle(now)) is not None}
+        """Why requests wait now, one entry per limiting reason (``rpm``, ``tpm``,
+        ``max_in_flight``, ``slow_start``, ``lease``: waiting for a part of a shared budget)."""
+        reasons: set[str] = {"lease"} if self._unleased else set()
+        reasons |= {t for b in self._budgets.values() if (t := b.throttle(now)) is not None}
         return sorted(reasons)
-
-
-def _limited(state: BudgetState) -> bool:
-    return state.max_in_flight is not None or state.rpm is not None or state.tpm is not None
 
 
 def scope_name(scope: Scope) -> str:
@@ -278,5 +292,3 @@ def fraction_of(holders: int, since: datetime, now: datetime, settle_seconds: fl
     if (now - since).total_seconds() < settle_seconds:
         return 0.0
     return 1.0 / holders
-
-

@@ -33,8 +33,8 @@ import anyio
 import anyio.abc
 import attrs
 
-from fusillade.runtime.cancels import CancelWatcher
 from fusillade.runtime.budgets import ScopeState
+from fusillade.runtime.cancels import CancelWatcher
 from fusillade.runtime.claiming import ClaimLoop
 from fusillade.runtime.clock import Clock
 from fusillade.runtime.limits import ModelStats

@@ -81,13 +81,18 @@ class RequestTasks(DaemonBase):
 
     async def _reserve_tokens(self, reservation: Reservation) -> bool:
         """Wait until the request's estimated tokens fit its token budgets, and take them."""
-        while not self.budgets.reserve(reservation, anyio.current_time()):
-            await anyio.sleep(self.budgets.reserve_wait(reservation, anyio.current_time()))
-        return True
+        while True:
+            now = anyio.current_time()
+            if self.budgets.reserve(reservation, now):
+                return True
+            # a bucket refills at a known rate: the wait is a time, not an event
+            await anyio.sleep(self.budgets.reserve_wait(reservation, now))
 
     def _settle(self, reservation: Reservation, reserved: bool, sent: Sent | None) -> None:
         """Give the budgets the answer: tokens actually used, rate-limit headers, a 429."""
-        response = sent.outcome if sent is not None and isinstance(sent.outcome, HttpResponse) else None
+        response = (
+            sent.outcome if sent is not None and isinstance(sent.outcome, HttpResponse) else None
+        )
         used = used_tokens(sent.input_tokens, sent.output_tokens) if sent is not None else None
         self.budgets.finish(
             reservation,

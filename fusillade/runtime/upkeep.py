@@ -127,7 +127,11 @@ class Upkeep(DaemonBase):
             st = scope.state
             in_flight[key] = in_flight.get(key, 0) + st.in_flight
             reserved[key] = reserved.get(key, 0) + st.reserved_tokens
-            for kind, value in (("max_in_flight", st.max_in_flight), ("rpm", st.rpm), ("tpm", st.tpm)):
+            for kind, value in (
+                ("max_in_flight", st.max_in_flight),
+                ("rpm", st.rpm),
+                ("tpm", st.tpm),
+            ):
                 if value is not None:
                     limits[(*key, kind)] = limits.get((*key, kind), 0) + value
             if st.throttle is not None:
