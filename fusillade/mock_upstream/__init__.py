@@ -12,7 +12,8 @@ Routes: ``POST /v1/chat/completions``, ``/v1/completions``, ``/v1/embeddings``,
 ``usage``); ``GET /health``; ``GET /_stats``, ``POST /_reset``, ``GET``/``POST /_config``,
 ``POST /_release`` for tests out of process. Faults are a ``Behaviour`` (see its docstring),
 chosen per model and overridden per request by ``x-mock-<field>`` headers (``x-mock-status:
-429``, ``x-mock-delay: 0.5``).
+429``, ``x-mock-delay: 0.5``). ``rpm``, ``tpm`` and ``max_in_flight`` enforce OpenAI's rate
+limits, with its 429s and ``x-ratelimit-*`` headers (``_limits``).
 
 ``serve_mock_upstream`` and ``MockUpstream`` are imported on first use: they need trio, and the
 command line imports this package to build its ``--help``.

@@ -42,6 +42,15 @@ def _count(_: object, attribute: attrs.Attribute[Any], value: int) -> None:
         raise ValueError(f"{attribute.name} must be >= 0, got {value!r}")
 
 
+def _positive(_: object, attribute: attrs.Attribute[Any], value: int | None) -> None:
+    if value is not None and value < 1:
+        raise ValueError(f"{attribute.name} must be >= 1 (or unset for no limit), got {value!r}")
+
+
+def _limit() -> Any:
+    return attrs.field(default=None, validator=_positive)
+
+
 def _retry_after_format(_: object, attribute: attrs.Attribute[Any], value: str) -> None:
     if value not in RETRY_AFTER_FORMATS:
         raise ValueError(f"{attribute.name} must be one of {', '.join(RETRY_AFTER_FORMATS)}")
@@ -54,6 +63,15 @@ def _rate() -> Any:
 @attrs.frozen(kw_only=True)
 class Behaviour:
     """How to answer a request; the checks run in the order of the fields below.
+
+    First the rate limits, as OpenAI enforces them (``_limits``): ``rpm`` and ``tpm`` (per
+    minute, and also over every ``rate_window`` seconds at the same rate, rounded up) and
+    ``max_in_flight``, counted per model for a per-model behaviour, over all requests for the
+    default one; a request over one gets a 429 with ``retry-after`` and takes nothing. A
+    request costs ``ceil(len(body) / 4)`` tokens plus its ``max_completion_tokens`` /
+    ``max_tokens`` / ``max_output_tokens`` (else 16). Every answer to an admitted or refused
+    request carries OpenAI's ``x-ratelimit-{limit,remaining,reset}-requests`` headers while
+    ``rpm`` is set, and the ``-tokens`` ones while ``tpm`` is set.
 
     With ``hold``, until the server's ``release_held()``, then after ``latency`` (plus up to
     ``latency_jitter``): ``status`` answers that status with an error envelope; else a
@@ -71,6 +89,10 @@ class Behaviour:
     sending of the body over that many seconds.
     """
 
+    rpm: int | None = _limit()
+    tpm: int | None = _limit()
+    max_in_flight: int | None = _limit()
+    rate_window: float = attrs.field(default=1.0, validator=_finite_at_least_zero)
     latency: float = attrs.field(default=0.0, validator=_finite_at_least_zero)
     latency_jitter: float = attrs.field(default=0.0, validator=_finite_at_least_zero)
     hold: bool = False
@@ -192,6 +214,12 @@ class Option:
 
 
 OPTIONS: tuple[Option, ...] = (
+    Option("rpm", "opt_int", "N", "requests per minute, enforced like OpenAI (429 beyond)"),
+    Option("tpm", "opt_int", "N", "tokens per minute (body bytes / 4 + max_tokens, else 16)"),
+    Option("max_in_flight", "opt_int", "N", "answer 429 while N requests are being answered"),
+    Option(
+        "rate_window", "float", "SECONDS", "also hold rpm/tpm pro rata per this window (0: off)"
+    ),
     Option("latency", "float", "SECONDS", "fixed delay before answering"),
     Option("latency_jitter", "float", "SECONDS", "plus a uniform random delay up to this"),
     Option("hold", "bool", "", "hold each request until POST /_release (or release_held())"),

@@ -76,6 +76,14 @@ def _limit(body: Json, *names: str) -> int | None:
     return None
 
 
+def max_output_tokens(body: object) -> int | None:
+    """The output a request allows: ``max_completion_tokens``, ``max_tokens`` or
+    ``max_output_tokens`` (a positive integer), else ``None``."""
+    if not isinstance(body, dict):
+        return None
+    return _limit(body, "max_completion_tokens", "max_tokens", "max_output_tokens")
+
+
 def _echo(text: str, limit: int | None) -> tuple[str, bool]:
     """The reply to ``text`` and whether ``limit`` (in words) cut it."""
     reply = f"echo: {text[:ECHO_LIMIT]}"
@@ -283,12 +291,17 @@ _ERROR_TYPES = {
 
 
 def error_envelope(
-    status: int, message: str, *, param: str | None = None, code: str | None = None
+    status: int,
+    message: str,
+    *,
+    param: str | None = None,
+    code: str | None = None,
+    kind: str | None = None,
 ) -> Json:
-    """OpenAI's error body: ``{"error": {"message", "type", "param", "code"}}``."""
-    kind, default_code = _ERROR_TYPES.get(
+    """OpenAI's error body: ``{"error": {"message", "type", "param", "code"}}``; ``kind``
+    overrides the ``type`` the status implies (a rate limit's is ``requests`` or ``tokens``)."""
+    default_kind, default_code = _ERROR_TYPES.get(
         status, ("invalid_request_error" if status < 500 else "server_error", None)
     )
-    return {
-        "error": {"message": message, "type": kind, "param": param, "code": code or default_code}
-    }
+    error = {"message": message, "type": kind or default_kind, "param": param}
+    return {"error": {**error, "code": code or default_code}}

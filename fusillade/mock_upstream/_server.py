@@ -4,7 +4,8 @@ Theory of operation: ``serve_mock_upstream`` listens and runs one task per conne
 (``trio.serve_listeners``); each task reads a request, answers it and loops while the
 connection stays open (keep-alive). An API request is counted in ``stats`` as soon as its body
 has arrived, then its ``Behaviour`` (per model, else the default, then the request's
-``x-mock-*`` headers) decides the answer. Every API request draws the same six numbers
+``x-mock-*`` headers) decides the answer: first its rate limits (``_limits``, on
+``trio.current_time()``), then its faults. Every API request draws the same six numbers
 from one ``random.Random(config.seed)`` whatever its behaviour, so a sequential run replays.
 Every change to ``stats`` wakes ``wait_until`` waiters, so tests never poll or sleep.
 """
@@ -28,9 +29,19 @@ import trio
 from fusillade.mock_upstream import _bodies
 from fusillade.mock_upstream._behaviour import Behaviour, MockConfig
 from fusillade.mock_upstream._http import BodyTooLarge, HttpConnection, Request
+from fusillade.mock_upstream._limits import (
+    Decision,
+    Limits,
+    Quota,
+    RateLimiter,
+    format_duration,
+    token_cost,
+    whole_ms,
+)
 from fusillade.mock_upstream._stats import REQUEST_ID_HEADER, MockStats
 
-JSON_HEADERS = [(b"content-type", b"application/json")]
+Headers = list[tuple[bytes, bytes]]
+JSON_HEADERS: Headers = [(b"content-type", b"application/json")]
 NOT_JSON = b'{"id": "mock", "object": "chat.completion", "choices": [ <<< not JSON'
 
 
@@ -70,12 +81,15 @@ class MockUpstream:
         self._rng = random.Random(config.seed)
         self._seeded_with = config.seed
         self._attempts: Counter[str] = Counter()
+        self._limiter = RateLimiter()
         self._changed = trio.Event()
         self._released = trio.Event()
 
     def reset(self) -> None:
-        """Zero the counters (``POST /_reset``) and restart the random draws from the seed."""
+        """Zero the counters (``POST /_reset``), fill the rate-limit buckets again and restart
+        the random draws from the seed."""
         self.stats.reset()
+        self._limiter.reset()
         self._attempts.clear()
         self._seed()
         self._notify()
@@ -189,6 +203,9 @@ class MockUpstream:
         model = model if isinstance(model, str) else ""
         total, for_model = self.stats.request_started(model, request.path, request.headers, body)
         self._notify()
+        scope: str | None = None
+        admitted = False  # by the rate limiter, which then counts it in flight until it ends
+        extra: Headers = []  # the x-ratelimit-* headers of every answer
         try:
             if not parsed:
                 message = "We could not parse the JSON body of your request."
@@ -199,14 +216,51 @@ class MockUpstream:
             except ValueError as exc:
                 await self._send_error(connection, 400, str(exc))
                 return
-            ordinal = for_model if model in self.config.per_model else total
+            own = model in self.config.per_model  # a per-model behaviour counts per model
+            scope = model if own else None
+            limits = Limits(
+                rpm=behaviour.rpm,
+                tpm=behaviour.tpm,
+                max_in_flight=behaviour.max_in_flight,
+                window=behaviour.rate_window,
+            )
+            if limits.any_set:
+                cost = token_cost(len(request.body), _bodies.max_output_tokens(body))
+                decision = self._limiter.admit(scope, limits, cost, trio.current_time())
+                admitted = decision.refusal is None
+                extra = _limit_headers(decision)
+                if not admitted:
+                    await self._refuse(connection, decision, extra, behaviour)
+                    return
+            ordinal = for_model if own else total
             attempt = self._attempt(request.headers.get(REQUEST_ID_HEADER), body, behaviour)
-            await self._behave(connection, request.path, body, behaviour, draws, ordinal, attempt)
+            await self._behave(
+                connection, request.path, body, behaviour, draws, ordinal, attempt, extra
+            )
         finally:
+            if admitted:
+                self._limiter.finished(scope)
             if connection.status_sent is not None:
                 self.stats.by_status[connection.status_sent] += 1
             self.stats.request_finished(model)
             self._notify()
+
+    async def _refuse(
+        self, connection: HttpConnection, decision: Decision, extra: Headers, b: Behaviour
+    ) -> None:
+        refusal = decision.refusal
+        assert refusal is not None
+        self.stats.rate_limited[refusal.cause] += 1
+        self._notify()
+        headers = list(extra)
+        if refusal.retry_after is not None:
+            ms = max(1, whole_ms(refusal.retry_after))
+            headers.append((b"retry-after", str(max(1, math.ceil(ms / 1000))).encode()))
+            headers.append((b"retry-after-ms", str(ms).encode()))
+        if b.should_retry is not None:
+            headers.append((b"x-should-retry", b"true" if b.should_retry else b"false"))
+        kind = "tokens" if refusal.cause == "tpm" else "requests"
+        await self._send_error(connection, 429, refusal.message, kind=kind, extra=headers)
 
     def _attempt(self, request_id: str | None, body: object, behaviour: Behaviour) -> int:
         """Which attempt at this request this is: by its request id, else by its body."""
@@ -232,6 +286,7 @@ class MockUpstream:
         draws: _Draws,
         ordinal: int,
         attempt: int,
+        extra: Headers,
     ) -> None:
         if b.hold:  # first: every request counted in flight is already waiting when released
             await self._released.wait()
@@ -241,7 +296,9 @@ class MockUpstream:
         drip = b.slow_body
         if b.status is not None:
             self._fault("status")
-            await self._send_error(connection, b.status, f"mock status {b.status}", b=b, drip=drip)
+            await self._send_error(
+                connection, b.status, f"mock status {b.status}", b=b, drip=drip, extra=extra
+            )
         elif draws.timeout < b.timeout_rate:
             self._fault("timeout")
             await connection.wait_closed()
@@ -256,20 +313,26 @@ class MockUpstream:
             or draws.rate_limit < b.rate_limit_rate
         ):
             self._fault("rate_limit")
-            await self._send_error(connection, 429, "Rate limit reached (mock)", b=b, drip=drip)
+            await self._send_error(
+                connection, 429, "Rate limit reached (mock)", b=b, drip=drip, extra=extra
+            )
         elif draws.error < b.error_rate:
             self._fault("error")
-            await self._send_error(connection, 500, "mock internal error", b=b, drip=drip)
+            await self._send_error(
+                connection, 500, "mock internal error", b=b, drip=drip, extra=extra
+            )
         elif draws.invalid < b.invalid_json_rate:
             self._fault("invalid_json")
-            await self._send(connection, 200, JSON_HEADERS, NOT_JSON, drip=drip)
+            await self._send(connection, 200, JSON_HEADERS + extra, NOT_JSON, drip=drip)
         else:
             try:
                 answer = _bodies.answer(path, body)
             except _bodies.BadRequest as exc:
-                await self._send_error(connection, 400, exc.message, param=exc.param, drip=drip)
+                await self._send_error(
+                    connection, 400, exc.message, param=exc.param, drip=drip, extra=extra
+                )
             else:
-                await self._send(connection, 200, JSON_HEADERS, _json(answer), drip=drip)
+                await self._send(connection, 200, JSON_HEADERS + extra, _json(answer), drip=drip)
 
     # --- sending ----------------------------------------------------------------------------
 
@@ -284,13 +347,16 @@ class MockUpstream:
         *,
         param: str | None = None,
         code: str | None = None,
+        kind: str | None = None,
         b: Behaviour | None = None,
         drip: float = 0.0,
+        extra: Headers | None = None,
     ) -> None:
-        headers = list(JSON_HEADERS)
+        headers = JSON_HEADERS + (extra or [])
         if b is not None:
             headers += _fault_headers(status, b)
-        body = _json(_bodies.error_envelope(status, message, param=param, code=code))
+        envelope = _bodies.error_envelope(status, message, param=param, code=code, kind=kind)
+        body = _json(envelope)
         await self._send(connection, status, headers, body, drip=drip)
 
     async def _send(
@@ -303,6 +369,23 @@ class MockUpstream:
         drip: float = 0.0,
     ) -> None:
         await connection.send(status, headers, body, drip=drip)
+
+
+def _limit_headers(decision: Decision) -> Headers:
+    """OpenAI's ``x-ratelimit-*`` headers for the per-minute buckets that are limited."""
+    headers: Headers = []
+    quotas: tuple[tuple[str, Quota | None], ...] = (
+        ("requests", decision.requests),
+        ("tokens", decision.tokens),
+    )
+    for unit, quota in quotas:
+        if quota is not None:
+            headers += [
+                (f"x-ratelimit-limit-{unit}".encode(), str(quota.limit).encode()),
+                (f"x-ratelimit-remaining-{unit}".encode(), str(quota.remaining).encode()),
+                (f"x-ratelimit-reset-{unit}".encode(), format_duration(quota.reset).encode()),
+            ]
+    return headers
 
 
 def _fault_headers(status: int, b: Behaviour) -> list[tuple[bytes, bytes]]:

@@ -25,6 +25,8 @@ class MockStats:
         by_status: answers sent, per HTTP status.
         faults: requests answered by a fault, per kind (``status``, ``timeout``, ``reset``,
             ``rate_limit``, ``error``, ``invalid_json``).
+        rate_limited: 429s answered because a request was over ``rpm``, ``tpm`` or
+            ``max_in_flight``, per that cause.
         in_flight, peak_in_flight: current (models with none in flight are left out) and
             highest concurrent requests per model.
         in_flight_total, peak_in_flight_total: the same over all models.
@@ -39,6 +41,7 @@ class MockStats:
     by_request_id: Counter[str] = attrs.Factory(Counter)
     by_status: Counter[int] = attrs.Factory(Counter)
     faults: Counter[str] = attrs.Factory(Counter)
+    rate_limited: Counter[str] = attrs.Factory(Counter)
     in_flight: Counter[str] = attrs.Factory(Counter)
     peak_in_flight: Counter[str] = attrs.Factory(Counter)
     in_flight_total: int = 0
