@@ -21,6 +21,7 @@ import httpx
 
 from fusillade import metrics
 from fusillade.core.attempts import AbortReason, AttemptResult, ClaimedRequest
+from fusillade.core.batches import ClaimableBatch
 from fusillade.runtime.clock import Clock
 from fusillade.runtime.config import DaemonConfig
 from fusillade.runtime.dispatch import Dispatcher
@@ -73,9 +74,11 @@ class DaemonBase:
             write_concurrency=self.config.db_write_concurrency,
             unhealthy_after=self.config.unhealthy_after_failures,
         )
-        # requests in flight, and how many per batch (dropped when a batch has none)
+        # requests in flight, and how many per batch and per (batch, model) pair (dropped
+        # at zero)
         self._in_flight: dict[UUID, InFlight] = {}
         self._batch_in_flight: dict[UUID, int] = {}
+        self._pair_in_flight: dict[tuple[UUID, str], int] = {}
         self._tasks_done = anyio.Event()
         self._tasks_done.set()
         # the claim loop's wake-ups
@@ -83,9 +86,14 @@ class DaemonBase:
         self._new_work = False  # the wake-up came from new work, not a freed slot
         self._stopping = False
         self._stop_requested = anyio.Event()
-        self._models: list[str] = []
-        self._models_stale = True
-        self._starved: set[str] = set()
+        # the claim loop's snapshot of the claimable batches (claimable_batches), in the
+        # order its allocator walks them, refreshed when stale (NOTIFY, poll, due time)
+        self._claimable: list[ClaimableBatch] = []
+        self._claimable_stale = True
+        # (batch, model) pairs that gave fewer rows than allotted: nothing more is due
+        # there until the next refresh; and the models with a pair not starved
+        self._starved: set[tuple[UUID, str]] = set()
+        self._hungry: set[str] = set()
         self._next_due: float | None = None
         self._check_cancels = anyio.Event()
         # health and counters
@@ -118,8 +126,8 @@ class DaemonBase:
         return stats
 
     def _wake_for_work(self) -> None:
-        """New work may be due (NOTIFY, reclaimed rows): look at every model again."""
+        """New work may be due (NOTIFY, reclaimed rows): look at every batch again."""
         self._starved.clear()
-        self._models_stale = True
+        self._claimable_stale = True
         self._new_work = True
         self._wake.set()
