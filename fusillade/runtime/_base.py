@@ -22,6 +22,7 @@ import httpx
 from fusillade import metrics
 from fusillade.core.attempts import AbortReason, AttemptResult, ClaimedRequest
 from fusillade.core.batches import ClaimableBatch
+from fusillade.core.deadlines import Sample
 from fusillade.runtime.clock import Clock
 from fusillade.runtime.config import DaemonConfig
 from fusillade.runtime.dispatch import Dispatcher
@@ -96,6 +97,8 @@ class DaemonBase:
         self._hungry: set[str] = set()
         self._next_due: float | None = None
         self._check_cancels = anyio.Event()
+        # maintenance's samples of each claimable batch's progress (core.deadlines)
+        self._deadline_samples: dict[UUID, tuple[Sample, ...]] = {}
         # health and counters
         self._claim_failures = 0
         self._heartbeat_ok = True
