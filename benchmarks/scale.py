@@ -253,8 +253,8 @@ def measure(url: str, seeded: dict[str, Any], results_dir: Path) -> dict[str, An
     with PostgresRepository(url) as repo:
         q = repo.q
         explain = {
-            "claim": (q.claim, {"daemon_id": daemon, "now": now(), "models": [MODEL],
-                                "slots": [slots]}),
+            "claim": (q.claim, {"daemon_id": daemon, "now": now(), "batch_ids": [live],
+                                "models": [MODEL], "counts": [slots]}),
             "status-frozen": (q.get_batch, {"id": frozen, "owner": "default"}),
             "status-live": (q.get_batch, {"id": live, "owner": "default"}),
             "status-live-counts": (q.count_batch_requests, {"batch_ids": [live]}),
@@ -268,7 +268,8 @@ def measure(url: str, seeded: dict[str, Any], results_dir: Path) -> dict[str, An
             found = re.search(r"Execution Time: ([\d.]+) ms", plan)
             out[f"sql_ms_{name}"] = float(found.group(1)) if found else None
         repo.get_batch("default", live, now=now())  # warm the pool
-        out["claim_ms"] = _timed(lambda: repo.claim(daemon, {MODEL: slots}, now=now()), CLAIM_RUNS)
+        allotted = [(live, MODEL, slots)]
+        out["claim_ms"] = _timed(lambda: repo.claim(daemon, allotted, now=now()), CLAIM_RUNS)
         out["frozen_ms"] = _timed(lambda: repo.get_batch("default", frozen, now=now()), STATUS_RUNS)
         out["live_ms"] = _timed(lambda: repo.get_batch("default", live, now=now()), STATUS_RUNS)
     return out
@@ -282,7 +283,12 @@ def measure_unclaimable(url: str, seeded: dict[str, Any], results_dir: Path) -> 
     daemon = uuid4()
     out: dict[str, Any] = {"slots": slots}
     with PostgresRepository(url) as repo:
-        params = {"daemon_id": daemon, "now": now(), "models": [MODEL], "slots": [slots]}
+        # as the daemon allots: every claimable batch (the one backing off and the live
+        # one; the cancelled one is not claimable) asked for all the slots
+        batches = [b.id for b in repo.claimable_batches(now=now())]
+        allotted = [(b, MODEL, slots) for b in batches]
+        params = {"daemon_id": daemon, "now": now(), "batch_ids": batches,
+                  "models": [MODEL] * len(batches), "counts": [slots] * len(batches)}  # fmt: skip
         plan = _explain(url, repo.q.claim, params)
         n = seeded["unclaimable"]
         (results_dir / "explain-claim-unclaimable.txt").write_text(
@@ -292,9 +298,9 @@ def measure_unclaimable(url: str, seeded: dict[str, Any], results_dir: Path) -> 
         out["indexes"] = _indexes(plan)
         found = re.search(r"Execution Time: ([\d.]+) ms", plan)
         out["sql_ms"] = float(found.group(1)) if found else None
-        claimed = repo.claim(daemon, {MODEL: slots}, now=now())  # warms the pool
+        claimed = repo.claim(daemon, allotted, now=now())  # warms the pool
         out["claimed_from"] = sorted({str(c.batch_id) for c in claimed})
-        out["claim_ms"] = _timed(lambda: repo.claim(daemon, {MODEL: slots}, now=now()), CLAIM_RUNS)
+        out["claim_ms"] = _timed(lambda: repo.claim(daemon, allotted, now=now()), CLAIM_RUNS)
     return out
 
 

@@ -63,6 +63,7 @@ def _batch_from_row(row: dict[str, Any], _: type[BatchRecord]) -> BatchRecord:
             total_tokens=row["frozen_input_tokens"] + row["frozen_output_tokens"],
         ),
         last_finished_at=row.get("last_finished_at"),
+        escalated_at=row.get("escalated_at"),
     )
 
 

@@ -7,7 +7,7 @@ import inspect
 import json
 import queue
 import threading
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
@@ -17,6 +17,7 @@ import attrs
 import trio
 
 from fusillade.config import ApiKey, ServerSettings, Settings, UpstreamSettings
+from fusillade.core.attempts import ClaimedRequest
 from fusillade.core.models import BatchStatus, BatchView, RequestTemplate
 from fusillade.core.results import ResultLine
 from fusillade.core.retry import RetryPolicy
@@ -175,3 +176,23 @@ def server_in_thread(
         assert not worker.is_alive()
     if failure:
         raise failure[0]
+
+
+def claim_by_model(
+    repo: Repository, daemon_id: UUID, slots: Mapping[str, int], *, now: datetime
+) -> list[ClaimedRequest]:
+    """Up to ``slots[model]`` due requests per model, earliest deadline first, then oldest
+    batch, then line: what the claim took before it took allotments. Written here, not
+    taken from the daemon's allocator: per model, each claimable batch in turn is asked
+    for all the slots still wanted (one claim per batch, so not one transaction)."""
+    out: list[ClaimedRequest] = []
+    batches = repo.claimable_batches(now=now)
+    for model, n in slots.items():
+        for b in batches:
+            if n <= 0:
+                break
+            if model in b.models:
+                got = repo.claim(daemon_id, [(b.id, model, n)], now=now)
+                out += got
+                n -= len(got)
+    return out

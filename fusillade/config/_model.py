@@ -268,6 +268,9 @@ class DaemonSettings:
     default_max_output_tokens: Count = 1024
 
 
+DEFAULT_BUDGET_SHARE = 0.9
+
+
 @attrs.frozen
 class UpstreamSettings:
     base_url: Url
@@ -278,7 +281,7 @@ class UpstreamSettings:
     rpm: Count | None = None
     tpm: Count | None = None
     # the part of limits learned from the provider's answers fusillade may use
-    budget_share: Share = 0.9
+    budget_share: Share = DEFAULT_BUDGET_SHARE
 
 
 @attrs.frozen
@@ -313,7 +316,7 @@ class Settings:
         """The ``budget_share`` of the upstream serving ``model``."""
         upstream = self.upstreams.get(model.upstream or self.default_upstream or "")
         if upstream is None:
-            return float(attrs.fields(UpstreamSettings).budget_share.default)
+            return DEFAULT_BUDGET_SHARE
         return upstream.budget_share
 
     def daemon_config(self) -> DaemonConfig:

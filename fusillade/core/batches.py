@@ -43,7 +43,7 @@ Counts are the frozen ones when set (live counts are ignored), else the live one
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import datetime
+from datetime import datetime, timedelta
 from uuid import UUID
 
 import attrs
@@ -56,6 +56,7 @@ from fusillade.core.models import (
     RequestCounts,
     RequestState,
 )
+from fusillade.core.windows import parse_completion_window
 from fusillade.errors import ValidationError
 
 
@@ -110,6 +111,7 @@ def derive(record: BatchRecord, counts: RequestCounts, now: datetime) -> BatchVi
         cancelled_at=stamps.get("cancelled_at"),
         has_output=c.completed > 0,
         has_errors=c.failed + c.canceled > 0,
+        escalated_at=record.escalated_at,
     )
 
 
@@ -198,3 +200,39 @@ def count_states(states: Iterable[RequestState]) -> RequestCounts:
         failed=tally[RequestState.FAILED],
         canceled=tally[RequestState.CANCELED],
     )
+
+
+@attrs.frozen
+class ClaimableBatch:
+    """A batch a claim may take rows from, as the claim loop and maintenance see it
+    (``Repository.claimable_batches``): not frozen, cancelled or expired, deadline not
+    passed, and something pending.
+
+    ``pending`` counts rows backing off too (an upper bound of what is due now);
+    ``finished`` is completed + failed + canceled; ``total - pending - finished`` are in
+    flight. ``window`` is the batch's ``completion_window`` as a duration.
+    """
+
+    id: UUID
+    owner: str
+    models: tuple[str, ...]
+    expires_at: datetime
+    window: timedelta
+    escalated: bool
+    pending: int
+    finished: int
+    total: int
+
+
+def window_of(completion_window: str, created_at: datetime, expires_at: datetime) -> timedelta:
+    """A stored batch's ``completion_window`` as a duration (``parse_completion_window``).
+
+    Every stored value was parsed once when its batch was created; a value this version
+    cannot read (a row from another version) falls back to the batch's first deadline
+    span, ``expires_at - created_at`` (a retry may have moved ``expires_at`` since), so a
+    read never fails on an odd row.
+    """
+    try:
+        return parse_completion_window(completion_window)
+    except ValidationError:
+        return max(expires_at - created_at, timedelta(0))

@@ -207,6 +207,9 @@ class BatchRecord:
     # token totals of completed requests, frozen with the counts (None while running)
     usage: Usage | None = None
     last_finished_at: datetime | None = None
+    # when maintenance found the batch would miss its deadline at its current rate (it is
+    # then claimed ahead: fusillade.core.deadlines); None while on course
+    escalated_at: datetime | None = None
 
 
 @attrs.frozen
@@ -225,3 +228,4 @@ class BatchView:
     cancelled_at: datetime | None
     has_output: bool
     has_errors: bool
+    escalated_at: datetime | None = None

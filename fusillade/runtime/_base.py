@@ -21,6 +21,8 @@ import httpx
 
 from fusillade import metrics
 from fusillade.core.attempts import AbortReason, AttemptResult, ClaimedRequest
+from fusillade.core.batches import ClaimableBatch
+from fusillade.core.deadlines import Sample
 from fusillade.runtime.budgets import Budgets
 from fusillade.runtime.clock import Clock
 from fusillade.runtime.config import DaemonConfig
@@ -75,9 +77,11 @@ class DaemonBase:
             write_concurrency=self.config.db_write_concurrency,
             unhealthy_after=self.config.unhealthy_after_failures,
         )
-        # requests in flight, and how many per batch (dropped when a batch has none)
+        # requests in flight, and how many per batch and per (batch, model) pair (dropped
+        # at zero)
         self._in_flight: dict[UUID, InFlight] = {}
         self._batch_in_flight: dict[UUID, int] = {}
+        self._pair_in_flight: dict[tuple[UUID, str], int] = {}
         self._tasks_done = anyio.Event()
         self._tasks_done.set()
         # the claim loop's wake-ups
@@ -85,12 +89,19 @@ class DaemonBase:
         self._new_work = False  # the wake-up came from new work, not a freed slot
         self._stopping = False
         self._stop_requested = anyio.Event()
-        self._models: list[str] = []
-        self._models_stale = True
-        self._starved: set[str] = set()
+        # the claim loop's snapshot of the claimable batches (claimable_batches), in the
+        # order its allocator walks them, refreshed when stale (NOTIFY, poll, due time)
+        self._claimable: list[ClaimableBatch] = []
+        self._claimable_stale = True
+        # (batch, model) pairs that gave fewer rows than allotted: nothing more is due
+        # there until the next refresh; and the models with a pair not starved
+        self._starved: set[tuple[UUID, str]] = set()
+        self._hungry: set[str] = set()
         self._next_due: float | None = None
         self._check_cancels = anyio.Event()
         self._lease_now = anyio.Event()  # a budget in use has no lease yet
+        # maintenance's samples of each claimable batch's progress (core.deadlines)
+        self._deadline_samples: dict[UUID, tuple[Sample, ...]] = {}
         # health and counters
         self._claim_failures = 0
         self._heartbeat_ok = True
@@ -121,8 +132,8 @@ class DaemonBase:
         return stats
 
     def _wake_for_work(self) -> None:
-        """New work may be due (NOTIFY, reclaimed rows): look at every model again."""
+        """New work may be due (NOTIFY, reclaimed rows): look at every batch again."""
         self._starved.clear()
-        self._models_stale = True
+        self._claimable_stale = True
         self._new_work = True
         self._wake.set()

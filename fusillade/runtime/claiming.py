@@ -1,15 +1,21 @@
-"""The claim loop: claims as many due requests as there are free slots, and waits.
+"""The claim loop: shares the free slots between claimable batches, claims, and waits.
 
-``ModelLimits`` says how many slots each active model has free; one statement claims
-that many rows (claim and start are one write) and a task starts per row
-(``requests.py``). The loop waits when every slot is busy, or when the database had
-nothing due for a model (it is then "starved" until something changes): until a NOTIFY,
-a freed slot for a model that had work, the next known retry time, or the poll interval.
-Database errors are logged and retried with backoff; readiness turns false after a few
-in a row. The loop never dies on them.
+The loop keeps a snapshot of the claimable batches (``claimable_batches``: deadline,
+owner, window, escalation, pending), refreshed when it goes stale: on NOTIFY, on the
+poll interval, at a known retry time. ``ModelLimits`` says how many slots each model
+has free; ``_allot`` turns them into ``(batch, model, n)`` allotments; one statement
+claims them (claim and start are one write) and a task starts per row
+(``requests.py``). A pair that gives fewer rows than allotted has nothing more due: it
+is "starved" until the next refresh, and the loop allots its model's remaining slots
+to the next pair at once. The loop waits when every slot is busy or every pair with
+free slots is starved: until a NOTIFY, a freed slot for a model with work, the next
+known retry time, or the poll interval. Database errors are logged and retried with
+backoff; readiness turns false after a few in a row. The loop never dies on them.
 """
 
 from __future__ import annotations
+
+from uuid import UUID
 
 import anyio
 import anyio.abc
@@ -33,34 +39,75 @@ class ClaimLoop(RequestTasks):
         backoff = 0.05
         while not self._stopping:
             now_loop = anyio.current_time()
-            if self._models_stale:
+            if self._claimable_stale:
                 try:
-                    self._models = await self._db(self.repo.sync.active_models, now=self.now())
-                    self._models_stale = False
+                    batches = await self._db(self.repo.sync.claimable_batches, now=self.now())
                 except (StoreError, TimeoutError) as exc:
                     backoff = await self._claim_failed(exc, backoff)
                     continue
-            candidates = [m for m in self._models if m not in self._starved]
-            slots = self.limits.free_slots(candidates, now_loop)
-            if slots:
+                # escalated batches first (fusillade.core.deadlines), then the store's
+                # order: earliest deadline, then oldest
+                self._claimable = sorted(batches, key=lambda b: not b.escalated)
+                self._claimable_stale = False
+                self._hungry = self._models_with_work()
+            allotments = self._allot(self.limits.free_slots(sorted(self._hungry), now_loop))
+            if allotments:
                 started = anyio.current_time()
                 try:
-                    claimed = await self._db(self.repo.sync.claim, self.id, slots, now=self.now())
+                    claimed = await self._db(
+                        self.repo.sync.claim, self.id, allotments, now=self.now()
+                    )
                 except (StoreError, TimeoutError) as exc:
                     backoff = await self._claim_failed(exc, backoff)
                     continue
                 metrics.CLAIM_SECONDS.observe(anyio.current_time() - started)
                 self._claim_failures, backoff = 0, 0.05
-                got: dict[str, int] = {}
+                got: dict[tuple[UUID, str], int] = {}
                 for req in claimed:
-                    got[req.model] = got.get(req.model, 0) + 1
+                    pair = (req.batch_id, req.model)
+                    got[pair] = got.get(pair, 0) + 1
                     self._start_request(tg, req)
-                self._starved |= {m for m, n in slots.items() if got.get(m, 0) < n}
+                starved = {(b, m) for b, m, n in allotments if got.get((b, m), 0) < n}
+                self._starved |= starved
+                if starved:
+                    self._hungry = self._models_with_work()
                 if self._stopping:
                     break
-                if claimed and not self._starved.issuperset(slots):
-                    continue  # every model got all it asked for: there may be more
+                if claimed or starved:
+                    # free slots and pairs not yet starved may remain: allot again (each
+                    # round claims rows or starves a pair, so this ends)
+                    continue
             await self._wait_for_work()
+
+    def _allot(self, free: dict[str, int]) -> list[tuple[UUID, str, int]]:
+        """Share ``free`` slots per model between the claimable batches' (batch, model)
+        pairs: ``(batch_id, model, n)`` allotments for one claim.
+
+        THE PLACE THE FAIR ALLOCATOR PLUGS IN (issue 13, item 4:
+        ``fusillade.core.scheduling.fair.allocate``), fed from ``self._claimable``, the
+        pairs not in ``self._starved`` and this daemon's ``self._pair_in_flight``.
+
+        For now, per model, earliest deadline first (escalated batches ahead, the order
+        of ``self._claimable``): each batch with the model and not starved there gets the
+        slots left, at most its pending count (an upper bound of what is due; stale only
+        upwards for this daemon's own claims, which then starve the pair), the next batch
+        the rest. What a pair does not give goes to the next batch on the next round.
+        Work-conserving: every free slot goes to some pair while any pair is not starved.
+        """
+        out: list[tuple[UUID, str, int]] = []
+        for model, n in free.items():
+            for b in self._claimable:
+                if n <= 0:
+                    break
+                if model in b.models and (b.id, model) not in self._starved:
+                    take = min(n, b.pending)
+                    out.append((b.id, model, take))
+                    n -= take
+        return out
+
+    def _models_with_work(self) -> set[str]:
+        """The models of the claimable batches with a pair not starved."""
+        return {m for b in self._claimable for m in b.models if (b.id, m) not in self._starved}
 
     async def _claim_failed(self, exc: Exception, backoff: float) -> float:
         self._claim_failures += 1
@@ -83,9 +130,9 @@ class ClaimLoop(RequestTasks):
         self._wake = anyio.Event()
         new_work, self._new_work = self._new_work, False
         if not woke:
-            # Poll interval or a known due time: look at every model again.
+            # Poll interval or a known due time: look at every batch again.
             self._starved.clear()
-            self._models_stale = True
+            self._claimable_stale = True
             if self._next_due is not None and self._next_due <= anyio.current_time():
                 self._next_due = None
         elif not self._stopping and not new_work:

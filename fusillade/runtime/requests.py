@@ -28,6 +28,8 @@ class RequestTasks(DaemonBase):
         entry = InFlight(req, self.config.metric_label(req.model))
         self._in_flight[req.id] = entry
         self._batch_in_flight[req.batch_id] = self._batch_in_flight.get(req.batch_id, 0) + 1
+        pair = (req.batch_id, req.model)
+        self._pair_in_flight[pair] = self._pair_in_flight.get(pair, 0) + 1
         self.limits.acquire_nowait(req.model)
         self.budgets.start(req.model, anyio.current_time())
         metrics.CLAIMED.labels(entry.label).inc()
@@ -44,12 +46,18 @@ class RequestTasks(DaemonBase):
             self._batch_in_flight[req.batch_id] = left
         else:
             del self._batch_in_flight[req.batch_id]  # nothing kept for finished batches
+        pair = (req.batch_id, req.model)
+        left = self._pair_in_flight[pair] - 1
+        if left:
+            self._pair_in_flight[pair] = left
+        else:
+            del self._pair_in_flight[pair]
         self.limits.release(req.model)
         metrics.IN_FLIGHT.labels(entry.label).dec()
         if not self._in_flight:
             self._tasks_done.set()
-        if req.model not in self._starved:
-            self._wake.set()
+        if self._claimable_stale or req.model in self._hungry:
+            self._wake.set()  # a slot freed for a model with work
 
     async def _run_request(self, entry: InFlight) -> None:
         req = entry.request

@@ -4,9 +4,10 @@ The **heartbeat** first re-reads the database's clock (every time the daemon wri
 compares is the database's, ``fusillade.runtime.clock``), then refreshes this daemon's
 row; a daemon declared dead meanwhile registers again. **Maintenance** reclaims the rows
 of dead daemons and rows in flight past their time limit (bounded chunks), stamps
-expired batches, sweeps the pending rows of cancelled and expired batches, and advances
-batches whose creator died half-way. Database errors are logged and counted; the loops
-never die on them.
+expired batches, sweeps the pending rows of cancelled and expired batches, advances
+batches whose creator died half-way, and escalates the batches that will miss their
+deadline at their current rate (``_review_deadlines``). Database errors are logged and
+counted; the loops never die on them.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any
 import anyio
 
 from fusillade import metrics
+from fusillade.core.deadlines import review
 from fusillade.errors import StoreError
 from fusillade.runtime._base import DaemonBase, log
 from fusillade.runtime.budgets import fraction_of, scope_name
@@ -177,11 +179,27 @@ class Upkeep(DaemonBase):
                 self.repo.sync.resume_creation, now=self.now(), stale_before=stale
             ):
                 pass
+            await self._review_deadlines()
             if requeued:
                 metrics.RECLAIMED.inc(requeued)
                 self._wake_for_work()
 
         await self._every(self.config.maintenance_interval.total_seconds(), "maintenance", maintain)
+
+    async def _review_deadlines(self) -> None:
+        """Sample the claimable batches' progress; escalate those that will miss their
+        deadline at their current rate, clear those back on course
+        (``fusillade.core.deadlines.review``: at least a minute of samples, the rate of
+        the last ten). Only changes are written; the claim loop re-reads the batches."""
+        now = self.now()
+        batches = await self._db(self.repo.sync.claimable_batches, now=now)
+        found = review(self._deadline_samples, batches, now)
+        self._deadline_samples = found.samples
+        if found.escalate or found.clear:
+            await self._db(
+                self.repo.sync.set_escalation, escalate=found.escalate, clear=found.clear, now=now
+            )
+            self._claimable_stale = True
 
 
 def _version() -> str:

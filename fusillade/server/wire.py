@@ -202,6 +202,9 @@ class BatchObject:
     request_counts: RequestCountsObject
     metadata: dict[str, str] | None
     usage: BatchUsage | None
+    # an extension: when the batch was found to miss its deadline at its current rate
+    # (it is then claimed ahead of its turn), null while on course
+    escalated_at: int | None
 
 
 @attrs.frozen
@@ -258,6 +261,7 @@ def batch_object(view: BatchView) -> BatchObject:
         ),
         metadata=dict(record.metadata) if record.metadata is not None else None,
         usage=usage,
+        escalated_at=unix_or_none(view.escalated_at),
     )
 
 

@@ -19,6 +19,7 @@ from uuid import UUID
 import attrs
 
 from fusillade.core.attempts import AbortReason, AttemptResult, ClaimedRequest
+from fusillade.core.batches import ClaimableBatch
 from fusillade.core.models import (
     BatchView,
     FailureReason,
@@ -30,6 +31,18 @@ from fusillade.core.models import (
 from fusillade.core.results import ResultLine
 
 T = TypeVar("T")
+
+Allotment = tuple[UUID, str, int]
+"""``(batch_id, model, n)``: claim at most ``n`` due requests of ``model`` in that batch."""
+
+
+def merge_allotments(allotments: Sequence[Allotment]) -> dict[tuple[UUID, str], int]:
+    """The pairs to claim from and how many of each: repeated pairs summed, ``n <= 0``
+    dropped; in first-mention order."""
+    merged: dict[tuple[UUID, str], int] = {}
+    for batch_id, model, n in allotments:
+        merged[batch_id, model] = merged.get((batch_id, model), 0) + n
+    return {pair: n for pair, n in merged.items() if n > 0}
 
 
 @attrs.frozen
@@ -196,10 +209,27 @@ class Repository(Protocol):
         ...
 
     # daemon side
-    def active_models(self, *, now: datetime) -> list[str]: ...
+    def claimable_batches(self, *, now: datetime) -> list[ClaimableBatch]:
+        """The batches a claim may take rows from at ``now`` (not frozen, cancelled or
+        expired; deadline not passed) that have something pending, earliest deadline
+        first, then oldest (``claimable_batches.sql``)."""
+        ...
+
     def claim(
-        self, daemon_id: UUID, slots: Mapping[str, int], *, now: datetime
-    ) -> list[ClaimedRequest]: ...
+        self, daemon_id: UUID, allotments: Sequence[Allotment], *, now: datetime
+    ) -> list[ClaimedRequest]:
+        """Claim and start at most ``n`` due requests of each ``(batch_id, model, n)``,
+        only from batches still claimable, per pair in line order (``claim.sql``); a pair
+        named twice counts once with the sum of its ``n``."""
+        ...
+
+    def set_escalation(
+        self, *, escalate: Sequence[UUID], clear: Sequence[UUID], now: datetime
+    ) -> None:
+        """Stamp ``escalated_at = now`` on the batches of ``escalate`` not stamped yet, and
+        clear it on those of ``clear`` (``escalate`` wins for an id in both)."""
+        ...
+
     def record_results(self, daemon_id: UUID, results: Sequence[AttemptResult]) -> RecordStats:
         """Write each result as the core computed it (``fusillade.core.attempts``): its
         state and ``RESULT_FIELDS``, only while the row is in one of its ``sources``

@@ -31,12 +31,12 @@ class Queries:
     be added, renamed or dropped without this list (and its reviewers) noticing.
     """
 
-    active_models: str
     batches_to_abort: str
     begin: str
     budget_holders: str
     cancel_batch: str
     claim: str
+    claimable_batches: str
     count_batch_requests: str
     create_batch_requests: str
     daemon_heartbeat: str
@@ -71,6 +71,7 @@ class Queries:
     record_results: str
     release: str
     retry_batch: str
+    set_escalation: str
     set_file_stats: str
     set_result_file_sizes: str
     soft_delete_file: str

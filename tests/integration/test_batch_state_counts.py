@@ -21,6 +21,7 @@ from uuid import UUID, uuid4
 import attrs
 import psycopg
 import pytest
+from helpers import claim_by_model
 
 from fusillade.core.attempts import AttemptResult, ClaimedRequest, ResultKind
 from fusillade.core.models import BatchStatus, Failure, FailureReason, RequestTemplate
@@ -110,7 +111,7 @@ class Mix:
     def claim(self) -> object:
         d = self.rng.choice(self.daemons)
         slots = {m: self.rng.randint(0, 8) for m in MODELS}
-        got = self.repo.claim(d, slots, now=self.now)
+        got = claim_by_model(self.repo, d, slots, now=self.now)
         self.claims += [(d, c) for c in got]
         return len(got)
 
@@ -211,7 +212,7 @@ def test_deletes_and_truncate_keep_the_counts(repo: PostgresRepository) -> None:
     leave the counts right."""
     b1, b2 = make_batch(repo, 10, T0), make_batch(repo, 6, T0)
     d = new_daemon(repo, T0)
-    claimed = repo.claim(d, {"a": 4, "b": 4}, now=T0)
+    claimed = claim_by_model(repo, d, {"a": 4, "b": 4}, now=T0)
     repo.record_results(d, [result(c, ResultKind.SUCCEEDED, T0) for c in claimed[:5]])
     with psycopg.connect(repo.conninfo, autocommit=True) as conn:
         assert_exact(conn, "setup")
@@ -257,7 +258,7 @@ def test_concurrent_writers_of_one_batch_keep_exact_counts(
         d = new_daemon(repo, T0)
         try:
             for _ in range(rounds):
-                claimed = repo.claim(d, {m: rng.randint(1, 8) for m in MODELS}, now=T0)
+                claimed = claim_by_model(repo, d, {m: rng.randint(1, 8) for m in MODELS}, now=T0)
                 if not claimed:
                     return
                 if rng.random() < 0.4:  # hand them back, as a daemon shutting down does
@@ -302,7 +303,7 @@ def test_concurrent_writers_of_one_batch_keep_exact_counts(
         assert conn.execute(shards, (b,)).fetchone()[0] > 1  # type: ignore[index]
         # finish the batch: its freeze folds the shards into one row per state
         d = new_daemon(repo, T0)
-        while claimed := repo.claim(d, {m: 500 for m in MODELS}, now=T0):
+        while claimed := claim_by_model(repo, d, {m: 500 for m in MODELS}, now=T0):
             repo.record_results(d, [result(c, ResultKind.SUCCEEDED, T0) for c in claimed])
         view = repo.get_batch("alice", b, now=T0)
         assert view.status is BatchStatus.COMPLETED and view.record.frozen_counts is not None
@@ -334,8 +335,13 @@ def test_writers_sharing_a_shard_take_its_rows_in_one_order(repo: PostgresReposi
         d = uuid4()
         try:
             for _ in range(300):
-                slots = {"models": list(MODELS), "slots": [rng.randint(1, 8), rng.randint(1, 8)]}
-                conn.execute(repo.q.claim, {"daemon_id": d, "now": T0, **slots})
+                counts = [rng.randint(1, 8), rng.randint(1, 8)]
+                allotted = {
+                    "batch_ids": [b] * len(MODELS),
+                    "models": list(MODELS),
+                    "counts": counts,
+                }
+                conn.execute(repo.q.claim, {"daemon_id": d, "now": T0, **allotted})
                 conn.execute(repo.q.release, {"daemon_id": d, "now": T0, "ids": None})
         except BaseException as exc:  # reported by the test thread
             errors.append(exc)

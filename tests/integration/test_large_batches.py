@@ -14,6 +14,7 @@ from uuid import UUID, uuid4
 
 import psycopg
 import pytest
+from helpers import claim_by_model
 
 from fusillade.core.attempts import ResultKind
 from fusillade.core.models import BatchStatus, RequestTemplate
@@ -100,7 +101,7 @@ def test_a_creation_cut_short_is_finished_by_a_repeat_without_duplicates(
         # the rows that exist may run; finishing all of them does not finish the batch
         d = uuid4()
         repo.register_daemon(DaemonInfo(d, "h", 1, "t"), now=T0)
-        claimed = repo.claim(d, {"m1": 100}, now=T0)
+        claimed = claim_by_model(repo, d, {"m1": 100}, now=T0)
         assert len(claimed) == 6
         ok = [c.result(ResultKind.SUCCEEDED, T0, 200, "{}") for c in claimed]
         assert repo.record_results(d, ok).written == 6
@@ -113,7 +114,7 @@ def test_a_creation_cut_short_is_finished_by_a_repeat_without_duplicates(
         again = repo.create_batch("alice", spec(f.id, batch), now=T0)
         assert lines_of(db, batch) == list(range(1, 11))
         assert (again.counts.completed, again.counts.pending) == (6, 4)
-        assert len(repo.claim(d, {"m1": 100}, now=T0)) == 4
+        assert len(claim_by_model(repo, d, {"m1": 100}, now=T0)) == 4
 
 
 def test_maintenance_finishes_a_creation_whose_creator_died_but_not_a_live_one(

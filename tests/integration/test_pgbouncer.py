@@ -206,13 +206,15 @@ def test_the_session_settings_cost_no_round_trip_on_the_hot_path(database_url: s
     with PostgresRepository(database_url, min_size=1, max_size=1) as repo:
         templates = [RequestTemplate(custom_id=f"r{i}", model="m", body="{}") for i in range(3)]
         f = repo.create_file("alice", "in", templates, now=now)
-        repo.create_batch(
+        batch = repo.create_batch(
             "alice", BatchSpec(f.id, "/v1/chat/completions", "24h", timedelta(hours=24)), now=now
-        )
+        ).record.id
         daemon = uuid4()
         repo.register_daemon(DaemonInfo(daemon, "h", 1, "t"), now=now)
         claimed: list[ClaimedRequest] = []
-        claim = round_trips(repo, lambda: claimed.extend(repo.claim(daemon, {"m": 3}, now=now)))
+        claim = round_trips(
+            repo, lambda: claimed.extend(repo.claim(daemon, [(batch, "m", 3)], now=now))
+        )
         assert len(claimed) == 3
         results = [c.result(ResultKind.SUCCEEDED, now, 200, "{}") for c in claimed]
         record = round_trips(repo, lambda: repo.record_results(daemon, results))

@@ -11,11 +11,12 @@ import resource
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
-from uuid import uuid4
+from uuid import UUID, uuid4
 
 import attrs
 import psycopg
 import pytest
+from helpers import claim_by_model
 
 from fusillade.core.attempts import ResultKind
 from fusillade.core.models import RequestTemplate
@@ -75,12 +76,12 @@ def test_plans_use_the_indexes(database_url: str) -> None:
         )
         f = repo.create_file("alice", "big", templates, now=T0)
         spec = BatchSpec(f.id, "/v1/chat/completions", "24h", timedelta(hours=24))
-        repo.create_batch("alice", spec, now=T0)
+        big = repo.create_batch("alice", spec, now=T0).record.id
         d = uuid4()
         repo.register_daemon(DaemonInfo(d, "h", 1, "t"), now=T0)
         # finish most of them, as on a busy production table
         for _ in range(n // 2000 - 2):
-            claimed = repo.claim(d, {"m0": 700, "m1": 700, "m2": 600}, now=T0)
+            claimed = claim_by_model(repo, d, {"m0": 700, "m1": 700, "m2": 600}, now=T0)
             repo.record_results(
                 d,
                 [c.result(ResultKind.SUCCEEDED, T0, 200, "{}") for c in claimed],
@@ -97,7 +98,13 @@ def test_plans_use_the_indexes(database_url: str) -> None:
         claim = _plan(
             conn,
             q.claim,
-            {"daemon_id": d, "now": T0, "models": ["m0", "m1"], "slots": [10, 10]},
+            {
+                "daemon_id": d,
+                "now": T0,
+                "batch_ids": [big, big],
+                "models": ["m0", "m1"],
+                "counts": [10, 10],
+            },
         )
         assert "requests_claim" in claim, claim
         counts = _plan(conn, q.count_batch_requests, {"batch_ids": [batch]})
@@ -134,25 +141,28 @@ def test_claim_with_a_large_backlog_reads_by_primary_key(database_url: str) -> N
         templates = (RequestTemplate(custom_id=f"r{i}", model="m", body="{}") for i in range(n))
         f = repo.create_file("alice", "backlog", templates, now=T0)
         spec = BatchSpec(f.id, "/v1/chat/completions", "24h", timedelta(hours=24))
-        repo.create_batch("alice", spec, now=T0)
+        batch = repo.create_batch("alice", spec, now=T0).record.id
     with psycopg.connect(database_url, autocommit=True) as conn:
         conn.execute("ANALYZE")
-        _assert_claim_reads_only_its_rows(conn)
+        _assert_claim_reads_only_its_rows(conn, batch)
 
 
-def _assert_claim_reads_only_its_rows(conn: psycopg.Connection[tuple[object, ...]]) -> None:
-    params = {"daemon_id": uuid4(), "now": T0, "models": ["m"], "slots": [16]}
+def _assert_claim_reads_only_its_rows(
+    conn: psycopg.Connection[tuple[object, ...]], batch: UUID
+) -> None:
+    params = {
+        "daemon_id": uuid4(), "now": T0, "batch_ids": [batch], "models": ["m"], "counts": [16]
+    }  # fmt: skip
     claim = _plan(conn, load_queries().claim, params)
     assert "requests_claim_fresh" in claim, claim
     assert "requests_claim_retry" in claim, claim
-    # Sorted: the claimable batches (unless read in order from batches_claimable), and a
-    # batch's at most 2 x slots rows from its two indexes; never the backlog's rows.
+    # Sorted: a batch's at most 2 x n rows from its two indexes; never the backlog's rows.
     assert set(re.findall(r"Sort Key: (.*)", claim)) <= _CLAIM_SORTS, claim
     assert "Seq Scan on requests" not in claim, claim
     assert "Seq Scan on request_templates" not in claim, claim
 
 
-_CLAIM_SORTS = {"b.expires_at, b.id", "f.line_number", "u.line_number"}
+_CLAIM_SORTS = {"f.line_number", "u.line_number"}
 
 
 _SEED_FILE = """
@@ -178,7 +188,7 @@ def test_claim_before_the_first_analyze_of_a_large_backlog(database_url: str) ->
         conn.execute(_SEED_TEMPLATES, {"id": file_id, "n": n})
     with PostgresRepository(database_url, statement_timeout_ms=600_000) as repo:
         spec = BatchSpec(file_id, "/v1/chat/completions", "24h", timedelta(hours=24))
-        repo.create_batch("alice", spec, now=T0)
+        batch = repo.create_batch("alice", spec, now=T0).record.id
     with psycopg.connect(database_url, autocommit=True) as conn:
         analyzed = conn.execute(
             "SELECT count(*) FROM pg_stat_user_tables"
@@ -186,7 +196,7 @@ def test_claim_before_the_first_analyze_of_a_large_backlog(database_url: str) ->
         ).fetchone()
         if analyzed != (0,):
             pytest.skip("autovacuum analyzed the table first")
-        _assert_claim_reads_only_its_rows(conn)
+        _assert_claim_reads_only_its_rows(conn, batch)
 
 
 _SEED_BATCH = (
@@ -216,9 +226,12 @@ def test_claim_cost_does_not_grow_with_unswept_cancelled_or_backing_off_rows(
     """Issue 11, item 6. Rows of a cancelled batch that no sweep has reached, and rows
     waiting for a retry's not_before, came first in requests_claim's order and were
     filtered one by one (140,000 of them: 130-190 ms for every claim). Here 50,000 of
-    each, with earlier deadlines than the live batch: the claim reads a bounded number
-    of pages and filters no row (before: 52,405 pages and 100,000 rows filtered; now 46)."""
+    each, with earlier deadlines than the live batch. A claim allotting 16 rows to each
+    of the three batches (the cancelled one as if from a stale snapshot) reads a bounded
+    number of pages, filters no row, and takes its rows from the live batch only (before
+    issue 11: 52,405 pages and 100,000 rows filtered; then 46)."""
     n = 50_000
+    seeded = []
     with PostgresRepository(database_url) as repo:
         f = repo.create_file(
             "alice", "live", (RequestTemplate(f"r{i}", "m", "{}") for i in range(100)), now=T0
@@ -227,8 +240,9 @@ def test_claim_cost_does_not_grow_with_unswept_cancelled_or_backing_off_rows(
             (20, 0, T0, T0),  # cancelled, not swept
             (22, 1, T0 + timedelta(hours=1), None),  # attempted once, backing off
         ):
+            seeded.append(uuid4())
             seed = {
-                "id": uuid4(), "output": uuid4(), "error": uuid4(), "file": f.id, "now": T0,
+                "id": seeded[-1], "output": uuid4(), "error": uuid4(), "file": f.id, "now": T0,
                 "expires": T0 + timedelta(hours=hours), "n": n, "attempts": attempts,
                 "not_before": not_before, "cancelling_at": cancelling_at,
             }  # fmt: skip
@@ -237,7 +251,11 @@ def test_claim_cost_does_not_grow_with_unswept_cancelled_or_backing_off_rows(
                     conn.execute(statement, seed)  # type: ignore[arg-type]
         spec = BatchSpec(f.id, "/v1/chat/completions", "24h", timedelta(hours=24))
         live = repo.create_batch("alice", spec, now=T0).record.id
-    params = {"daemon_id": uuid4(), "now": T0, "models": ["m"], "slots": [16]}
+    allotments = [(b, "m", 16) for b in (*seeded, live)]
+    params = {
+        "daemon_id": uuid4(), "now": T0, "batch_ids": [*seeded, live], "models": ["m"] * 3,
+        "counts": [16] * 3,
+    }  # fmt: skip
     with psycopg.connect(database_url, autocommit=True) as conn:
         conn.execute("VACUUM ANALYZE")
         with conn.transaction(force_rollback=True):
@@ -255,7 +273,8 @@ def test_claim_cost_does_not_grow_with_unswept_cancelled_or_backing_off_rows(
     with PostgresRepository(database_url) as repo:
         d = uuid4()
         repo.register_daemon(DaemonInfo(d, "h", 1, "t"), now=T0)
-        claimed = repo.claim(d, {"m": 16}, now=T0)
+        assert [b.id for b in repo.claimable_batches(now=T0)] == [seeded[1], live]
+        claimed = repo.claim(d, allotments, now=T0)
     assert {c.batch_id for c in claimed} == {live}
     assert sorted(c.custom_id for c in claimed) == sorted(f"r{i}" for i in range(16))
 
@@ -281,7 +300,7 @@ def test_results_stream_100k_rows_in_flat_memory(database_url: str) -> None:
         batch = repo.create_batch("alice", spec, now=T0).record.id
         d = uuid4()
         repo.register_daemon(DaemonInfo(d, "h", 1, "t"), now=T0)
-        while claimed := repo.claim(d, {"m": 5000}, now=T0):
+        while claimed := claim_by_model(repo, d, {"m": 5000}, now=T0):
             repo.record_results(
                 d,
                 [c.result(ResultKind.SUCCEEDED, T0, 200, body) for c in claimed],

@@ -10,6 +10,7 @@ from uuid import UUID, uuid4
 import attrs
 import psycopg
 import pytest
+from helpers import claim_by_model
 
 from fusillade.core.attempts import AttemptResult, ClaimedRequest, ResultKind
 from fusillade.core.models import (
@@ -142,8 +143,9 @@ def test_create_batch_is_idempotent(repo: PostgresRepository) -> None:
 def test_claim_respects_slots_and_models(repo: PostgresRepository) -> None:
     make_batch(repo, 10, models=("a", "b"))
     d = daemon(repo)
-    assert sorted(repo.active_models(now=T0)) == ["a", "b"]
-    claimed = repo.claim(d, {"a": 2, "b": 3, "c": 5}, now=T0)
+    (claimable,) = repo.claimable_batches(now=T0)
+    assert sorted(claimable.models) == ["a", "b"]
+    claimed = claim_by_model(repo, d, {"a": 2, "b": 3, "c": 5}, now=T0)
     assert sorted(c.model for c in claimed) == ["a", "a", "b", "b", "b"]
     assert all(c.attempt == 1 and c.budget_used == 1 for c in claimed)
     # earliest line first
@@ -158,7 +160,7 @@ def test_claim_takes_due_retries_in_line_order_and_never_those_backing_off(
     other rows; backing off, never; reclaimed, at once."""
     b = make_batch(repo, 7)
     d = daemon(repo)
-    first = repo.claim(d, {"m1": 3}, now=T0)
+    first = claim_by_model(repo, d, {"m1": 3}, now=T0)
     assert [c.custom_id for c in first] == ["req-0", "req-1", "req-2"]
     soon, later = T0 + timedelta(seconds=10), T0 + timedelta(hours=1)
     repo.record_results(
@@ -171,23 +173,23 @@ def test_claim_takes_due_retries_in_line_order_and_never_those_backing_off(
     )
     at = T0 + timedelta(seconds=20)
     # req-1 is due and comes before the fresh req-3 by line; req-0 backs off until later
-    got = repo.claim(d, {"m1": 2}, now=at)
+    got = claim_by_model(repo, d, {"m1": 2}, now=at)
     assert [(c.custom_id, c.attempt, c.batch_id) for c in got] == [
         ("req-1", 2, b),
         ("req-3", 1, b),
     ]
-    assert [c.custom_id for c in repo.claim(d, {"m1": 10}, now=at)] == [
+    assert [c.custom_id for c in claim_by_model(repo, d, {"m1": 10}, now=at)] == [
         "req-4",
         "req-5",
         "req-6",
     ]
-    assert repo.claim(d, {"m1": 10}, now=at) == []
+    assert claim_by_model(repo, d, {"m1": 10}, now=at) == []
     # a row reclaimed from a dead daemon is pending again after an attempt, due at once
     stats = repo.reclaim_timed_out(now=at, claimed_before=later, max_attempts=5)
     assert stats.requeued == 5
-    again = repo.claim(d, {"m1": 10}, now=at)
+    again = claim_by_model(repo, d, {"m1": 10}, now=at)
     assert [c.custom_id for c in again] == ["req-1", "req-3", "req-4", "req-5", "req-6"]
-    assert [c.custom_id for c in repo.claim(d, {"m1": 10}, now=later)] == ["req-0"]
+    assert [c.custom_id for c in claim_by_model(repo, d, {"m1": 10}, now=later)] == ["req-0"]
 
 
 def test_eight_threads_never_claim_a_row_twice(repo: PostgresRepository) -> None:
@@ -198,7 +200,7 @@ def test_eight_threads_never_claim_a_row_twice(repo: PostgresRepository) -> None
 
     def worker(d: UUID) -> None:
         while True:
-            got = repo.claim(d, {"m1": 37}, now=T0)
+            got = claim_by_model(repo, d, {"m1": 37}, now=T0)
             if not got:
                 return
             with lock:
@@ -216,7 +218,7 @@ def test_eight_threads_never_claim_a_row_twice(repo: PostgresRepository) -> None
 def test_results_complete_batch_and_freeze(repo: PostgresRepository) -> None:
     b = make_batch(repo, 4)
     d = daemon(repo)
-    claimed = repo.claim(d, {"m1": 4}, now=T0)
+    claimed = claim_by_model(repo, d, {"m1": 4}, now=T0)
     t1 = T0 + timedelta(seconds=1)
     results = [
         claimed[0].result(ResultKind.SUCCEEDED, t1, 200, '{"ok":1}', None, None, 3, 4),
@@ -241,9 +243,9 @@ def test_results_complete_batch_and_freeze(repo: PostgresRepository) -> None:
     assert view.status is BatchStatus.IN_PROGRESS
     assert (view.counts.completed, view.counts.failed, view.counts.pending) == (2, 1, 1)
     # not due yet
-    assert repo.claim(d, {"m1": 5}, now=t1) == []
+    assert claim_by_model(repo, d, {"m1": 5}, now=t1) == []
     t3 = t1 + timedelta(seconds=2)
-    (again,) = repo.claim(d, {"m1": 5}, now=t3)
+    (again,) = claim_by_model(repo, d, {"m1": 5}, now=t3)
     assert again.attempt == 2 and again.budget_used == 2
     repo.record_results(d, [ok(again, t3)])
     view = repo.get_batch("alice", b, now=t3)
@@ -262,7 +264,7 @@ def test_frozen_counts_equal_a_recount_and_are_not_recounted(repo: PostgresRepos
     """A terminal batch is read from its row, never recounted."""
     b = make_batch(repo, 20)
     d = daemon(repo)
-    claimed = repo.claim(d, {"m1": 20}, now=T0)
+    claimed = claim_by_model(repo, d, {"m1": 20}, now=T0)
     repo.record_results(d, [ok(c) for c in claimed])
     view = repo.get_batch("alice", b, now=T0)
     with psycopg.connect(repo.conninfo) as conn:
@@ -281,12 +283,12 @@ def test_late_write_after_reclaim_is_refused(repo: PostgresRepository) -> None:
     """A late result from a daemon whose claim was reclaimed must not revive the row."""
     b = make_batch(repo, 1)
     d1 = daemon(repo)
-    (c1,) = repo.claim(d1, {"m1": 1}, now=T0)
+    (c1,) = claim_by_model(repo, d1, {"m1": 1}, now=T0)
     later = T0 + timedelta(minutes=5)
     d2 = daemon(repo, later)
     stats = repo.reclaim_dead(now=later, stale_before=later - timedelta(seconds=30), max_attempts=5)
     assert stats.requeued == 1
-    (c2,) = repo.claim(d2, {"m1": 1}, now=later)
+    (c2,) = claim_by_model(repo, d2, {"m1": 1}, now=later)
     assert c2.id == c1.id and c2.attempt == 2
     repo.record_results(d2, [ok(c2, later)])
     late = repo.record_results(
@@ -303,7 +305,7 @@ def test_reclaim_spends_the_budget(repo: PostgresRepository) -> None:
     now = T0
     for attempt in range(1, 4):
         d = daemon(repo, now)
-        (c,) = repo.claim(d, {"m1": 1}, now=now)
+        (c,) = claim_by_model(repo, d, {"m1": 1}, now=now)
         assert c.attempt == attempt
         now += timedelta(minutes=5)
         stats = repo.reclaim_dead(now=now, stale_before=now - timedelta(minutes=1), max_attempts=3)
@@ -317,9 +319,9 @@ def test_reclaim_spends_the_budget(repo: PostgresRepository) -> None:
 def test_release_refunds_the_attempt(repo: PostgresRepository) -> None:
     make_batch(repo, 3)
     d1, d2 = daemon(repo), daemon(repo)
-    claimed = repo.claim(d1, {"m1": 3}, now=T0)
+    claimed = claim_by_model(repo, d1, {"m1": 3}, now=T0)
     assert repo.release(d1, now=T0) == 3
-    again = repo.claim(d2, {"m1": 3}, now=T0)
+    again = claim_by_model(repo, d2, {"m1": 3}, now=T0)
     assert {c.id for c in again} == {c.id for c in claimed}
     assert all(c.attempt == 2 and c.budget_used == 1 for c in again)
 
@@ -327,9 +329,9 @@ def test_release_refunds_the_attempt(repo: PostgresRepository) -> None:
 def test_timed_out_rows_are_reclaimed(repo: PostgresRepository) -> None:
     make_batch(repo, 2)
     d = daemon(repo)
-    repo.claim(d, {"m1": 1}, now=T0)
+    claim_by_model(repo, d, {"m1": 1}, now=T0)
     later = T0 + timedelta(minutes=10)
-    repo.claim(d, {"m1": 1}, now=later)
+    claim_by_model(repo, d, {"m1": 1}, now=later)
     stats = repo.reclaim_timed_out(
         now=later, claimed_before=later - timedelta(minutes=5), max_attempts=5
     )
@@ -343,7 +345,7 @@ def test_cancelled_batch_rows_are_never_claimed(repo: PostgresRepository) -> Non
     d = daemon(repo)
     view = repo.cancel_batch("alice", cancelled, now=T0)
     assert view.status is BatchStatus.CANCELLED
-    claimed = repo.claim(d, {"m1": 10}, now=T0)
+    claimed = claim_by_model(repo, d, {"m1": 10}, now=T0)
     assert {c.batch_id for c in claimed} == {live}
     assert len(claimed) == 5
     errors = list(repo.iter_results("alice", cancelled, errors=True))
@@ -353,11 +355,11 @@ def test_cancelled_batch_rows_are_never_claimed(repo: PostgresRepository) -> Non
 def test_cancel_with_work_in_flight(repo: PostgresRepository) -> None:
     b = make_batch(repo, 3)
     d = daemon(repo)
-    claimed = repo.claim(d, {"m1": 2}, now=T0)
+    claimed = claim_by_model(repo, d, {"m1": 2}, now=T0)
     view = repo.cancel_batch("alice", b, now=T0)
     assert view.status is BatchStatus.CANCELLING
     assert repo.batches_to_abort([b], now=T0) == {b: "cancelled"}
-    assert repo.claim(d, {"m1": 5}, now=T0) == []
+    assert claim_by_model(repo, d, {"m1": 5}, now=T0) == []
     cancel = Failure(FailureReason.CANCELLED, "batch cancelled")
     repo.record_results(
         d,
@@ -377,7 +379,7 @@ def _cancelled_in_flight(repo: PostgresRepository) -> tuple[UUID, UUID, list[Cla
     """A batch of two, cancelled while both were in flight: settled, not yet frozen."""
     b = make_batch(repo, 2)
     d = daemon(repo)
-    c = repo.claim(d, {"m1": 2}, now=T0)
+    c = claim_by_model(repo, d, {"m1": 2}, now=T0)
     repo.cancel_batch("alice", b, now=T0)
     cancel = Failure(FailureReason.CANCELLED, "batch cancelled")
     repo.record_results(d, [x.result(ResultKind.CANCELLED, T0, failure=cancel) for x in c])
@@ -466,10 +468,10 @@ def test_late_success_racing_a_freeze_that_comes_second(
 def test_expiry(repo: PostgresRepository) -> None:
     b = make_batch(repo, 3)
     d = daemon(repo)
-    (c,) = repo.claim(d, {"m1": 1}, now=T0)
+    (c,) = claim_by_model(repo, d, {"m1": 1}, now=T0)
     repo.record_results(d, [ok(c)])
     late = T0 + timedelta(hours=25)
-    assert repo.claim(d, {"m1": 5}, now=late) == []
+    assert claim_by_model(repo, d, {"m1": 5}, now=late) == []
     assert repo.sweep(now=late) == 2
     view = repo.get_batch("alice", b, now=late)
     assert view.status is BatchStatus.EXPIRED
@@ -481,7 +483,7 @@ def test_expiry(repo: PostgresRepository) -> None:
 def test_retry_failed_resets_counts_and_budget(repo: PostgresRepository) -> None:
     b = make_batch(repo, 2)
     d = daemon(repo)
-    c = repo.claim(d, {"m1": 2}, now=T0)
+    c = claim_by_model(repo, d, {"m1": 2}, now=T0)
     bad = Failure(FailureReason.HTTP_STATUS, "500", 500, "oops")
     repo.record_results(
         d,
@@ -491,7 +493,7 @@ def test_retry_failed_resets_counts_and_budget(repo: PostgresRepository) -> None
     view = repo.retry_batch("alice", b, now=T0)
     assert view.status is BatchStatus.IN_PROGRESS
     assert view.record.frozen_counts is None and view.counts.pending == 1
-    (again,) = repo.claim(d, {"m1": 2}, now=T0)
+    (again,) = claim_by_model(repo, d, {"m1": 2}, now=T0)
     assert again.id == c[1].id and again.attempt == 2 and again.budget_used == 1
     repo.record_results(d, [ok(again)])
     view = repo.get_batch("alice", b, now=T0)
@@ -519,7 +521,7 @@ def test_list_batches_pages_and_isolation(repo: PostgresRepository) -> None:
 def test_list_requests_and_detail(repo: PostgresRepository) -> None:
     b = make_batch(repo, 5)
     d = daemon(repo)
-    (c,) = repo.claim(d, {"m1": 1}, now=T0)
+    (c,) = claim_by_model(repo, d, {"m1": 1}, now=T0)
     repo.record_results(d, [ok(c)])
     page = repo.list_requests("alice", b, limit=3)
     assert [r.line_number for r in page.items] == [1, 2, 3] and page.has_more
@@ -568,7 +570,7 @@ def test_retry_of_a_batch_with_nothing_to_retry_leaves_it_alone(
     d = daemon(repo)
     cancelled = repo.cancel_batch("alice", b, now=T0)
     assert cancelled.status is BatchStatus.CANCELLED
-    assert repo.claim(d, {"m1": 2}, now=T0) == []
+    assert claim_by_model(repo, d, {"m1": 2}, now=T0) == []
     again = repo.retry_batch("alice", b, now=T0)  # nothing failed: no-op
     assert again.status is BatchStatus.CANCELLED
     assert again.record.version == cancelled.record.version
@@ -577,14 +579,14 @@ def test_retry_of_a_batch_with_nothing_to_retry_leaves_it_alone(
 def test_retry_after_the_deadline_moves_every_unsettled_row(repo: PostgresRepository) -> None:
     b = make_batch(repo, 3)
     d = daemon(repo)
-    c = repo.claim(d, {"m1": 1}, now=T0)
+    c = claim_by_model(repo, d, {"m1": 1}, now=T0)
     bad = Failure(FailureReason.HTTP_STATUS, "500", 500, "oops")
     repo.record_results(d, [c[0].result(ResultKind.FAILED, T0, 500, "oops", bad)])
     late = T0 + timedelta(hours=24, seconds=1)  # past the deadline, before any sweep
     view = repo.retry_batch("alice", b, now=late)
     assert view.record.expires_at == late + timedelta(hours=24)
     # the retried row and the two never-claimed ones are all claimable again
-    assert len(repo.claim(d, {"m1": 5}, now=late)) == 3
+    assert len(claim_by_model(repo, d, {"m1": 5}, now=late)) == 3
 
 
 def test_ids_sort_in_creation_order_within_one_millisecond(repo: PostgresRepository) -> None:
@@ -608,7 +610,7 @@ def test_record_results_writes_what_the_core_computed(
     success finished at another time than its attempt's end (it wrote finished_at)."""
     make_batch(repo, 2)
     d = daemon(repo)
-    retry_c, ok_c = repo.claim(d, {"m1": 2}, now=T0)
+    retry_c, ok_c = claim_by_model(repo, d, {"m1": 2}, now=T0)
     t1 = T0 + timedelta(seconds=10)
     retry = retry_c.result(ResultKind.RETRY, t1, 503, "busy", Failure(FailureReason.TIMEOUT, "t"))
     early = T0 - timedelta(hours=1)
@@ -629,9 +631,9 @@ def test_the_fence_refuses_a_stale_write_of_the_same_daemon(repo: PostgresReposi
     row under another attempt and is refused (a lost race), whatever the core computed."""
     b = make_batch(repo, 1)
     d = daemon(repo)
-    (first,) = repo.claim(d, {"m1": 1}, now=T0)
+    (first,) = claim_by_model(repo, d, {"m1": 1}, now=T0)
     assert repo.release(d, now=T0) == 1
-    (second,) = repo.claim(d, {"m1": 1}, now=T0)
+    (second,) = claim_by_model(repo, d, {"m1": 1}, now=T0)
     assert (second.id, second.attempt) == (first.id, 2)
     stale = repo.record_results(d, [ok(first)])
     assert stale.written == 0 and stale.lost == (first.id,)

@@ -43,6 +43,7 @@ from uuid import UUID
 
 import psycopg
 import pytest
+from helpers import claim_by_model
 from hypothesis import HealthCheck, event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -218,7 +219,7 @@ class SqlFollowsTheTable(RuleBasedStateMachine):
 
     def claim(self, d: UUID, slots: dict[str, int]) -> list[Claim]:
         got = []
-        for c in self.pg.claim(d, slots, now=self.now):
+        for c in claim_by_model(self.pg, d, slots, now=self.now):
             key = (c.batch_id, c.custom_id)
             self.ids[key] = c.id
             self.claimed[(d, key, c.attempt)] = c
@@ -277,11 +278,11 @@ class SqlFollowsTheTable(RuleBasedStateMachine):
         happen to draw a retry, or a batch settles with a failure before a retry."""
         self.new_batch(1, ("z",))
         b = self.batches.pop()
-        (c,) = self.pg.claim(self.daemons[0], {"z": 1}, now=self.now)
+        (c,) = claim_by_model(self.pg, self.daemons[0], {"z": 1}, now=self.now)
         failure = Failure(FailureReason.HTTP_STATUS, "upstream answered 503")
         retry = c.result(ResultKind.RETRY, self.now, 503, "{}", failure, self.now)
         assert self.pg.record_results(self.daemons[0], [retry]).written == 1
-        (c,) = self.pg.claim(self.daemons[0], {"z": 1}, now=self.now)
+        (c,) = claim_by_model(self.pg, self.daemons[0], {"z": 1}, now=self.now)
         failure = Failure(FailureReason.HTTP_STATUS, "upstream answered 400")
         failed = c.result(ResultKind.FAILED, self.now, 400, "{}", failure)
         assert self.pg.record_results(self.daemons[0], [failed]).written == 1

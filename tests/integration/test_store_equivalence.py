@@ -2,10 +2,10 @@
 
 A hypothesis ``RuleBasedStateMachine`` applies the same random operations to a
 ``MemoryRepository`` and a ``PostgresRepository`` and checks that both answer the same:
-files and batches (including refused and repeated creations), claims with random slots,
+files and batches (including refused and repeated creations), claims with random allotments,
 results of every kind (including stale attempts, another daemon's claims, and results
 that break a table constraint), releases, reclaims, cancels, sweeps, retries, daemon
-life, and a clock that moves, sometimes past the batches' deadlines.
+life, escalations, and a clock that moves, sometimes past the batches' deadlines.
 
 Ids: batches are created with explicit uuid7 ids, so both stores share them (and their
 order); file and request ids differ between the stores and are mapped by file ordinal
@@ -51,7 +51,13 @@ from fusillade.core.models import (
 from fusillade.core.results import ResultLine
 from fusillade.errors import FusilladeError, ValidationError
 from fusillade.ids import uuid7
-from fusillade.store.interface import BatchSpec, DaemonInfo, Repository, RequestSummary
+from fusillade.store.interface import (
+    Allotment,
+    BatchSpec,
+    DaemonInfo,
+    Repository,
+    RequestSummary,
+)
 from fusillade.store.memory import MemoryRepository
 from fusillade.store.postgres import PostgresRepository
 
@@ -216,9 +222,9 @@ class StoresAgree(RuleBasedStateMachine):
             self.batches.append(batch_id)
             self.learn_requests(batch_id)
 
-    def claim(self, d: UUID, slots: dict[str, int]) -> list[Claim]:
+    def claim(self, d: UUID, allotments: list[Allotment]) -> list[Claim]:
         def claim(repo: Repository, side: int) -> list[tuple[Any, ...]]:
-            got = repo.claim(d, slots, now=self.now)
+            got = repo.claim(d, allotments, now=self.now)
             for c in got:
                 pair = self.claimed.setdefault((d, self.keys[side][c.id], c.attempt), [c, c])
                 pair[side] = c
@@ -294,11 +300,11 @@ class StoresAgree(RuleBasedStateMachine):
     def work(self, data: st.DataObject, slots: dict[str, int]) -> None:
         """A daemon claims, then reports on some of what it got (the main road)."""
         d = data.draw(st.sampled_from(self.daemons), label="daemon")
-        claims = self.claim(d, slots)
+        claims = self.claim(d, self.allot(slots))
         if not claims and data.draw(st.booleans(), label="more work"):
             n = data.draw(st.integers(1, 4), label="lines")
             self.new_batch(self.new_file(n, ("a", "b"), None), "1h")
-            claims = self.claim(d, slots)
+            claims = self.claim(d, self.allot(slots))
         if claims:
             some = st.lists(st.sampled_from(claims), min_size=1, unique=True)
             picks = data.draw(st.one_of(st.just(claims), some), label="report")
@@ -319,14 +325,30 @@ class StoresAgree(RuleBasedStateMachine):
                 self.same(lambda repo, _: _view(repo.get_batch(OWNER, b, now=self.now)))
             self.record(data, d, [pick], ResultKind.SUCCEEDED)
 
-    @rule(
-        data=st.data(),
-        slots=st.dictionaries(
-            st.sampled_from((*MODELS, "z")), st.sampled_from([0, 1, 2, 3]), min_size=1, max_size=3
-        ),
-    )
-    def claim_only(self, data: st.DataObject, slots: dict[str, int]) -> None:
-        self.claim(data.draw(st.sampled_from(self.daemons), label="daemon"), slots)
+    def allot(self, slots: dict[str, int]) -> list[Allotment]:
+        """``slots[model]`` rows of each model from every batch."""
+        return [(b, m, n) for b in self.batches for m, n in slots.items()]
+
+    @rule(data=st.data())
+    def claim_only(self, data: st.DataObject) -> None:
+        """A claim of drawn allotments: any batch (an unknown one too), any model (one no
+        batch has too), repeated pairs, zero counts."""
+        allotment = st.tuples(
+            st.sampled_from([*self.batches, ZERO]),
+            st.sampled_from((*MODELS, "z")),
+            st.sampled_from([0, 1, 2, 3]),
+        )
+        allotments = data.draw(st.lists(allotment, min_size=1, max_size=4), label="allotments")
+        self.claim(data.draw(st.sampled_from(self.daemons), label="daemon"), allotments)
+
+    @rule(data=st.data())
+    def escalate(self, data: st.DataObject) -> None:
+        """Maintenance's deadline check: stamp some batches, clear others."""
+        ids = st.lists(st.sampled_from([*self.batches, ZERO]), max_size=3)
+        up = data.draw(ids, label="escalate")
+        down = data.draw(ids, label="clear")
+        self.same(lambda repo, _: repo.set_escalation(escalate=up, clear=down, now=self.now))
+        self.same(lambda repo, _: repo.claimable_batches(now=self.now))
 
     @rule(data=st.data())
     def late_results(self, data: st.DataObject) -> None:
@@ -438,7 +460,7 @@ class StoresAgree(RuleBasedStateMachine):
             ids = data.draw(st.lists(st.sampled_from([*self.batches, ZERO]), max_size=4))
             self.same(lambda repo, _: repo.batches_to_abort(ids, now=self.now))
         elif action == "models":
-            self.same(lambda repo, _: repo.active_models(now=self.now))
+            self.same(lambda repo, _: repo.claimable_batches(now=self.now))
         elif action == "new daemon":
             self.new_daemon()
         elif action == "register":
@@ -478,7 +500,7 @@ class StoresAgree(RuleBasedStateMachine):
         # to run before the clock moves on. The daemon's tests in virtual time
         # (tests/runtime/test_virtual_time.py) rely on these answers at the deadline.
         self.same(lambda repo, _: repo.batches_to_abort(self.batches, now=self.now))
-        self.same(lambda repo, _: repo.active_models(now=self.now))
+        self.same(lambda repo, _: repo.claimable_batches(now=self.now))
         if data.draw(st.booleans(), label="sweep at the deadline"):
             self.same(lambda repo, _: repo.sweep(now=self.now))
 

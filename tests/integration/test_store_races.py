@@ -16,6 +16,7 @@ from uuid import UUID, uuid4
 
 import psycopg
 import pytest
+from helpers import claim_by_model
 
 from fusillade.core.attempts import ResultKind
 from fusillade.core.models import BatchStatus, Failure, FailureReason, RequestTemplate
@@ -40,7 +41,7 @@ def _batch_with_a_failure(repo: PostgresRepository) -> UUID:
     b = repo.create_batch("alice", spec, now=T0).record.id
     d = uuid4()
     repo.register_daemon(DaemonInfo(d, "host", 1, "test"), now=T0)
-    (c,) = repo.claim(d, {"m1": 1}, now=T0)
+    (c,) = claim_by_model(repo, d, {"m1": 1}, now=T0)
     bad = Failure(FailureReason.HTTP_STATUS, "500", 500, "oops")
     repo.record_results(d, [c.result(ResultKind.FAILED, T0, 500, "oops", bad)])
     return b

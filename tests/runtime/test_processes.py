@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import Sequence
+from datetime import timedelta
 from functools import partial
 from pathlib import Path
 
@@ -226,3 +227,32 @@ async def test_run_configuration_errors_exit_2_naming_the_key(tmp_path: Path) ->
         "fusillade run: error: command line: [daemon] default_concurrency: "
         "must be an integer >= 1, got 0\n"
     )
+
+
+async def test_run_stores_its_completion_window_on_the_batch(
+    database_url: str, mock_upstream: MockUpstream, tmp_path: Path
+) -> None:
+    src = write_input(tmp_path / "in.jsonl", 2)
+    common = [str(src), "--upstream", mock_upstream.url, "--database-url", database_url]
+    done = await trio.run_process(
+        run_command([*common, "-o", str(tmp_path / "a.jsonl"), "--completion-window", "90m"]),
+        check=False,
+        capture_stderr=True,
+    )
+    assert done.returncode == 0, done.stderr.decode()
+    with psycopg.connect(database_url) as conn:
+        rows = conn.execute(
+            "SELECT completion_window, expires_at - created_at FROM batches"
+        ).fetchall()
+    assert rows == [("90m", timedelta(minutes=90))]
+    # refused before anything is stored, as [server] completion_windows items are
+    for bad in ("soon", "0h", "1H", "366d"):
+        refused = await trio.run_process(
+            run_command([*common, "-o", str(tmp_path / "b.jsonl"), "--completion-window", bad]),
+            check=False,
+            capture_stderr=True,
+        )
+        assert refused.returncode == 2, (bad, refused.stderr.decode())
+        assert "completion_window" in refused.stderr.decode(), bad
+    with psycopg.connect(database_url) as conn:
+        assert conn.execute("SELECT count(*) FROM batches").fetchone() == (1,)

@@ -301,3 +301,59 @@ async def test_heartbeats_come_at_their_interval(
     await nursery.start(d.run)
     await trio.sleep_until(60.25)
     assert repo.beats == [at(7 * i) for i in range(9)]  # 0, 7, ..., 56
+
+
+async def test_a_batch_that_will_miss_its_deadline_is_escalated_and_claimed_ahead(
+    nursery: trio.Nursery, clock: trio.testing.MockClock
+) -> None:
+    # One slot; every answer takes 10 s. Batch A: 500 requests, window 2 h (7,200 s): at
+    # its rate of 0.1/s it finishes at 5,000 s, in time, so it is never escalated. Batch
+    # B: 20 requests, window 2.5 h (9,000 s), later deadline: earliest deadline first
+    # gives B nothing while A runs, so B finishes nothing and is late once less than
+    # half its window is left: 9,000 - t < 4,500, first at the maintenance round
+    # (every 5 s from 0) at 4,505 s. The claim loop then takes B ahead of A: B's first
+    # request goes when A's request in flight answers, within 10 s; B's 20 run one
+    # after the other; A's remaining ones run after them and end by about 5,200 s, in
+    # time.
+    repo = MemoryRepository()
+
+    def batch(prefix: str, n: int, window: timedelta) -> UUID:
+        templates = [RequestTemplate(f"{prefix}{i}", "m", "{}") for i in range(n)]
+        stored = repo.create_file(OWNER, f"{prefix}.jsonl", templates, now=T0)
+        spec = BatchSpec(stored.id, "/v1/chat/completions", f"{window.total_seconds():g}s", window)
+        return repo.create_batch(OWNER, spec, now=T0).record.id
+
+    a = batch("a", 500, timedelta(hours=2))
+    b = batch("b", 20, timedelta(hours=2.5))
+    sent: list[tuple[float, str]] = []
+
+    async def slow(request: httpx.Request) -> httpx.Response:
+        sent.append((trio.current_time(), request.headers["x-fusillade-custom-id"]))
+        await trio.sleep(10)
+        return httpx.Response(200, content=b'{"ok": true}')
+
+    d = Daemon(repo, config(), transport=httpx.MockTransport(slow), jitter=lambda: 0.5)
+    await nursery.start(d.run)
+    await trio.sleep_until(4504.75)
+    assert repo.get_batch(OWNER, b, now=at(4504.75)).escalated_at is None
+    assert not any(cid.startswith("b") for _, cid in sent)
+    await trio.sleep_until(4505.25)
+    assert repo.get_batch(OWNER, b, now=at(4505.25)).escalated_at == at(4505)
+    await trio.sleep_until(5300)
+    # B's first request goes when A's request in flight answers (each request also
+    # waits the claim loop's few milliseconds of coalescing, so after 450 of them the
+    # times have drifted by a second or two)
+    order = "".join(cid[0] for _, cid in sent)
+    first_b = order.index("b")
+    assert 4505 < sent[first_b][0] <= 4505 + 10 + 3
+    # B's next ones follow, until B would finish in half its time left at its rate of
+    # the last 10 minutes: 16 left at 4 per 600 s need 2,400 s > 4,445 / 2; 15 at 5 per
+    # 600 s need 1,800 s < 4,435 / 2, at the round after the fifth answer: cleared.
+    assert order[first_b : first_b + 5] == "bbbbb"
+    assert order.count("b") == 20
+    assert repo.get_batch(OWNER, b, now=at(5300)).escalated_at is None
+    for batch_id in (a, b):
+        view = repo.get_batch(OWNER, batch_id, now=at(5300))
+        assert view.counts.completed == view.counts.total
+        assert view.record.expires_at > at(5300)
+    assert repo.get_batch(OWNER, a, now=at(5300)).escalated_at is None

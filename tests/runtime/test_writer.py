@@ -15,7 +15,7 @@ from uuid import UUID, uuid4
 
 import pytest
 import trio
-from helpers import OWNER, daemon_config, make_batch, now, poll_until, wait_status
+from helpers import OWNER, claim_by_model, daemon_config, make_batch, now, poll_until, wait_status
 from prometheus_client import REGISTRY
 from scripted_upstream import serve_scripted_upstream
 
@@ -36,7 +36,7 @@ async def _claimed(
 
     def claim() -> dict[UUID, ClaimedRequest]:
         repo.register_daemon(DaemonInfo(d, "host", 1, "test"), now=now())
-        return {c.id: c for c in repo.claim(d, {"m": n}, now=now())}
+        return {c.id: c for c in claim_by_model(repo, d, {"m": n}, now=now())}
 
     return batch, d, await trio.to_thread.run_sync(claim)
 

@@ -9,6 +9,7 @@ from uuid import uuid4
 import httpx
 import pytest
 import trio
+from helpers import claim_by_model
 from serverkit import StartServer, chat_line, jsonl, wait_status_json
 
 from fusillade.errors import StoreUnavailable
@@ -97,7 +98,7 @@ async def test_retry_while_cancelling_is_a_conflict(
 
         def claim() -> int:
             repo.register_daemon(DaemonInfo(daemon_id, "test", 1, "0"), now=now)
-            return len(repo.claim(daemon_id, {"m": 10}, now=datetime.now(UTC)))
+            return len(claim_by_model(repo, daemon_id, {"m": 10}, now=datetime.now(UTC)))
 
         assert await trio.to_thread.run_sync(claim) == 2
         cancelled = await api.post(f"/v1/batches/{batch_id}/cancel")

@@ -14,6 +14,7 @@ from uuid import UUID, uuid4
 
 import attrs
 import pytest
+from helpers import claim_by_model
 
 from fusillade.core.attempts import AttemptResult, ClaimedRequest, ResultKind
 from fusillade.core.models import (
@@ -148,12 +149,13 @@ def test_create_batch_validates_and_is_idempotent(repo: MemoryRepository) -> Non
 def test_claim_respects_slots_models_and_order(repo: MemoryRepository) -> None:
     make_batch(repo, 10, models=("a", "b"))
     d = daemon(repo)
-    assert repo.active_models(now=T0) == ["a", "b"]
-    claimed = repo.claim(d, {"a": 2, "b": 3, "c": 5, "d": 0}, now=T0)
+    (claimable,) = repo.claimable_batches(now=T0)
+    assert claimable.models == ("a", "b")
+    claimed = claim_by_model(repo, d, {"a": 2, "b": 3, "c": 5, "d": 0}, now=T0)
     assert sorted(c.model for c in claimed) == ["a", "a", "b", "b", "b"]
     assert all(c.attempt == 1 and c.budget_used == 1 for c in claimed)
     assert [c.custom_id for c in claimed if c.model == "a"] == ["req-0", "req-2"]
-    assert repo.claim(d, {}, now=T0) == []
+    assert claim_by_model(repo, d, {}, now=T0) == []
 
 
 def test_claim_order_earliest_deadline_first(repo: MemoryRepository) -> None:
@@ -164,7 +166,7 @@ def test_claim_order_earliest_deadline_first(repo: MemoryRepository) -> None:
     soon = repo.create_batch(
         "alice", BatchSpec(f.id, "/v1/chat/completions", "1h", timedelta(hours=1)), now=T0
     )
-    claimed = repo.claim(daemon(repo), {"m1": 3}, now=T0)
+    claimed = claim_by_model(repo, daemon(repo), {"m1": 3}, now=T0)
     assert [c.batch_id for c in claimed] == [soon.record.id, soon.record.id, late.record.id]
 
 
@@ -174,7 +176,7 @@ def test_threads_never_claim_a_row_twice(repo: MemoryRepository) -> None:
     lock = threading.Lock()
 
     def worker(d: UUID) -> None:
-        while got := repo.claim(d, {"m1": 37}, now=T0):
+        while got := claim_by_model(repo, d, {"m1": 37}, now=T0):
             with lock:
                 seen.extend(c.id for c in got)
 
@@ -189,7 +191,7 @@ def test_threads_never_claim_a_row_twice(repo: MemoryRepository) -> None:
 def test_results_complete_batch_and_freeze(repo: MemoryRepository) -> None:
     b = make_batch(repo, 4)
     d = daemon(repo)
-    c = repo.claim(d, {"m1": 4}, now=T0)
+    c = claim_by_model(repo, d, {"m1": 4}, now=T0)
     t1 = T0 + timedelta(seconds=1)
     bad = Failure(FailureReason.HTTP_STATUS, "upstream answered 400", 400, '{"error":"bad"}')
     stats = repo.record_results(
@@ -211,9 +213,9 @@ def test_results_complete_batch_and_freeze(repo: MemoryRepository) -> None:
     view = repo.get_batch("alice", b, now=t1)
     assert view.status is BatchStatus.IN_PROGRESS
     assert (view.counts.completed, view.counts.failed, view.counts.pending) == (2, 1, 1)
-    assert repo.claim(d, {"m1": 5}, now=t1) == []  # not due yet
+    assert claim_by_model(repo, d, {"m1": 5}, now=t1) == []  # not due yet
     t3 = t1 + timedelta(seconds=2)
-    (again,) = repo.claim(d, {"m1": 5}, now=t3)
+    (again,) = claim_by_model(repo, d, {"m1": 5}, now=t3)
     assert again.attempt == 2
     assert again.budget_used == 2
     repo.record_results(d, [ok(again, t3)])
@@ -239,7 +241,7 @@ def test_results_complete_batch_and_freeze(repo: MemoryRepository) -> None:
 def test_a_result_breaking_a_constraint_writes_nothing(repo: MemoryRepository) -> None:
     make_batch(repo, 2)
     d = daemon(repo)
-    c = repo.claim(d, {"m1": 2}, now=T0)
+    c = claim_by_model(repo, d, {"m1": 2}, now=T0)
     no_body = c[1].result(ResultKind.SUCCEEDED, T0, status=200)
     with pytest.raises(StoreError):
         repo.record_results(d, [ok(c[0]), no_body])
@@ -249,13 +251,13 @@ def test_a_result_breaking_a_constraint_writes_nothing(repo: MemoryRepository) -
 def test_late_write_after_reclaim_is_refused(repo: MemoryRepository) -> None:
     b = make_batch(repo, 1)
     d1 = daemon(repo)
-    (c1,) = repo.claim(d1, {"m1": 1}, now=T0)
+    (c1,) = claim_by_model(repo, d1, {"m1": 1}, now=T0)
     later = T0 + timedelta(minutes=5)
     d2 = daemon(repo, later)
     stats = repo.reclaim_dead(now=later, stale_before=later - timedelta(seconds=30), max_attempts=5)
     assert stats.requeued == 1
     assert not repo.heartbeat(d1, now=later)
-    (c2,) = repo.claim(d2, {"m1": 1}, now=later)
+    (c2,) = claim_by_model(repo, d2, {"m1": 1}, now=later)
     assert c2.id == c1.id
     assert c2.attempt == 2
     repo.record_results(d2, [ok(c2, later)])
@@ -272,7 +274,7 @@ def test_reclaim_spends_the_budget_and_release_refunds_it(repo: MemoryRepository
     now = T0
     for attempt in range(1, 4):
         d = daemon(repo, now)
-        (c,) = repo.claim(d, {"m1": 1}, now=now)
+        (c,) = claim_by_model(repo, d, {"m1": 1}, now=now)
         assert c.attempt == attempt
         now += timedelta(minutes=5)
         stats = repo.reclaim_dead(now=now, stale_before=now - timedelta(minutes=1), max_attempts=3)
@@ -283,10 +285,10 @@ def test_reclaim_spends_the_budget_and_release_refunds_it(repo: MemoryRepository
 
     make_batch(repo, 3)
     d1, d2 = daemon(repo, now), daemon(repo, now)
-    claimed = repo.claim(d1, {"m1": 3}, now=now)
+    claimed = claim_by_model(repo, d1, {"m1": 3}, now=now)
     assert repo.release(d1, now=now, request_ids=[]) == 0
     assert repo.release(d1, now=now) == 3
-    again = repo.claim(d2, {"m1": 3}, now=now)
+    again = claim_by_model(repo, d2, {"m1": 3}, now=now)
     assert {c.id for c in again} == {c.id for c in claimed}
     assert all(c.attempt == 2 and c.budget_used == 1 for c in again)
 
@@ -294,9 +296,9 @@ def test_reclaim_spends_the_budget_and_release_refunds_it(repo: MemoryRepository
 def test_timed_out_rows_are_reclaimed(repo: MemoryRepository) -> None:
     make_batch(repo, 2)
     d = daemon(repo)
-    repo.claim(d, {"m1": 1}, now=T0)
+    claim_by_model(repo, d, {"m1": 1}, now=T0)
     later = T0 + timedelta(minutes=10)
-    repo.claim(d, {"m1": 1}, now=later)
+    claim_by_model(repo, d, {"m1": 1}, now=later)
     stats = repo.reclaim_timed_out(
         now=later, claimed_before=later - timedelta(minutes=5), max_attempts=5
     )
@@ -308,7 +310,7 @@ def test_cancelled_batch_rows_are_never_claimed(repo: MemoryRepository) -> None:
     live = make_batch(repo, 5)
     view = repo.cancel_batch("alice", cancelled, now=T0)
     assert view.status is BatchStatus.CANCELLED
-    claimed = repo.claim(daemon(repo), {"m1": 10}, now=T0)
+    claimed = claim_by_model(repo, daemon(repo), {"m1": 10}, now=T0)
     assert {c.batch_id for c in claimed} == {live}
     assert len(claimed) == 5
     errors = list(repo.iter_results("alice", cancelled, errors=True, page_size=7))
@@ -319,10 +321,10 @@ def test_cancelled_batch_rows_are_never_claimed(repo: MemoryRepository) -> None:
 def test_cancel_with_work_in_flight_and_late_success(repo: MemoryRepository) -> None:
     b = make_batch(repo, 3)
     d = daemon(repo)
-    c = repo.claim(d, {"m1": 2}, now=T0)
+    c = claim_by_model(repo, d, {"m1": 2}, now=T0)
     assert repo.cancel_batch("alice", b, now=T0).status is BatchStatus.CANCELLING
     assert repo.batches_to_abort([b, uuid4()], now=T0) == {b: "cancelled"}
-    assert repo.claim(d, {"m1": 5}, now=T0) == []
+    assert claim_by_model(repo, d, {"m1": 5}, now=T0) == []
     with pytest.raises(Conflict):
         repo.retry_batch("alice", b, now=T0)
     cancel = [x.result(ResultKind.CANCELLED, T0, failure=CANCEL) for x in c]
@@ -348,10 +350,10 @@ def test_cancel_with_work_in_flight_and_late_success(repo: MemoryRepository) -> 
 def test_expiry_and_retry(repo: MemoryRepository) -> None:
     b = make_batch(repo, 3)
     d = daemon(repo)
-    (c,) = repo.claim(d, {"m1": 1}, now=T0)
+    (c,) = claim_by_model(repo, d, {"m1": 1}, now=T0)
     repo.record_results(d, [ok(c)])
     late = T0 + timedelta(hours=25)
-    assert repo.claim(d, {"m1": 5}, now=late) == []
+    assert claim_by_model(repo, d, {"m1": 5}, now=late) == []
     assert repo.batches_to_abort([b], now=late) == {b: "expired"}
     assert repo.sweep(now=late) == 2
     view = repo.get_batch("alice", b, now=late)
@@ -365,13 +367,13 @@ def test_expiry_and_retry(repo: MemoryRepository) -> None:
     assert again.record.expires_at == late + timedelta(hours=24)
     assert again.counts.pending == 2
     assert again.counts.completed == 1
-    assert len(repo.claim(d, {"m1": 5}, now=late)) == 2
+    assert len(claim_by_model(repo, d, {"m1": 5}, now=late)) == 2
 
 
 def test_retry_failed_resets_counts_and_budget(repo: MemoryRepository) -> None:
     b = make_batch(repo, 2)
     d = daemon(repo)
-    c = repo.claim(d, {"m1": 2}, now=T0)
+    c = claim_by_model(repo, d, {"m1": 2}, now=T0)
     bad = Failure(FailureReason.HTTP_STATUS, "500", 500, "oops")
     repo.record_results(d, [ok(c[0]), c[1].result(ResultKind.FAILED, T0, 500, "oops", bad)])
     assert repo.get_batch("alice", b, now=T0).status is BatchStatus.COMPLETED
@@ -379,7 +381,7 @@ def test_retry_failed_resets_counts_and_budget(repo: MemoryRepository) -> None:
     assert view.status is BatchStatus.IN_PROGRESS
     assert view.record.frozen_counts is None
     assert view.counts.pending == 1
-    (again,) = repo.claim(d, {"m1": 2}, now=T0)
+    (again,) = claim_by_model(repo, d, {"m1": 2}, now=T0)
     assert again.id == c[1].id
     assert again.attempt == 2
     assert again.budget_used == 1
@@ -389,7 +391,7 @@ def test_retry_failed_resets_counts_and_budget(repo: MemoryRepository) -> None:
 
 def test_list_requests_and_detail(repo: MemoryRepository) -> None:
     b = make_batch(repo, 5)
-    (c,) = repo.claim(d := daemon(repo), {"m1": 1}, now=T0)
+    (c,) = claim_by_model(repo, d := daemon(repo), {"m1": 1}, now=T0)
     repo.record_results(d, [ok(c)])
     page = repo.list_requests("alice", b, limit=3)
     assert [r.line_number for r in page.items] == [1, 2, 3]
@@ -429,14 +431,14 @@ def test_record_results_writes_what_the_core_computed(repo: MemoryRepository) ->
     attempt of the same daemon is refused."""
     make_batch(repo, 2)
     d = daemon(repo)
-    c = repo.claim(d, {"m1": 2}, now=T0)
+    c = claim_by_model(repo, d, {"m1": 2}, now=T0)
     retry = c[0].result(ResultKind.RETRY, T0, failure=Failure(FailureReason.TIMEOUT, "t"))
     early = T0 - timedelta(hours=1)
     retry = attrs.evolve(retry, request=attrs.evolve(retry.request, not_before=early))
     assert repo.record_results(d, [retry]).written == 1
     assert repo._rows[c[0].id].req.not_before == early
     assert repo.release(d, now=T0) == 1
-    (again,) = (x for x in repo.claim(d, {"m1": 2}, now=T0) if x.id == c[1].id)
+    (again,) = (x for x in claim_by_model(repo, d, {"m1": 2}, now=T0) if x.id == c[1].id)
     stale = repo.record_results(d, [ok(c[1])])
     assert stale.written == 0 and stale.lost == (c[1].id,)
     assert repo.record_results(d, [ok(again)]).written == 1

@@ -64,7 +64,7 @@ _SCRIPT = textwrap.dedent(
     batch = repo.create_batch("alice", spec, now=t0).record.id
     daemon = uuid4()
     repo.register_daemon(DaemonInfo(daemon, "host", 1, "test"), now=t0)
-    claimed = repo.claim(daemon, {"m1": 10}, now=t0)
+    claimed = repo.claim(daemon, [(batch, "m1", 10)], now=t0)
     assert len(claimed) == 3, claimed
     stats = repo.record_results(
         daemon,

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from datetime import datetime
 from uuid import UUID
 
 import attrs
 
 from fusillade.core.attempts import RESULT_FIELDS, AbortReason, AttemptResult, ClaimedRequest
+from fusillade.core.batches import ClaimableBatch, window_of
 from fusillade.core.models import (
     BatchRecord,
     Failure,
@@ -17,7 +18,14 @@ from fusillade.core.models import (
 )
 from fusillade.core.transitions import Event, EventKind, step
 from fusillade.errors import StoreError
-from fusillade.store.interface import BudgetHolders, DaemonInfo, ReclaimStats, RecordStats
+from fusillade.store.interface import (
+    Allotment,
+    BudgetHolders,
+    DaemonInfo,
+    ReclaimStats,
+    RecordStats,
+    merge_allotments,
+)
 from fusillade.store.memory._base import MemoryBase
 from fusillade.store.memory._rows import (
     _LOST_DEAD,
@@ -38,84 +46,109 @@ class DaemonParts(MemoryBase):
     def _claimable(self, b: BatchRecord) -> bool:
         return b.cancelling_at is None and b.expired_at is None
 
-    def active_models(self, *, now: datetime) -> list[str]:
+    def _claim_open(self, b: BatchRecord | None, now: datetime) -> bool:
+        """Rows may be claimed from ``b``: the predicate of batches_claimable, and the
+        deadline not passed."""
+        return (
+            b is not None and b.frozen_counts is None and self._claimable(b) and b.expires_at > now
+        )
+
+    def claimable_batches(self, *, now: datetime) -> list[ClaimableBatch]:
         with self._lock:
-            return sorted(
-                {
-                    m
-                    for b in self._batches.values()
-                    if b.frozen_counts is None and self._claimable(b) and b.expires_at > now
-                    for m in b.models
-                }
-            )
+            out = []
+            for b in sorted(self._batches.values(), key=lambda b: (b.expires_at, b.id)):
+                if not self._claim_open(b, now):
+                    continue
+                c = self._counts(b)
+                if c.pending == 0:
+                    continue  # everything unsettled is in flight: nothing to claim
+                out.append(
+                    ClaimableBatch(
+                        id=b.id,
+                        owner=b.owner,
+                        models=b.models,
+                        expires_at=b.expires_at,
+                        window=window_of(b.completion_window, b.created_at, b.expires_at),
+                        escalated=b.escalated_at is not None,
+                        pending=c.pending,
+                        finished=c.completed + c.failed + c.canceled,
+                        total=b.total,
+                    )
+                )
+            return out
+
+    def set_escalation(
+        self, *, escalate: Sequence[UUID], clear: Sequence[UUID], now: datetime
+    ) -> None:
+        with self._lock:
+            up = set(escalate)
+            for batch_id in up | set(clear):
+                b = self._batches.get(batch_id)
+                if b is None:
+                    continue
+                if batch_id in up and b.escalated_at is None:
+                    self._batches[batch_id] = attrs.evolve(b, escalated_at=now)
+                elif batch_id not in up and b.escalated_at is not None:
+                    self._batches[batch_id] = attrs.evolve(b, escalated_at=None)
 
     def claim(
-        self, daemon_id: UUID, slots: Mapping[str, int], *, now: datetime
+        self, daemon_id: UUID, allotments: Sequence[Allotment], *, now: datetime
     ) -> list[ClaimedRequest]:
-        """Claim and start up to ``slots[model]`` due requests per model, in claim order:
-        earliest batch deadline, then batch id, then line, as claim.sql takes them (per
-        batch, at most ``n`` rows not yet attempted in their budget, by line, and at most
-        ``n`` due rows attempted before, earliest due first, merged by line)."""
-        wanted = {m: n for m, n in slots.items() if n > 0}
+        """Claim and start at most ``n`` due requests per ``(batch, model, n)``, as
+        claim.sql takes them: only from batches still claimable; per pair, at most ``n``
+        rows not yet attempted in their budget, by line, and at most ``n`` due rows
+        attempted before, earliest due first, merged by line."""
+        wanted = merge_allotments(allotments)
         if not wanted:
             return []
         with self._lock:
-            # per (batch, model): the due rows with no attempt of their budget yet, and
-            # the due rows pending again after an attempt
-            fresh: dict[tuple[UUID, str], list[_Row]] = {}
-            again: dict[tuple[UUID, str], list[_Row]] = {}
+            # the due pending rows of each pair, in one pass over the pending rows
+            due: dict[tuple[UUID, str], list[_Row]] = {}
             for rid in self._by_state[P]:
                 row = self._rows[rid]
-                if row.model in wanted and row.req.not_before <= now:
-                    side = fresh if row.req.attempts == row.req.budget_base else again
-                    side.setdefault((row.req.batch_id, row.model), []).append(row)
-            batches = sorted(
-                (
-                    b
-                    for b in self._batches.values()
-                    if b.frozen_counts is None and self._claimable(b) and b.expires_at > now
-                ),
-                key=lambda b: (b.expires_at, b.id),
-            )
-            picked: dict[str, list[_Row]] = {m: [] for m in wanted}
-            for model, n in wanted.items():
-                for b in batches:
-                    if len(picked[model]) >= n:
-                        break
-                    new = sorted(fresh.get((b.id, model), []), key=lambda r: r.line_number)[:n]
-                    due = sorted(
-                        again.get((b.id, model), []),
-                        key=lambda r: (r.req.not_before, r.line_number),
-                    )[:n]
-                    merged = sorted(new + due, key=lambda r: r.line_number)[:n]
-                    picked[model] += merged[: n - len(picked[model])]
+                pair = (row.req.batch_id, row.model)
+                if pair in wanted and row.req.not_before <= now:
+                    due.setdefault(pair, []).append(row)
+            picked: list[_Row] = []
+            for pair, n in wanted.items():
+                if not self._claim_open(self._batches.get(pair[0]), now):
+                    continue
+                rows = due.get(pair, [])
+                fresh = sorted(
+                    (r for r in rows if r.req.attempts == r.req.budget_base),
+                    key=lambda r: r.line_number,
+                )[:n]
+                again = sorted(
+                    (r for r in rows if r.req.attempts != r.req.budget_base),
+                    key=lambda r: (r.req.not_before, r.line_number),
+                )[:n]
+                picked += sorted(fresh + again, key=lambda r: r.line_number)[:n]
             out = []
-            for model in wanted:
-                for row in picked[model]:
-                    req = step(row.req, Event(EventKind.CLAIM, daemon_id=daemon_id), now).request
-                    req = step(req, Event(EventKind.START, attempt=req.attempts), now).request
-                    self._put(attrs.evolve(row, req=req))
-                    t = self._templates[row.file_id][row.line_number - 1]
-                    out.append(
-                        ClaimedRequest(
-                            id=req.id,
-                            batch_id=req.batch_id,
-                            attempt=req.attempts,
-                            budget_used=req.budget_used,
-                            model=row.model,
-                            batch_expires_at=row.batch_expires_at,
-                            custom_id=t.custom_id,
-                            endpoint=t.endpoint,
-                            method=t.method,
-                            path=t.path,
-                            body=t.body,
-                            daemon_id=daemon_id,
-                            claimed_at=now,
-                            started_at=now,
-                            not_before=req.not_before,
-                            api_key=t.api_key,
-                        )
+            for row in picked:
+                req = step(row.req, Event(EventKind.CLAIM, daemon_id=daemon_id), now).request
+                req = step(req, Event(EventKind.START, attempt=req.attempts), now).request
+                self._put(attrs.evolve(row, req=req))
+                t = self._templates[row.file_id][row.line_number - 1]
+                out.append(
+                    ClaimedRequest(
+                        id=req.id,
+                        batch_id=req.batch_id,
+                        attempt=req.attempts,
+                        budget_used=req.budget_used,
+                        model=row.model,
+                        batch_expires_at=row.batch_expires_at,
+                        custom_id=t.custom_id,
+                        endpoint=t.endpoint,
+                        method=t.method,
+                        path=t.path,
+                        body=t.body,
+                        daemon_id=daemon_id,
+                        claimed_at=now,
+                        started_at=now,
+                        not_before=req.not_before,
+                        api_key=t.api_key,
                     )
+                )
             return out
 
     def _apply_result(self, row: _Row, daemon_id: UUID, result: AttemptResult) -> _Row | None:

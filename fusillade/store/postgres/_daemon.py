@@ -11,21 +11,44 @@ from uuid import UUID
 from psycopg.types.json import Jsonb
 
 from fusillade.core.attempts import AbortReason, AttemptResult, ClaimedRequest
+from fusillade.core.batches import ClaimableBatch, window_of
 from fusillade.core.models import RequestState
-from fusillade.store.interface import BudgetHolders, DaemonInfo, ReclaimStats, RecordStats
+from fusillade.store.interface import (
+    Allotment,
+    BudgetHolders,
+    DaemonInfo,
+    ReclaimStats,
+    RecordStats,
+    merge_allotments,
+)
 from fusillade.store.postgres._base import WORK_CHANNEL, PostgresBase
 
 
 class DaemonQueries(PostgresBase):
-    def active_models(self, *, now: datetime) -> list[str]:
+    def claimable_batches(self, *, now: datetime) -> list[ClaimableBatch]:
         with self._tx() as cur:
-            return sorted(r["model"] for r in cur.execute(self.q.active_models, {"now": now}))
+            rows = cur.execute(self.q.claimable_batches, {"now": now}).fetchall()
+        return [
+            ClaimableBatch(
+                id=r["id"],
+                owner=r["owner"],
+                models=tuple(r["models"]),
+                expires_at=r["expires_at"],
+                window=window_of(r["completion_window"], r["created_at"], r["expires_at"]),
+                escalated=r["escalated"],
+                pending=r["pending"],
+                finished=r["finished"],
+                total=r["total"],
+            )
+            for r in rows
+        ]
 
     def claim(
-        self, daemon_id: UUID, slots: Mapping[str, int], *, now: datetime
+        self, daemon_id: UUID, allotments: Sequence[Allotment], *, now: datetime
     ) -> list[ClaimedRequest]:
-        """Claim and start up to ``slots[model]`` due requests per model, in one statement."""
-        wanted = {m: n for m, n in slots.items() if n > 0}
+        """Claim and start at most ``n`` due requests per ``(batch, model, n)``, in one
+        statement."""
+        wanted = merge_allotments(allotments)
         if not wanted:
             return []
         with self._tx() as cur:
@@ -34,8 +57,9 @@ class DaemonQueries(PostgresBase):
                 {
                     "daemon_id": daemon_id,
                     "now": now,
-                    "models": list(wanted),
-                    "slots": list(wanted.values()),
+                    "batch_ids": [b for b, _ in wanted],
+                    "models": [m for _, m in wanted],
+                    "counts": list(wanted.values()),
                 },
             ).fetchall()
         return [
@@ -60,6 +84,17 @@ class DaemonQueries(PostgresBase):
             )
             for r in rows
         ]
+
+    def set_escalation(
+        self, *, escalate: Sequence[UUID], clear: Sequence[UUID], now: datetime
+    ) -> None:
+        if not escalate and not clear:
+            return
+        with self._tx() as cur:
+            cur.execute(
+                self.q.set_escalation,
+                {"escalate": list(escalate), "clear": list(clear), "now": now},
+            )
 
     def record_results(self, daemon_id: UUID, results: Sequence[AttemptResult]) -> RecordStats:
         """Write many attempt results in one statement; fenced rows count as lost."""
