@@ -41,7 +41,8 @@ def chat_body(i: int = 0, model: str = "m") -> str:
 def daemon_config(server: MockUpstream, **overrides: Any) -> DaemonConfig:
     """Every model to ``server``, with intervals short enough for tests."""
     settings: dict[str, Any] = {
-        "upstreams": {"mock": Upstream(server.url, api_key_env="MOCK_KEY")},
+        # slow start off: these tests count requests in flight before any answer
+        "upstreams": {"mock": Upstream(server.url, api_key_env="MOCK_KEY", slow_start=False)},
         "default_upstream": "mock",
         "poll_interval": 0.2,
         "heartbeat_interval": 0.5,

@@ -85,6 +85,17 @@ def _positive_number(high: float) -> Rule:
     return Rule(check, from_text)
 
 
+def _boolean(value: object) -> bool:
+    if isinstance(value, bool):
+        return value
+    raise Invalid(f"must be true or false, got {_show(value)}")
+
+
+def _boolean_from_text(text: str) -> object:
+    lowered = text.strip().lower()
+    return {"true": True, "1": True, "false": False, "0": False}.get(lowered, text)
+
+
 def _text(value: object) -> str:
     if not isinstance(value, str) or not value:
         raise Invalid(f"must be a non-empty string, got {_show(value)}")
@@ -217,6 +228,7 @@ def _api_keys_from_text(text: str) -> list[dict[str, str]]:
 
 # The types of the keys. Each is its Python type to everything but the loader.
 Text = Annotated[str, Rule(_text)]
+Bool = Annotated[bool, Rule(_boolean, _boolean_from_text)]
 EnvName = Annotated[str, Rule(_env_name)]
 Url = Annotated[str, Rule(_url)]
 LocalPath = Annotated[Path, Rule(_path)]
@@ -282,6 +294,8 @@ class UpstreamSettings:
     tpm: Count | None = None
     # the part of limits learned from the provider's answers fusillade may use
     budget_share: Share = DEFAULT_BUDGET_SHARE
+    # at most 4 requests in flight until the first answer (its headers set the budget)
+    slow_start: Bool = True
 
 
 @attrs.frozen
@@ -331,7 +345,10 @@ class Settings:
             model_concurrency={
                 m: s.concurrency for m, s in self.models.items() if s.concurrency is not None
             },
-            upstreams={n: Upstream(u.base_url, u.api_key_env) for n, u in self.upstreams.items()},
+            upstreams={
+                n: Upstream(u.base_url, u.api_key_env, slow_start=u.slow_start)
+                for n, u in self.upstreams.items()
+            },
             model_upstreams={m: s.upstream for m, s in self.models.items() if s.upstream},
             metric_models=frozenset(self.models),
             default_upstream=self.default_upstream,

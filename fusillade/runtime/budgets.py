@@ -38,6 +38,8 @@ from fusillade.runtime.config import DaemonConfig
 # is not limiting
 _UNLIMITED = 1_000_000
 _MAX_MODEL_SCOPES = 1024
+# requests in flight to an upstream that has not answered yet (docs/scheduling.md)
+_SLOW_START = 4
 # weight of a new token estimate in a scope's running average (for admit's tpm guess)
 _AVERAGE_WEIGHT = 0.1
 
@@ -93,7 +95,11 @@ class Budgets:
         if budget is None:
             if len(self._budgets) >= _MAX_MODEL_SCOPES:
                 self._forget_idle(now)
-            budget = Budget(self._config.budget_limits(*scope), now=now)
+            # slow start is the upstream's: its first answer, whichever model, ends it
+            upstream = self._config.upstreams[scope[0]]
+            slow = scope[1] is None and upstream.slow_start
+            slow_start = _SLOW_START if slow else _UNLIMITED
+            budget = Budget(self._config.budget_limits(*scope), now=now, slow_start=slow_start)
             self._budgets[scope] = budget
             self._apply_fraction(scope, budget, now)
         return budget

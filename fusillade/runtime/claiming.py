@@ -21,6 +21,7 @@ import anyio
 import anyio.abc
 
 from fusillade import metrics
+from fusillade.core.scheduling.fair import Claimable, allocate
 from fusillade.errors import StoreError
 from fusillade.runtime._base import log
 from fusillade.runtime.requests import RequestTasks
@@ -80,30 +81,47 @@ class ClaimLoop(RequestTasks):
             await self._wait_for_work()
 
     def _allot(self, free: dict[str, int]) -> list[tuple[UUID, str, int]]:
-        """Share ``free`` slots per model between the claimable batches' (batch, model)
-        pairs: ``(batch_id, model, n)`` allotments for one claim.
+        """Share the free slots between the claimable (batch, model) pairs not starved:
+        ``(batch_id, model, n)`` allotments for one claim.
 
-        THE PLACE THE FAIR ALLOCATOR PLUGS IN (issue 13, item 4:
-        ``fusillade.core.scheduling.fair.allocate``), fed from ``self._claimable``, the
-        pairs not in ``self._starved`` and this daemon's ``self._pair_in_flight``.
-
-        For now, per model, earliest deadline first (escalated batches ahead, the order
-        of ``self._claimable``): each batch with the model and not starved there gets the
-        slots left, at most its pending count (an upper bound of what is due; stale only
-        upwards for this daemon's own claims, which then starve the pair), the next batch
-        the rest. What a pair does not give goes to the next batch on the next round.
-        Work-conserving: every free slot goes to some pair while any pair is not starved.
+        Per model, the slots are the fewest of its concurrency slots (``free``) and what
+        its budget admits; its upstream's budget caps its models together. The core's
+        fair-share allocator (``fusillade.core.scheduling.fair``) hands them out:
+        weighted between owners, escalated and shorter-window batches first within an
+        owner, work-conserving. A pair gets at most its pending count (what may be due).
         """
-        out: list[tuple[UUID, str, int]] = []
-        for model, n in free.items():
-            for b in self._claimable:
-                if n <= 0:
-                    break
-                if model in b.models and (b.id, model) not in self._starved:
-                    take = min(n, b.pending)
-                    out.append((b.id, model, take))
-                    n -= take
-        return out
+        now = anyio.current_time()
+        budget_free = self.budgets.free(free, now)
+        model_free = {m: min(n, budget_free[m]) for m, n in free.items()}
+        model_free = {m: n for m, n in model_free.items() if n > 0}
+        if self.budgets.lease_wanted:
+            self._lease_now.set()
+        if not model_free:
+            return []
+        group_of = {m: u for m in model_free if (u := self.budgets.upstream_of(m)) is not None}
+        claimables = [
+            Claimable(
+                batch_id=b.id,
+                model=m,
+                owner=b.owner,
+                expires_at=b.expires_at,
+                window=b.window,
+                escalated=b.escalated,
+                in_flight=self._pair_in_flight.get((b.id, m), 0),
+            )
+            for b in self._claimable
+            for m in b.models
+            if m in model_free and (b.id, m) not in self._starved
+        ]
+        pending = {b.id: b.pending for b in self._claimable}
+        allotted = allocate(
+            claimables,
+            model_free=model_free,
+            group_of=group_of,
+            group_free=self.budgets.group_free(model_free, now),
+            weights=self.config.owner_weights,
+        )
+        return [(a.batch_id, a.model, min(a.count, pending[a.batch_id])) for a in allotted]
 
     def _models_with_work(self) -> set[str]:
         """The models of the claimable batches with a pair not starved."""
@@ -120,7 +138,11 @@ class ClaimLoop(RequestTasks):
     async def _wait_for_work(self) -> None:
         now_loop = anyio.current_time()
         deadline = now_loop + self.config.poll_interval.total_seconds()
-        for t in (self._next_due, self.limits.next_unpause(now_loop)):
+        for t in (
+            self._next_due,
+            self.limits.next_unpause(now_loop),
+            self.budgets.next_change(now_loop),
+        ):
             if t is not None:
                 deadline = min(deadline, t)
         woke = False

@@ -20,6 +20,8 @@ class Upstream:
 
     base_url: str
     api_key_env: str | None = None
+    # at most a few requests in flight until the first answer (docs/scheduling.md)
+    slow_start: bool = True
 
     def api_key(self) -> str | None:
         return os.environ.get(self.api_key_env) if self.api_key_env else None
@@ -36,6 +38,11 @@ def _duration(value: timedelta | float) -> timedelta:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise TypeError(f"a duration must be a timedelta or seconds, got {value!r}")
     return timedelta(seconds=value)
+
+
+# Models not named in the configuration that an upstream serves at full concurrency at
+# once: a few is ordinary (clients choose the names), hundreds is a mistake or abuse.
+UNNAMED_MODELS_PER_UPSTREAM = 8
 
 
 @attrs.frozen
@@ -113,8 +120,8 @@ class DaemonConfig:
 
     def upstream_cap(self, upstream: str) -> int | None:
         """An upstream's in-flight cap per daemon when no ``max_in_flight`` is configured
-        (None: it is): one ``default_concurrency`` for all the models not configured,
-        plus each configured model's own limit."""
+        (None: it is): ``UNNAMED_MODELS_PER_UPSTREAM`` times ``default_concurrency`` for
+        the models not configured, plus each configured model's own limit."""
         if self.upstream_budgets.get(upstream, BudgetLimits()).max_in_flight is not None:
             return None
         routed = [
@@ -122,7 +129,7 @@ class DaemonConfig:
             for m in {*self.model_concurrency, *self.model_budgets}
             if self.upstream_name_for(m) == upstream and (limit := self._model_cap(m)) is not None
         ]
-        return self.default_concurrency + sum(routed)
+        return UNNAMED_MODELS_PER_UPSTREAM * self.default_concurrency + sum(routed)
 
     def _model_cap(self, model: str) -> int | None:
         budget = self.model_budgets.get(model)

@@ -126,7 +126,7 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> trio.testing.MockClock:
 
 def config(**overrides: Any) -> DaemonConfig:
     settings: dict[str, Any] = {
-        "upstreams": {"up": Upstream("http://upstream.invalid/v1")},
+        "upstreams": {"up": Upstream("http://upstream.invalid/v1", slow_start=False)},
         "default_upstream": "up",
         "poll_interval": 1.0,
         "heartbeat_interval": 5.0,
