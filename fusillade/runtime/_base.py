@@ -100,6 +100,7 @@ class DaemonBase:
         self._next_due: float | None = None
         self._check_cancels = anyio.Event()
         self._lease_now = anyio.Event()  # a budget in use has no lease yet
+        self._tokens_returned = anyio.Event()  # set (and replaced) when a request settles
         # maintenance's samples of each claimable batch's progress (core.deadlines)
         self._deadline_samples: dict[UUID, tuple[Sample, ...]] = {}
         # health and counters

@@ -284,17 +284,3 @@ def default_max_in_flight(default_concurrency: int, model_limits: Iterable[int])
     """An upstream's ``max_in_flight`` when unset: one ``default_concurrency`` for every
     model not configured, plus each configured model's own limit."""
     return default_concurrency + sum(model_limits)
-
-
-def fraction_of(holders: int, since: datetime, now: datetime, settle_seconds: float) -> float:
-    """This daemon's part of a budget that ``holders`` live daemons lease.
-
-    A lease younger than ``settle_seconds`` (one heartbeat) gets nothing while others hold
-    the scope: they have not yet seen it and shrunk their parts, and the parts must never
-    add up to more than the budget. Alone, a daemon has all of it at once.
-    """
-    if holders <= 1:
-        return 1.0
-    if (now - since).total_seconds() < settle_seconds:
-        return 0.0
-    return 1.0 / holders

@@ -93,8 +93,9 @@ class RequestTasks(DaemonBase):
             now = anyio.current_time()
             if self.budgets.reserve(reservation, now):
                 return True
-            # a bucket refills at a known rate: the wait is a time, not an event
-            await anyio.sleep(self.budgets.reserve_wait(reservation, now))
+            # until the bucket has refilled enough, or a settled request gave tokens back
+            with anyio.move_on_after(self.budgets.reserve_wait(reservation, now)):
+                await self._tokens_returned.wait()
 
     def _settle(self, reservation: Reservation, reserved: bool, sent: Sent | None) -> None:
         """Give the budgets the answer: tokens actually used, rate-limit headers, a 429."""
@@ -102,6 +103,8 @@ class RequestTasks(DaemonBase):
             sent.outcome if sent is not None and isinstance(sent.outcome, HttpResponse) else None
         )
         used = used_tokens(sent.input_tokens, sent.output_tokens) if sent is not None else None
+        self._tokens_returned.set()
+        self._tokens_returned = anyio.Event()
         self.budgets.finish(
             reservation,
             anyio.current_time(),

@@ -22,9 +22,10 @@ import anyio
 
 from fusillade import metrics
 from fusillade.core.deadlines import review
+from fusillade.core.scheduling.shares import fraction_of
 from fusillade.errors import StoreError
 from fusillade.runtime._base import DaemonBase, log
-from fusillade.runtime.budgets import fraction_of, scope_name
+from fusillade.runtime.budgets import scope_name
 from fusillade.store.interface import DaemonInfo, ReclaimStats
 
 

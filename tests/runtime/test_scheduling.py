@@ -1,0 +1,268 @@
+"""Scheduling in virtual time: rate budgets, the upstream cap, fair shares, deadlines.
+
+The real ``Daemon`` on the in-memory repository under ``MockClock(autojump_threshold=0)``
+(see test_virtual_time.py for why no sockets). Every expectation is worked out from the
+documented rules (docs/scheduling.md) and the configuration in the test, not read back
+from the code: a budget of ``B`` per minute paces its starts at ``B / 60`` per second; a
+learned limit ``L`` gives ``0.9 L``; an upstream without ``max_in_flight`` takes ``8 x
+default_concurrency`` at once for models not configured; owners share slots by weight;
+a shorter completion window goes first within an owner.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections.abc import Iterable
+from datetime import timedelta
+from typing import Any
+from uuid import UUID
+
+import attrs
+import httpx
+import trio
+import trio.testing
+from test_virtual_time import T0, clock, config
+
+from fusillade.core.models import RequestTemplate
+from fusillade.core.scheduling.budget import BudgetLimits
+from fusillade.runtime.config import Upstream
+from fusillade.runtime.daemon import Daemon
+from fusillade.store.interface import BatchSpec
+from fusillade.store.memory import MemoryRepository
+
+__all__ = ["clock"]  # the fixture, used by name
+
+
+@attrs.define
+class Upstream_:
+    """Answers every request after ``latency`` seconds with ``headers`` (and a usage of
+    ``usage`` tokens when set), noting each arrival's virtual time by custom id."""
+
+    latency: float = 0.0
+    headers: dict[str, str] = attrs.Factory(dict)
+    usage: int | None = None
+    hold: bool = False
+    arrivals: dict[str, float] = attrs.Factory(dict)
+    in_flight: int = 0
+    peak: int = 0
+
+    async def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.arrivals[request.headers["x-fusillade-custom-id"]] = trio.current_time()
+        self.in_flight += 1
+        self.peak = max(self.peak, self.in_flight)
+        try:
+            if self.hold:
+                await trio.sleep_forever()
+            await trio.sleep(self.latency)
+        finally:
+            self.in_flight -= 1
+        body: dict[str, Any] = {"ok": True}
+        if self.usage is not None:
+            body["usage"] = {"prompt_tokens": self.usage - 1, "completion_tokens": 1}
+        return httpx.Response(200, headers=self.headers, content=json.dumps(body).encode())
+
+    def times(self, prefix: str = "") -> list[float]:
+        return sorted(t for cid, t in self.arrivals.items() if cid.startswith(prefix))
+
+
+def add_batch(
+    repo: MemoryRepository,
+    owner: str,
+    prefix: str,
+    models: Iterable[str],
+    *,
+    window: timedelta = timedelta(hours=24),
+    body: dict[str, Any] | None = None,
+) -> UUID:
+    templates = [
+        RequestTemplate(f"{prefix}{i}", m, json.dumps({"model": m, **(body or {})}))
+        for i, m in enumerate(models)
+    ]
+    stored = repo.create_file(owner, f"{prefix}.jsonl", templates, now=T0)
+    spec = BatchSpec(stored.id, "/v1/chat/completions", f"{window.total_seconds():g}s", window)
+    return repo.create_batch(owner, spec, now=T0).record.id
+
+
+def start(repo: Any, upstream: Upstream_, **overrides: Any) -> Daemon:
+    return Daemon(repo, config(**overrides), transport=httpx.MockTransport(upstream))
+
+
+def budget(**limits: Any) -> dict[str, BudgetLimits]:
+    return {"up": BudgetLimits(**limits)}
+
+
+def in_window(times: list[float], lo: float, hi: float) -> int:
+    return sum(1 for t in times if lo <= t < hi)
+
+
+def most_in_any_window(times: list[float], width: float) -> int:
+    return max((in_window(times, t, t + width) for t in times), default=0)
+
+
+# --------------------------------------------------------------------------- budgets
+
+
+async def test_a_configured_rpm_paces_the_starts(
+    nursery: trio.Nursery, clock: trio.testing.MockClock
+) -> None:
+    # 60 rpm is one request a second, paced: never two within a second, none held back
+    repo = MemoryRepository()
+    add_batch(repo, "alice", "c", ["m"] * 10)
+    upstream = Upstream_()
+    d = start(repo, upstream, default_concurrency=16, upstream_budgets=budget(rpm=60))
+    await nursery.start(d.run)
+    await trio.sleep_until(30)
+    times = upstream.times()
+    assert len(times) == 10
+    assert min(b - a for a, b in itertools.pairwise(times)) >= 0.99
+    assert times[-1] <= 10.5
+
+
+async def test_limits_learned_from_headers_after_a_slow_start(
+    nursery: trio.Nursery, clock: trio.testing.MockClock
+) -> None:
+    # Nothing configured. Until the first answer, 4 requests (slow start); the answers
+    # say 120 rpm, so the budget is 0.9 * 120 = 108 rpm: 1.8 a second, about 36 in 20 s.
+    repo = MemoryRepository()
+    add_batch(repo, "alice", "c", ["m"] * 80)
+    headers = {"x-ratelimit-limit-requests": "120", "x-ratelimit-remaining-requests": "119"}
+    upstream = Upstream_(latency=0.5, headers=headers)
+    cfg: dict[str, Any] = {"default_concurrency": 64}
+    cfg["upstreams"] = {"up": Upstream("http://upstream.invalid/v1", slow_start=True)}
+    d = start(repo, upstream, **cfg)
+    await nursery.start(d.run)
+    await trio.sleep_until(0.4)
+    assert len(upstream.times()) == 4
+    await trio.sleep_until(22)
+    steady = in_window(upstream.times(), 1.0, 21.0)
+    assert 33 <= steady <= 38
+    assert most_in_any_window(upstream.times(), 1.0) <= 4  # paced, never a burst
+
+
+async def test_an_upstream_caps_many_model_names(
+    nursery: trio.Nursery, clock: trio.testing.MockClock
+) -> None:
+    # 40 invented model names, default_concurrency 2, no max_in_flight: the upstream takes
+    # 8 x 2 = 16 at once, not 40 x 2 = 80
+    repo = MemoryRepository()
+    add_batch(repo, "alice", "c", [f"invented-{i}" for i in range(40)] * 2)
+    upstream = Upstream_(hold=True)
+    d = start(repo, upstream, default_concurrency=2)
+    await nursery.start(d.run)
+    await trio.sleep_until(10)
+    assert upstream.peak == 16
+
+
+async def test_a_configured_max_in_flight_caps_the_upstream(
+    nursery: trio.Nursery, clock: trio.testing.MockClock
+) -> None:
+    repo = MemoryRepository()
+    add_batch(repo, "alice", "c", ["a", "b", "c"] * 10)
+    upstream = Upstream_(hold=True)
+    d = start(repo, upstream, default_concurrency=8, upstream_budgets=budget(max_in_flight=5))
+    await nursery.start(d.run)
+    await trio.sleep_until(10)
+    assert upstream.peak == 5
+
+
+async def test_token_reservations_settle_with_the_reported_usage(
+    nursery: trio.Nursery, clock: trio.testing.MockClock
+) -> None:
+    # 6,000 tpm refills 100 tokens a second. Each request reserves about 1,000 tokens
+    # (max_tokens 1000 plus its body's quarter), more than the bucket holds, so it goes
+    # when the bucket is full and leaves a debt of about 1,000. Settled with a usage of
+    # 20 tokens, the debt is given back: the next goes within a fraction of a second.
+    # Without a usage the reservation stands: about 10 s between requests.
+    body = {"max_tokens": 1000}
+    fast_repo, slow_repo = MemoryRepository(), MemoryRepository()
+    add_batch(fast_repo, "alice", "c", ["m"] * 5, body=body)
+    add_batch(slow_repo, "alice", "c", ["m"] * 5, body=body)
+    reported, silent = Upstream_(usage=20), Upstream_()
+    for repo, upstream in ((fast_repo, reported), (slow_repo, silent)):
+        d = start(repo, upstream, default_concurrency=8, upstream_budgets=budget(tpm=6000))
+        await nursery.start(d.run)
+    await trio.sleep_until(60)
+    assert reported.times()[-1] < 3
+    gaps = [b - a for a, b in itertools.pairwise(silent.times())]
+    assert len(gaps) == 4
+    assert all(9.5 <= g <= 11 for g in gaps)
+
+
+async def test_three_daemons_share_one_budget(
+    nursery: trio.Nursery, clock: trio.testing.MockClock
+) -> None:
+    # 180 rpm for the deployment: three daemons on one database together never start
+    # more than 180 in a minute (plus the one-second burst of each), and use most of it
+    repo = MemoryRepository()
+    add_batch(repo, "alice", "c", ["m"] * 400)
+    upstream = Upstream_(latency=0.2)
+    for _ in range(3):
+        d = start(repo, upstream, default_concurrency=16, upstream_budgets=budget(rpm=180))
+        await nursery.start(d.run)
+    await trio.sleep_until(125)
+    times = upstream.times()
+    assert most_in_any_window(times, 60.0) <= 180 + 3
+    assert in_window(times, 10.0, 70.0) >= 150
+
+
+# ----------------------------------------------------------------------- fair shares
+
+
+async def test_owners_share_a_models_slots(
+    nursery: trio.Nursery, clock: trio.testing.MockClock
+) -> None:
+    # alice's 200 requests come first (earlier deadline), bob's 10 after; 4 slots, 1 s
+    # each. Fair: bob gets 2 slots while both have work, so his 10 are sent within 5 s
+    # (first-come would leave him 50 s behind alice), and alice keeps the other 2.
+    repo = MemoryRepository()
+    add_batch(repo, "alice", "a", ["m"] * 200)
+    add_batch(repo, "bob", "b", ["m"] * 10)
+    upstream = Upstream_(latency=1.0)
+    d = start(repo, upstream, default_concurrency=4)
+    await nursery.start(d.run)
+    await trio.sleep_until(6)
+    assert len(upstream.times("b")) == 10
+    assert max(upstream.times("b")) < 5
+    assert in_window(upstream.times("a"), 0, 5) >= 10
+
+
+async def test_owner_weights(nursery: trio.Nursery, clock: trio.testing.MockClock) -> None:
+    # bob weighs 3, alice 1: of 4 slots bob holds 3 while both have work
+    repo = MemoryRepository()
+    add_batch(repo, "alice", "a", ["m"] * 100)
+    add_batch(repo, "bob", "b", ["m"] * 100)
+    upstream = Upstream_(latency=1.0)
+    d = start(repo, upstream, default_concurrency=4, owner_weights={"bob": 3.0})
+    await nursery.start(d.run)
+    await trio.sleep_until(10.5)
+    assert in_window(upstream.times("b"), 0, 10) == 30
+    assert in_window(upstream.times("a"), 0, 10) == 10
+
+
+async def test_an_owner_alone_gets_every_slot(
+    nursery: trio.Nursery, clock: trio.testing.MockClock
+) -> None:
+    repo = MemoryRepository()
+    add_batch(repo, "alice", "a", ["m"] * 40)
+    upstream = Upstream_(latency=1.0)
+    d = start(repo, upstream, default_concurrency=4)
+    await nursery.start(d.run)
+    await trio.sleep_until(10.5)
+    assert len(upstream.times("a")) == 40
+
+
+async def test_a_shorter_window_goes_first_within_an_owner(
+    nursery: trio.Nursery, clock: trio.testing.MockClock
+) -> None:
+    # the same owner's 24h batch was created first, its 1h batch after: the 1h batch has
+    # every slot until it is done (P11)
+    repo = MemoryRepository()
+    add_batch(repo, "alice", "day", ["m"] * 40, window=timedelta(hours=24))
+    add_batch(repo, "alice", "hour", ["m"] * 10, window=timedelta(hours=1))
+    upstream = Upstream_(latency=1.0)
+    d = start(repo, upstream, default_concurrency=2)
+    await nursery.start(d.run)
+    await trio.sleep_until(30)
+    assert max(upstream.times("hour")) < 5
+    assert min(upstream.times("day")) >= 5
