@@ -362,7 +362,9 @@ class Budget:
         """The earliest time ``admit`` may grow without a ``finish``; None: only a finish can.
 
         Considers the limits that bind now (the smallest terms of ``admit``): a bucket
-        refilling by one more request, the end of a pause, the end of an AIMD limit.
+        refilling by one more request, the end of a pause, the end of an AIMD limit. The
+        tpm term uses the size of the request the latest ``admit`` asked about. The time
+        may be late by the AIMD estimate's growth in between (asking again is cheap).
         """
         self._update(now)
         terms = (self._slots(), self._rpm_room(now), self._tpm_room(now))
