@@ -93,6 +93,7 @@ class DaemonBase:
         # order its allocator walks them, refreshed when stale (NOTIFY, poll, due time)
         self._claimable: list[ClaimableBatch] = []
         self._claimable_stale = True
+        self._claimable_at = 0.0  # loop time of the last refresh
         # (batch, model) pairs that gave fewer rows than allotted: nothing more is due
         # there until the next refresh; and the models with a pair not starved
         self._starved: set[tuple[UUID, str]] = set()

@@ -50,6 +50,7 @@ class ClaimLoop(RequestTasks):
                 # order: earliest deadline, then oldest
                 self._claimable = sorted(batches, key=lambda b: not b.escalated)
                 self._claimable_stale = False
+                self._claimable_at = now_loop
                 self._hungry = self._models_with_work()
             allotments = self._allot(self.limits.free_slots(sorted(self._hungry), now_loop))
             if allotments:
@@ -151,11 +152,19 @@ class ClaimLoop(RequestTasks):
             woke = True
         self._wake = anyio.Event()
         new_work, self._new_work = self._new_work, False
-        if not woke:
-            # Poll interval or a known due time: look at every batch again.
+        now_loop = anyio.current_time()
+        due = self._next_due is not None and self._next_due <= now_loop
+        if (
+            not woke
+            or due
+            or now_loop - self._claimable_at >= self.config.poll_interval.total_seconds()
+        ):
+            # Poll interval or a known due time: look at every batch again. Checked on
+            # wake-ups too: a daemon busy with one batch is woken by every answer, and a
+            # starved pair (its retries now due, say) must not wait for it to go idle.
             self._starved.clear()
             self._claimable_stale = True
-            if self._next_due is not None and self._next_due <= anyio.current_time():
+            if due:
                 self._next_due = None
-        elif not self._stopping and not new_work:
+        if woke and not self._stopping and not new_work:
             await anyio.sleep(_CLAIM_COALESCE)

@@ -357,3 +357,40 @@ async def test_a_batch_that_will_miss_its_deadline_is_escalated_and_claimed_ahea
         assert view.counts.completed == view.counts.total
         assert view.record.expires_at > at(5300)
     assert repo.get_batch(OWNER, a, now=at(5300)).escalated_at is None
+
+
+async def test_a_busy_daemon_still_looks_at_other_batches_every_poll_interval(
+    nursery: trio.Nursery, clock: trio.testing.MockClock
+) -> None:
+    # A's one request is held by another daemon (claimed before this one starts), so A
+    # has nothing pending and this daemon works on B: 100 requests answered in 0.3 s
+    # each, one slot, so its wait is cut short by an answer every 0.3 s, never by the
+    # poll interval (1 s). At 5 s the other daemon releases A's row, without a NOTIFY
+    # (the in-memory store has none). Within a poll interval the daemon looks at the
+    # batches again, and A (earliest deadline) gets the next free slot: before 5 + 1 +
+    # 0.3 s and a little claim coalescing, not after B's 30 s.
+    repo = MemoryRepository()
+
+    def batch(prefix: str, n: int, window: timedelta) -> UUID:
+        templates = [RequestTemplate(f"{prefix}{i}", "m", "{}") for i in range(n)]
+        stored = repo.create_file(OWNER, f"{prefix}.jsonl", templates, now=T0)
+        spec = BatchSpec(stored.id, "/v1/chat/completions", f"{window.total_seconds():g}s", window)
+        return repo.create_batch(OWNER, spec, now=T0).record.id
+
+    a = batch("a", 1, timedelta(hours=1))
+    batch("b", 100, timedelta(hours=2))
+    other = UUID(int=7)
+    assert [c.custom_id for c in repo.claim(other, [(a, "m", 1)], now=T0)] == ["a0"]
+    sent: dict[str, float] = {}
+
+    async def answer(request: httpx.Request) -> httpx.Response:
+        sent[request.headers["x-fusillade-custom-id"]] = trio.current_time()
+        await trio.sleep(0.3)
+        return httpx.Response(200, content=b'{"ok": true}')
+
+    d = Daemon(repo, config(), transport=httpx.MockTransport(answer), jitter=lambda: 0.5)
+    await nursery.start(d.run)
+    await trio.sleep_until(5.0)
+    assert repo.release(other, now=at(5)) == 1
+    await trio.sleep_until(8.0)
+    assert 5.0 < sent["a0"] < 5.0 + 1.0 + 0.3 + 0.1
