@@ -22,7 +22,8 @@ async def main(database_url: str, upstream: str, concurrency: int, stale_after: 
     repo = PostgresRepository(database_url)
     repo.open()
     config = DaemonConfig(
-        upstreams={"mock": Upstream(upstream)},
+        # slow start off: the tests hold requests and count them in flight before any answer
+        upstreams={"mock": Upstream(upstream, slow_start=False)},
         default_upstream="mock",
         default_concurrency=concurrency,
         stale_after=stale_after,
