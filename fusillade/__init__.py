@@ -37,6 +37,7 @@ from fusillade.core.models import (
 )
 from fusillade.core.results import ResultLine
 from fusillade.core.retry import RetryPolicy
+from fusillade.core.scheduling.budget import BudgetLimits, BudgetState
 from fusillade.engine import Content, Engine, Rules, open
 from fusillade.errors import (
     ConfigError,
@@ -50,6 +51,7 @@ from fusillade.errors import (
     StoreUnavailable,
     ValidationError,
 )
+from fusillade.runtime.budgets import ScopeState
 from fusillade.runtime.config import DaemonConfig, Upstream
 from fusillade.runtime.daemon import Daemon, DaemonStats
 from fusillade.runtime.limits import ModelStats
@@ -59,6 +61,8 @@ __all__ = [
     "BatchRecord",
     "BatchStatus",
     "BatchView",
+    "BudgetLimits",
+    "BudgetState",
     "ConfigError",
     "Conflict",
     "Content",
@@ -87,6 +91,7 @@ __all__ = [
     "ResultLine",
     "RetryPolicy",
     "Rules",
+    "ScopeState",
     "StoreError",
     "StoreUnavailable",
     "Upstream",

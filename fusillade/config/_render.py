@@ -65,6 +65,8 @@ def render(settings: Settings, *, env: Mapping[str, str] = os.environ) -> str:
 
 
 def _value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
     if isinstance(value, int | float):
         return repr(value)
     if isinstance(value, timedelta):

@@ -22,6 +22,7 @@ import attrs
 import httpx
 import trio
 import trio.testing
+from prometheus_client import REGISTRY
 from test_virtual_time import T0, clock, config
 
 from fusillade.core.models import RequestTemplate
@@ -112,6 +113,12 @@ async def test_a_configured_rpm_paces_the_starts(
     upstream = Upstream_()
     d = start(repo, upstream, default_concurrency=16, upstream_budgets=budget(rpm=60))
     await nursery.start(d.run)
+    await trio.sleep_until(5.5)
+    # visible: why requests wait (the progress line), and the budget in /metrics
+    assert d.statistics().throttled == ("rpm",)
+    labels = {"upstream": "up", "model": ""}
+    assert REGISTRY.get_sample_value("fusillade_budget_limit", {**labels, "kind": "rpm"}) == 60
+    assert REGISTRY.get_sample_value("fusillade_budget_throttled", {**labels, "reason": "rpm"}) == 1
     await trio.sleep_until(30)
     times = upstream.times()
     assert len(times) == 10
