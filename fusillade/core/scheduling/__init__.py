@@ -8,7 +8,8 @@ answers (how many may start now, when to look again, who gets which slot).
 - ``headers``: the rate limits an answer reports (OpenAI, Anthropic, IETF RateLimit).
 - ``bucket``: a continuous-refill token bucket with explicit time.
 - ``budget``: one scope's budget (in flight, requests and tokens per minute), learned
-  from headers and 429s.
+  from headers and 429s (``aimd``: the estimate 429s alone drive).
 - ``tokens``: a request's token estimate, and the usage an answer reports.
 - ``fair``: free slots shared between owners and their batches.
+- ``shares``: a daemon's part of a budget that several daemons lease.
 """

@@ -23,7 +23,7 @@ rpm (tpm). ``remaining`` caps the bucket at ``(remaining - (1 - share) * limit) 
 fraction``: never more than the provider says is left (a low remaining means other
 traffic on the account). ``remaining == 0`` with a reset: nothing starts until then.
 
-No headers: 429s drive AIMD on the request rate (``AIMD_*`` constants below). On a 429
+No headers: 429s drive AIMD on the request rate (``aimd.py``). On a 429
 the estimate becomes ``max(1 rpm, min(estimate, half the rate this budget started over
 the last AIMD_WINDOW seconds))``. Without a 429 it grows by
 ``max(1 rpm, AIMD_STEP * base)`` per second (``base``: the estimate at the last
@@ -49,21 +49,12 @@ from typing import Literal
 
 import attrs
 
+from fusillade.core.scheduling.aimd import AIMD_MIN_RPM, AIMD_WINDOW, Aimd
 from fusillade.core.scheduling.bucket import EPSILON, TokenBucket
 from fusillade.core.scheduling.headers import ProviderLimits, Window
 
 UNLIMITED = 1_000_000
 """What ``admit`` answers when nothing limits."""
-
-AIMD_WINDOW = 10.0
-"""Seconds of start history behind the rate a 429 halves."""
-AIMD_MIN_RPM = 1.0
-"""The estimate never goes below this."""
-AIMD_STEP = 0.05
-"""Additive increase per second without a 429, as a part of the estimate at the last
-decrease (at least ``AIMD_MIN_RPM``)."""
-AIMD_DROP = 2.0
-"""The AIMD limit is dropped once the estimate reaches this multiple of its base."""
 
 Throttle = Literal["max_in_flight", "rpm", "tpm", "slow_start"]
 
@@ -100,21 +91,6 @@ def bucket_shape(budget: float, burst: float) -> tuple[float, float]:
     return capacity, max(0.0, refill) / 60.0
 
 
-@attrs.define
-class _Aimd:
-    base: float  # rpm at the last decrease
-    since: float  # time of the last decrease
-
-    def step(self) -> float:
-        return max(AIMD_MIN_RPM, AIMD_STEP * self.base)
-
-    def estimate(self, now: float) -> float:
-        return self.base + self.step() * max(0.0, now - self.since)
-
-    def drops_at(self) -> float:
-        return self.since + (AIMD_DROP - 1.0) * self.base / self.step()
-
-
 class Budget:
     """One scope's budget; every method takes ``now`` (seconds, monotonic)."""
 
@@ -130,7 +106,7 @@ class Budget:
         self._answered = False
         self._learned_rpm: int | None = None
         self._learned_tpm: int | None = None
-        self._aimd: _Aimd | None = None
+        self._aimd: Aimd | None = None
         self._starts: deque[float] = deque()
         self._requests_paused_until = -math.inf
         self._tokens_paused_until = -math.inf
@@ -306,7 +282,7 @@ class Budget:
         halved = recent * (60.0 / AIMD_WINDOW) / 2.0
         if self._aimd is not None:
             halved = min(halved, self._aimd.estimate(now))
-        self._aimd = _Aimd(base=max(AIMD_MIN_RPM, halved), since=now)
+        self._aimd = Aimd(base=max(AIMD_MIN_RPM, halved), since=now)
 
     # --- the answers ------------------------------------------------------------------
 
