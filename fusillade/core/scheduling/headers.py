@@ -151,6 +151,10 @@ def _ietf(h: Mapping[str, str]) -> Window | None:
     return _window(limit, params.get("r"), _seconds(float(reset)) if reset is not None else None)
 
 
+# every header name read below starts with one of these
+_PREFIXES = ("x-ratelimit-", "anthropic-ratelimit-", "ratelimit")
+
+
 def parse_limits(headers: Mapping[str, str], *, now: datetime) -> ProviderLimits | None:
     """The request and token limits an answer's headers report; None if none is readable.
 
@@ -160,6 +164,9 @@ def parse_limits(headers: Mapping[str, str], *, now: datetime) -> ProviderLimits
     try:
         h = {str(k).lower(): str(v) for k, v in headers.items()}
     except Exception:  # an exotic mapping; the contract is to never raise
+        return None
+    # most answers carry none of these: one pass over the names, then nothing else
+    if not any(k.startswith(_PREFIXES) for k in h):
         return None
     requests = _openai(h, "requests") or _anthropic(h, "requests", now) or _ietf(h)
     tokens = (
