@@ -226,8 +226,15 @@ class Budgets:
             # what an answer says about rate limits is about its model: the model scope
             learned = limits if i == len(reservation.scopes) - 1 else None
             budget = self._budget(scope, now)
+            # a 429 whose headers state the limit is the model scope's to learn from; the
+            # upstream's scope halves its rate only on 429s that say nothing (AIMD)
             budget.finish(
-                now, reserved=tokens, used=used if reserved else 0, status=status, limits=learned
+                now,
+                reserved=tokens,
+                used=used if reserved else 0,
+                status=status,
+                limits=learned,
+                aimd=learned is not None or limits is None,
             )
             if learned is not None and scope not in self._fractions:
                 self._apply_fraction(scope, budget, now)  # it may have become limited

@@ -147,6 +147,37 @@ async def test_limits_learned_from_headers_after_a_slow_start(
     assert most_in_any_window(upstream.times(), 1.0) <= 4  # paced, never a burst
 
 
+@attrs.define
+class RefusesOnce(Upstream_):
+    """As ``Upstream_``, but answers its ``refuse_at``-th request 429 (same headers)."""
+
+    refuse_at: int = 0
+
+    async def __call__(self, request: httpx.Request) -> httpx.Response:
+        refuse = len(self.arrivals) + 1 == self.refuse_at  # before this one arrives
+        answer = await super().__call__(request)
+        if refuse:
+            return httpx.Response(429, headers=self.headers, content=b'{"error": {}}')
+        return answer
+
+
+async def test_a_429_that_states_its_limit_keeps_the_learned_pace(
+    nursery: trio.Nursery, clock: trio.testing.MockClock
+) -> None:
+    # The headers say 1,200 rpm: the budget is 0.9 * 1200 = 1,080 rpm, 18 a second. One
+    # 429 carrying the same headers (the provider's short window) says the limit is that
+    # one, already known: the pace stays 18 a second (about 180 in 10 s), not an AIMD
+    # estimate halved from the recent rate.
+    repo = MemoryRepository()
+    add_batch(repo, "alice", "c", ["m"] * 400)
+    headers = {"x-ratelimit-limit-requests": "1200", "x-ratelimit-remaining-requests": "1100"}
+    upstream = RefusesOnce(latency=0.05, headers=headers, refuse_at=40)
+    d = start(repo, upstream, default_concurrency=64)
+    await nursery.start(d.run)
+    await trio.sleep_until(16)
+    assert 165 <= in_window(upstream.times(), 5.0, 15.0) <= 185
+
+
 async def test_an_upstream_caps_many_model_names(
     nursery: trio.Nursery, clock: trio.testing.MockClock
 ) -> None:

@@ -220,6 +220,7 @@ class Budget:
         used: int | None,
         status: int | None,
         limits: ProviderLimits | None,
+        aimd: bool = True,
     ) -> None:
         """Settle a request: in flight - 1, its tokens settled, and what its answer taught.
 
@@ -228,6 +229,9 @@ class Budget:
             used: the tokens the answer reports, if it does.
             status: the HTTP status; None when no answer came (a transport error).
             limits: the answer's rate-limit headers (``parse_limits``).
+            aimd: whether a 429 may move the AIMD estimate of a budget that learned no
+                limit; False when the answer's headers state the limit it hit, which
+                another scope learns (the upstream's scope beside its model's).
         """
         self._update(now)
         self._in_flight = max(0, self._in_flight - 1)
@@ -244,7 +248,7 @@ class Budget:
             self._answered = True
         if limits is not None:
             self._learn(limits, now)
-        if status == 429 and self._learned_rpm is None:
+        if status == 429 and aimd and self._learned_rpm is None:
             self._decrease(now)
         self._update(now)
 
