@@ -19,15 +19,22 @@ from benchmarks.common import MODEL, READY_LINE, RESULT_PREFIX, request_body
 
 
 def daemon_config(params: dict[str, Any]) -> Any:
+    """The daemon of a child: one upstream ``bench``; with ``budget_share``, that upstream's
+    budget keys (P9: nothing configured but the share of the limits learned from headers)."""
     import fusillade
 
+    extra: dict[str, Any] = {k: params[k] for k in ("flush_interval",) if k in params}
+    if "budget_share" in params:
+        from fusillade.core.scheduling.budget import BudgetLimits
+
+        extra["upstream_budgets"] = {"bench": BudgetLimits(share=params["budget_share"])}
     return fusillade.DaemonConfig(
         default_concurrency=params.get("concurrency", 256),
         upstreams={"bench": fusillade.Upstream(params["upstream"])},
         default_upstream="bench",
         connections_per_client=params.get("per_client", 16),
         shutdown_grace=params.get("shutdown_grace", 10.0),
-        **{k: params[k] for k in ("flush_interval",) if k in params},
+        **extra,
     )
 
 
@@ -133,6 +140,90 @@ def daemon(params: dict[str, Any]) -> dict[str, Any]:
     return trio.run(main)
 
 
+def idle_daemon(params: dict[str, Any]) -> dict[str, Any]:
+    """P9: one more daemon on the database, until the parent stops it (READY once it runs)."""
+    import trio
+
+    import fusillade
+
+    async def main() -> dict[str, Any]:
+        config = daemon_config(params)
+        async with fusillade.open(params["database_url"], config, migrate=False):
+            print(READY_LINE, flush=True)
+            await trio.sleep_forever()
+        return {}
+
+    return trio.run(main)
+
+
+async def _finished_at(engine: Any, batch_id: Any, start: float, interval: float) -> float:
+    """Seconds from ``start`` until the batch is terminal (polled every ``interval``)."""
+    view = await engine.wait(batch_id, interval=interval)
+    seconds = time.perf_counter() - start
+    if view.counts.completed != view.counts.total:
+        raise RuntimeError(f"batch {batch_id}: {view.counts} ({view.status.value})")
+    return seconds
+
+
+def fairness(params: dict[str, Any]) -> dict[str, Any]:
+    """P10 through the library: owner ``a`` submits ``big`` requests and, once its requests
+    flow (``lead`` completed), owner ``b`` submits ``small``; B is timed from its
+    ``create_batch`` to its batch terminal, then everything stops (A is not finished).
+    With ``big`` 0: B alone."""
+    import trio
+
+    import fusillade
+
+    async def main() -> dict[str, Any]:
+        async with fusillade.open(params["database_url"], daemon_config(params)) as engine:
+            a, b = engine.for_owner("a"), engine.for_owner("b")
+            b_file = await b.create_file(templates(params["small"]))
+            out: dict[str, Any] = {}
+            if params["big"]:
+                a_file = await a.create_file(templates(params["big"]))
+                a_batch = await a.create_batch(a_file.id)
+                async for view in a.watch(a_batch.record.id, interval=0.05):
+                    if view.counts.completed >= params["lead"]:
+                        break
+            start = time.perf_counter()
+            b_batch = await b.create_batch(b_file.id)
+            out["seconds"] = await _finished_at(b, b_batch.record.id, start, 0.02)
+            if params["big"]:
+                view = await a.get_batch(a_batch.record.id)
+                out["a_completed"] = view.counts.completed  # A is left unfinished
+        return out
+
+    return trio.run(main)
+
+
+def deadline(params: dict[str, Any]) -> dict[str, Any]:
+    """P11 through the library: one owner submits ``long`` requests with a 24h window, then
+    ``short`` with a 1h window; both are timed from the first ``create_batch``."""
+    import trio
+
+    import fusillade
+
+    async def main() -> dict[str, Any]:
+        async with fusillade.open(params["database_url"], daemon_config(params)) as engine:
+            long_file = await engine.create_file(templates(params["long"]))
+            short_file = await engine.create_file(templates(params["short"]))
+            start = time.perf_counter()
+            long_batch = await engine.create_batch(long_file.id, completion_window="24h")
+            short_batch = await engine.create_batch(short_file.id, completion_window="1h")
+            submitted = time.perf_counter() - start
+            out: dict[str, Any] = {"short_submitted": submitted}
+
+            async def timed(name: str, batch_id: Any) -> None:
+                out[name] = await _finished_at(engine, batch_id, start, 0.02)
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(timed, "long_seconds", long_batch.record.id)
+                nursery.start_soon(timed, "short_seconds", short_batch.record.id)
+        return out
+
+    return trio.run(main)
+
+
 def first_request(params: dict[str, Any]) -> dict[str, Any]:
     """P8 through the library: an idle daemon in this process; per trial, the time from
     calling ``create_batch`` to the first request reaching the (recording) upstream."""
@@ -177,10 +268,13 @@ def httpx_baseline(params: dict[str, Any]) -> dict[str, Any]:
 
 CHILDREN: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
     "daemon": daemon,
+    "deadline": deadline,
     "download": download,
+    "fairness": fairness,
     "first_request": first_request,
     "fusillade_batch": fusillade_batch,
     "httpx": httpx_baseline,
+    "idle_daemon": idle_daemon,
     "ingest": ingest,
     "pgqueuer": pgqueuer,
 }

@@ -78,6 +78,18 @@ class Sizes:
     p8_trials: int = 10
     p8_idle: float = 1.0  # seconds the daemon idles before each P8 trial (plus 0-0.74)
     per_client: int = 16  # httpx connections per client shard, as DaemonConfig's default
+    p9_requests: int = 3_000
+    p9_slots: int = 256
+    p9_rpm: int = 1_200  # the mock's limits; fusillade learns them from its headers
+    p9_tpm: int = 200_000
+    p10_big: int = 50_000  # owner A's batch
+    p10_small: int = 100  # owner B's batch
+    p10_slots: int = 32
+    p10_latency: float = 0.2
+    p11_long: int = 2_000  # the 24h batch
+    p11_short: int = 200  # the 1h batch
+    p11_slots: int = 16
+    p11_latency: float = 0.05
     informative: bool = True  # also the informative variants (P2 with pgqueuer's asyncpg)
 
     def scaled(self, factor: float) -> Sizes:
@@ -95,6 +107,9 @@ class Sizes:
             p6_seconds=max(1.5, self.p6_seconds * factor),
             p7_rows=s(self.p7_rows, 2_000),
             p8_trials=s(self.p8_trials, 1),
+            p9_requests=s(self.p9_requests, 40),
+            p10_big=s(self.p10_big, 10 * self.p10_small),
+            p11_long=s(self.p11_long, 5 * self.p11_short),
         )
 
 
@@ -110,6 +125,8 @@ QUICK = replace(
     p6_seconds=4.0,
     p7_rows=200_000,
     p8_trials=2,
+    p9_requests=400,
+    p10_big=5_000,
     informative=False,
 )
 SMOKE = replace(
@@ -126,6 +143,16 @@ SMOKE = replace(
     p7_rows=2_000,
     p8_trials=1,
     p8_idle=0.2,
+    p9_requests=40,
+    p9_rpm=6_000,
+    p10_big=400,
+    p10_small=20,
+    p10_slots=8,
+    p10_latency=0.05,
+    p11_long=200,
+    p11_short=20,
+    p11_slots=8,
+    p11_latency=0.02,
     informative=False,
 )
 
@@ -249,15 +276,18 @@ def run_process(
     on_ready: Callable[[int], None] | None = None,
     sample: Callable[[int], None] | None = None,
     sample_interval: float = 0.5,
+    cwd: Path = REPO_ROOT,
 ) -> Finished:
     """Run ``cmd`` to its end; reap it with ``os.wait4`` to read its own ``ru_maxrss``.
 
     With ``on_ready`` or ``sample``: once the process prints ``READY``, ``on_ready(pid)``
     is called, then ``sample(pid)`` every ``sample_interval`` seconds until it exits.
+    ``cwd``: where it runs (``python -m`` imports from there first: P9 runs an older
+    checkout's ``benchmarks.child`` with its own fusillade).
     """
     with _output_files() as (out, err):
         start = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=out, stderr=err, cwd=REPO_ROOT, text=True, env=env)
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err, cwd=cwd, text=True, env=env)
         try:
             reaped = _watch(proc, out, timeout, on_ready, sample, sample_interval)
         except BaseException:

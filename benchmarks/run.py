@@ -1,4 +1,4 @@
-"""``python -m benchmarks``: run P1-P8 (or some) on this machine and write the table.
+"""``python -m benchmarks``: run P1-P11 (or some) on this machine and write the table.
 
     python -m benchmarks                       # everything, full size, 3 runs (~15+ min)
     python -m benchmarks --quick               # scaled down, 1 run: about a minute or two
@@ -25,7 +25,7 @@ from pathlib import Path
 if not __package__:  # `python benchmarks/run.py`: make `benchmarks` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks import data, latency, report, scale, throughput
+from benchmarks import data, latency, report, scale, scheduling, throughput
 from benchmarks.common import FULL, QUICK, SMOKE, Env, Row, Sizes
 from benchmarks.database import admin_url, check_server, server_version
 from benchmarks.server import server_available
@@ -41,6 +41,9 @@ SCENARIOS: dict[str, Scenario] = {
     "P6": data.p6,
     "P7": scale.p7,
     "P8": latency.p8,
+    "P9": scheduling.p9,
+    "P10": scheduling.p10,
+    "P11": scheduling.p11,
 }
 TARGETS = {
     "P1": ">= 0.8",
@@ -51,6 +54,9 @@ TARGETS = {
     "P6": "< 250 MB, flat",
     "P7": "claim < 20 ms, status < 5 ms",
     "P8": "< 100 ms",
+    "P9": scheduling.P9_TARGET,
+    "P10": scheduling.P10_TARGET,
+    "P11": scheduling.P11_TARGET,
 }
 
 
