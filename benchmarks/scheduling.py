@@ -114,12 +114,12 @@ def old_checkout(env: Env, commit: str) -> tuple[Path | None, str]:
     target = env.workdir / f"fusillade-{commit}"
     if target.exists():
         return target, ""
-    target.mkdir()
     archive = subprocess.run(
         ["git", "-C", str(REPO_ROOT), "archive", commit], capture_output=True, check=False
     )
     if archive.returncode != 0:
         return None, f"not measured: git archive {commit} failed: {archive.stderr.decode()[:200]}"
+    target.mkdir()
     subprocess.run(["tar", "-x", "-C", str(target)], input=archive.stdout, check=True)
     return target, ""
 
