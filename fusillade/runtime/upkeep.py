@@ -29,6 +29,9 @@ from fusillade.runtime.budgets import scope_name
 from fusillade.store.interface import DaemonInfo, ReclaimStats
 
 
+_LEASE_REFRESH = 1.0  # seconds between lease refreshes (at most the heartbeat interval)
+
+
 class Upkeep(DaemonBase):
     async def _register(self) -> None:
         info = DaemonInfo(
@@ -80,9 +83,12 @@ class Upkeep(DaemonBase):
         await self._every(self.config.heartbeat_interval.total_seconds(), "heartbeat", beat)
 
     async def _lease_loop(self) -> None:
-        """Lease the budgets this daemon uses, with each heartbeat and whenever a budget
-        in use has no lease yet, and take this daemon's part of each (docs/scheduling.md)."""
-        interval = self.config.heartbeat_interval.total_seconds()
+        """Lease the budgets this daemon uses, every second and whenever a budget in use
+        has no lease yet, and take this daemon's part of each (docs/scheduling.md)."""
+        # Every holder re-reads the leases this often, so a new lease may be used once it
+        # is this old (fraction_of): the others have shrunk their parts by then. A second
+        # keeps a joining daemon's wait short; the query is one small transaction.
+        interval = min(self.config.heartbeat_interval.total_seconds(), _LEASE_REFRESH)
         held = False
         while True:
             with anyio.move_on_after(interval):
