@@ -224,9 +224,17 @@ def add_results_arguments(parser: argparse.ArgumentParser) -> None:
 def backend(args: argparse.Namespace) -> Iterator[Backend]:
     server = args.server or os.environ.get(SERVER_ENV)
     if server:
+        import httpx
+
         http = HttpBackend(server, os.environ.get(args.key_env))
         try:
             yield http
+        except httpx.TransportError as exc:  # the one place the client's errors become ours
+            source = "--server" if args.server else f"${SERVER_ENV}"
+            raise FusilladeError(
+                f"no answer from the server at {server} ({exc or type(exc).__name__}): "
+                f"is `fusillade serve` running there? check {source}"
+            ) from None
         finally:
             http.close()
         return
@@ -286,15 +294,42 @@ def submit(args: argparse.Namespace) -> int:
             return 2
         print(f"submitted {batch['id']}", file=sys.stderr)
         if args.wait:
-            while batch["status"] not in TERMINAL:
-                time.sleep(1.0)
-                batch = where.get(batch["id"])
-                print(_progress(batch), file=sys.stderr)
+            batch = _wait(where, batch)
     _show(batch)
     if args.wait:
         ok = batch["status"] == "completed" and batch["request_counts"]["failed"] == 0
         return 0 if ok else 1
     return 0
+
+
+def _done(batch: Batch) -> int:
+    c = batch["request_counts"]
+    done: int = c["completed"] + c["failed"]
+    return done
+
+
+NO_PROGRESS_WARNING = 5.0  # seconds of waiting without progress before saying why
+
+
+def _wait(where: Backend, batch: Batch) -> Batch:
+    """Poll until the batch ends; on the database, say once when nothing moves (no daemon
+    may be running: submitting only stores the batch)."""
+    started, warned = time.monotonic(), not isinstance(where, DatabaseBackend)
+    first = _done(batch)
+    while batch["status"] not in TERMINAL:
+        time.sleep(1.0)
+        batch = where.get(batch["id"])
+        print(_progress(batch), file=sys.stderr)
+        if not warned and time.monotonic() - started >= NO_PROGRESS_WARNING:
+            warned = True
+            if _done(batch) == first:
+                print(
+                    f"warning: no progress in {NO_PROGRESS_WARNING:g}s: is a daemon running "
+                    "on this database? start `fusillade serve` (or `fusillade serve "
+                    "--no-api`) with the same database, or use `fusillade run FILE -o OUT`",
+                    file=sys.stderr,
+                )
+    return batch
 
 
 def status(args: argparse.Namespace) -> int:
