@@ -9,8 +9,9 @@
 
 Routes: ``POST /v1/chat/completions``, ``/v1/completions``, ``/v1/embeddings``,
 ``/v1/responses``, ``/v1/moderations`` (deterministic answers echoing the request, with
-``usage``); ``GET /health``; ``GET /_stats``, ``POST /_reset``, ``GET``/``POST /_config``,
-``POST /_release`` for tests out of process. Faults are a ``Behaviour`` (see its docstring),
+``usage``); ``GET /v1/models`` (an OpenAI model list, not counted); ``GET /health``;
+``GET /_stats``, ``POST /_reset``, ``GET``/``POST /_config``, ``POST /_release`` for tests
+out of process. Faults are a ``Behaviour`` (see its docstring),
 chosen per model and overridden per request by ``x-mock-<field>`` headers (``x-mock-status:
 429``, ``x-mock-delay: 0.5``). ``rpm``, ``tpm`` and ``max_in_flight`` enforce OpenAI's rate
 limits, with its 429s and ``x-ratelimit-*`` headers (``_limits``).

@@ -15,7 +15,7 @@ import hashlib
 import json
 import math
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 CREATED = 1_700_000_000
@@ -305,3 +305,14 @@ def error_envelope(
     )
     error = {"message": message, "type": kind or default_kind, "param": param}
     return {"error": {**error, "code": code or default_code}}
+
+
+DEFAULT_MODEL = "mock-model"
+
+
+def model_list(models: Iterable[str]) -> Json:
+    """``GET /v1/models``: OpenAI's list of model objects; the configured models (those
+    with a behaviour of their own), else one ``mock-model`` (any name is answered)."""
+    names = sorted(models) or [DEFAULT_MODEL]
+    data = [{"id": n, "object": "model", "created": CREATED, "owned_by": "mock"} for n in names]
+    return {"object": "list", "data": data}

@@ -164,6 +164,9 @@ class MockUpstream:
                 await self._send_error(connection, 405, f"use POST for {request.path}")
             else:
                 await self._api(connection, request)
+        elif route in (("GET", "/v1/models"), ("GET", "/models")):
+            # what clients (and `fusillade run`'s preflight) ask first; not counted
+            await self._send_json(connection, 200, _bodies.model_list(self.config.per_model))
         elif route == ("GET", "/health"):
             await self._send_json(connection, 200, {"status": "ok"})
         elif route == ("GET", "/_stats"):

@@ -12,7 +12,8 @@ REQUEST_ID_HEADER = "x-fusillade-request-id"
 
 @attrs.define(kw_only=True)
 class MockStats:
-    """Live counters of API requests (the control routes ``/_*`` and ``/health`` are not counted).
+    """Live counters of API requests (the control routes ``/_*``, ``/health`` and
+    ``/v1/models`` are not counted).
 
     A request counts from the moment its body has arrived. It is *in flight* from then until
     its answer is fully sent or its connection is gone (a hung request stays in flight until
