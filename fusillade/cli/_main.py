@@ -6,7 +6,9 @@ writing those two functions and one line in ``COMMANDS``. Commands import what t
 need inside ``run``, so ``--help`` and each command load only their own dependencies.
 
 Exit statuses: 0 success, 1 a runtime error (one sentence on stderr, no traceback),
-2 a usage error (argparse's message), 130 interrupted.
+2 a usage error (argparse's message, or one line naming what to change), 130 interrupted
+(Ctrl-C); a reader that closes stdout early (``status ID | head``) ends the command
+quietly with 0.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import argparse
 import functools
 import importlib
+import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -28,6 +31,7 @@ from fusillade.errors import FusilladeError
 from fusillade.redact import mask_urls
 
 if TYPE_CHECKING:
+    from fusillade.cli.run import RunOptions
     from fusillade.config import Settings
 
 
@@ -40,6 +44,8 @@ class Command:
     add_arguments: Callable[[argparse.ArgumentParser], None]
     run: Callable[[argparse.Namespace], int]
 
+
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
 
 # --- shared arguments and helpers -------------------------------------------------------
 
@@ -136,6 +142,11 @@ def _run_arguments(parser: argparse.ArgumentParser) -> None:
         help="time between progress lines when not on a terminal, e.g. 5s, 1m, or seconds "
         "(default 5s)",
     )
+    parser.add_argument(
+        "--no-preflight",
+        action="store_true",
+        help="do not check first that each upstream answers and accepts the key",
+    )
     _add_config(parser, daemon=True)
 
 
@@ -155,7 +166,7 @@ def _run_settings(args: argparse.Namespace) -> Settings:
 def _run(args: argparse.Namespace) -> int:
     import trio
 
-    from fusillade.cli.run import EXIT_USAGE, RunOptions, check_options, run_batch
+    from fusillade.cli.run import EXIT_USAGE, RunOptions, check_input, check_options, run_batch
     from fusillade.errors import ConfigError, InvalidJSONL, ValidationError
 
     try:
@@ -171,8 +182,11 @@ def _run(args: argparse.Namespace) -> int:
             daemon=settings.daemon_config(),
         )
         check_options(options)
+        checked = check_input(options)
+        if not _preflight(options, checked.models, skip_upstreams=args.no_preflight):
+            return EXIT_USAGE
         with database(settings) as url:
-            status, _ = trio.run(run_batch, url, options)
+            status, _ = trio.run(run_batch, url, options, checked)
     except InvalidJSONL as exc:
         print(f"fusillade run: {args.input} is not a valid batch file:", file=sys.stderr)
         for problem in exc.problems:
@@ -184,6 +198,23 @@ def _run(args: argparse.Namespace) -> int:
         print(f"fusillade run: error: {mask_urls(str(exc))}", file=sys.stderr)
         return EXIT_USAGE
     return status
+
+
+def _preflight(options: RunOptions, models: frozenset[str], *, skip_upstreams: bool) -> bool:
+    """``run``'s checks before anything is stored (``fusillade.cli.preflight``): print a
+    line per warning and problem; ``False`` when there is a problem."""
+    import trio
+
+    from fusillade.cli import preflight
+
+    problems = preflight.routing_problems(options.daemon, models)
+    for line in preflight.key_warnings(options.daemon, models):
+        print(f"fusillade run: {line}", file=sys.stderr)
+    if not problems and not skip_upstreams:
+        problems = trio.run(preflight.reachability_problems, options.daemon, models)
+    for line in problems:
+        print(f"fusillade run: error: {mask_urls(line)}", file=sys.stderr)
+    return not problems
 
 
 def _config(args: argparse.Namespace) -> int:
@@ -292,10 +323,48 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     run: Callable[[argparse.Namespace], int] = args.run
     try:
-        return run(args)
-    except FusilladeError as exc:
-        print(f"fusillade {args.command}: error: {mask_urls(str(exc))}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print(f"fusillade {args.command}: interrupted", file=sys.stderr)
-        return 130
+        status = run(args)
+        sys.stdout.flush()  # a closed pipe is reported here, not at interpreter exit
+    except BaseException as exc:  # ordinary ones end in one line; the rest re-raise
+        ending = _ordinary_ending(_sole(exc))
+        if ending is None:
+            raise
+        message, status = ending
+        if message:
+            print(f"fusillade {args.command}: {mask_urls(message)}", file=sys.stderr)
+    return status
+
+
+def _sole(exc: BaseException) -> BaseException:
+    """The one exception inside nested task-group exception groups, else ``exc``."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
+
+
+def _ordinary_ending(exc: BaseException) -> tuple[str, int] | None:
+    """The line and exit status that end the command after ``exc``, or ``None`` for a bug
+    (its traceback stays visible)."""
+    if isinstance(exc, BrokenPipeError):
+        # stdout's reader left (``status ID | head``): quiet, as other tools are. Python
+        # would report the pipe again when it flushes stdout at exit; point it at devnull
+        # (https://docs.python.org/3/library/signal.html#note-on-sigpipe).
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return "", 0
+    if isinstance(exc, FusilladeError):
+        return f"error: {exc}", 1
+    if isinstance(exc, KeyboardInterrupt):
+        return "interrupted", EXIT_INTERRUPTED
+    if isinstance(exc, OSError):
+        # an ordinary failure of the system (a missing directory, a full disk, a refused
+        # connection): one line
+        return f"error: {_os_error(exc)}", 1
+    return None
+
+
+def _os_error(exc: OSError) -> str:
+    """``exc`` as one sentence: ``'out/x.jsonl': No such file or directory``."""
+    if exc.filename is not None:
+        return f"{exc.filename}: {exc.strerror or exc}"
+    return str(exc)

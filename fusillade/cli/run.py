@@ -21,31 +21,28 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
 import sys
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import ExitStack, contextmanager
 from datetime import timedelta
 from pathlib import Path
 from typing import BinaryIO, TextIO
 from uuid import UUID
 
-import anyio
 import attrs
+import trio
 
 import fusillade.engine
-from fusillade.core.jsonl import JsonlLimits, validate_file
-from fusillade.core.models import (
-    BatchStatus,
-    BatchView,
-    RequestTemplate,
-)
+from fusillade.core.jsonl import JsonlLimits, iter_validated
+from fusillade.core.models import BatchStatus, BatchView
 from fusillade.engine import Engine, Rules
-from fusillade.errors import NotFound, ValidationError
+from fusillade.errors import FusilladeError, NotFound, ValidationError
 from fusillade.ids import next_uuid7
 from fusillade.progress import Progress
 from fusillade.runtime.config import DaemonConfig
 
-EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
 @attrs.frozen
@@ -81,19 +78,20 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _batch_id_for(options: RunOptions, input_hash: str) -> UUID:
-    """The batch id of this input and output: the recorded one, or a new one (recorded)."""
+def _batch_id_for(options: RunOptions, input_hash: str) -> tuple[UUID, bool]:
+    """The batch id of this input and output: the recorded one, or a new one (recorded
+    now: ``True``)."""
     try:
         state = json.loads(options.state_path.read_text())
         if state.get("input_sha256") == input_hash:
-            return UUID(state["batch_id"])
+            return UUID(state["batch_id"]), False
     except (OSError, ValueError, KeyError):
         pass
     batch_id = next_uuid7()
     tmp = options.state_path.with_name(options.state_path.name + ".tmp")
     tmp.write_text(json.dumps({"batch_id": str(batch_id), "input_sha256": input_hash}) + "\n")
     os.replace(tmp, options.state_path)
-    return batch_id
+    return batch_id, True
 
 
 async def _write_results(engine: Engine, view: BatchView, options: RunOptions) -> None:
@@ -116,40 +114,145 @@ def _atomic(path: Path) -> Iterator[BinaryIO]:
     os.replace(tmp, path)
 
 
+@attrs.frozen
+class CheckedInput:
+    """What ``check_input`` learned of a valid input file."""
+
+    endpoint: str
+    models: frozenset[str]  # at most _MAX_MODELS of them
+
+
+# a local file: no upload limits
+_RULES = Rules(limits=JsonlLimits(max_lines=None, max_file_bytes=None))
+_MAX_MODELS = 10_000  # distinct models remembered for the preflight (memory stays bounded)
+
+
+def check_input(options: RunOptions) -> CheckedInput:
+    """Validate the whole input before anything is stored or sent (blocking file I/O).
+
+    Raises:
+        InvalidJSONL: the file breaks the batch file rules (its line numbers).
+        ValidationError: a line's url is not the batch endpoint (``--endpoint``, else
+            the url of line 1): one batch has one endpoint.
+    """
+    endpoint = options.endpoint
+    models: set[str] = set()
+    mismatch: tuple[int, str] | None = None
+    with options.input.open("rb") as stream:
+        # blank lines are refused before the end, so the n-th request is line n
+        for n, template in enumerate(iter_validated(stream, _RULES.limits), start=1):
+            if endpoint is None:
+                endpoint = template.path
+            elif mismatch is None and template.path != endpoint:
+                mismatch = (n, template.path)
+            if len(models) < _MAX_MODELS:
+                models.add(template.model)
+    assert endpoint is not None  # a file without request lines is InvalidJSONL
+    if mismatch is not None:
+        n, path = mismatch
+        source = "--endpoint" if options.endpoint else "the url of line 1"
+        raise ValidationError(
+            f"line {n}: url {path!r} is not the batch endpoint {endpoint!r} ({source}); "
+            f"every line of a batch has the same url: run the {path!r} lines as a batch "
+            "of their own",
+            param="endpoint",
+        )
+    return CheckedInput(endpoint, frozenset(models))
+
+
+@attrs.define
+class _Interrupts:
+    """Ctrl-C while ``run`` runs: the first pauses (the watch ends, the daemon stops
+    gracefully, finishing what is in flight for up to ``shutdown_grace``), the second
+    stops at once (in-flight rows are handed back)."""
+
+    everything: trio.CancelScope
+    watching: trio.CancelScope | None = None
+    count: int = 0
+    view: BatchView | None = None  # the latest seen
+
+    async def listen(self, signals: AsyncIterator[int], stderr: TextIO) -> None:
+        async for _ in signals:
+            self.count += 1
+            if self.count == 1 and self.watching is not None:
+                print(
+                    ("\n" if stderr.isatty() else "")  # below the progress bar
+                    + "pausing: letting requests in flight finish (Ctrl-C again to stop now)",
+                    file=stderr,
+                )
+                self.watching.cancel()
+            else:
+                self.everything.cancel()
+
+
 async def run_batch(
-    url: str, options: RunOptions, *, stderr: TextIO = sys.stderr
-) -> tuple[int, BatchView]:
-    """Run (or resume) the batch of ``options.input``; return the exit status and batch."""
+    url: str, options: RunOptions, checked: CheckedInput, *, stderr: TextIO = sys.stderr
+) -> tuple[int, BatchView | None]:
+    """Run (or resume) the batch of ``options.input``; return the exit status and batch
+    (``None`` when Ctrl-C came before the batch was there)."""
+    with trio.open_signal_receiver(signal.SIGINT) as signals:
+        interrupts = _Interrupts(trio.CancelScope())
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(interrupts.listen, signals, stderr)
+            status = EXIT_INTERRUPTED
+            with interrupts.everything:
+                status = await _run_batch(url, options, checked, interrupts, stderr)
+            nursery.cancel_scope.cancel()
+    view = interrupts.view
+    if interrupts.count:
+        done = ""
+        if view is not None:
+            c = view.counts
+            done = f" with {c.completed + c.failed + c.canceled} of {c.total} requests done"
+        print(
+            f"paused{done}: run the same command again to resume (its state: {options.state_path})",
+            file=stderr,
+        )
+        return EXIT_INTERRUPTED, view
+    return status, view
+
+
+async def _run_batch(
+    url: str,
+    options: RunOptions,
+    checked: CheckedInput,
+    interrupts: _Interrupts,
+    stderr: TextIO,
+) -> int:
+    """``run_batch`` within its Ctrl-C handling; the latest view goes to ``interrupts``."""
     input_hash = _sha256(options.input)
-    # a local file: no upload limits
-    rules = Rules(limits=JsonlLimits(max_lines=None, max_file_bytes=None))
-    # Validate everything before storing or sending anything.
-
-    def check() -> RequestTemplate:
-        with options.input.open("rb") as stream:
-            return validate_file(stream, rules.limits)
-
-    first = await anyio.to_thread.run_sync(check)
-    endpoint = options.endpoint or first.path
-    batch_id = _batch_id_for(options, input_hash)
+    rules = _RULES
+    endpoint = checked.endpoint
+    batch_id, recorded = _batch_id_for(options, input_hash)
     progress = Progress(stderr, interval=options.progress_interval.total_seconds())
     async with fusillade.engine.open(url, options.daemon, rules=rules) as engine:
         try:
             view = await engine.get_batch(batch_id)
             print(f"resuming batch {batch_id}", file=stderr)
         except NotFound:
-            stored = await engine.create_file(options.input)
-            view = await engine.create_batch(
-                stored.id,
-                endpoint=endpoint,
-                completion_window=options.completion_window,
-                batch_id=batch_id,
-            )
+            try:
+                stored = await engine.create_file(options.input)
+                view = await engine.create_batch(
+                    stored.id,
+                    endpoint=endpoint,
+                    completion_window=options.completion_window,
+                    batch_id=batch_id,
+                )
+            except FusilladeError:
+                if recorded:  # no batch: no state pointing at one
+                    options.state_path.unlink(missing_ok=True)
+                raise
             print(f"started batch {batch_id}: {view.counts.total} requests", file=stderr)
-        async for view in engine.watch(batch_id, interval=0.25):
-            daemon = engine.daemon
-            throttled = daemon.statistics().throttled if daemon is not None else ()
-            progress.update(view, final=view.status.is_terminal, throttled=throttled)
+        interrupts.view = view
+        with trio.CancelScope() as interrupts.watching:
+            async for view in engine.watch(batch_id, interval=0.25):
+                interrupts.view = view
+                daemon = engine.daemon
+                throttled = daemon.statistics().throttled if daemon is not None else ()
+                progress.update(view, final=view.status.is_terminal, throttled=throttled)
+        if interrupts.count:
+            progress.update(view, final=True)
+            return EXIT_INTERRUPTED
         await _write_results(engine, view, options)
     c = view.counts
     where = str(options.output)
@@ -161,7 +264,7 @@ async def run_batch(
         file=stderr,
     )
     ok = view.status is BatchStatus.COMPLETED and c.completed == c.total
-    return (EXIT_OK if ok else EXIT_SOME_FAILED), view
+    return EXIT_OK if ok else EXIT_SOME_FAILED
 
 
 def check_options(options: RunOptions) -> None:
@@ -170,6 +273,12 @@ def check_options(options: RunOptions) -> None:
         raise ValidationError(f"no input file at {options.input}")
     if options.output.resolve() == options.input.resolve():
         raise ValidationError("the output file must not be the input file")
+    for flag, path in (("-o", options.output), ("--errors", options.error_path)):
+        if not path.parent.is_dir():
+            raise ValidationError(
+                f"{flag} {path}: the directory {path.parent} does not exist: "
+                "create it, or write somewhere else"
+            )
     from fusillade.core.windows import parse_completion_window
 
     window = parse_completion_window(options.completion_window)

@@ -42,6 +42,7 @@ from fusillade.config._model import (
     Rule,
     ServerSettings,
     Settings,
+    UpstreamSettings,
     format_duration,
 )
 from fusillade.config._render import show_key, toml_key
@@ -178,6 +179,12 @@ def _shortcut(tree: _Tree, url: object, key_env: object, source: str) -> None:
         if key_env is not None:
             raise ConfigError(f"{source}: upstream_api_key_env needs upstream as well")
         return
+    if source == FLAGS:  # name the flag, not the key it sets
+        try:
+            _rules(UpstreamSettings)["base_url"].check(url)
+        except Invalid as exc:
+            hint = f" such as http://{url}" if isinstance(url, str) and "://" not in url else ""
+            raise ConfigError(f"{source}: --upstream: {exc}; give the scheme{hint}") from None
     tree.put(("default_upstream",), "default", source)
     tree.put(("upstreams", "default", "base_url"), url, source)
     if key_env is not None:
