@@ -142,6 +142,19 @@ def _run_arguments(parser: argparse.ArgumentParser) -> None:
         help="time between progress lines when not on a terminal, e.g. 5s, 1m, or seconds "
         "(default 5s)",
     )
+    again = parser.add_mutually_exclusive_group()
+    again.add_argument(
+        "--retry-failed",
+        action="store_true",
+        help="the batch of this input and output finished: run its failed (and cancelled) "
+        "lines again, with this run's routing, keys and limits",
+    )
+    again.add_argument(
+        "--fresh",
+        action="store_true",
+        help="start a new batch even if this input and output have one (the state file "
+        "OUTPUT.fusillade-run.json is replaced)",
+    )
     parser.add_argument(
         "--no-preflight",
         action="store_true",
@@ -179,6 +192,8 @@ def _run(args: argparse.Namespace) -> int:
             endpoint=args.endpoint,
             completion_window=args.completion_window,
             progress_interval=args.progress_interval,
+            fresh=args.fresh,
+            retry_failed=args.retry_failed,
             daemon=settings.daemon_config(),
         )
         check_options(options)

@@ -8,7 +8,10 @@ The input is validated completely before anything is stored or sent (a bad file 
 *before* the batch is created, and batch creation is idempotent for that id; so a run
 killed at any point and started again with the same input and output resumes the same
 batch: finished requests are not sent again, and the output files are rewritten whole
-at the end (no duplicate lines). A different input (another hash) starts a new batch.
+at the end (no duplicate lines). A different input (another hash) or ``--fresh`` starts a
+new batch; ``--retry-failed`` runs the failed lines of a finished one again. Routing,
+keys and limits are the daemon's, read when sending: a rerun applies its own to what is
+left.
 
 Successes go to ``OUT``; failed, cancelled and expired requests to the error file,
 ``OUT`` with ``.errors.jsonl`` in place of ``.jsonl`` (``--errors FILE`` to choose;
@@ -54,6 +57,8 @@ class RunOptions:
     endpoint: str | None = None
     completion_window: str = "24h"
     progress_interval: timedelta = timedelta(seconds=5)
+    fresh: bool = False  # a new batch, whatever the state file says
+    retry_failed: bool = False  # a finished batch: run its failed and cancelled lines again
     # routing, concurrency, retries: the configuration's (``Settings.daemon_config()``)
     daemon: DaemonConfig = attrs.field(factory=DaemonConfig)
 
@@ -83,7 +88,7 @@ def _batch_id_for(options: RunOptions, input_hash: str) -> tuple[UUID, bool]:
     now: ``True``)."""
     try:
         state = json.loads(options.state_path.read_text())
-        if state.get("input_sha256") == input_hash:
+        if state.get("input_sha256") == input_hash and not options.fresh:
             return UUID(state["batch_id"]), False
     except (OSError, ValueError, KeyError):
         pass
@@ -229,6 +234,7 @@ async def _run_batch(
         try:
             view = await engine.get_batch(batch_id)
             print(f"resuming batch {batch_id}", file=stderr)
+            view = await _again(engine, view, options, stderr)
         except NotFound:
             try:
                 stored = await engine.create_file(options.input)
@@ -265,6 +271,24 @@ async def _run_batch(
     )
     ok = view.status is BatchStatus.COMPLETED and c.completed == c.total
     return EXIT_OK if ok else EXIT_SOME_FAILED
+
+
+async def _again(engine: Engine, view: BatchView, options: RunOptions, stderr: TextIO) -> BatchView:
+    """A resumed batch that already finished: its failed lines run again with
+    ``--retry-failed`` (under this run's routing, keys and limits), else a hint."""
+    c = view.counts
+    unfinished = c.failed + c.canceled
+    if not view.status.is_terminal or not unfinished:
+        return view
+    if options.retry_failed:
+        print(f"retrying {unfinished} failed or cancelled requests", file=stderr)
+        return await engine.retry_failed(view.record.id, include_cancelled=True)
+    print(
+        f"this batch already finished with {unfinished} requests failed or cancelled: "
+        "--retry-failed runs them again, --fresh starts a new batch",
+        file=stderr,
+    )
+    return view
 
 
 def check_options(options: RunOptions) -> None:

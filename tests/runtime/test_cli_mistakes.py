@@ -323,3 +323,56 @@ async def test_status_into_a_closed_pipe_is_quiet(database_url: str, tmp_path: P
         os.close(write)
     assert done.returncode == 0
     assert done.stderr == b""
+
+
+# --- reruns: --retry-failed with changed routing, --fresh -------------------------------
+
+
+async def test_run_retry_failed_reruns_the_failures_with_the_new_upstream(
+    database_url: str, mock_upstream: MockUpstream, nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    wrong: ScriptedUpstream = await nursery.start(serve_scripted_upstream, {})
+    wrong.default = (400, b'{"error": {"message": "no such model"}}')
+    src = write_input(tmp_path / "in.jsonl", 3)
+    out = tmp_path / "out.jsonl"
+    env = clean_env(OPENAI_API_KEY="sk-test")
+    args = ["run", str(src), "-o", str(out), "--database-url", database_url]
+    first = await fusillade(*args, "--upstream", wrong.url, env=env)
+    assert first.returncode == 1, first.stderr.decode()
+    assert len((tmp_path / "out.errors.jsonl").read_text().splitlines()) == 3
+    # the same command again: the finished batch is not replayed silently
+    same = await fusillade(*args, "--upstream", mock_upstream.url, env=env)
+    assert same.returncode == 1
+    assert (
+        "this batch already finished with 3 requests failed or cancelled: --retry-failed "
+        "runs them again, --fresh starts a new batch\n"
+    ) in same.stderr.decode()
+    assert mock_upstream.stats.total == 0
+    # --retry-failed: the failures run again, routed by this run's --upstream
+    again = await fusillade(*args, "--upstream", mock_upstream.url, "--retry-failed", env=env)
+    stderr = again.stderr.decode()
+    assert again.returncode == 0, stderr
+    assert "retrying 3 failed or cancelled requests" in stderr
+    assert mock_upstream.stats.total == 3
+    ids = sorted(json.loads(line)["custom_id"] for line in out.read_text().splitlines())
+    assert ids == ["c0", "c1", "c2"]
+    assert (tmp_path / "out.errors.jsonl").read_text() == ""
+    assert stored(database_url)[1] == 1
+
+
+async def test_run_fresh_starts_a_new_batch(
+    database_url: str, mock_upstream: MockUpstream, tmp_path: Path
+) -> None:
+    src = write_input(tmp_path / "in.jsonl", 2)
+    args = ["run", str(src), "-o", str(tmp_path / "out.jsonl"), "--database-url", database_url]
+    args += ["--upstream", mock_upstream.url]
+    env = clean_env(OPENAI_API_KEY="sk-test")
+    assert (await fusillade(*args, env=env)).returncode == 0
+    resumed = await fusillade(*args, env=env)
+    assert resumed.returncode == 0 and "resuming batch" in resumed.stderr.decode()
+    assert mock_upstream.stats.total == 2
+    fresh = await fusillade(*args, "--fresh", env=env)
+    assert fresh.returncode == 0, fresh.stderr.decode()
+    assert "started batch" in fresh.stderr.decode()
+    assert mock_upstream.stats.total == 4
+    assert stored(database_url)[1] == 2
