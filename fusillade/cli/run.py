@@ -233,8 +233,6 @@ async def _run_batch(
     async with fusillade.engine.open(url, options.daemon, rules=rules) as engine:
         try:
             view = await engine.get_batch(batch_id)
-            print(f"resuming batch {batch_id}", file=stderr)
-            view = await _again(engine, view, options, stderr)
         except NotFound:
             try:
                 stored = await engine.create_file(options.input)
@@ -249,6 +247,9 @@ async def _run_batch(
                     options.state_path.unlink(missing_ok=True)
                 raise
             print(f"started batch {batch_id}: {view.counts.total} requests", file=stderr)
+        else:
+            print(f"resuming batch {batch_id}", file=stderr)
+            view = await _again(engine, view, options, stderr)
         interrupts.view = view
         with trio.CancelScope() as interrupts.watching:
             async for view in engine.watch(batch_id, interval=0.25):
@@ -256,6 +257,7 @@ async def _run_batch(
                 daemon = engine.daemon
                 throttled = daemon.statistics().throttled if daemon is not None else ()
                 progress.update(view, final=view.status.is_terminal, throttled=throttled)
+        interrupts.watching = None  # from here a Ctrl-C stops at once
         if interrupts.count:
             progress.update(view, final=True)
             return EXIT_INTERRUPTED
