@@ -376,3 +376,15 @@ async def test_run_fresh_starts_a_new_batch(
     assert "started batch" in fresh.stderr.decode()
     assert mock_upstream.stats.total == 4
     assert stored(database_url)[1] == 2
+
+
+async def test_an_os_error_inside_a_command_is_one_line(database_url: str, tmp_path: Path) -> None:
+    # the safety net of main(): results into a directory that does not exist
+    src = write_input(tmp_path / "in.jsonl", 1)
+    submitted = await fusillade("submit", str(src), "--database-url", database_url)
+    batch_id = json.loads(submitted.stdout)["id"]
+    out = tmp_path / "missing" / "out.jsonl"
+    done = await fusillade("results", batch_id, "-o", str(out), "--database-url", database_url)
+    stderr = done.stderr.decode()
+    assert done.returncode == 1, stderr
+    assert stderr == f"fusillade results: error: {out}.tmp: No such file or directory\n"
