@@ -140,6 +140,23 @@ async def test_health(client: httpx.AsyncClient) -> None:
     assert response.json() == {"status": "ok"}
 
 
+async def test_models_lists_the_configured_models_uncounted(
+    mock_upstream: MockUpstream, client: httpx.AsyncClient
+) -> None:
+    answer = await client.get("/v1/models")
+    assert answer.status_code == 200
+    assert answer.json() == {
+        "object": "list",
+        "data": [
+            {"id": "mock-model", "object": "model", "created": 1_700_000_000, "owned_by": "mock"}
+        ],
+    }
+    mock_upstream.config.per_model = {"b": Behaviour(), "a": Behaviour(status=500)}
+    ids = [m["id"] for m in (await client.get("/v1/models")).json()["data"]]
+    assert ids == ["a", "b"]
+    assert mock_upstream.stats.total == 0
+
+
 async def test_malformed_http_gets_400(mock_upstream: MockUpstream) -> None:
     host, port = mock_upstream.url.removeprefix("http://").rsplit(":", 1)
     with trio.fail_after(WAIT):
