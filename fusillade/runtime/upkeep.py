@@ -28,7 +28,6 @@ from fusillade.runtime._base import DaemonBase, log
 from fusillade.runtime.budgets import scope_name
 from fusillade.store.interface import DaemonInfo, ReclaimStats
 
-
 _LEASE_REFRESH = 1.0  # seconds between lease refreshes (at most the heartbeat interval)
 
 
