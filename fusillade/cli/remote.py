@@ -7,6 +7,8 @@ as ``migrate`` does (``fusillade.config``: ``--config``, ``FUSILLADE_*``, ``--da
 ``--data-dir``), open its database (``database_url``, else the embedded PostgreSQL) and act
 as ``--owner`` (default ``default``, the owner of a server without keys) under its
 ``[server]`` rules. Both print the same OpenAI Batch JSON on stdout.
+
+Batch ids are taken as ``batch_<hex>`` or, silently, as the bare uuid (``public_id``).
 """
 
 from __future__ import annotations
@@ -20,12 +22,14 @@ from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any, Protocol, TypeVar
+from uuid import UUID
 
 import attrs
 
 from fusillade.cli._main import database
 from fusillade.config import ServerSettings, settings_from_args
 from fusillade.config import add_arguments as add_config_arguments
+from fusillade.core.ids import IdKind, format_id
 from fusillade.core.models import BatchView
 from fusillade.engine import Engine
 from fusillade.errors import FusilladeError, InvalidJSONL, ValidationError
@@ -172,6 +176,27 @@ def _plain(view: BatchView) -> Batch:
 # --------------------------------------------------------------------- arguments
 
 
+def public_id(kind: IdKind) -> Callable[[str], str]:
+    """An argument type: the public id of ``kind`` as given, or in place of a bare uuid.
+
+    Every command prints ``batch_<hex>`` and ``file-<hex>``; ``run`` printed bare uuids
+    before, so those are still accepted (silently). Anything else passes through for the
+    engine or the server to refuse as "not found".
+    """
+
+    def parse(text: str) -> str:
+        text = text.strip()
+        try:
+            return format_id(kind, UUID(text))
+        except ValueError:
+            return text
+
+    return parse
+
+
+batch_arg = public_id("batch")
+
+
 def add_target_arguments(parser: argparse.ArgumentParser) -> None:
     target = parser.add_argument_group("where (a running server, else the database)")
     target.add_argument(
@@ -203,7 +228,7 @@ def add_submit_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_id_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("batch_id", metavar="ID", help="a batch id (batch_...)")
+    parser.add_argument("batch_id", metavar="ID", type=batch_arg, help="a batch id (batch_...)")
     add_target_arguments(parser)
 
 

@@ -37,6 +37,7 @@ import attrs
 import trio
 
 import fusillade.engine
+from fusillade.core.ids import format_id
 from fusillade.core.jsonl import JsonlLimits, iter_validated
 from fusillade.core.models import BatchStatus, BatchView
 from fusillade.engine import Engine, Rules
@@ -246,9 +247,10 @@ async def _run_batch(
                 if recorded:  # no batch: no state pointing at one
                     options.state_path.unlink(missing_ok=True)
                 raise
-            print(f"started batch {batch_id}: {view.counts.total} requests", file=stderr)
+            public = format_id("batch", batch_id)
+            print(f"started batch {public}: {view.counts.total} requests", file=stderr)
         else:
-            print(f"resuming batch {batch_id}", file=stderr)
+            print(f"resuming batch {format_id('batch', batch_id)}", file=stderr)
             view = await _again(engine, view, options, stderr)
         interrupts.view = view
         with trio.CancelScope() as interrupts.watching:

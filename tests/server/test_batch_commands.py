@@ -1,0 +1,107 @@
+"""The one id form of every command, driven as a user would.
+
+Each command runs in a subprocess against the in-process server (``--server``) and
+against its database (``--database-url``; the server's daemon runs what is stored).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+from pathlib import Path
+from uuid import UUID
+
+import pytest
+import trio
+from serverkit import chat_line, jsonl
+
+from fusillade.mock_upstream import MockUpstream
+from fusillade.server.serve import Running
+
+BATCH_ID = re.compile(r"batch_[0-9a-f]{32}")
+
+
+async def fusillade(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith("FUSILLADE_")}
+    result = await trio.run_process(
+        [sys.executable, "-m", "fusillade", *args],
+        capture_stdout=True,
+        capture_stderr=True,
+        check=False,
+        env={**base, **(env or {})},
+    )
+    return result.returncode, result.stdout.decode(), result.stderr.decode()
+
+
+def target(mode: str, server: Running, database_url: str) -> list[str]:
+    assert server.url is not None
+    return ["--server", server.url] if mode == "http" else ["--database-url", database_url]
+
+
+def bare_uuid(batch_id: str) -> str:
+    """The form ``run`` printed before: the uuid with hyphens."""
+    return str(UUID(hex=batch_id.removeprefix("batch_")))
+
+
+async def submit(source: Path, where: list[str]) -> str:
+    code, out, err = await fusillade("submit", str(source), *where)
+    assert code == 0, err
+    batch_id: str = json.loads(out)["id"]
+    return batch_id
+
+
+MODES = pytest.mark.parametrize("mode", ["db", "http"])
+
+
+@MODES
+async def test_every_command_takes_a_bare_uuid_and_prints_batch_ids(
+    mode: str, server: Running, database_url: str, tmp_path: Path
+) -> None:
+    where = target(mode, server, database_url)
+    source = tmp_path / "in.jsonl"
+    source.write_bytes(jsonl(chat_line(f"c{i}") for i in range(2)))
+    code, out, err = await fusillade("submit", str(source), "--wait", *where)
+    assert code == 0, err
+    batch = json.loads(out)
+    batch_id = batch["id"]
+    assert BATCH_ID.fullmatch(batch_id)
+    assert re.fullmatch(r"file-[0-9a-f]{32}", batch["input_file_id"])
+    assert re.fullmatch(r"file-[0-9a-f]{32}", batch["output_file_id"])
+    assert err.startswith(f"submitted {batch_id}\n")
+
+    for given in (batch_id, bare_uuid(batch_id), bare_uuid(batch_id).upper()):
+        for command in (["status"], ["cancel"]):
+            code, out, err = await fusillade(*command, given, *where)
+            assert code == 0, (command, given, err)
+            assert json.loads(out)["id"] == batch_id, (command, given)
+        output = tmp_path / "out.jsonl"
+        code, out, err = await fusillade("results", given, "-o", str(output), *where)
+        assert code == 0, (given, err)
+        assert len(output.read_text().splitlines()) == 2
+
+    code, out, err = await fusillade("status", "batch_" + "0" * 32, *where)
+    assert (code, out) == (1, ""), err
+    assert "Traceback" not in err
+
+
+async def test_run_prints_the_batch_id_every_command_takes(
+    mock_upstream: MockUpstream, database_url: str, tmp_path: Path
+) -> None:
+    source = tmp_path / "in.jsonl"
+    source.write_bytes(jsonl(chat_line(f"c{i}") for i in range(2)))
+    args = ["run", str(source), "-o", str(tmp_path / "out.jsonl")]
+    args += ["--upstream", mock_upstream.url, "--database-url", database_url]
+    code, _, err = await fusillade(*args)
+    assert code == 0, err
+    [batch_id] = re.findall(r"^started batch (\S+): 2 requests$", err, re.M)
+    assert BATCH_ID.fullmatch(batch_id), err
+
+    code, _, err = await fusillade(*args)  # the same input and output: resumed
+    assert code == 0, err
+    assert re.search(rf"^resuming batch {batch_id}$", err, re.M), err
+
+    code, out, err = await fusillade("status", batch_id, "--database-url", database_url)
+    assert code == 0, err
+    assert json.loads(out)["request_counts"] == {"total": 2, "completed": 2, "failed": 0}
