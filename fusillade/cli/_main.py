@@ -75,7 +75,8 @@ def _add_config(parser: argparse.ArgumentParser, *, daemon: bool = False) -> Non
 def database(settings: Settings) -> Iterator[str]:
     """The configured database URL, else a started embedded server in ``data_dir``: how
     every command that opens the database finds it (``migrate``, ``run``, and
-    ``submit``/``status``/``cancel``/``results`` without ``--server``)."""
+    ``submit``/``status``/``cancel``/``results``/``list`` without
+    ``--server``)."""
     from fusillade.embedded import database_url
 
     say = functools.partial(print, file=sys.stderr)
@@ -308,6 +309,12 @@ COMMANDS: tuple[Command, ...] = (
         "download a batch's results",
         _args("fusillade.cli.remote", "add_results_arguments"),
         _run_command("fusillade.cli.remote", "results"),
+    ),
+    Command(
+        "list",
+        "list batches, newest first, with their progress",
+        _args("fusillade.cli.batches", "add_list_arguments"),
+        _run_command("fusillade.cli.batches", "list_batches"),
     ),
 )
 

@@ -6,7 +6,8 @@ configuration is not read (the server's applies). Otherwise they read the config
 as ``migrate`` does (``fusillade.config``: ``--config``, ``FUSILLADE_*``, ``--database-url``,
 ``--data-dir``), open its database (``database_url``, else the embedded PostgreSQL) and act
 as ``--owner`` (default ``default``, the owner of a server without keys) under its
-``[server]`` rules. Both print the same OpenAI Batch JSON on stdout.
+``[server]`` rules. Both print the same OpenAI Batch JSON on stdout. ``list``
+(``fusillade.cli.batches``) uses the same backends.
 
 Batch ids are taken as ``batch_<hex>`` or, silently, as the bare uuid (``public_id``).
 """
@@ -49,6 +50,9 @@ class Backend(Protocol):
     def get(self, batch_id: str) -> Batch: ...
     def cancel(self, batch_id: str) -> Batch: ...
     def download(self, file_id: str, target: IO[bytes]) -> None: ...
+    def list_batches(self, after: str | None, limit: int) -> Batch:
+        """A page of ``GET /v1/batches``: ``{"object": "list", "data": [...], ...}``."""
+        ...
 
 
 class HttpBackend:
@@ -97,6 +101,12 @@ class HttpBackend:
                 raise _server_error(response.status_code, response.read())
             for chunk in response.iter_bytes():
                 target.write(chunk)
+
+    def list_batches(self, after: str | None, limit: int) -> Batch:
+        params: dict[str, str | int] = {"limit": limit}
+        if after is not None:
+            params["after"] = after
+        return self._json(self._http.get("/batches", params=params))
 
 
 def _server_error(status: int, body: bytes) -> FusilladeError:
@@ -164,12 +174,23 @@ class DatabaseBackend:
 
         self._run(download)
 
+    def list_batches(self, after: str | None, limit: int) -> Batch:
+        from fusillade.server.wire import batch_list
+
+        page = self._run(lambda engine: engine.list_batches(after=after, limit=limit))
+        return _json_of(batch_list(page.items, page.has_more))
+
 
 def _plain(view: BatchView) -> Batch:
     """The batch as the API answers it (``BatchObject``), as plain JSON values."""
     from fusillade.server.wire import batch_object
 
-    data: Batch = json.loads(json.dumps(attrs.asdict(batch_object(view)), default=str))
+    return _json_of(batch_object(view))
+
+
+def _json_of(wire: Any) -> Batch:
+    """An object of ``fusillade.server.wire`` as plain JSON values."""
+    data: Batch = json.loads(json.dumps(attrs.asdict(wire), default=str))
     return data
 
 

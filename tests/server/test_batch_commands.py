@@ -1,4 +1,4 @@
-"""The one id form of every command, driven as a user would.
+"""``fusillade list``, and the one id form of every command, driven as a user would.
 
 Each command runs in a subprocess against the in-process server (``--server``) and
 against its database (``--database-url``; the server's daemon runs what is stored).
@@ -10,6 +10,7 @@ import json
 import os
 import re
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 from uuid import UUID
 
@@ -53,6 +54,66 @@ async def submit(source: Path, where: list[str]) -> str:
 
 
 MODES = pytest.mark.parametrize("mode", ["db", "http"])
+
+
+@MODES
+async def test_list_pages_newest_first(
+    mode: str, server: Running, database_url: str, tmp_path: Path
+) -> None:
+    where = target(mode, server, database_url)
+    code, out, err = await fusillade("list", *where)
+    assert (code, out, err) == (0, "", "no batches\n")
+
+    ids = []
+    for n in (1, 2, 3):
+        source = tmp_path / f"in{n}.jsonl"
+        source.write_bytes(jsonl(chat_line(f"c{i}") for i in range(n)))
+        ids.append(await submit(source, where))
+    newest_first = ids[::-1]
+
+    code, out, err = await fusillade("list", *where)
+    assert (code, err) == (0, ""), err
+    header, *rows = out.splitlines()
+    columns = ["ID", "STATUS", "DONE/TOTAL", "FAILED", "CREATED", "(UTC)", "ENDPOINT"]
+    assert header.split() == columns
+    assert [row.split()[0] for row in rows] == newest_first
+    for row, total in zip(rows, (3, 2, 1), strict=True):
+        cells = row.split()
+        assert cells[2].endswith(f"/{total}")
+        created = " ".join(cells[4:6])
+        assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", created), row
+        assert cells[6] == "/v1/chat/completions"
+        assert cells[1] in ("validating", "in_progress", "finalizing", "completed")
+
+    code, out, err = await fusillade("list", "--limit", "2", *where)
+    assert code == 0, err
+    assert [row.split()[0] for row in out.splitlines()[1:]] == newest_first[:2]
+    assert err == f"more: fusillade list --after {newest_first[1]}\n"
+
+    # the cursor in either form; the last page says nothing more
+    for after in (newest_first[1], bare_uuid(newest_first[1])):
+        code, out, err = await fusillade("list", "--limit", "2", "--after", after, *where)
+        assert (code, err) == (0, ""), err
+        assert [row.split()[0] for row in out.splitlines()[1:]] == newest_first[2:]
+
+    code, out, err = await fusillade("list", "--limit", "1", "--json", *where)
+    assert code == 0, err
+    page = json.loads(out)
+    assert (page["object"], page["has_more"]) == ("list", True)
+    assert [b["id"] for b in page["data"]] == newest_first[:1]
+    created = datetime.fromtimestamp(page["data"][0]["created_at"], UTC)
+    assert " ".join(rows[0].split()[4:6]) == created.strftime("%Y-%m-%d %H:%M:%S")
+
+    code, out, err = await fusillade("list", "--after", "batch_nope", *where)
+    assert (code, out) == (1, ""), err
+    assert "after" in err and "Traceback" not in err  # the cursor is named
+
+
+async def test_list_limit_is_checked_before_anything(tmp_path: Path) -> None:
+    for bad in ("0", "101", "x"):
+        code, out, err = await fusillade("list", "--limit", bad, "--server", "http://127.0.0.1:1")
+        assert (code, out) == (2, ""), err
+        assert "expected a number from 1 to 100" in err
 
 
 @MODES
