@@ -1,8 +1,9 @@
-"""Progress display for ``run`` and ``submit --wait``: a bar on a terminal, lines otherwise.
+"""Progress display for ``run`` and ``watch``: a bar on a terminal, lines otherwise.
 
-The display only formats; the caller feeds it batch views. On a terminal one line is
-redrawn in place (``\\r``); elsewhere (CI logs, pipes) a plain line is printed at most
-every ``interval`` seconds and once at the end.
+The display only formats; the caller feeds it batch views, or ``Snapshot``s of a batch
+known only through the API (whose counts say nothing of in-flight or canceled requests).
+On a terminal one line is redrawn in place (``\\r``); elsewhere (CI logs, pipes) a plain
+line is printed at most every ``interval`` seconds and once at the end.
 """
 
 from __future__ import annotations
@@ -11,7 +12,9 @@ import time
 from collections.abc import Sequence
 from typing import TextIO
 
-from fusillade.core.models import BatchView
+import attrs
+
+from fusillade.core.models import BatchStatus, BatchView, RequestCounts
 
 _BAR = 24
 
@@ -23,6 +26,24 @@ def _duration(seconds: float) -> str:
     return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s" if m else f"{s}s"
 
 
+@attrs.frozen
+class Snapshot:
+    """What the progress line shows of a batch.
+
+    ``detailed``: the counts tell in-flight and canceled requests apart (a batch read from
+    the database); else ``failed`` includes the canceled ones and nothing is known of
+    what is in flight (OpenAI's ``request_counts``), and the line shows neither.
+    """
+
+    status: BatchStatus
+    counts: RequestCounts
+    detailed: bool = True
+
+    @classmethod
+    def of(cls, view: BatchView) -> Snapshot:
+        return cls(view.status, view.counts)
+
+
 class Progress:
     def __init__(self, stream: TextIO, *, interval: float = 5.0, tty: bool | None = None) -> None:
         self.stream = stream
@@ -32,9 +53,10 @@ class Progress:
         self._first_done: int | None = None
         self._last_print = 0.0
 
-    def line(self, view: BatchView, *, throttled: Sequence[str] = ()) -> str:
+    def line(self, view: BatchView | Snapshot, *, throttled: Sequence[str] = ()) -> str:
         """The progress text for ``view`` (no line ending)."""
-        c = view.counts
+        snapshot = view if isinstance(view, Snapshot) else Snapshot.of(view)
+        c = snapshot.counts
         done = c.completed + c.failed + c.canceled
         elapsed = max(time.monotonic() - self._start, 1e-6)
         if self._first_done is None:
@@ -43,11 +65,11 @@ class Progress:
         left = c.total - done
         eta = _duration(left / rate) if rate > 0 and left > 0 else "-"
         share = done / c.total if c.total else 1.0
-        text = (
-            f"{view.status.value:<11} {done}/{c.total} ({share:6.1%}) "
-            f"ok {c.completed} failed {c.failed} canceled {c.canceled} "
-            f"in flight {c.in_progress} | {rate:,.1f} req/s | ETA {eta}"
-        )
+        text = f"{snapshot.status.value:<11} {done}/{c.total} ({share:6.1%}) "
+        text += f"ok {c.completed} failed {c.failed} "
+        if snapshot.detailed:
+            text += f"canceled {c.canceled} in flight {c.in_progress} "
+        text += f"| {rate:,.1f} req/s | ETA {eta}"
         if throttled:
             text += f" | throttled: {', '.join(throttled)}"
         if self.tty:
@@ -56,7 +78,11 @@ class Progress:
         return text
 
     def update(
-        self, view: BatchView, *, final: bool = False, throttled: Sequence[str] = ()
+        self,
+        view: BatchView | Snapshot,
+        *,
+        final: bool = False,
+        throttled: Sequence[str] = (),
     ) -> None:
         text = self.line(view, throttled=throttled)
         now = time.monotonic()

@@ -75,7 +75,7 @@ def _add_config(parser: argparse.ArgumentParser, *, daemon: bool = False) -> Non
 def database(settings: Settings) -> Iterator[str]:
     """The configured database URL, else a started embedded server in ``data_dir``: how
     every command that opens the database finds it (``migrate``, ``run``, and
-    ``submit``/``status``/``cancel``/``results``/``list`` without
+    ``submit``/``status``/``cancel``/``results``/``list``/``watch`` without
     ``--server``)."""
     from fusillade.embedded import database_url
 
@@ -315,6 +315,12 @@ COMMANDS: tuple[Command, ...] = (
         "list batches, newest first, with their progress",
         _args("fusillade.cli.batches", "add_list_arguments"),
         _run_command("fusillade.cli.batches", "list_batches"),
+    ),
+    Command(
+        "watch",
+        "follow a batch's progress until it ends (exit 1 if any request did not succeed)",
+        _args("fusillade.cli.batches", "add_watch_arguments"),
+        _run_command("fusillade.cli.batches", "watch"),
     ),
 )
 

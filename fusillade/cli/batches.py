@@ -1,4 +1,4 @@
-"""``fusillade list``: browse batches, served or local.
+"""``fusillade list|watch``: browse and follow batches, served or local.
 
 Each works against a running server (``--server``) or the database exactly as ``status``
 does (``fusillade.cli.remote``: the same flags, the same backends).
@@ -7,6 +7,9 @@ does (``fusillade.cli.remote``: the same flags, the same backends).
   failed, created, endpoint); ``--limit`` and ``--after`` page as the API's ``after``
   cursor does, and the next page's command is printed on stderr when there is one.
   ``--json`` prints the API's list object instead.
+- ``watch``: the progress line of ``run`` until the batch ends. Exit status 0 when it
+  completed with every request succeeded, 1 otherwise (some failed or were canceled,
+  or the batch failed, expired or was cancelled).
 """
 
 from __future__ import annotations
@@ -14,17 +17,20 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 from fusillade.cli.remote import (
     Batch,
+    add_id_arguments,
     add_target_arguments,
     backend,
     batch_arg,
 )
 from fusillade.engine import MAX_PAGE
+from fusillade.progress import Progress
 
 # --------------------------------------------------------------------- arguments
 
@@ -36,6 +42,16 @@ def _page_size(text: str) -> int:
         value = 0
     if not 1 <= value <= MAX_PAGE:
         raise argparse.ArgumentTypeError(f"expected a number from 1 to {MAX_PAGE}, got {text!r}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
     return value
 
 
@@ -51,6 +67,24 @@ def add_list_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--json", action="store_true", help="print the API's list object")
     add_target_arguments(parser)
+
+
+def add_watch_arguments(parser: argparse.ArgumentParser) -> None:
+    add_id_arguments(parser)
+    parser.add_argument(
+        "--interval",
+        type=_seconds,
+        default=1.0,
+        metavar="SECONDS",
+        help="time between reads of the batch (default 1)",
+    )
+    parser.add_argument(
+        "--progress-interval",
+        type=_seconds,
+        default=5.0,
+        metavar="SECONDS",
+        help="time between progress lines when not on a terminal (default 5)",
+    )
 
 
 # ---------------------------------------------------------------------- commands
@@ -96,3 +130,23 @@ def list_batches(args: argparse.Namespace) -> int:
     if page["has_more"]:
         print(f"more: fusillade list --after {page['last_id']}", file=sys.stderr)
     return 0
+
+
+def watch(args: argparse.Namespace) -> int:
+    progress = Progress(sys.stderr, interval=args.progress_interval)
+    with backend(args) as where:
+        while True:
+            snapshot = where.snapshot(args.batch_id)
+            done = snapshot.status.is_terminal
+            progress.update(snapshot, final=done)
+            if done:
+                break
+            time.sleep(args.interval)  # the polling period of a client, as submit --wait
+    c = snapshot.counts
+    unsuccessful = c.failed + c.canceled
+    print(
+        f"{snapshot.status.value}: {c.completed} succeeded, {unsuccessful} did not, of {c.total}",
+        file=sys.stderr,
+    )
+    ok = snapshot.status.value == "completed" and c.completed == c.total
+    return 0 if ok else 1

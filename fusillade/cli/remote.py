@@ -7,7 +7,7 @@ as ``migrate`` does (``fusillade.config``: ``--config``, ``FUSILLADE_*``, ``--da
 ``--data-dir``), open its database (``database_url``, else the embedded PostgreSQL) and act
 as ``--owner`` (default ``default``, the owner of a server without keys) under its
 ``[server]`` rules. Both print the same OpenAI Batch JSON on stdout. ``list``
-(``fusillade.cli.batches``) uses the same backends.
+and ``watch`` (``fusillade.cli.batches``) use the same backends.
 
 Batch ids are taken as ``batch_<hex>`` or, silently, as the bare uuid (``public_id``).
 """
@@ -31,9 +31,10 @@ from fusillade.cli._main import database
 from fusillade.config import ServerSettings, settings_from_args
 from fusillade.config import add_arguments as add_config_arguments
 from fusillade.core.ids import IdKind, format_id
-from fusillade.core.models import BatchView
+from fusillade.core.models import BatchStatus, BatchView, RequestCounts
 from fusillade.engine import Engine
 from fusillade.errors import FusilladeError, InvalidJSONL, ValidationError
+from fusillade.progress import Snapshot
 
 SERVER_ENV = "FUSILLADE_SERVER_URL"
 KEY_ENV = "FUSILLADE_API_KEY"
@@ -52,6 +53,10 @@ class Backend(Protocol):
     def download(self, file_id: str, target: IO[bytes]) -> None: ...
     def list_batches(self, after: str | None, limit: int) -> Batch:
         """A page of ``GET /v1/batches``: ``{"object": "list", "data": [...], ...}``."""
+        ...
+
+    def snapshot(self, batch_id: str) -> Snapshot:
+        """The batch as the progress line shows it (as detailed as this backend knows)."""
         ...
 
 
@@ -107,6 +112,20 @@ class HttpBackend:
         if after is not None:
             params["after"] = after
         return self._json(self._http.get("/batches", params=params))
+
+    def snapshot(self, batch_id: str) -> Snapshot:
+        return api_snapshot(self.get(batch_id))
+
+
+def api_snapshot(batch: Batch) -> Snapshot:
+    """A Batch of the API as the progress line shows it: its ``failed`` count includes
+    the canceled requests, and it says nothing of what is in flight."""
+    c = batch["request_counts"]
+    total, completed, failed = c["total"], c["completed"], c["failed"]
+    counts = RequestCounts(
+        total=total, pending=total - completed - failed, completed=completed, failed=failed
+    )
+    return Snapshot(BatchStatus(batch["status"]), counts, detailed=False)
 
 
 def _server_error(status: int, body: bytes) -> FusilladeError:
@@ -179,6 +198,9 @@ class DatabaseBackend:
 
         page = self._run(lambda engine: engine.list_batches(after=after, limit=limit))
         return _json_of(batch_list(page.items, page.has_more))
+
+    def snapshot(self, batch_id: str) -> Snapshot:
+        return Snapshot.of(self._run(lambda engine: engine.get_batch(batch_id)))
 
 
 def _plain(view: BatchView) -> Batch:

@@ -1,4 +1,4 @@
-"""``fusillade list``, and the one id form of every command, driven as a user would.
+"""``fusillade list|watch``, and the one id form of every command, driven as a user would.
 
 Each command runs in a subprocess against the in-process server (``--server``) and
 against its database (``--database-url``; the server's daemon runs what is stored).
@@ -18,7 +18,7 @@ import pytest
 import trio
 from serverkit import chat_line, jsonl
 
-from fusillade.mock_upstream import MockUpstream
+from fusillade.mock_upstream import Behaviour, MockUpstream
 from fusillade.server.serve import Running
 
 BATCH_ID = re.compile(r"batch_[0-9a-f]{32}")
@@ -54,6 +54,45 @@ async def submit(source: Path, where: list[str]) -> str:
 
 
 MODES = pytest.mark.parametrize("mode", ["db", "http"])
+
+
+@MODES
+async def test_watch_a_batch_with_failures_exits_1(
+    mode: str, server: Running, database_url: str, mock_upstream: MockUpstream, tmp_path: Path
+) -> None:
+    mock_upstream.config.per_model["m-bad"] = Behaviour(status=400)  # not retried
+    source = tmp_path / "in.jsonl"
+    lines = [chat_line(f"ok{i}") for i in range(3)]
+    lines += [chat_line(f"bad{i}", model="m-bad") for i in range(2)]
+    source.write_bytes(jsonl(lines))
+    where = target(mode, server, database_url)
+    batch_id = await submit(source, where)
+
+    code, out, err = await fusillade("watch", batch_id, "--interval", "0.1", *where)
+    assert code == 1, err
+    assert out == ""
+    # the plain (not a terminal) progress form, then the summary
+    assert re.search(r"^completed +5/5 \(100\.0%\) ok 3 failed 2 ", err, re.M), err
+    assert err.endswith("completed: 3 succeeded, 2 did not, of 5\n"), err
+    # the database tells canceled and in-flight requests apart; OpenAI's counts do not
+    assert ("canceled 0 in flight 0 |" in err) == (mode == "db"), err
+
+
+@MODES
+async def test_watch_a_cancelled_batch_exits_1(
+    mode: str, server: Running, database_url: str, mock_upstream: MockUpstream, tmp_path: Path
+) -> None:
+    mock_upstream.config.default = Behaviour(hold=True)
+    source = tmp_path / "in.jsonl"
+    source.write_bytes(jsonl(chat_line(f"c{i}") for i in range(2)))
+    where = target(mode, server, database_url)
+    batch_id = await submit(source, where)
+    code, _, err = await fusillade("cancel", batch_id, *where)
+    assert code == 0, err
+    mock_upstream.release_held()
+    code, out, err = await fusillade("watch", batch_id, "--interval", "0.1", *where)
+    assert (code, out) == (1, ""), err
+    assert re.search(r"^cancelled: 0 succeeded, 2 did not, of 2$", err, re.M), err
 
 
 @MODES
@@ -137,6 +176,8 @@ async def test_every_command_takes_a_bare_uuid_and_prints_batch_ids(
             code, out, err = await fusillade(*command, given, *where)
             assert code == 0, (command, given, err)
             assert json.loads(out)["id"] == batch_id, (command, given)
+        code, out, err = await fusillade("watch", given, *where)
+        assert (code, out) == (0, ""), (given, err)
         output = tmp_path / "out.jsonl"
         code, out, err = await fusillade("results", given, "-o", str(output), *where)
         assert code == 0, (given, err)
