@@ -75,7 +75,7 @@ def _add_config(parser: argparse.ArgumentParser, *, daemon: bool = False) -> Non
 def database(settings: Settings) -> Iterator[str]:
     """The configured database URL, else a started embedded server in ``data_dir``: how
     every command that opens the database finds it (``migrate``, ``run``, and
-    ``submit``/``status``/``cancel``/``results``/``list``/``watch`` without
+    ``submit``/``status``/``cancel``/``results``/``list``/``retry``/``watch`` without
     ``--server``)."""
     from fusillade.embedded import database_url
 
@@ -315,6 +315,12 @@ COMMANDS: tuple[Command, ...] = (
         "list batches, newest first, with their progress",
         _args("fusillade.cli.batches", "add_list_arguments"),
         _run_command("fusillade.cli.batches", "list_batches"),
+    ),
+    Command(
+        "retry",
+        "run the failed requests of a batch again",
+        _args("fusillade.cli.batches", "add_retry_arguments"),
+        _run_command("fusillade.cli.batches", "retry"),
     ),
     Command(
         "watch",

@@ -1,4 +1,4 @@
-"""``fusillade list|watch``: browse and follow batches, served or local.
+"""``fusillade list|retry|watch``: browse, re-run and follow batches, served or local.
 
 Each works against a running server (``--server``) or the database exactly as ``status``
 does (``fusillade.cli.remote``: the same flags, the same backends).
@@ -7,6 +7,8 @@ does (``fusillade.cli.remote``: the same flags, the same backends).
   failed, created, endpoint); ``--limit`` and ``--after`` page as the API's ``after``
   cursor does, and the next page's command is printed on stderr when there is one.
   ``--json`` prints the API's list object instead.
+- ``retry``: ``POST /v1/batches/{id}/retry``: the failed requests (with
+  ``--include-cancelled`` also the canceled and expired ones) run again; prints the Batch.
 - ``watch``: the progress line of ``run`` until the batch ends. Exit status 0 when it
   completed with every request succeeded, 1 otherwise (some failed or were canceled,
   or the batch failed, expired or was cancelled).
@@ -69,6 +71,15 @@ def add_list_arguments(parser: argparse.ArgumentParser) -> None:
     add_target_arguments(parser)
 
 
+def add_retry_arguments(parser: argparse.ArgumentParser) -> None:
+    add_id_arguments(parser)
+    parser.add_argument(
+        "--include-cancelled",
+        action="store_true",
+        help="also run the canceled and expired requests again",
+    )
+
+
 def add_watch_arguments(parser: argparse.ArgumentParser) -> None:
     add_id_arguments(parser)
     parser.add_argument(
@@ -129,6 +140,14 @@ def list_batches(args: argparse.Namespace) -> int:
         print(line)
     if page["has_more"]:
         print(f"more: fusillade list --after {page['last_id']}", file=sys.stderr)
+    return 0
+
+
+def retry(args: argparse.Namespace) -> int:
+    with backend(args) as where:
+        batch = where.retry(args.batch_id, args.include_cancelled)
+    print(json.dumps(batch, indent=2, ensure_ascii=False))
+    print(f"follow it with: fusillade watch {batch['id']}", file=sys.stderr)
     return 0
 
 

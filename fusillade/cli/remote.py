@@ -6,7 +6,7 @@ configuration is not read (the server's applies). Otherwise they read the config
 as ``migrate`` does (``fusillade.config``: ``--config``, ``FUSILLADE_*``, ``--database-url``,
 ``--data-dir``), open its database (``database_url``, else the embedded PostgreSQL) and act
 as ``--owner`` (default ``default``, the owner of a server without keys) under its
-``[server]`` rules. Both print the same OpenAI Batch JSON on stdout. ``list``
+``[server]`` rules. Both print the same OpenAI Batch JSON on stdout. ``list``, ``retry``
 and ``watch`` (``fusillade.cli.batches``) use the same backends.
 
 Batch ids are taken as ``batch_<hex>`` or, silently, as the bare uuid (``public_id``).
@@ -55,6 +55,7 @@ class Backend(Protocol):
         """A page of ``GET /v1/batches``: ``{"object": "list", "data": [...], ...}``."""
         ...
 
+    def retry(self, batch_id: str, include_cancelled: bool) -> Batch: ...
     def snapshot(self, batch_id: str) -> Snapshot:
         """The batch as the progress line shows it (as detailed as this backend knows)."""
         ...
@@ -112,6 +113,10 @@ class HttpBackend:
         if after is not None:
             params["after"] = after
         return self._json(self._http.get("/batches", params=params))
+
+    def retry(self, batch_id: str, include_cancelled: bool) -> Batch:
+        params = {"include_cancelled": "true"} if include_cancelled else {}
+        return self._json(self._http.post(f"/batches/{batch_id}/retry", params=params))
 
     def snapshot(self, batch_id: str) -> Snapshot:
         return api_snapshot(self.get(batch_id))
@@ -198,6 +203,13 @@ class DatabaseBackend:
 
         page = self._run(lambda engine: engine.list_batches(after=after, limit=limit))
         return _json_of(batch_list(page.items, page.has_more))
+
+    def retry(self, batch_id: str, include_cancelled: bool) -> Batch:
+        return _plain(
+            self._run(
+                lambda engine: engine.retry_failed(batch_id, include_cancelled=include_cancelled)
+            )
+        )
 
     def snapshot(self, batch_id: str) -> Snapshot:
         return Snapshot.of(self._run(lambda engine: engine.get_batch(batch_id)))

@@ -1,4 +1,4 @@
-"""``fusillade list|watch``, and the one id form of every command, driven as a user would.
+"""``fusillade list|retry|watch``, and the one id form of every command, driven as a user would.
 
 Each command runs in a subprocess against the in-process server (``--server``) and
 against its database (``--database-url``; the server's daemon runs what is stored).
@@ -57,7 +57,7 @@ MODES = pytest.mark.parametrize("mode", ["db", "http"])
 
 
 @MODES
-async def test_watch_a_batch_with_failures_exits_1(
+async def test_watch_then_retry_then_watch(
     mode: str, server: Running, database_url: str, mock_upstream: MockUpstream, tmp_path: Path
 ) -> None:
     mock_upstream.config.per_model["m-bad"] = Behaviour(status=400)  # not retried
@@ -76,6 +76,19 @@ async def test_watch_a_batch_with_failures_exits_1(
     assert err.endswith("completed: 3 succeeded, 2 did not, of 5\n"), err
     # the database tells canceled and in-flight requests apart; OpenAI's counts do not
     assert ("canceled 0 in flight 0 |" in err) == (mode == "db"), err
+
+    del mock_upstream.config.per_model["m-bad"]
+    code, out, err = await fusillade("retry", batch_id, *where)
+    assert code == 0, err
+    batch = json.loads(out)
+    assert batch["id"] == batch_id
+    assert batch["request_counts"]["completed"] == 3
+    assert f"fusillade watch {batch_id}" in err
+
+    code, out, err = await fusillade("watch", batch_id, "--interval", "0.1", *where)
+    assert code == 0, err
+    assert err.endswith("completed: 5 succeeded, 0 did not, of 5\n"), err
+    assert mock_upstream.stats.by_model["m-bad"] == 4  # each bad line twice, no more
 
 
 @MODES
@@ -172,7 +185,7 @@ async def test_every_command_takes_a_bare_uuid_and_prints_batch_ids(
     assert err.startswith(f"submitted {batch_id}\n")
 
     for given in (batch_id, bare_uuid(batch_id), bare_uuid(batch_id).upper()):
-        for command in (["status"], ["cancel"]):
+        for command in (["status"], ["cancel"], ["retry"]):
             code, out, err = await fusillade(*command, given, *where)
             assert code == 0, (command, given, err)
             assert json.loads(out)["id"] == batch_id, (command, given)
