@@ -92,7 +92,7 @@ async def test_watch_then_retry_then_watch(
 
 
 @MODES
-async def test_watch_a_cancelled_batch_exits_1(
+async def test_watch_a_cancelled_batch_exits_1_until_retry_includes_cancelled(
     mode: str, server: Running, database_url: str, mock_upstream: MockUpstream, tmp_path: Path
 ) -> None:
     mock_upstream.config.default = Behaviour(hold=True)
@@ -106,6 +106,16 @@ async def test_watch_a_cancelled_batch_exits_1(
     code, out, err = await fusillade("watch", batch_id, "--interval", "0.1", *where)
     assert (code, out) == (1, ""), err
     assert re.search(r"^cancelled: 0 succeeded, 2 did not, of 2$", err, re.M), err
+
+    mock_upstream.config.default = Behaviour()
+    code, out, err = await fusillade("retry", batch_id, *where)  # nothing failed: unchanged
+    assert code == 0, err
+    assert json.loads(out)["status"] == "cancelled"
+    code, out, err = await fusillade("retry", batch_id, "--include-cancelled", *where)
+    assert code == 0, err
+    code, out, err = await fusillade("watch", batch_id, "--interval", "0.1", *where)
+    assert (code, out) == (0, ""), err
+    assert err.endswith("completed: 2 succeeded, 0 did not, of 2\n"), err
 
 
 @MODES
