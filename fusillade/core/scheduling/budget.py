@@ -229,9 +229,8 @@ class Budget:
             used: the tokens the answer reports, if it does.
             status: the HTTP status; None when no answer came (a transport error).
             limits: the answer's rate-limit headers (``parse_limits``).
-            aimd: whether a 429 may move the AIMD estimate of a budget that learned no
-                limit; False when the answer's headers state the limit it hit, which
-                another scope learns (the upstream's scope beside its model's).
+            aimd: whether a 429 may move an unlearned budget's AIMD estimate; False when
+                the answer's headers state the limit (another scope learns it).
         """
         self._update(now)
         self._in_flight = max(0, self._in_flight - 1)
