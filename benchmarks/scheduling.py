@@ -23,6 +23,7 @@ database.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import subprocess
 import sys
@@ -40,10 +41,12 @@ from benchmarks.common import (
     ChildFailed,
     Env,
     Row,
+    Sizes,
     child_command,
     free_port,
     kill_and_reap,
     median,
+    request_body,
     run_child,
     stop_and_reap,
     wait_for_port,
@@ -176,6 +179,14 @@ def _p9_run(
     return result
 
 
+def _binding(s: Sizes) -> str:
+    """Which limit binds: the mock counts a body's bytes / 4 plus its max_tokens (16)."""
+    tokens = math.ceil(len(request_body(s.p9_requests // 2)) / 4) + 16
+    by_tokens = s.p9_tpm / tokens
+    which = "rpm" if s.p9_rpm <= by_tokens else "tpm"
+    return f"{which} binds (about {tokens} tokens a request: tpm allows {by_tokens:,.0f} rpm)"
+
+
 def _p9_row(env: Env, what: str, r: dict[str, Any], share: float, against: str) -> Row:
     s = env.sizes
     provider = s.p9_rpm / 60
@@ -198,7 +209,7 @@ def _p9_row(env: Env, what: str, r: dict[str, Any], share: float, against: str) 
         f"{r['seconds']:.1f} s",
         f"{r['sent']:,} HTTP requests, {r['status_429']:,} answered 429 "
         f"(causes {r['rate_limited'] or 'none'})",
-        f"mock-upstream --rpm {s.p9_rpm} --tpm {s.p9_tpm}, no latency; rpm binds",
+        f"mock-upstream --rpm {s.p9_rpm} --tpm {s.p9_tpm}, no latency; {_binding(s)}",
     ]
     row.raw = r
     return row
