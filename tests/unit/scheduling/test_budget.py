@@ -159,8 +159,9 @@ def test_reservations_always_settle(
     state = budget.snapshot(now)
     assert state.reserved_tokens == 0
     assert state.in_flight == 0
-    # The bucket never holds more than a pacing burst: tpm * 0.1 / 60 (at least 1).
-    assert capacity_seen <= max(1.0, tpm * 0.1 / 60) + 1e-9
+    # The bucket never holds more than a pacing burst: tpm * 0.1 / 60, at least 2 (the
+    # budgets here are >= 100 a minute)
+    assert capacity_seen <= max(2.0, tpm * 0.1 / 60) + 1e-9
 
 
 def test_a_429_gives_the_reservation_back_and_unknown_usage_keeps_it() -> None:
