@@ -8,9 +8,9 @@ per minute (tpm). ``admit`` says how many requests may start now; ``start`` reco
 
 Pacing, not bursts. Providers enforce per-minute limits over short windows (about a
 second), so a per-minute budget ``B`` is a token bucket with capacity
-``C = max(2, B * burst / 60)`` (``max(1, B / 2)`` under 4 per minute) and refill ``(B - C) / 60`` per second: in any 60 s window
-at most ``C + (B - C) = B`` requests (tokens) start, and in any 1 s window at most
-``C + B / 60``, little more than the pro-rata part. A budget under 2 rpm refills at
+``C = max(2, B * burst / 60)`` (``max(1, B / 2)`` under 4 per minute) and refill
+``(B - C) / 60`` per second: in any 60 s window at most ``C + (B - C) = B`` requests
+(tokens) start, and in any 1 s window at most ``C + B / 60``. A budget under 2 rpm refills at
 ``B / 120`` per second instead (so it never stops), which still lets at most one request
 start per minute when ``B < 2``.
 
@@ -85,12 +85,9 @@ class BudgetState:
 
 
 def bucket_shape(budget: float, burst: float) -> tuple[float, float]:
-    """(capacity, refill per second) of the bucket pacing a per-minute ``budget``.
-
-    At least two requests' room (one under 4 per minute): with room for one, a full
-    bucket refills nothing while the claim that empties it is on its way to the database,
-    and a daemon pacing a few requests a second lost a sixth of them (P9, three daemons).
-    """
+    """(capacity, refill per second) of the bucket pacing a per-minute ``budget``; room
+    for two requests at least (one under 4 a minute): a full bucket of one refilled
+    nothing while its claim went to the database (P9, three daemons: 5 a second of 6)."""
     capacity = max(1.0, min(2.0, budget / 2), budget * burst / 60.0)
     refill = budget - capacity if budget >= 2 * capacity else budget / 2
     return capacity, max(0.0, refill) / 60.0
