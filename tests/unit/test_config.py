@@ -27,6 +27,7 @@ from fusillade.config import (
     load_settings,
     render,
 )
+from fusillade.core.scheduling.budget import BudgetLimits
 from fusillade.errors import ConfigError
 from fusillade.runtime.config import Upstream
 
@@ -819,3 +820,45 @@ def test_rate_flags_set_the_default_upstreams_budget() -> None:
 def test_rate_flags_need_an_upstream() -> None:
     with pytest.raises(ConfigError, match="--rpm needs an upstream"):
         load_settings(env={}, flags={"upstream.rpm": 10})
+
+
+def test_budgets_and_weights_reach_the_daemon(tmp_path: Path) -> None:
+    # what serve and run give the daemon: the deployment's budgets by upstream and model
+    # (a model's learned limits use its upstream's budget_share), owner weights, slow start
+    s = load_settings(
+        write(
+            tmp_path,
+            """
+            default_upstream = "openai"
+            [upstreams.openai]
+            base_url = "https://api.openai.com"
+            rpm = 500
+            budget_share = 0.5
+            slow_start = false
+            [upstreams.local]
+            base_url = "http://127.0.0.1:8001"
+            [models."gpt-4o"]
+            tpm = 90000
+            [models.llama]
+            upstream = "local"
+            concurrency = 8
+            [owners.alice]
+            weight = 2
+            [daemon]
+            default_max_output_tokens = 256
+            """,
+        ),
+        env={},
+    )
+    d = s.daemon_config()
+    assert d.budget_limits("openai", None) == BudgetLimits(rpm=500, share=0.5)
+    assert d.budget_limits("openai", "gpt-4o") == BudgetLimits(tpm=90000, share=0.5)
+    assert d.budget_limits("openai", "unnamed") == BudgetLimits(share=0.5)
+    assert d.budget_limits("local", None) == BudgetLimits()
+    assert d.upstreams["openai"].slow_start is False
+    assert d.upstreams["local"].slow_start is True
+    # no max_in_flight: 8 x default_concurrency for unnamed models, plus llama's 8
+    assert d.upstream_cap("local") == 8 * 16 + 8
+    assert d.upstream_cap("openai") == 8 * 16
+    assert d.owner_weights == {"alice": 2.0}
+    assert d.default_max_output_tokens == 256
