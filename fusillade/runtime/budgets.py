@@ -29,14 +29,11 @@ from datetime import datetime
 import attrs
 
 from fusillade.core.retry import HttpResponse
-from fusillade.core.scheduling.budget import Budget, BudgetState
+from fusillade.core.scheduling.budget import UNLIMITED, Budget, BudgetState
 from fusillade.core.scheduling.headers import ProviderLimits, parse_limits
 from fusillade.core.scheduling.tokens import estimate_tokens
 from fusillade.runtime.config import DaemonConfig
 
-# requests are admitted by the hundreds at most per claim; a scope that would admit more
-# is not limiting
-_UNLIMITED = 1_000_000
 _MAX_MODEL_SCOPES = 1024
 # requests in flight to an upstream that has not answered yet (docs/scheduling.md)
 _SLOW_START = 4
@@ -98,7 +95,7 @@ class Budgets:
             # slow start is the upstream's: its first answer, whichever model, ends it
             upstream = self._config.upstreams[scope[0]]
             slow = scope[1] is None and upstream.slow_start
-            slow_start = _SLOW_START if slow else _UNLIMITED
+            slow_start = _SLOW_START if slow else UNLIMITED
             budget = Budget(self._config.budget_limits(*scope), now=now, slow_start=slow_start)
             self._budgets[scope] = budget
             self._apply_fraction(scope, budget, now)
@@ -127,11 +124,17 @@ class Budgets:
         return configured or budget.snapshot(now).learned
 
     def _forget_idle(self, now: float) -> None:
+        """Drop the model scopes that are idle and have learned nothing, with all that is
+        kept per scope (requests name models: the names must not grow these maps)."""
         for scope, budget in list(self._budgets.items()):
+            if scope[1] is None:
+                continue  # an upstream's scope: bounded by the configuration
             state = budget.snapshot(now)
             if state.in_flight == 0 and state.reserved_tokens == 0 and not state.learned:
                 del self._budgets[scope]
-                self._average.pop(scope, None)
+                for kept in (self._average, self._last_used, self._fractions):
+                    kept.pop(scope, None)
+                self._unleased.discard(scope)
 
     # --- the claim loop -------------------------------------------------------------
 
@@ -140,7 +143,7 @@ class Budgets:
         out = {}
         for model in models:
             scopes = self.scopes_of(model)
-            out[model] = self._admit(scopes[1], now) if scopes else _UNLIMITED
+            out[model] = self._admit(scopes[1], now) if scopes else UNLIMITED
         return out
 
     def group_free(self, models: Iterable[str], now: float) -> dict[str, int]:
@@ -163,7 +166,7 @@ class Budgets:
         if scope in self._unleased:
             return 0  # no part of the deployment's budget yet (the lease loop is asked)
         average = self._average.get(scope, self._first_guess)
-        return min(_UNLIMITED, self._budget(scope, now).admit(now, tokens_per_request=average))
+        return min(UNLIMITED, self._budget(scope, now).admit(now, tokens_per_request=average))
 
     def start(self, model: str, now: float) -> None:
         """One request of ``model`` was claimed and will be sent."""
