@@ -13,23 +13,19 @@ from __future__ import annotations
 
 import itertools
 import json
-from collections.abc import Iterable
 from datetime import timedelta
 from typing import Any
-from uuid import UUID
 
 import attrs
 import httpx
 import trio
 import trio.testing
 from prometheus_client import REGISTRY
-from test_virtual_time import T0, clock, config
+from test_virtual_time import add_batch, clock, config
 
-from fusillade.core.models import RequestTemplate
 from fusillade.core.scheduling.budget import BudgetLimits
 from fusillade.runtime.config import Upstream
 from fusillade.runtime.daemon import Daemon
-from fusillade.store.interface import BatchSpec
 from fusillade.store.memory import MemoryRepository
 
 __all__ = ["clock"]  # the fixture, used by name
@@ -67,24 +63,6 @@ class Upstream_:
         return sorted(t for cid, t in self.arrivals.items() if cid.startswith(prefix))
 
 
-def add_batch(
-    repo: MemoryRepository,
-    owner: str,
-    prefix: str,
-    models: Iterable[str],
-    *,
-    window: timedelta = timedelta(hours=24),
-    body: dict[str, Any] | None = None,
-) -> UUID:
-    templates = [
-        RequestTemplate(f"{prefix}{i}", m, json.dumps({"model": m, **(body or {})}))
-        for i, m in enumerate(models)
-    ]
-    stored = repo.create_file(owner, f"{prefix}.jsonl", templates, now=T0)
-    spec = BatchSpec(stored.id, "/v1/chat/completions", f"{window.total_seconds():g}s", window)
-    return repo.create_batch(owner, spec, now=T0).record.id
-
-
 def start(repo: Any, upstream: Upstream_, **overrides: Any) -> Daemon:
     return Daemon(repo, config(**overrides), transport=httpx.MockTransport(upstream))
 
@@ -111,7 +89,7 @@ async def test_a_configured_rpm_paces_the_starts(
     # most 2 + 1 starts, any 2 s window at most 2 + 2, and none is held back: 10 requests
     # within about 9 s
     repo = MemoryRepository()
-    add_batch(repo, "alice", "c", ["m"] * 10)
+    add_batch(repo, "c", owner="alice", models=["m"] * 10)
     upstream = Upstream_()
     d = start(repo, upstream, default_concurrency=16, upstream_budgets=budget(rpm=60))
     await nursery.start(d.run)
@@ -135,7 +113,7 @@ async def test_limits_learned_from_headers_after_a_slow_start(
     # Nothing configured. Until the first answer, 4 requests (slow start); the answers
     # say 120 rpm, so the budget is 0.9 * 120 = 108 rpm: 1.8 a second, about 36 in 20 s.
     repo = MemoryRepository()
-    add_batch(repo, "alice", "c", ["m"] * 80)
+    add_batch(repo, "c", owner="alice", models=["m"] * 80)
     headers = {"x-ratelimit-limit-requests": "120", "x-ratelimit-remaining-requests": "119"}
     upstream = Upstream_(latency=0.5, headers=headers)
     cfg: dict[str, Any] = {"default_concurrency": 64}
@@ -172,7 +150,7 @@ async def test_a_429_that_states_its_limit_keeps_the_learned_pace(
     # one, already known: the pace stays 18 a second (about 180 in 10 s), not an AIMD
     # estimate halved from the recent rate.
     repo = MemoryRepository()
-    add_batch(repo, "alice", "c", ["m"] * 400)
+    add_batch(repo, "c", owner="alice", models=["m"] * 400)
     headers = {"x-ratelimit-limit-requests": "1200", "x-ratelimit-remaining-requests": "1100"}
     upstream = RefusesOnce(latency=0.05, headers=headers, refuse_at=40)
     d = start(repo, upstream, default_concurrency=64)
@@ -187,7 +165,7 @@ async def test_an_upstream_caps_many_model_names(
     # 40 invented model names, default_concurrency 2, no max_in_flight: the upstream takes
     # 8 x 2 = 16 at once, not 40 x 2 = 80
     repo = MemoryRepository()
-    add_batch(repo, "alice", "c", [f"invented-{i}" for i in range(40)] * 2)
+    add_batch(repo, "c", owner="alice", models=[f"invented-{i}" for i in range(40)] * 2)
     upstream = Upstream_(hold=True)
     d = start(repo, upstream, default_concurrency=2)
     await nursery.start(d.run)
@@ -199,7 +177,7 @@ async def test_a_configured_max_in_flight_caps_the_upstream(
     nursery: trio.Nursery, clock: trio.testing.MockClock
 ) -> None:
     repo = MemoryRepository()
-    add_batch(repo, "alice", "c", ["a", "b", "c"] * 10)
+    add_batch(repo, "c", owner="alice", models=["a", "b", "c"] * 10)
     upstream = Upstream_(hold=True)
     d = start(repo, upstream, default_concurrency=8, upstream_budgets=budget(max_in_flight=5))
     await nursery.start(d.run)
@@ -217,8 +195,8 @@ async def test_token_reservations_settle_with_the_reported_usage(
     # Without a usage the reservation stands: about 10 s between requests.
     body = {"max_tokens": 1000}
     fast_repo, slow_repo = MemoryRepository(), MemoryRepository()
-    add_batch(fast_repo, "alice", "c", ["m"] * 5, body=body)
-    add_batch(slow_repo, "alice", "c", ["m"] * 5, body=body)
+    add_batch(fast_repo, "c", owner="alice", models=["m"] * 5, body=body)
+    add_batch(slow_repo, "c", owner="alice", models=["m"] * 5, body=body)
     reported, silent = Upstream_(usage=20), Upstream_()
     for repo, upstream in ((fast_repo, reported), (slow_repo, silent)):
         d = start(repo, upstream, default_concurrency=8, upstream_budgets=budget(tpm=6000))
@@ -236,7 +214,7 @@ async def test_three_daemons_share_one_budget(
     # 180 rpm for the deployment: three daemons on one database together never start
     # more than 180 in a minute (plus the one-second burst of each), and use most of it
     repo = MemoryRepository()
-    add_batch(repo, "alice", "c", ["m"] * 400)
+    add_batch(repo, "c", owner="alice", models=["m"] * 400)
     upstream = Upstream_(latency=0.2)
     for _ in range(3):
         d = start(repo, upstream, default_concurrency=16, upstream_budgets=budget(rpm=180))
@@ -257,8 +235,8 @@ async def test_owners_share_a_models_slots(
     # each. Fair: bob gets 2 slots while both have work, so his 10 are sent within 5 s
     # (first-come would leave him 50 s behind alice), and alice keeps the other 2.
     repo = MemoryRepository()
-    add_batch(repo, "alice", "a", ["m"] * 200)
-    add_batch(repo, "bob", "b", ["m"] * 10)
+    add_batch(repo, "a", owner="alice", models=["m"] * 200)
+    add_batch(repo, "b", owner="bob", models=["m"] * 10)
     upstream = Upstream_(latency=1.0)
     d = start(repo, upstream, default_concurrency=4)
     await nursery.start(d.run)
@@ -271,8 +249,8 @@ async def test_owners_share_a_models_slots(
 async def test_owner_weights(nursery: trio.Nursery, clock: trio.testing.MockClock) -> None:
     # bob weighs 3, alice 1: of 4 slots bob holds 3 while both have work
     repo = MemoryRepository()
-    add_batch(repo, "alice", "a", ["m"] * 100)
-    add_batch(repo, "bob", "b", ["m"] * 100)
+    add_batch(repo, "a", owner="alice", models=["m"] * 100)
+    add_batch(repo, "b", owner="bob", models=["m"] * 100)
     upstream = Upstream_(latency=1.0)
     d = start(repo, upstream, default_concurrency=4, owner_weights={"bob": 3.0})
     await nursery.start(d.run)
@@ -285,7 +263,7 @@ async def test_an_owner_alone_gets_every_slot(
     nursery: trio.Nursery, clock: trio.testing.MockClock
 ) -> None:
     repo = MemoryRepository()
-    add_batch(repo, "alice", "a", ["m"] * 40)
+    add_batch(repo, "a", owner="alice", models=["m"] * 40)
     upstream = Upstream_(latency=1.0)
     d = start(repo, upstream, default_concurrency=4)
     await nursery.start(d.run)
@@ -299,8 +277,8 @@ async def test_a_shorter_window_goes_first_within_an_owner(
     # the same owner's 24h batch was created first, its 1h batch after: the 1h batch has
     # every slot until it is done (P11)
     repo = MemoryRepository()
-    add_batch(repo, "alice", "day", ["m"] * 40, window=timedelta(hours=24))
-    add_batch(repo, "alice", "hour", ["m"] * 10, window=timedelta(hours=1))
+    add_batch(repo, "day", owner="alice", models=["m"] * 40, window=timedelta(hours=24))
+    add_batch(repo, "hour", owner="alice", models=["m"] * 10, window=timedelta(hours=1))
     upstream = Upstream_(latency=1.0)
     d = start(repo, upstream, default_concurrency=2)
     await nursery.start(d.run)

@@ -150,14 +150,29 @@ def daemon(
     return Daemon(repo, cfg, transport=httpx.MockTransport(upstream), jitter=lambda: next(draws))
 
 
+def add_batch(
+    repo: MemoryRepository,
+    prefix: str,
+    models: Iterable[str],
+    *,
+    window: timedelta = timedelta(hours=24),
+    owner: str = OWNER,
+    body: dict[str, Any] | None = None,
+) -> UUID:
+    """A batch of ``owner`` created at ``T0``, one request per model, custom ids
+    ``prefix0``, ``prefix1``, ...; each body is ``{"model": ..., "i": ..., **body}``."""
+    templates = [
+        RequestTemplate(f"{prefix}{i}", m, json.dumps({"model": m, "i": i, **(body or {})}))
+        for i, m in enumerate(models)
+    ]
+    stored = repo.create_file(owner, f"{prefix}.jsonl", templates, now=T0)
+    spec = BatchSpec(stored.id, "/v1/chat/completions", f"{window.total_seconds():g}s", window)
+    return repo.create_batch(owner, spec, now=T0).record.id
+
+
 def make_batch(repo: MemoryRepository, models: list[str], window: timedelta) -> UUID:
     """A batch of one request per model (custom ids c0, c1, ...), created at ``T0``."""
-    templates = [
-        RequestTemplate(f"c{i}", m, json.dumps({"model": m, "i": i})) for i, m in enumerate(models)
-    ]
-    stored = repo.create_file(OWNER, "in.jsonl", templates, now=T0)
-    spec = BatchSpec(stored.id, "/v1/chat/completions", f"{window.total_seconds():g}s", window)
-    return repo.create_batch(OWNER, spec, now=T0).record.id
+    return add_batch(repo, "c", models, window=window)
 
 
 def requests(repo: MemoryRepository, batch: UUID) -> dict[str, RequestSummary]:
@@ -317,14 +332,8 @@ async def test_a_batch_that_will_miss_its_deadline_is_escalated_and_claimed_ahea
     # time.
     repo = MemoryRepository()
 
-    def batch(prefix: str, n: int, window: timedelta) -> UUID:
-        templates = [RequestTemplate(f"{prefix}{i}", "m", "{}") for i in range(n)]
-        stored = repo.create_file(OWNER, f"{prefix}.jsonl", templates, now=T0)
-        spec = BatchSpec(stored.id, "/v1/chat/completions", f"{window.total_seconds():g}s", window)
-        return repo.create_batch(OWNER, spec, now=T0).record.id
-
-    a = batch("a", 500, timedelta(hours=2))
-    b = batch("b", 20, timedelta(hours=2.5))
+    a = add_batch(repo, "a", ["m"] * 500, window=timedelta(hours=2))
+    b = add_batch(repo, "b", ["m"] * 20, window=timedelta(hours=2.5))
     sent: list[tuple[float, str]] = []
 
     async def slow(request: httpx.Request) -> httpx.Response:
@@ -371,14 +380,8 @@ async def test_a_busy_daemon_still_looks_at_other_batches_every_poll_interval(
     # 0.3 s and a little claim coalescing, not after B's 30 s.
     repo = MemoryRepository()
 
-    def batch(prefix: str, n: int, window: timedelta) -> UUID:
-        templates = [RequestTemplate(f"{prefix}{i}", "m", "{}") for i in range(n)]
-        stored = repo.create_file(OWNER, f"{prefix}.jsonl", templates, now=T0)
-        spec = BatchSpec(stored.id, "/v1/chat/completions", f"{window.total_seconds():g}s", window)
-        return repo.create_batch(OWNER, spec, now=T0).record.id
-
-    a = batch("a", 1, timedelta(hours=1))
-    batch("b", 100, timedelta(hours=2))
+    a = add_batch(repo, "a", ["m"] * 1, window=timedelta(hours=1))
+    add_batch(repo, "b", ["m"] * 100, window=timedelta(hours=2))
     other = UUID(int=7)
     assert [c.custom_id for c in repo.claim(other, [(a, "m", 1)], now=T0)] == ["a0"]
     sent: dict[str, float] = {}

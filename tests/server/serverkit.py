@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -149,3 +151,17 @@ async def raw_post(
                     break
             nursery.cancel_scope.cancel()
     return status, body
+
+
+async def fusillade(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
+    """Run ``python -m fusillade ARGS`` without the caller's ``FUSILLADE_*`` variables:
+    (exit status, stdout, stderr)."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith("FUSILLADE_")}
+    result = await trio.run_process(
+        [sys.executable, "-m", "fusillade", *args],
+        capture_stdout=True,
+        capture_stderr=True,
+        check=False,
+        env={**base, **(env or {})},
+    )
+    return result.returncode, result.stdout.decode(), result.stderr.decode()

@@ -7,33 +7,18 @@ against its database (``--database-url``; the server's daemon runs what is store
 from __future__ import annotations
 
 import json
-import os
 import re
-import sys
 from datetime import UTC, datetime
 from pathlib import Path
 from uuid import UUID
 
 import pytest
-import trio
-from serverkit import chat_line, jsonl
+from serverkit import chat_line, fusillade, jsonl
 
 from fusillade.mock_upstream import Behaviour, MockUpstream
 from fusillade.server.serve import Running
 
 BATCH_ID = re.compile(r"batch_[0-9a-f]{32}")
-
-
-async def fusillade(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
-    base = {k: v for k, v in os.environ.items() if not k.startswith("FUSILLADE_")}
-    result = await trio.run_process(
-        [sys.executable, "-m", "fusillade", *args],
-        capture_stdout=True,
-        capture_stderr=True,
-        check=False,
-        env={**base, **(env or {})},
-    )
-    return result.returncode, result.stdout.decode(), result.stderr.decode()
 
 
 def target(mode: str, server: Running, database_url: str) -> list[str]:

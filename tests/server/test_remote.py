@@ -3,31 +3,16 @@
 from __future__ import annotations
 
 import json
-import os
-import sys
 from pathlib import Path
 
 import pytest
-import trio
-from serverkit import StartServer, chat_line, jsonl
+from serverkit import StartServer, chat_line, fusillade, jsonl
 
 from fusillade.config import ApiKey
 from fusillade.mock_upstream import MockUpstream
 from fusillade.server.serve import Running
 
 KEY = "sk-remote-cli-key"
-
-
-async def fusillade(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
-    base = {k: v for k, v in os.environ.items() if not k.startswith("FUSILLADE_")}
-    result = await trio.run_process(
-        [sys.executable, "-m", "fusillade", *args],
-        capture_stdout=True,
-        capture_stderr=True,
-        check=False,
-        env={**base, **(env or {})},
-    )
-    return result.returncode, result.stdout.decode(), result.stderr.decode()
 
 
 @pytest.fixture
