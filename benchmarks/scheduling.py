@@ -26,7 +26,6 @@ import contextlib
 import math
 import os
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -43,16 +42,14 @@ from benchmarks.common import (
     Row,
     Sizes,
     child_command,
-    free_port,
     kill_and_reap,
     median,
     request_body,
     run_child,
     stop_and_reap,
-    wait_for_port,
 )
 from benchmarks.database import fresh_database, migrate
-from benchmarks.upstream import Upstreams
+from benchmarks.upstream import Upstreams, spawn_mock
 
 # The last commit of main before issue 13's scheduling: concurrency per model only.
 NAIVE_COMMIT = "8e223ac"
@@ -64,16 +61,9 @@ P11_TARGET = "the 1h batch completes first"
 @contextlib.contextmanager
 def mock_upstream(flags: list[str]) -> Iterator[str]:
     """A mock-upstream of its own (fresh buckets and counters); yields its base URL."""
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "fusillade", "mock-upstream", "--port", str(port), *flags],
-        cwd=REPO_ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    proc, url = spawn_mock(flags)
     try:
-        wait_for_port(port, 30, proc)
-        yield f"http://127.0.0.1:{port}"
+        yield url
     finally:
         stop_and_reap(proc)
 

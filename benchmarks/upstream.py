@@ -35,6 +35,7 @@ from benchmarks.common import (
     ChildFailed,
     free_port,
     request_body,
+    stop_and_reap,
     wait_for_port,
 )
 
@@ -127,16 +128,9 @@ class Upstreams:
         return "no nginx echo module" if self.kind.startswith("nginx") else "no nginx"
 
     def _start_mock(self, flags: list[str]) -> str:
-        port = free_port()
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "fusillade", "mock-upstream", "--port", str(port), *flags],
-            cwd=REPO_ROOT,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        proc, url = spawn_mock(flags)
         self._procs.append(proc)
-        wait_for_port(port, 30, proc)
-        return f"http://127.0.0.1:{port}"
+        return url
 
     def stop(self) -> None:
         for proc in self._procs:
@@ -233,3 +227,20 @@ def _check(base_url: str) -> None:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.1)
+
+
+def spawn_mock(flags: list[str]) -> tuple[subprocess.Popen[bytes], str]:
+    """``fusillade mock-upstream FLAGS`` on a free port, once it listens: (process, base URL)."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fusillade", "mock-upstream", "--port", str(port), *flags],
+        cwd=REPO_ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for_port(port, 30, proc)
+    except BaseException:
+        stop_and_reap(proc)
+        raise
+    return proc, f"http://127.0.0.1:{port}"

@@ -50,6 +50,19 @@ def _show(value: object) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
+def _parsed_or_text(parse: Callable[[str], object]) -> Callable[[str], object]:
+    """Environment or flag text read as a number; text that is not one stays text, for
+    the rule's check to say what is wrong with it."""
+
+    def from_text(text: str) -> object:
+        try:
+            return parse(text)
+        except ValueError:
+            return text
+
+    return from_text
+
+
 def _integer(low: int, high: int | None = None) -> Rule:
     def check(value: object) -> int:
         if type(value) is int and low <= value and (high is None or value <= high):
@@ -57,13 +70,7 @@ def _integer(low: int, high: int | None = None) -> Rule:
         bounds = f"from {low} to {high}" if high is not None else f">= {low}"
         raise Invalid(f"must be an integer {bounds}, got {_show(value)}")
 
-    def from_text(text: str) -> object:
-        try:
-            return int(text)
-        except ValueError:
-            return text  # check() says what is wrong
-
-    return Rule(check, from_text)
+    return Rule(check, _parsed_or_text(int))
 
 
 def _positive_number(high: float) -> Rule:
@@ -76,13 +83,7 @@ def _positive_number(high: float) -> Rule:
                 return number
         raise Invalid(f"must be a number above 0 and at most {high:g}, got {_show(value)}")
 
-    def from_text(text: str) -> object:
-        try:
-            return float(text)
-        except ValueError:
-            return text  # check() says what is wrong
-
-    return Rule(check, from_text)
+    return Rule(check, _parsed_or_text(float))
 
 
 def _boolean(value: object) -> bool:

@@ -67,7 +67,8 @@ class RequestTasks(DaemonBase):
         reserved = False
         try:
             with entry.scope:
-                reserved = await self._reserve_tokens(reservation)
+                await self._reserve_tokens(reservation)
+                reserved = True
                 sent = await self.dispatcher.send(req)
         finally:
             self._finish_request(entry)
@@ -87,12 +88,12 @@ class RequestTasks(DaemonBase):
             self._next_due = due if self._next_due is None else min(self._next_due, due)
             self._wake.set()
 
-    async def _reserve_tokens(self, reservation: Reservation) -> bool:
+    async def _reserve_tokens(self, reservation: Reservation) -> None:
         """Wait until the request's estimated tokens fit its token budgets, and take them."""
         while True:
             now = anyio.current_time()
             if self.budgets.reserve(reservation, now):
-                return True
+                return
             # until the bucket has refilled enough, or a settled request gave tokens back
             with anyio.move_on_after(self.budgets.reserve_wait(reservation, now)):
                 await self._tokens_returned.wait()
