@@ -89,8 +89,8 @@ class DaemonBase:
         self._new_work = False  # the wake-up came from new work, not a freed slot
         self._stopping = False
         self._stop_requested = anyio.Event()
-        # the claim loop's snapshot of the claimable batches (claimable_batches), in the
-        # order its allocator walks them, refreshed when stale (NOTIFY, poll, due time)
+        # the claim loop's snapshot of the claimable batches (claimable_batches),
+        # refreshed when stale (NOTIFY, poll, due time)
         self._claimable: list[ClaimableBatch] = []
         self._claimable_stale = True
         self._claimable_at = 0.0  # loop time of the last refresh

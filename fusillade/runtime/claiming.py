@@ -3,7 +3,8 @@
 The loop keeps a snapshot of the claimable batches (``claimable_batches``: deadline,
 owner, window, escalation, pending), refreshed when it goes stale: on NOTIFY, on the
 poll interval, at a known retry time. ``ModelLimits`` says how many slots each model
-has free; ``_allot`` turns them into ``(batch, model, n)`` allotments; one statement
+has free and ``Budgets`` what its rate budgets admit; ``_allot`` has the core's
+fair-share allocator turn them into ``(batch, model, n)`` allotments; one statement
 claims them (claim and start are one write) and a task starts per row
 (``requests.py``). A pair that gives fewer rows than allotted has nothing more due: it
 is "starved" until the next refresh, and the loop allots its model's remaining slots
@@ -46,9 +47,8 @@ class ClaimLoop(RequestTasks):
                 except (StoreError, TimeoutError) as exc:
                     backoff = await self._claim_failed(exc, backoff)
                     continue
-                # escalated batches first (fusillade.core.deadlines), then the store's
-                # order: earliest deadline, then oldest
-                self._claimable = sorted(batches, key=lambda b: not b.escalated)
+                # the allocator orders them (escalated, window, deadline): no sort here
+                self._claimable = batches
                 self._claimable_stale = False
                 self._claimable_at = now_loop
                 self._hungry = self._models_with_work()

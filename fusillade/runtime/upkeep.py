@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import socket
+import typing
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Any
@@ -22,6 +23,7 @@ import anyio
 
 from fusillade import metrics
 from fusillade.core.deadlines import review
+from fusillade.core.scheduling.budget import Throttle
 from fusillade.core.scheduling.shares import fraction_of
 from fusillade.errors import StoreError
 from fusillade.runtime._base import DaemonBase, log
@@ -149,7 +151,7 @@ class Upkeep(DaemonBase):
             metrics.BUDGET_RESERVED_TOKENS.labels(*key).set(reserved[key])
         for lkey, value in limits.items():
             metrics.BUDGET_LIMIT.labels(*lkey).set(value)
-        for reason in ("max_in_flight", "rpm", "tpm", "slow_start"):
+        for reason in typing.get_args(Throttle):
             for key in in_flight:
                 metrics.BUDGET_THROTTLED.labels(*key, reason).set(
                     1 if (*key, reason) in throttled else 0
