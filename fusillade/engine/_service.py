@@ -297,6 +297,16 @@ class Engine:
             for line in chunk:
                 yield line
 
+    async def iter_results_by_line(self, batch_id: UUID | str) -> AsyncIterator[ResultLine]:
+        """Output and error lines of a batch together, in input order (the line order of
+        its file), streamed page by page; ``line.state`` tells them apart (completed:
+        output; failed, canceled: error). Finished requests only."""
+        uuid = public_uuid("batch", batch_id)
+        it = self.repo.iter_results_by_line(self.owner, uuid)
+        while chunk := await self._threads.call(_take, it, _RESULTS_PER_HOP):
+            for line in chunk:
+                yield line
+
     async def watch(
         self, batch_id: UUID | str, *, interval: float = 0.5
     ) -> AsyncIterator[BatchView]:

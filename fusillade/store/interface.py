@@ -190,6 +190,13 @@ class Repository(Protocol):
     def iter_results(
         self, owner: str | None, batch_id: UUID, *, errors: bool, page_size: int = 5000
     ) -> Iterator[ResultLine]: ...
+    def iter_results_by_line(
+        self, owner: str | None, batch_id: UUID, *, page_size: int = 5000
+    ) -> Iterator[ResultLine]:
+        """The result lines of a batch's finished requests (completed: output lines;
+        failed and canceled: error lines) together, in input (line) order."""
+        ...
+
     def list_requests(
         self,
         owner: str,

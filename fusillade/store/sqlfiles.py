@@ -75,6 +75,7 @@ class Queries:
     set_file_stats: str
     set_result_file_sizes: str
     soft_delete_file: str
+    stream_by_line: str
     stream_errors: str
     stream_input: str
     stream_output: str

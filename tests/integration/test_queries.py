@@ -127,6 +127,14 @@ def test_plans_use_the_indexes(database_url: str) -> None:
             {"batch_id": batch, "states": None, "after_line": 0, "limit": 21},
         )
         assert "requests_batch_line" in requests, requests
+        # run --ordered: pages read in line order from the index, the batch never sorted
+        for b in (batch, big):
+            params = {"batch_id": b, "after_line": 0, "limit": 5000}
+            by_line = _plan(conn, q.stream_by_line, params)
+            assert "requests_batch_line" in by_line, by_line
+            page = by_line.split("CTE Scan")[0]  # the page, before the per-row lookups
+            assert "Sort Key: r.line_number" not in page, by_line
+            assert "Filter" not in page, by_line  # every row it reads is in the page
 
 
 def test_claim_with_a_large_backlog_reads_by_primary_key(database_url: str) -> None:

@@ -639,3 +639,33 @@ def test_the_fence_refuses_a_stale_write_of_the_same_daemon(repo: PostgresReposi
     assert stale.written == 0 and stale.lost == (first.id,)
     assert repo.get_batch("alice", b, now=T0).counts.in_progress == 1
     assert repo.record_results(d, [ok(second)]).written == 1
+
+
+@pytest.mark.parametrize("page_size", [1, 2, 5000])
+def test_results_by_line_come_in_input_order_whatever_the_completion_order(
+    repo: PostgresRepository, page_size: int
+) -> None:
+    """``run --ordered``'s read: output and error lines together in line order, though
+    they ended in the reverse order; a request not finished yet is left out."""
+    b = make_batch(repo, 7)
+    d = daemon(repo)
+    claimed = claim_by_model(repo, d, {"m1": 6}, now=T0)  # line 7 stays pending
+    bad = Failure(FailureReason.HTTP_STATUS, "400", 400, "no")
+    for age, c in enumerate(reversed(claimed)):  # line 6 ends first, line 1 last
+        at = T0 + timedelta(seconds=age)
+        failed = c.custom_id in ("req-1", "req-4")
+        result = c.result(ResultKind.FAILED, at, 400, "no", bad) if failed else ok(c, at)
+        repo.record_results(d, [result])
+    ended = [line.custom_id for line in repo.iter_results("alice", b, errors=False)]
+    assert ended == ["req-5", "req-3", "req-2", "req-0"]  # the premise: completion order
+    lines = list(repo.iter_results_by_line("alice", b, page_size=page_size))
+    assert [(line.custom_id, line.state) for line in lines] == [
+        ("req-0", RequestState.COMPLETED),
+        ("req-1", RequestState.FAILED),
+        ("req-2", RequestState.COMPLETED),
+        ("req-3", RequestState.COMPLETED),
+        ("req-4", RequestState.FAILED),
+        ("req-5", RequestState.COMPLETED),
+    ]
+    with pytest.raises(NotFound):
+        list(repo.iter_results_by_line("bob", b))

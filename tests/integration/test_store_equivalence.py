@@ -161,6 +161,12 @@ class StoresAgree(RuleBasedStateMachine):
             (attrs.evolve(line, request_id=ZERO) for line in lines), key=lambda x: x.custom_id
         )
 
+    def results_by_line_of(self, repo: Repository, batch_id: UUID) -> list[ResultLine]:
+        """``iter_results_by_line`` in pages of 2, its order kept (input order is the same
+        in both stores), request ids blanked."""
+        lines = repo.iter_results_by_line(OWNER, batch_id, page_size=2)
+        return [attrs.evolve(line, request_id=ZERO) for line in lines]
+
     def _rows_in(self, states: tuple[str, ...]) -> Iterator[RequestSummary]:
         """The memory store's requests in ``states`` (to aim draws, not to check)."""
         for b in self.batches:
@@ -525,6 +531,17 @@ class StoresAgree(RuleBasedStateMachine):
     def compare_batch(self, b: UUID) -> None:
         self.same(lambda repo, _: self.results_of(repo, b, errors=False))
         self.same(lambda repo, _: self.results_of(repo, b, errors=True))
+        by_line = self.same(lambda repo, _: self.results_by_line_of(repo, b))
+        if by_line is not None:
+            lines = [int(line.custom_id.rsplit("-", 1)[1]) for line in by_line]
+            assert lines == sorted(lines), "results by line must come in input order"
+            memory = self.stores[0]
+            ended = self.results_of(memory, b, errors=False) + self.results_of(
+                memory, b, errors=True
+            )
+            assert sorted(by_line, key=lambda x: x.custom_id) == sorted(
+                ended, key=lambda x: x.custom_id
+            ), "the ordered read has the lines of the completion-order ones"
         view = self.same(lambda repo, _: _view(repo.get_batch(OWNER, b, now=self.now)))
         assert view is not None
         assert view.counts.is_consistent, view

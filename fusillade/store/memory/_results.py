@@ -14,7 +14,7 @@ from fusillade.core.results import ResultLine
 from fusillade.errors import ValidationError
 from fusillade.store.interface import Page, RequestDetail, RequestSummary
 from fusillade.store.memory._base import MemoryBase
-from fusillade.store.memory._rows import CA
+from fusillade.store.memory._rows import CA, _Row
 
 
 class ResultParts(MemoryBase):
@@ -36,26 +36,37 @@ class ResultParts(MemoryBase):
                     key = (r.finished_at, r.id)
                     if cursor is not None and key <= cursor:
                         continue
-                    t = self._templates[row.file_id][row.line_number - 1]
-                    line = ResultLine(
-                        request_id=r.id,
-                        custom_id=t.custom_id,
-                        state=r.state,
-                        status=r.response_status,
-                        body=r.response_body,
-                        failure_reason=r.failure.reason if r.failure else None,
-                        failure_message=r.failure.message if r.failure else None,
-                        finished_at=r.finished_at,
-                        body_is_json=row.body_is_json,
-                        body_raw=row.body_raw,
-                    )
-                    page.append((*key, line))
+                    page.append((*key, self._result_line(row)))
                 page.sort(key=lambda x: (x[0], x[1]))
                 page = page[:page_size]
             yield from (line for _, _, line in page)
             if len(page) < page_size:
                 return
             cursor = (page[-1][0], page[-1][1])
+
+    def iter_results_by_line(
+        self, owner: str | None, batch_id: UUID, *, page_size: int = 5000
+    ) -> Iterator[ResultLine]:
+        """The result lines of a batch's finished requests in input (line) order, a page
+        at a time."""
+        with self._lock:
+            self._batch(owner, batch_id)
+        states = (RequestState.COMPLETED, RequestState.FAILED, CA)
+        after_line = 0
+        while True:
+            with self._lock:
+                page: list[tuple[int, ResultLine]] = []
+                for row in self._rows_of(batch_id):  # in line order
+                    r = row.req
+                    if row.line_number <= after_line or r.state not in states:
+                        continue
+                    page.append((row.line_number, self._result_line(row)))
+                    if len(page) == page_size:
+                        break
+            yield from (line for _, line in page)
+            if len(page) < page_size:
+                return
+            after_line = page[-1][0]
 
     def list_requests(
         self,
@@ -104,3 +115,21 @@ class ResultParts(MemoryBase):
                 response_body=row.req.response_body,
                 response_body_raw=row.body_raw,
             )
+
+    def _result_line(self, row: _Row) -> ResultLine:
+        """The result line of a finished request (``self._lock`` held)."""
+        r = row.req
+        assert r.finished_at is not None
+        t = self._templates[row.file_id][row.line_number - 1]
+        return ResultLine(
+            request_id=r.id,
+            custom_id=t.custom_id,
+            state=r.state,
+            status=r.response_status,
+            body=r.response_body,
+            failure_reason=r.failure.reason if r.failure else None,
+            failure_message=r.failure.message if r.failure else None,
+            finished_at=r.finished_at,
+            body_is_json=row.body_is_json,
+            body_raw=row.body_raw,
+        )

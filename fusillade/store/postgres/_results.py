@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -37,43 +37,35 @@ class ResultQueries(PostgresBase):
             self._read_batch(cur, owner, batch_id)
         query = self.q.stream_errors if errors else self.q.stream_output
 
-        def fetch(after: tuple[datetime, UUID]) -> list[tuple[Any, ...]]:
-            params = {
-                "batch_id": batch_id,
-                "after_time": after[0],
-                "after_id": after[1],
-                "limit": page_size,
-            }
-            with self._tx() as cur:
-                pages = cur.connection.cursor(row_factory=tuple_row)
-                return pages.execute(query, params).fetchall()
+        def fetch(after: tuple[Any, ...] | None) -> list[tuple[Any, ...]]:
+            # Columns: id, custom_id, ..., finished_at (stream_output.sql); keyset on the
+            # last row's (finished_at, id).
+            at, rid = (_EPOCH, _ZERO_UUID) if after is None else (after[9], after[0])
+            params = {"batch_id": batch_id, "after_time": at, "after_id": rid}
+            return self._page(query, {**params, "limit": page_size})
 
-        with ThreadPoolExecutor(1, thread_name_prefix="fusillade-results") as ahead:
-            rows = fetch((_EPOCH, _ZERO_UUID))
-            while True:
-                # Columns: id, custom_id, state, status, body, body_json, body_raw, reason,
-                # message, finished_at (stream_output.sql).
-                following = (
-                    ahead.submit(fetch, (rows[-1][9], rows[-1][0]))
-                    if len(rows) == page_size
-                    else None
-                )
-                for rid, cid, state, status, body, body_json, raw, reason, message, at in rows:
-                    yield ResultLine(
-                        request_id=rid,
-                        custom_id=cid,
-                        state=_STATES[state],
-                        status=status,
-                        body=body,
-                        failure_reason=_reason(reason),
-                        failure_message=message,
-                        finished_at=at,
-                        body_is_json=body_json,
-                        body_raw=raw,
-                    )
-                if following is None:
-                    return
-                rows = following.result()
+        yield from _lines(fetch, page_size)
+
+    def iter_results_by_line(
+        self, owner: str | None, batch_id: UUID, *, page_size: int = 5000
+    ) -> Iterator[ResultLine]:
+        """The result lines of a batch's finished requests, output and error lines
+        together, in input (line) order: keyset-paginated on the line number
+        (``stream_by_line.sql``), a page fetched ahead as above."""
+        with self._tx() as cur:
+            self._read_batch(cur, owner, batch_id)
+
+        def fetch(after: tuple[Any, ...] | None) -> list[tuple[Any, ...]]:
+            line = 0 if after is None else after[10]  # the line_number column
+            params = {"batch_id": batch_id, "after_line": line, "limit": page_size}
+            return self._page(self.q.stream_by_line, params)
+
+        yield from _lines(fetch, page_size)
+
+    def _page(self, query: str, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
+        with self._tx() as cur:
+            pages = cur.connection.cursor(row_factory=tuple_row)
+            return pages.execute(query, params).fetchall()
 
     def list_requests(
         self,
@@ -119,6 +111,38 @@ class ResultQueries(PostgresBase):
             response_body=row["response_body"],
             response_body_raw=row["response_body_raw"],
         )
+
+
+def _lines(
+    fetch: Callable[[tuple[Any, ...] | None], list[tuple[Any, ...]]], page_size: int
+) -> Iterator[ResultLine]:
+    """The result lines of the pages ``fetch(last row of the previous page)`` returns
+    (``None``: the first page), the next page fetched in a helper thread while this one
+    is consumed; rows of unfinished requests are skipped (stream_by_line.sql reads every
+    state). Columns: id, custom_id, state, status, body, body_json, body_raw, reason,
+    message, finished_at, then any keyset columns (stream_output.sql)."""
+    with ThreadPoolExecutor(1, thread_name_prefix="fusillade-results") as ahead:
+        rows = fetch(None)
+        while True:
+            following = ahead.submit(fetch, rows[-1]) if len(rows) == page_size else None
+            for rid, cid, state, status, body, body_json, raw, reason, message, at, *_ in rows:
+                if not _STATES[state].is_terminal:
+                    continue
+                yield ResultLine(
+                    request_id=rid,
+                    custom_id=cid,
+                    state=_STATES[state],
+                    status=status,
+                    body=body,
+                    failure_reason=_reason(reason),
+                    failure_message=message,
+                    finished_at=at,
+                    body_is_json=body_json,
+                    body_raw=raw,
+                )
+            if following is None:
+                return
+            rows = following.result()
 
 
 def _summary(row: Mapping[str, Any]) -> RequestSummary:
