@@ -19,7 +19,7 @@ import trio
 
 from fusillade._version import __version__
 from fusillade.runtime.config import DaemonConfig, Upstream
-from fusillade.runtime.dispatch import join_url
+from fusillade.runtime.dispatch import host_port, join_url
 
 PREFLIGHT_TIMEOUT = 10.0  # seconds for the whole request: connect, send, answer
 SKIP_HINT = "--no-preflight skips this check"
@@ -72,8 +72,7 @@ def _where(base_url: str) -> str:
         url = httpx.URL(base_url)
     except httpx.InvalidURL:
         return base_url
-    port = url.port or (443 if url.scheme == "https" else 80)
-    return f"{url.host}:{port}"
+    return host_port(url)
 
 
 async def reachability_problems(

@@ -96,11 +96,22 @@ _HTTPX_ERRORS: tuple[tuple[type[Exception], TransportErrorKind], ...] = (
 )
 
 
-def _translate(exc: Exception) -> TransportError:
+def _translate(exc: Exception, url: httpx.URL) -> TransportError:
+    """``exc`` as a ``TransportError`` naming the upstream's host and port (never the
+    whole URL: its userinfo may be a credential)."""
     for cls, kind in _HTTPX_ERRORS:
         if isinstance(exc, cls):
-            return TransportError(kind, f"{kind.value}: {type(exc).__name__}")
+            where = f"upstream {host_port(url)}"
+            return TransportError(kind, f"{kind.value}: {type(exc).__name__} ({where})")
     raise exc
+
+
+def host_port(url: httpx.URL) -> str:
+    """``host:port`` of ``url`` (the scheme's default port when none is given; an IPv6
+    host in brackets): what names an upstream in a message."""
+    port = url.port or {"http": 80, "https": 443}.get(url.scheme)
+    host = f"[{url.host}]" if ":" in url.host else url.host
+    return host if port is None else f"{host}:{port}"
 
 
 class _Shard:
@@ -218,10 +229,11 @@ class Dispatcher:
         url, headers = built
         shard = self._pick_shard()
         shard.active += 1
+        target = self._url(url)
         try:
             request = httpx.Request(
                 req.method,
-                self._url(url),
+                target,
                 content=req.body.encode(),
                 headers=headers,
                 extensions={"timeout": self._timeouts},
@@ -235,7 +247,7 @@ class Dispatcher:
             if scope.cancelled_caught:
                 return Sent(TransportError(TransportErrorKind.READ_TIMEOUT, "request timed out"))
         except httpx.HTTPError as exc:
-            return Sent(_translate(exc))
+            return Sent(_translate(exc, target))
         finally:
             shard.active -= 1
         # The bytes, never ``response.text``: text decoding is lossy (body_of keeps them).

@@ -1,8 +1,10 @@
-"""What the dispatcher makes of a 2xx body: stored compact when it is strict JSON."""
+"""What the dispatcher makes of a 2xx body (stored compact when it is strict JSON), and of
+no answer at all (a message naming the upstream)."""
 
 from __future__ import annotations
 
 import json
+import socket
 import uuid
 from datetime import UTC, datetime
 
@@ -10,7 +12,7 @@ import httpx
 import pytest
 
 from fusillade.core.attempts import ClaimedRequest
-from fusillade.core.retry import HttpResponse, TransportError
+from fusillade.core.retry import HttpResponse, TransportError, TransportErrorKind
 from fusillade.runtime.config import DaemonConfig, Upstream
 from fusillade.runtime.dispatch import Dispatcher
 
@@ -67,3 +69,16 @@ async def test_non_json_body_is_a_protocol_error() -> None:
     outcome, json_body, _ = await _send("<html>bad gateway</html>")
     assert isinstance(outcome, TransportError)
     assert json_body is None
+
+
+async def test_a_refused_connection_names_the_upstream_host_and_port_not_its_credentials() -> None:
+    with socket.socket() as s:  # a loopback port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    base = f"http://user:s3cret@127.0.0.1:{port}"
+    config = DaemonConfig(upstreams={"up": Upstream(base)}, default_upstream="up")
+    async with Dispatcher(config) as dispatcher:
+        sent = await dispatcher.send(_request())
+    assert isinstance(sent.outcome, TransportError)
+    assert sent.outcome.kind is TransportErrorKind.CONNECT
+    assert sent.outcome.message == f"connect: ConnectError (upstream 127.0.0.1:{port})"
