@@ -107,16 +107,28 @@ def _migrate(args: argparse.Namespace) -> int:
 def _run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("input", type=Path, help="an OpenAI batch JSONL file")
     parser.add_argument(
-        "-o", "--output", type=Path, required=True, help="where to write the successes (JSONL)"
+        "-o",
+        "--output",
+        type=Path,
+        required=True,
+        help="where to write the successes (JSONL); '-' for standard output, error lines "
+        "included unless --errors is given (progress stays on stderr)",
     )
     parser.add_argument(
         "--errors",
         type=Path,
         default=None,
-        help="where to write failed/cancelled lines (default: OUTPUT with .errors.jsonl)",
+        help="where to write failed/cancelled lines (default: OUTPUT with .errors.jsonl; "
+        "with -o -, standard output); '-' for standard output",
     )
     parser.add_argument(
         "--single-file", action="store_true", help="write error lines to OUTPUT as well"
+    )
+    parser.add_argument(
+        "--ordered",
+        action="store_true",
+        help="write results in input order (the line order of INPUT), as vllm run-batch "
+        "does; default: completion order",
     )
     parser.add_argument(
         "--endpoint", help="the batch endpoint (default: the url of the first line)"
@@ -154,7 +166,7 @@ def _run_arguments(parser: argparse.ArgumentParser) -> None:
         "--fresh",
         action="store_true",
         help="start a new batch even if this input and output have one (the state file "
-        "OUTPUT.fusillade-run.json is replaced)",
+        "OUTPUT.fusillade-run.json, with -o - INPUT.stdout.fusillade-run.json, is replaced)",
     )
     parser.add_argument(
         "--no-preflight",
@@ -195,6 +207,7 @@ def _run(args: argparse.Namespace) -> int:
             progress_interval=args.progress_interval,
             fresh=args.fresh,
             retry_failed=args.retry_failed,
+            ordered=args.ordered,
             daemon=settings.daemon_config(),
         )
         check_options(options)
@@ -264,7 +277,7 @@ COMMANDS: tuple[Command, ...] = (
     Command("migrate", "apply pending database migrations", _migrate_arguments, _migrate),
     Command(
         "run",
-        "run one batch JSONL file end to end (resumable), writing results to -o",
+        "run one batch JSONL file end to end (resumable), writing results to -o (- for stdout)",
         _run_arguments,
         _run,
     ),

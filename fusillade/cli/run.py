@@ -15,8 +15,12 @@ left.
 
 Successes go to ``OUT``; failed, cancelled and expired requests to the error file,
 ``OUT`` with ``.errors.jsonl`` in place of ``.jsonl`` (``--errors FILE`` to choose;
-``--single-file`` to write both kinds of lines to ``OUT``). Exit status: 0 when every
-request succeeded, 1 when some did not, 2 on a usage or input error.
+``--single-file`` to write both kinds of lines to ``OUT``). ``-o -`` writes to standard
+output, error lines included unless ``--errors FILE`` says otherwise; the state file
+then goes beside the input (``IN.jsonl.stdout.fusillade-run.json``). Lines come in
+completion order, or in input order with ``--ordered`` (read by line number, a page at a
+time). Exit status: 0 when every request succeeded, 1 when some did not, 2 on a usage or
+input error.
 """
 
 from __future__ import annotations
@@ -39,7 +43,8 @@ import trio
 import fusillade.engine
 from fusillade.core.ids import format_id
 from fusillade.core.jsonl import JsonlLimits, iter_validated
-from fusillade.core.models import BatchStatus, BatchView
+from fusillade.core.models import BatchStatus, BatchView, RequestState
+from fusillade.core.results import ResultLine, format_result_line
 from fusillade.engine import Engine, Rules
 from fusillade.errors import FusilladeError, NotFound, ValidationError
 from fusillade.ids import next_uuid7
@@ -47,6 +52,8 @@ from fusillade.progress import Progress
 from fusillade.runtime.config import DaemonConfig
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+STDOUT = Path("-")  # ``-o -``, ``--errors -``: standard output
+_LINES_PER_WRITE = 1000
 
 
 @attrs.frozen
@@ -60,8 +67,19 @@ class RunOptions:
     progress_interval: timedelta = timedelta(seconds=5)
     fresh: bool = False  # a new batch, whatever the state file says
     retry_failed: bool = False  # a finished batch: run its failed and cancelled lines again
+    ordered: bool = False  # results in input order, not completion order
     # routing, concurrency, retries: the configuration's (``Settings.daemon_config()``)
     daemon: DaemonConfig = attrs.field(factory=DaemonConfig)
+
+    @property
+    def errors_with_output(self) -> bool:
+        """Error lines go where the successes go: ``--single-file``, ``-o -`` without
+        ``--errors FILE``, or both ``-``."""
+        if self.single_file:
+            return True
+        if self.output == STDOUT:
+            return self.errors in (None, STDOUT)
+        return False
 
     @property
     def error_path(self) -> Path:
@@ -73,7 +91,21 @@ class RunOptions:
 
     @property
     def state_path(self) -> Path:
+        """Beside the output; with ``-o -``, beside the input (``.stdout`` in its name)."""
+        if self.output == STDOUT:
+            return self.input.with_name(self.input.name + ".stdout.fusillade-run.json")
         return self.output.with_name(self.output.name + ".fusillade-run.json")
+
+    @property
+    def destination(self) -> str:
+        """Where the results go, for the summary line."""
+
+        def name(path: Path) -> str:
+            return "standard output" if path == STDOUT else str(path)
+
+        if self.errors_with_output:
+            return name(self.output)
+        return f"{name(self.output)} and {name(self.error_path)}"
 
 
 def _sha256(path: Path) -> str:
@@ -101,19 +133,49 @@ def _batch_id_for(options: RunOptions, input_hash: str) -> tuple[UUID, bool]:
 
 
 async def _write_results(engine: Engine, view: BatchView, options: RunOptions) -> None:
-    """The batch's output and error files, byte for byte as the server serves them."""
+    """The batch's output and error files, byte for byte as the server serves them
+    (``--ordered``: the same lines in input order)."""
     with ExitStack() as stack:
-        out = stack.enter_context(_atomic(options.output))
-        err = out if options.single_file else stack.enter_context(_atomic(options.error_path))
+        out = stack.enter_context(_target(options.output))
+        together = options.errors_with_output
+        err = out if together else stack.enter_context(_target(options.error_path))
+        if options.ordered:
+            await _write_by_line(engine.iter_results_by_line(view.record.id), out, err)
+            return
         for file_id, target in ((view.record.output_file_id, out),
                                 (view.record.error_file_id, err)):  # fmt: skip
             async for chunk in await engine.file_content(file_id):
                 target.write(chunk)
 
 
+async def _write_by_line(lines: AsyncIterator[ResultLine], out: BinaryIO, err: BinaryIO) -> None:
+    """Output lines to ``out`` and error lines to ``err`` (maybe the same file) in the
+    order of ``lines``, formatted as the server's download formats them; one read of the
+    batch, a write per ``_LINES_PER_WRITE`` lines."""
+    pending: dict[BinaryIO, list[str]] = {out: [], err: []}
+    async for line in lines:
+        chunk = pending[out if line.state is RequestState.COMPLETED else err]
+        chunk.append(format_result_line(line) + "\n")
+        if len(chunk) >= _LINES_PER_WRITE:
+            _flush(pending)
+    _flush(pending)
+
+
+def _flush(pending: dict[BinaryIO, list[str]]) -> None:
+    for target, chunk in pending.items():
+        if chunk:
+            target.write("".join(chunk).encode("utf-8"))
+            chunk.clear()
+
+
 @contextmanager
-def _atomic(path: Path) -> Iterator[BinaryIO]:
-    """Write ``path`` through a temporary file renamed into place on success."""
+def _target(path: Path) -> Iterator[BinaryIO]:
+    """Standard output for ``-``, else ``path`` written through a temporary file renamed
+    into place on success (a reader never sees half a file)."""
+    if path == STDOUT:
+        yield sys.stdout.buffer
+        sys.stdout.buffer.flush()  # a closed pipe raises here: the CLI ends quietly
+        return
     tmp = path.with_name(path.name + ".tmp")
     with tmp.open("wb") as f:
         yield f
@@ -265,12 +327,9 @@ async def _run_batch(
             return EXIT_INTERRUPTED
         await _write_results(engine, view, options)
     c = view.counts
-    where = str(options.output)
-    if not options.single_file:
-        where += f" and {options.error_path}"
     print(
         f"{view.status.value}: {c.completed} succeeded, {c.failed} failed, "
-        f"{c.canceled} canceled of {c.total}; results in {where}",
+        f"{c.canceled} canceled of {c.total}; results in {options.destination}",
         file=stderr,
     )
     ok = view.status is BatchStatus.COMPLETED and c.completed == c.total
@@ -299,10 +358,13 @@ def check_options(options: RunOptions) -> None:
     """Raise ``ValidationError`` for options that cannot work, before anything starts."""
     if not options.input.is_file():
         raise ValidationError(f"no input file at {options.input}")
-    if options.output.resolve() == options.input.resolve():
+    if options.output != STDOUT and options.output.resolve() == options.input.resolve():
         raise ValidationError("the output file must not be the input file")
-    for flag, path in (("-o", options.output), ("--errors", options.error_path)):
-        if not path.parent.is_dir():
+    targets = [("-o", options.output)]
+    if not options.errors_with_output:
+        targets.append(("--errors", options.error_path))
+    for flag, path in targets:
+        if path != STDOUT and not path.parent.is_dir():
             raise ValidationError(
                 f"{flag} {path}: the directory {path.parent} does not exist: "
                 "create it, or write somewhere else"
