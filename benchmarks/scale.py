@@ -258,6 +258,9 @@ def measure(url: str, seeded: dict[str, Any], results_dir: Path) -> dict[str, An
             "status-frozen": (q.get_batch, {"id": frozen, "owner": "default"}),
             "status-live": (q.get_batch, {"id": live, "owner": "default"}),
             "status-live-counts": (q.count_batch_requests, {"batch_ids": [live]}),
+            # run --ordered: a page from the middle of a finished batch, in line order
+            "results-by-line": (q.stream_by_line, {"batch_id": frozen, "after_line": 1000,
+                                                   "limit": 5000}),
         }  # fmt: skip
         for name, (sql, params) in explain.items():
             plan = _explain(url, sql, params)
