@@ -55,6 +55,7 @@ def test_every_scenario_produces_rows(tmp_path: Path, database_server: object) -
     assert sorted(p.name for p in (tmp_path / "explain").iterdir()) == [
         "explain-claim-unclaimable.txt",
         "explain-claim.txt",
+        "explain-results-by-line.txt",
         "explain-status-frozen.txt",
         "explain-status-live-counts.txt",
         "explain-status-live.txt",
