@@ -324,8 +324,16 @@ def test_results_stream_100k_rows_in_flat_memory(database_url: str) -> None:
             seen += 1
             ids.add(line.custom_id)
         grown_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base
-    assert seen == n
-    assert len(ids) == n - 10_000
-    # 90,000 lines of ~260 bytes are ~23 MB if held at once; paging keeps growth far below
-    # (the set of ids above accounts for ~8 MB of it).
+        assert seen == n
+        assert len(ids) == n - 10_000
+        # 90,000 lines of ~260 bytes are ~23 MB if held at once; paging keeps growth far
+        # below (the set of ids above accounts for ~8 MB of it).
+        assert grown_kb < 20_000, grown_kb
+        del ids
+        # run --ordered's read, in line order: as flat, its first pages included
+        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        by_line = repo.iter_results_by_line("alice", batch)
+        last = max(int(line.custom_id[1:]) for line in by_line)
+        grown_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base
+    assert last == n - 1
     assert grown_kb < 20_000, grown_kb
