@@ -55,7 +55,14 @@ from fusillade.runtime.budgets import ScopeState
 from fusillade.runtime.config import DaemonConfig, Upstream
 from fusillade.runtime.daemon import Daemon, DaemonStats
 from fusillade.runtime.limits import ModelStats
-from fusillade.store.interface import Page, Repository, RequestSummary
+from fusillade.store.interface import (
+    ModelActivity,
+    Page,
+    RecentFailure,
+    Repository,
+    RequestSummary,
+    StatusSnapshot,
+)
 
 __all__ = [
     "BatchRecord",
@@ -79,10 +86,12 @@ __all__ = [
     "JsonlLimits",
     "LineProblem",
     "MigrationError",
+    "ModelActivity",
     "ModelStats",
     "NotFound",
     "Page",
     "ProblemCode",
+    "RecentFailure",
     "Repository",
     "RequestCounts",
     "RequestState",
@@ -92,6 +101,7 @@ __all__ = [
     "RetryPolicy",
     "Rules",
     "ScopeState",
+    "StatusSnapshot",
     "StoreError",
     "StoreUnavailable",
     "Upstream",

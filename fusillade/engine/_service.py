@@ -12,7 +12,7 @@ import copy
 import functools
 import os
 from collections.abc import AsyncIterator, Callable, Collection, Iterable, Iterator, Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from itertools import islice
 from pathlib import Path
 from typing import IO, Final, TypeVar, cast
@@ -35,13 +35,15 @@ from fusillade.engine._rules import Rules, batch_spec, cursor_uuid, public_uuid
 from fusillade.errors import NotFound
 from fusillade.runtime.daemon import Daemon
 from fusillade.runtime.repo import AsyncRepository
-from fusillade.store.interface import Page, Repository, RequestSummary
+from fusillade.store.interface import Page, Repository, RequestSummary, StatusSnapshot
 
 T = TypeVar("T")
 DEFAULT_OWNER: Final = "default"
 THREADS: Final = 40
 """Worker threads one engine's repository calls may occupy at once (anyio's default)."""
 _RESULTS_PER_HOP: Final = 1000
+STATUS_WINDOW: Final = timedelta(minutes=1)
+"""How far back ``Engine.status`` counts finished requests (the status page's throughput)."""
 
 
 def _host_now() -> datetime:
@@ -282,6 +284,18 @@ class Engine:
             return view, page
 
         return await self._threads.call(read)
+
+    async def status(self, *, every_owner: bool = False) -> StatusSnapshot:
+        """What the status page shows: this owner's (``every_owner``: everyone's) newest
+        unfinished and finished batches, per model the requests in flight and those
+        finished within ``STATUS_WINDOW``, and the latest failures."""
+        now = self._now()
+        return await self._threads.call(
+            self.repo.status,
+            None if every_owner else self.owner,
+            now=now,
+            since=now - STATUS_WINDOW,
+        )
 
     # ------------------------------------------------------------------------ results
 

@@ -136,6 +136,59 @@ class BatchSpec:
     batch_id: UUID | None = None
 
 
+@attrs.frozen
+class ModelActivity:
+    """One model's requests on the status page: in flight now, and finished since a time."""
+
+    model: str
+    in_flight: int
+    completed: int
+    failed: int
+
+
+@attrs.frozen
+class RecentFailure:
+    """A failed request as the status page lists it (``message``: its first 200 characters)."""
+
+    request_id: UUID
+    batch_id: UUID
+    model: str
+    finished_at: datetime
+    response_status: int | None
+    reason: FailureReason
+    message: str | None
+
+
+@attrs.frozen
+class StatusSnapshot:
+    """What the status page shows of one owner's (or every owner's) work.
+
+    ``now``: the time it was read at. ``batches``: the newest unfinished and the newest
+    finished batches, newest first. ``models``: activity in those batches, by model
+    name. ``failures``: their latest failed requests, newest first.
+    """
+
+    now: datetime
+    batches: tuple[BatchView, ...]
+    models: tuple[ModelActivity, ...]
+    failures: tuple[RecentFailure, ...]
+
+
+STATUS_MESSAGE_CHARS = 200
+"""How much of a failure's message ``RecentFailure`` keeps (``status_failures.sql``)."""
+
+
+def status_batch_ids(views: Sequence[BatchView], since: datetime) -> list[UUID]:
+    """The batches among ``views`` that may hold requests in flight or finished since
+    ``since``: unfinished ones, and finished ones whose last result came since then."""
+    return [
+        v.record.id
+        for v in views
+        if v.record.frozen_counts is None
+        or (v.record.last_finished_at is not None and v.record.last_finished_at >= since)
+    ]
+
+
 def with_result_size(record: FileRecord, sizes: Mapping[UUID, tuple[int, int]]) -> FileRecord:
     """``record`` with its size from ``sizes`` (batch id -> output and error file
     bytes) when it is an output or error file of a batch found there; else as it is."""
@@ -207,6 +260,22 @@ class Repository(Protocol):
         limit: int = 20,
     ) -> Page[RequestSummary]: ...
     def get_request(self, owner: str | None, request_id: UUID) -> RequestDetail: ...
+
+    # status page
+    def status(
+        self,
+        owner: str | None,
+        *,
+        now: datetime,
+        since: datetime,
+        batches: int = 20,
+        failures: int = 20,
+    ) -> StatusSnapshot:
+        """The status page's snapshot for ``owner`` (``None``: every owner): up to
+        ``batches`` unfinished and ``batches`` finished batches, model activity since
+        ``since`` and the last ``failures`` failures in them (``status_*.sql``). Reading
+        the batches freezes the settled ones, like ``get_batch``."""
+        ...
 
     # clock
     def database_time(self) -> datetime | None:

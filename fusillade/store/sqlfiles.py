@@ -76,6 +76,9 @@ class Queries:
     set_result_file_sizes: str
     soft_delete_file: str
     stream_by_line: str
+    status_batches: str
+    status_failures: str
+    status_models: str
     stream_errors: str
     stream_input: str
     stream_output: str

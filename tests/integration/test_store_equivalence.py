@@ -527,6 +527,26 @@ class StoresAgree(RuleBasedStateMachine):
                 after = page.items[-1].record.id
 
         self.same(pages)
+        self.compare_status()
+
+    def compare_status(self) -> None:
+        """The status page's snapshot, for every owner and for one, with limits small
+        enough to cut the batches; failures with their request's key (the ids differ),
+        as a multiset (ties on finished_at are ordered by those ids)."""
+
+        def status(repo: Repository, side: int, owner: str | None) -> tuple[Any, ...]:
+            since = self.now - timedelta(minutes=1)
+            snapshot = repo.status(owner, now=self.now, since=since, batches=2, failures=1000)
+            failures = sorted(
+                (self.keys[side][f.request_id], attrs.evolve(f, request_id=ZERO))
+                for f in snapshot.failures
+            )
+            views = tuple(_view(v) for v in snapshot.batches)
+            return snapshot.now, views, snapshot.models, failures
+
+        self.same(lambda repo, side: status(repo, side, None))
+        self.same(lambda repo, side: status(repo, side, OWNER))
+        self.same(lambda repo, side: status(repo, side, "nobody"))
 
     def compare_batch(self, b: UUID) -> None:
         self.same(lambda repo, _: self.results_of(repo, b, errors=False))

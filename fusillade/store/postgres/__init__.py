@@ -25,10 +25,10 @@ from fusillade.store.postgres._base import (
     PostgresListener,
     connection_kwargs,
 )
-from fusillade.store.postgres._batches import BatchQueries
 from fusillade.store.postgres._daemon import DaemonQueries
 from fusillade.store.postgres._files import FileQueries
 from fusillade.store.postgres._results import ResultQueries
+from fusillade.store.postgres._status import StatusQueries
 
 __all__ = [
     "CANCEL_CHANNEL",
@@ -39,9 +39,10 @@ __all__ = [
 ]
 
 
-class PostgresRepository(FileQueries, BatchQueries, ResultQueries, DaemonQueries):
+class PostgresRepository(FileQueries, StatusQueries, ResultQueries, DaemonQueries):
     """A ``Repository`` on PostgreSQL. Thread-safe; call it from worker threads.
 
-    Each part lives in its own module (files, batches, results, daemon side) on top of
-    ``PostgresBase`` (the pool, transactions, LISTEN).
+    Each part lives in its own module (files, batches and the status page's reads of
+    them, results, daemon side) on top of ``PostgresBase`` (the pool, transactions,
+    LISTEN).
     """
