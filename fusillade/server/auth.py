@@ -213,7 +213,7 @@ class HostPolicy:
     must be a loopback name or address, the configured ``host``, or match an
     ``allowed_hosts`` entry (``name``: any port; ``name:port``: that port; ``*``:
     anything, the check is off). An ``Origin`` header, when sent, must name the same host
-    and port as ``Host`` (a page the server itself served; it serves none) or match an
+    and port as ``Host`` (a page the server itself served: the status page) or match an
     entry. A request without ``Host`` passes: browsers always send one.
     """
 

@@ -10,6 +10,7 @@ from the database passes through ``html.escape`` (batch metadata is user input).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
 from html import escape
 from typing import Any, Final
 
@@ -23,6 +24,16 @@ POLL_SECONDS: Final = 2
 Data = Mapping[str, Any]
 
 
+def _utc(time: datetime) -> str:
+    """A time in the JSON: ``2026-01-01T12:00:00Z``. The page shows it without the ``T``
+    and the ``Z`` (``_short``; ``shortTime`` in ``status.js``)."""
+    return time.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _short(time: str) -> str:
+    return time.replace("T", " ").removesuffix("Z")
+
+
 def _batch(view: BatchView) -> dict[str, Any]:
     r, c = view.record, view.counts
     return {
@@ -30,7 +41,7 @@ def _batch(view: BatchView) -> dict[str, Any]:
         "owner": r.owner,
         "status": view.status.value,
         "endpoint": r.endpoint,
-        "created_at": r.created_at.isoformat(timespec="seconds"),
+        "created_at": _utc(r.created_at),
         "models": list(r.models),
         "metadata": dict(r.metadata or {}),
         "counts": {
@@ -60,7 +71,7 @@ def status_data(snapshot: StatusSnapshot, *, owner: str | None) -> dict[str, Any
     window = int(STATUS_WINDOW.total_seconds())
     return {
         "owner": owner,
-        "now": snapshot.now.isoformat(timespec="seconds"),
+        "now": _utc(snapshot.now),
         "window_seconds": window,
         "poll_seconds": POLL_SECONDS,
         "batches": [_batch(v) for v in snapshot.batches],
@@ -76,7 +87,7 @@ def status_data(snapshot: StatusSnapshot, *, owner: str | None) -> dict[str, Any
         ],
         "errors": [
             {
-                "time": f.finished_at.isoformat(timespec="seconds"),
+                "time": _utc(f.finished_at),
                 "model": f.model,
                 "batch_id": format_id("batch", f.batch_id),
                 "status": f.response_status,
@@ -122,7 +133,7 @@ def _batch_rows(batches: Sequence[Data]) -> str:
         + _cells(b["id"], b["status"], b["owner"], ", ".join(b["models"]))
         + f'<td class="metadata">{escape(_metadata(b["metadata"]))}</td>'
         + _progress(b["counts"])
-        + _cells(b["created_at"])
+        + _cells(_short(b["created_at"]))
         + "</tr>"
         for b in batches
     )
@@ -145,7 +156,7 @@ def _error_rows(errors: Sequence[Data]) -> str:
     return "".join(
         "<tr>"
         + _cells(
-            e["time"],
+            _short(e["time"]),
             e["model"],
             e["batch_id"],
             e["status"] if e["status"] is not None else e["reason"],
@@ -193,7 +204,7 @@ def render_page(data: Data | None) -> str:
 <h2>Batches</h2>
 <table id="batches">
 <thead><tr><th>batch</th><th>status</th><th>owner</th><th>models</th><th>metadata</th>
-<th>progress</th><th>created</th></tr></thead>
+<th>progress</th><th>created (UTC)</th></tr></thead>
 <tbody>{_batch_rows(data["batches"] if data else [])}</tbody>
 </table>
 </section>
@@ -208,12 +219,13 @@ def render_page(data: Data | None) -> str:
 <section>
 <h2>Recent errors</h2>
 <table id="errors">
-<thead><tr><th>time</th><th>model</th><th>batch</th><th>status</th><th>error</th></tr></thead>
+<thead><tr><th>time (UTC)</th><th>model</th><th>batch</th><th>status</th><th>error</th></tr></thead>
 <tbody>{_error_rows(data["errors"] if data else [])}</tbody>
 </table>
 </section>
 </main>
-<footer>updated <span id="updated">{escape(data["now"]) if data else "never"}</span></footer>
+<footer>updated <span id="updated">{escape(_short(data["now"])) if data else "never"}</span> UTC
+</footer>
 </body>
 </html>
 """

@@ -30,6 +30,9 @@
     }
   }
 
+  // "2026-01-01T12:00:00Z" -> "2026-01-01 12:00:00" (the headers say UTC)
+  const shortTime = (time) => time.replace("T", " ").replace(/Z$/, "");
+
   function cell(row, text, className) {
     const td = document.createElement("td");
     td.textContent = text === null || text === undefined ? "" : String(text);
@@ -82,7 +85,7 @@
       cell(row, b.models.join(", "));
       cell(row, metadataText(b.metadata), "metadata");
       progressCell(row, b.counts);
-      cell(row, b.created_at);
+      cell(row, shortTime(b.created_at));
       return row;
     });
     fill("models", data.models, 5, "no requests in flight", (m) => {
@@ -94,11 +97,11 @@
     fill("errors", data.errors, 5, "no failures", (e) => {
       const row = document.createElement("tr");
       const status = e.status === null ? e.reason : e.status;
-      for (const v of [e.time, e.model, e.batch_id, status, e.message]) cell(row, v);
+      for (const v of [shortTime(e.time), e.model, e.batch_id, status, e.message]) cell(row, v);
       return row;
     });
     $("scope").textContent = data.owner === null ? "every owner" : `owner ${data.owner}`;
-    $("updated").textContent = data.now;
+    $("updated").textContent = shortTime(data.now);
     $("message").textContent = "";
     $("content").hidden = false;
     body.dataset.live = data.now;
