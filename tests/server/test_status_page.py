@@ -1,21 +1,28 @@
 """The status page (``GET /``) in a real browser, and its JSON, scope and headers.
 
-The browser test runs headless Chromium (Debian package ``chromium``) against a live
-server with a running batch (requests held by the mock upstream), lets the page's script
-poll ``/status.json`` (``--virtual-time-budget``) and reads the DOM it leaves
+The browser tests run headless Chromium (Debian package ``chromium``) against a live
+server with a running batch (requests held by the mock upstream). One lets the page's
+script poll ``/status.json`` (``--virtual-time-budget``) and reads the DOM it leaves
 (``--dump-dom``): the batch's progress bar, the model's requests in flight, the error
-list, and batch metadata holding markup shown as text. Without Chromium it skips, unless
-``CI`` is set (``.ci/run`` installs it): then it fails.
+list, and batch metadata holding markup shown as text. The other drives the page through
+the DevTools protocol as a remote user would (a proxy's ``X-Forwarded-For`` on every
+request): the key prompt, a refused key, a key that scopes the page to its owner and
+survives a reload, "Forget key". Without Chromium they skip, unless ``CI`` is set
+(``.ci/run`` installs it): then they fail.
 """
 
 from __future__ import annotations
 
+import functools
+import json
 import os
 import shutil
+import subprocess
 from collections.abc import AsyncIterator
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import attrs
 import httpx
@@ -23,6 +30,8 @@ import pytest
 import trio
 from helpers import poll_until
 from serverkit import UPSTREAM_KEY, UPSTREAM_KEY_ENV, chat_line, jsonl, settings_for
+from wsproto import ConnectionType, WSConnection
+from wsproto.events import AcceptConnection, CloseConnection, Ping, Request, TextMessage
 
 from fusillade.config import ApiKey
 from fusillade.mock_upstream import Behaviour, MockUpstream
@@ -338,3 +347,163 @@ async def test_a_server_without_keys_shows_everything(
         data = (await c.get("/status.json", headers={"Authorization": "Bearer any"})).json()
     assert data["owner"] is None
     assert [b["id"] for b in data["batches"]] == [batch.json()["id"]]
+
+
+class DevTools:
+    """A minimal client of Chromium's DevTools protocol: one page's websocket (wsproto
+    over a trio stream), commands answered in order, events skipped."""
+
+    def __init__(self, stream: trio.SocketStream, ws: WSConnection) -> None:
+        self.stream, self.ws, self.last_id = stream, ws, 0
+        self.pending: list[object] = []
+        self.text = ""
+
+    @classmethod
+    async def connect(cls, url: str) -> DevTools:
+        parts = urlsplit(url)
+        assert parts.hostname is not None and parts.port is not None
+        stream = await trio.open_tcp_stream(parts.hostname, parts.port)
+        ws = WSConnection(ConnectionType.CLIENT)
+        await stream.send_all(ws.send(Request(host=parts.netloc, target=parts.path)))
+        client = cls(stream, ws)
+        while not isinstance(await client._next(), AcceptConnection):
+            pass
+        return client
+
+    async def _next(self) -> object:
+        """The next websocket event (pings answered; a close fails the test)."""
+        while not self.pending:
+            data = await self.stream.receive_some(65536)
+            assert data, "the DevTools websocket closed"
+            self.ws.receive_data(data)
+            for event in self.ws.events():
+                assert not isinstance(event, CloseConnection), "the DevTools websocket closed"
+                if isinstance(event, Ping):
+                    await self.stream.send_all(self.ws.send(event.response()))
+                else:
+                    self.pending.append(event)
+        return self.pending.pop(0)
+
+    async def call(self, method: str, **params: Any) -> dict[str, Any]:
+        self.last_id += 1
+        message = json.dumps({"id": self.last_id, "method": method, "params": params})
+        await self.stream.send_all(self.ws.send(TextMessage(message)))
+        while True:
+            event = await self._next()
+            if not isinstance(event, TextMessage):
+                continue
+            self.text += event.data
+            if not event.message_finished:
+                continue
+            answer, self.text = json.loads(self.text), ""
+            if answer.get("id") == self.last_id:
+                assert "error" not in answer, answer
+                result: dict[str, Any] = answer["result"]
+                return result
+
+    async def evaluate(self, expression: str) -> Any:
+        found = await self.call("Runtime.evaluate", expression=expression, returnByValue=True)
+        assert "exceptionDetails" not in found, found
+        return found["result"].get("value")
+
+
+@pytest.fixture
+async def devtools(nursery: trio.Nursery, tmp_path: Path) -> AsyncIterator[DevTools]:
+    """Headless Chromium with the DevTools protocol on a free port, connected to its
+    page (stopped when the test ends: the nursery's cancellation kills it)."""
+    profile = tmp_path / "profile"
+    argv = [
+        _browser(),
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--no-first-run",
+        f"--user-data-dir={profile}",
+        "--remote-debugging-port=0",
+        "about:blank",
+    ]
+    nursery.start_soon(
+        functools.partial(
+            trio.run_process, argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+    )
+    port_file = profile / "DevToolsActivePort"
+    await poll_until(lambda: port_file.exists() and len(port_file.read_text().split()) == 2)
+    port = port_file.read_text().split()[0]
+    async with httpx.AsyncClient(timeout=30) as c:
+        targets = (await c.get(f"http://127.0.0.1:{port}/json/list")).json()
+    [page] = [t for t in targets if t["type"] == "page"]
+    client = await DevTools.connect(page["webSocketDebuggerUrl"])
+    async with client.stream:
+        yield client
+
+
+# What a test reads of the page, as the script left it. ``ready``: the script has run
+# (deferred scripts run before the document completes); ``old``: a mark the test sets on
+# a page it reloads.
+PAGE_STATE = """document.getElementById("scope") && JSON.stringify({
+  ready: document.readyState === "complete",
+  old: document.body.dataset.old || null,
+  live: document.body.dataset.live || null,
+  scope: document.getElementById("scope").textContent,
+  message: document.getElementById("message").textContent,
+  hidden: document.getElementById("content").hidden,
+  batches: [...document.querySelectorAll("#batches tbody tr[data-id]")].map(r => r.dataset.id),
+  stored: sessionStorage.getItem("fusillade-status-key"),
+})"""
+
+
+async def page_state(browser: DevTools, until: Any) -> dict[str, Any]:
+    async def read() -> dict[str, Any]:
+        found = await browser.evaluate(PAGE_STATE)
+        state: dict[str, Any] = json.loads(found) if found else {"loading": True}
+        return state
+
+    return await poll_until(read, until)
+
+
+async def enter_key(browser: DevTools, key: str) -> None:
+    await browser.evaluate(
+        f"document.getElementById('key').value = {json.dumps(key)};"
+        "document.getElementById('key-form').requestSubmit();"
+    )
+
+
+async def test_a_remote_user_enters_a_key_in_the_page(
+    keyed_server: Running, held_upstream: MockUpstream, devtools: DevTools
+) -> None:
+    alice, bob = await running_batches(keyed_server, held_upstream)
+    assert keyed_server.url is not None
+    # Every request of the page as if through a proxy on the server's machine.
+    await devtools.call("Network.enable")
+    await devtools.call("Network.setExtraHTTPHeaders", headers={"X-Forwarded-For": "203.0.113.9"})
+    await devtools.call("Page.navigate", url=keyed_server.url + "/")
+    prompt = "This page needs an API key."
+    state = await page_state(devtools, lambda s: s.get("ready") and s["message"] == prompt)
+    assert (state["hidden"], state["batches"], state["live"]) == (True, [], None)
+
+    await enter_key(devtools, "sk-wrong")
+    state = await page_state(devtools, lambda s: s.get("message") == "That key was refused.")
+    assert (state["hidden"], state["stored"]) == (True, None)
+
+    await enter_key(devtools, KEYS["bob"])
+    state = await page_state(devtools, lambda s: s.get("live") is not None)
+    assert (state["scope"], state["batches"], state["hidden"]) == ("owner bob", [bob], False)
+    assert state["stored"] == KEYS["bob"]
+    assert await devtools.evaluate("document.getElementById('key').value") == ""
+
+    # The key stays for the tab: a reload shows bob's batches again, not a prompt.
+    await devtools.evaluate("document.body.dataset.old = 'yes'")
+    await devtools.call("Page.reload")
+    state = await page_state(
+        devtools, lambda s: s.get("ready") and not s["old"] and s["live"] is not None
+    )
+    assert (state["scope"], state["batches"]) == ("owner bob", [bob])
+
+    await enter_key(devtools, KEYS["alice"])
+    await page_state(devtools, lambda s: s.get("batches") == [alice])
+
+    await devtools.evaluate("document.getElementById('forget').click()")
+    state = await page_state(devtools, lambda s: s.get("message") == prompt)
+    assert (state["hidden"], state["stored"], state["live"]) == (True, None, None)
+    assert state["batches"] == []  # alice's rows are gone, not only hidden

@@ -12,6 +12,7 @@
   const pollMs = 1000 * (Number(body.dataset.pollSeconds) || 2);
   const $ = (id) => document.getElementById(id);
   let timer = null;
+  let generation = 0;
 
   function storedKey() {
     try {
@@ -109,6 +110,7 @@
 
   function needKey(message) {
     $("content").hidden = true;
+    for (const id of ["batches", "models", "errors"]) $(id).tBodies[0].replaceChildren();
     $("scope").textContent = "enter an API key to see its batches";
     $("message").textContent = message;
     delete body.dataset.live;
@@ -116,21 +118,26 @@
 
   async function poll() {
     clearTimeout(timer);
+    // A poll started before the key changed must not draw (or ask for a key) after it.
+    const mine = ++generation;
     const key = storedKey();
     const headers = key ? { Authorization: `Bearer ${key}` } : {};
     try {
       const answer = await fetch("/status.json", { headers, cache: "no-store" });
+      const data = answer.ok ? await answer.json() : null;
+      if (mine !== generation) return;
       if (answer.status === 401) {
         if (key) storeKey(null);
         needKey(key ? "That key was refused." : "This page needs an API key.");
         return; // nothing to poll for until a key is entered
       }
-      if (!answer.ok) {
+      if (data === null) {
         $("message").textContent = `The server answered ${answer.status}; retrying.`;
       } else {
-        render(await answer.json());
+        render(data);
       }
     } catch (e) {
+      if (mine !== generation) return;
       $("message").textContent = "The server does not answer; retrying.";
     }
     timer = setTimeout(poll, pollMs);
