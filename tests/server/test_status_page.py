@@ -67,6 +67,7 @@ async def dump_dom(url: str, profile: Path, *, budget_ms: int = 5000) -> str:
         "--no-sandbox",
         "--disable-gpu",
         "--no-first-run",
+        "--disable-dev-shm-usage",  # containers give /dev/shm 64 MB
         f"--user-data-dir={profile}",
         f"--virtual-time-budget={budget_ms}",
         "--dump-dom",
@@ -418,6 +419,7 @@ async def devtools(nursery: trio.Nursery, tmp_path: Path) -> AsyncIterator[DevTo
         "--no-sandbox",
         "--disable-gpu",
         "--no-first-run",
+        "--disable-dev-shm-usage",  # containers give /dev/shm 64 MB
         f"--user-data-dir={profile}",
         "--remote-debugging-port=0",
         "about:blank",
