@@ -38,6 +38,7 @@ from fusillade.core.models import (
 from fusillade.core.results import ResultLine
 from fusillade.core.retry import RetryPolicy
 from fusillade.core.scheduling.budget import BudgetLimits, BudgetState
+from fusillade.core.trouble import BatchTrouble, ErrorKind, ErrorKinds, ErrorSample
 from fusillade.engine import Content, Engine, Rules, open
 from fusillade.errors import (
     ConfigError,
@@ -67,6 +68,7 @@ from fusillade.store.interface import (
 __all__ = [
     "BatchRecord",
     "BatchStatus",
+    "BatchTrouble",
     "BatchView",
     "BudgetLimits",
     "BudgetState",
@@ -77,6 +79,9 @@ __all__ = [
     "DaemonConfig",
     "DaemonStats",
     "Engine",
+    "ErrorKind",
+    "ErrorKinds",
+    "ErrorSample",
     "FailureReason",
     "FilePurpose",
     "FileRecord",

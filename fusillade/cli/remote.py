@@ -21,6 +21,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 from pathlib import Path
 from typing import IO, Any, Protocol, TypeVar
 from uuid import UUID
@@ -32,6 +33,7 @@ from fusillade.config import ServerSettings, settings_from_args
 from fusillade.config import add_arguments as add_config_arguments
 from fusillade.core.ids import IdKind, format_id
 from fusillade.core.models import BatchStatus, BatchView, RequestCounts
+from fusillade.core.trouble import BatchTrouble, ErrorKinds
 from fusillade.engine import Engine
 from fusillade.errors import FusilladeError, InvalidJSONL, ValidationError
 from fusillade.progress import Snapshot
@@ -58,6 +60,18 @@ class Backend(Protocol):
     def retry(self, batch_id: str, include_cancelled: bool) -> Batch: ...
     def snapshot(self, batch_id: str) -> Snapshot:
         """The batch as the progress line shows it (as detailed as this backend knows)."""
+        ...
+
+    def trouble(self, batch_id: str) -> BatchTrouble | None:
+        """What holds the batch back (``None``: this backend cannot tell)."""
+        ...
+
+    def error_kinds(self, batch_id: str) -> ErrorKinds | None:
+        """The batch's most frequent kinds of error (``None``: this backend cannot tell)."""
+        ...
+
+    def live_daemons(self) -> int | None:
+        """How many daemons work on this backend's batches (``None``: it cannot tell)."""
         ...
 
 
@@ -121,6 +135,16 @@ class HttpBackend:
     def snapshot(self, batch_id: str) -> Snapshot:
         return api_snapshot(self.get(batch_id))
 
+    # The API has no view of a batch's errors or of the server's daemons (docs/run.md).
+    def trouble(self, batch_id: str) -> BatchTrouble | None:
+        return None
+
+    def error_kinds(self, batch_id: str) -> ErrorKinds | None:
+        return None
+
+    def live_daemons(self) -> int | None:
+        return None
+
 
 def api_snapshot(batch: Batch) -> Snapshot:
     """A Batch of the API as the progress line shows it: its ``failed`` count includes
@@ -150,7 +174,13 @@ class DatabaseBackend:
     between calls (``--wait`` polls).
     """
 
-    def __init__(self, url: str, owner: str, settings: ServerSettings) -> None:
+    def __init__(
+        self,
+        url: str,
+        owner: str,
+        settings: ServerSettings,
+        stale_after: timedelta = timedelta(seconds=30),
+    ) -> None:
         from fusillade.core.jsonl import JsonlLimits
         from fusillade.server.context import server_rules
         from fusillade.store.postgres import PostgresRepository
@@ -158,6 +188,7 @@ class DatabaseBackend:
         self._repo = PostgresRepository(url, max_size=2)
         self._repo.open()
         self._owner = owner
+        self._stale_after = stale_after  # the daemons' (their configuration's)
         limits = JsonlLimits(  # a local file: no upload limits
             max_lines=None, max_file_bytes=None, allowed_endpoints=settings.allowed_endpoints
         )
@@ -213,6 +244,15 @@ class DatabaseBackend:
 
     def snapshot(self, batch_id: str) -> Snapshot:
         return Snapshot.of(self._run(lambda engine: engine.get_batch(batch_id)))
+
+    def trouble(self, batch_id: str) -> BatchTrouble | None:
+        return self._run(lambda engine: engine.batch_trouble(batch_id))
+
+    def error_kinds(self, batch_id: str) -> ErrorKinds | None:
+        return self._run(lambda engine: engine.error_kinds(batch_id))
+
+    def live_daemons(self) -> int | None:
+        return self._run(lambda engine: engine.live_daemons(stale_after=self._stale_after))
 
 
 def _plain(view: BatchView) -> Batch:
@@ -320,7 +360,7 @@ def backend(args: argparse.Namespace) -> Iterator[Backend]:
         return
     settings = settings_from_args(args)
     with database(settings) as url:
-        db = DatabaseBackend(url, args.owner, settings.server)
+        db = DatabaseBackend(url, args.owner, settings.server, settings.daemon.stale_after)
         try:
             yield db
         finally:
@@ -382,33 +422,50 @@ def submit(args: argparse.Namespace) -> int:
     return 0
 
 
-def _done(batch: Batch) -> int:
-    c = batch["request_counts"]
-    done: int = c["completed"] + c["failed"]
-    return done
+NO_DAEMON = (
+    "warning: no daemon is running against this database, so nothing will work on "
+    "this batch: start one with `fusillade serve` (or `fusillade serve --no-api`) on the "
+    "same database, or use `fusillade run FILE -o OUT`; still waiting (Ctrl-C to stop)"
+)
+DAEMON_BACK = "a daemon is running against this database now"
+DAEMON_CHECK = 5.0  # seconds between looks at the daemons' heartbeats
 
 
-NO_PROGRESS_WARNING = 5.0  # seconds of waiting without progress before saying why
+@attrs.define
+class DaemonCheck:
+    """Says once, while a client waits on a batch of the database, that no daemon is
+    running (none with a recent heartbeat), and once more when one is again. Backends
+    that cannot tell (the server: it usually runs its own daemon) say nothing."""
+
+    where: Backend
+    stream: IO[str]
+    warned: bool = False
+    _last: float = -1e9
+
+    def check(self) -> None:
+        now = time.monotonic()
+        if now - self._last < DAEMON_CHECK:
+            return
+        self._last = now
+        live = self.where.live_daemons()
+        if live is None:
+            return
+        if live == 0 and not self.warned:
+            print(NO_DAEMON, file=self.stream)
+        elif live and self.warned:
+            print(DAEMON_BACK, file=self.stream)
+        self.warned = live == 0
 
 
 def _wait(where: Backend, batch: Batch) -> Batch:
-    """Poll until the batch ends; on the database, say once when nothing moves (no daemon
-    may be running: submitting only stores the batch)."""
-    started, warned = time.monotonic(), not isinstance(where, DatabaseBackend)
-    first = _done(batch)
+    """Poll until the batch ends; on the database, say when no daemon runs (submitting
+    only stores the batch)."""
+    daemons = DaemonCheck(where, sys.stderr)
     while batch["status"] not in TERMINAL:
+        daemons.check()
         time.sleep(1.0)
         batch = where.get(batch["id"])
         print(_progress(batch), file=sys.stderr)
-        if not warned and time.monotonic() - started >= NO_PROGRESS_WARNING:
-            warned = True
-            if _done(batch) == first:
-                print(
-                    f"warning: no progress in {NO_PROGRESS_WARNING:g}s: is a daemon running "
-                    "on this database? start `fusillade serve` (or `fusillade serve "
-                    "--no-api`) with the same database, or use `fusillade run FILE -o OUT`",
-                    file=sys.stderr,
-                )
     return batch
 
 

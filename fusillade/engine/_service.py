@@ -30,6 +30,7 @@ from fusillade.core.models import (
     RequestTemplate,
 )
 from fusillade.core.results import ResultLine, format_input_line, format_result_line
+from fusillade.core.trouble import BatchTrouble, ErrorKinds
 from fusillade.engine._content import Content, chunk_reader
 from fusillade.engine._rules import Rules, batch_spec, cursor_uuid, public_uuid
 from fusillade.errors import NotFound
@@ -339,6 +340,23 @@ class Engine:
             last = view
         assert last is not None
         return last
+
+    async def batch_trouble(self, batch_id: UUID | str) -> BatchTrouble:
+        """What holds the batch back now: retries waiting, 429s, its latest errors
+        (bounded reads: fine for every progress line of a batch of millions)."""
+        uuid = public_uuid("batch", batch_id)
+        return await self._threads.call(self.repo.batch_trouble, self.owner, uuid, now=self._now())
+
+    async def error_kinds(self, batch_id: UUID | str, *, top: int = 5) -> ErrorKinds:
+        """The ``top`` most frequent kinds of error of the batch, with an example each."""
+        uuid = public_uuid("batch", batch_id)
+        return await self._threads.call(self.repo.error_kinds, self.owner, uuid, top=top)
+
+    async def live_daemons(self, *, stale_after: timedelta = timedelta(seconds=30)) -> int:
+        """How many daemons run against this repository (a heartbeat within
+        ``stale_after`` of the database's clock): none means no batch moves."""
+        now = await self.database_time() or self._now()
+        return await self._threads.call(self.repo.live_daemons, stale_before=now - stale_after)
 
     # ------------------------------------------------------------------- the database
 

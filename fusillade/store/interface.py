@@ -29,6 +29,7 @@ from fusillade.core.models import (
     RequestTemplate,
 )
 from fusillade.core.results import ResultLine
+from fusillade.core.trouble import BatchTrouble, ErrorKinds
 
 T = TypeVar("T")
 
@@ -260,6 +261,25 @@ class Repository(Protocol):
         limit: int = 20,
     ) -> Page[RequestSummary]: ...
     def get_request(self, owner: str | None, request_id: UUID) -> RequestDetail: ...
+    def batch_trouble(
+        self, owner: str | None, batch_id: UUID, *, now: datetime, cap: int = 10_000
+    ) -> BatchTrouble:
+        """What holds the batch back at ``now``: its retries waiting (counted up to
+        ``cap``), those last answered 429, and its latest errors (``batch_trouble.sql``:
+        bounded reads, for every progress line)."""
+        ...
+
+    def error_kinds(
+        self, owner: str | None, batch_id: UUID, *, top: int = 5, scan: int = 1_000_000
+    ) -> ErrorKinds:
+        """The ``top`` most frequent kinds of error among the batch's latest ``scan``
+        failed and canceled requests, each with its count and latest example
+        (``error_kinds.sql``)."""
+        ...
+
+    def live_daemons(self, *, stale_before: datetime) -> int:
+        """How many daemons are running with a heartbeat since ``stale_before``."""
+        ...
 
     # status page
     def status(

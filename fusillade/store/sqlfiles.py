@@ -31,6 +31,7 @@ class Queries:
     be added, renamed or dropped without this list (and its reviewers) noticing.
     """
 
+    batch_trouble: str
     batches_to_abort: str
     begin: str
     budget_holders: str
@@ -44,6 +45,7 @@ class Queries:
     daemon_stop: str
     database_time: str
     drop_budget_leases: str
+    error_kinds: str
     expire_batches: str
     expire_requests: str
     first_path_mismatch: str
@@ -62,6 +64,7 @@ class Queries:
     lift_statement_timeout: str
     list_requests: str
     listen: str
+    live_daemons: str
     lock_batch: str
     lock_batch_for_freeze: str
     notify: str

@@ -562,6 +562,8 @@ class StoresAgree(RuleBasedStateMachine):
             assert sorted(by_line, key=lambda x: x.custom_id) == sorted(
                 ended, key=lambda x: x.custom_id
             ), "the ordered read has the lines of the completion-order ones"
+        self.same(lambda repo, _: repo.batch_trouble(OWNER, b, now=self.now))
+        self.same(lambda repo, _: repo.error_kinds(OWNER, b, top=3))
         view = self.same(lambda repo, _: _view(repo.get_batch(OWNER, b, now=self.now)))
         assert view is not None
         assert view.counts.is_consistent, view

@@ -37,6 +37,7 @@ from fusillade.store.memory._daemon import DaemonParts
 from fusillade.store.memory._files import FileParts
 from fusillade.store.memory._results import ResultParts
 from fusillade.store.memory._status import StatusParts
+from fusillade.store.memory._trouble import TroubleParts
 
 if TYPE_CHECKING:
     from fusillade.store.interface import Repository
@@ -44,7 +45,7 @@ if TYPE_CHECKING:
 __all__ = ["MemoryRepository"]
 
 
-class MemoryRepository(FileParts, BatchParts, StatusParts, ResultParts, DaemonParts):
+class MemoryRepository(FileParts, BatchParts, StatusParts, ResultParts, TroubleParts, DaemonParts):
     """A ``Repository`` in process memory. Thread-safe; nothing survives the process.
 
     Calls never block on I/O (``blocking = False``): the runtime calls them on the event

@@ -29,6 +29,7 @@ from fusillade.store.postgres._daemon import DaemonQueries
 from fusillade.store.postgres._files import FileQueries
 from fusillade.store.postgres._results import ResultQueries
 from fusillade.store.postgres._status import StatusQueries
+from fusillade.store.postgres._trouble import TroubleQueries
 
 __all__ = [
     "CANCEL_CHANNEL",
@@ -39,10 +40,10 @@ __all__ = [
 ]
 
 
-class PostgresRepository(FileQueries, StatusQueries, ResultQueries, DaemonQueries):
+class PostgresRepository(FileQueries, StatusQueries, ResultQueries, TroubleQueries, DaemonQueries):
     """A ``Repository`` on PostgreSQL. Thread-safe; call it from worker threads.
 
     Each part lives in its own module (files, batches and the status page's reads of
-    them, results, daemon side) on top of ``PostgresBase`` (the pool, transactions,
+    them, results, progress-line reads, daemon side) on top of ``PostgresBase`` (the pool, transactions,
     LISTEN).
     """
