@@ -70,12 +70,14 @@ def _body_message(body: str) -> str | None:
     return body if isinstance(data, str) else None
 
 
-def describe(sample: ErrorSample, width: int = ERROR_WIDTH) -> str:
-    """An error in one line of at most ``width`` characters: its kind, then what the
-    upstream said (the message of its body) or else our message."""
+def describe(sample: ErrorSample, width: int = ERROR_WIDTH, *, kind: bool = True) -> str:
+    """An error in one line of at most ``width`` characters: its kind (``kind=False``:
+    not), then what the upstream said (the message of its body) or else our message."""
     detail = sample.message or ""
     if sample.reason is FailureReason.HTTP_STATUS and sample.body:
         detail = _body_message(sample.body) or detail
+    if not kind:
+        return shorten(detail or sample.kind, width)
     return shorten(f"{sample.kind}: {detail}" if detail else sample.kind, width)
 
 
@@ -90,7 +92,7 @@ def error_summary(kinds: ErrorKinds, *, width: int = 100) -> list[str]:
     count = max(len(f"{k.count:,}") for k in kinds.kinds)
     for k in kinds.kinds:
         head = f"  {k.kind:<{name}}  {k.count:>{count},}  e.g. "
-        lines.append(head + describe(k.example, max(width - len(head), 20)))
+        lines.append(head + describe(k.example, max(width - len(head), 20), kind=False))
     return lines
 
 
