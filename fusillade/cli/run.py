@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import signal
 import sys
@@ -352,7 +353,7 @@ def _holding_back(engine: Engine) -> tuple[tuple[str, ...], list[str]]:
     stats = engine.daemon.statistics()
     now = trio.current_time()
     paused = [
-        f"{m.model} {max(m.paused_until - now, 0):.0f}s"
+        f"{m.model} {math.ceil(max(m.paused_until - now, 0))}s"
         for m in stats.models
         if m.paused_until is not None
     ]
