@@ -337,7 +337,8 @@ COMMANDS: tuple[Command, ...] = (
     ),
     Command(
         "watch",
-        "follow a batch's progress until it ends (exit 1 if any request did not succeed)",
+        "follow a batch's progress, retries and errors until it ends (exit 1 if any request "
+        "did not succeed)",
         _args("fusillade.cli.batches", "add_watch_arguments"),
         _run_command("fusillade.cli.batches", "watch"),
     ),
