@@ -9,10 +9,10 @@ does (``fusillade.cli.remote``: the same flags, the same backends).
   ``--json`` prints the API's list object instead.
 - ``retry``: ``POST /v1/batches/{id}/retry``: the failed requests (with
   ``--include-cancelled`` also the canceled and expired ones) run again; prints the Batch.
-- ``watch``: the progress line of ``run`` until the batch ends, then the most frequent
-  kinds of error. On the database it also shows the retries waiting and the latest error,
-  and says once when no daemon is running there (it keeps waiting: one may be started);
-  through ``--server`` the API tells only the counts. Exit status 0 when it completed
+- ``watch``: the progress line of ``run`` until the batch ends (with the retries waiting
+  and the latest error: the database's, or the server's errors extension), then the most
+  frequent kinds of error. On the database it says once when no daemon is running there
+  (and keeps waiting: one may be started). Exit status 0 when it completed
   with every request succeeded, 1 otherwise (some failed or were canceled, or the batch
   failed, expired or was cancelled).
 """

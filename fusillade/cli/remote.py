@@ -32,8 +32,8 @@ from fusillade.cli._main import database
 from fusillade.config import ServerSettings, settings_from_args
 from fusillade.config import add_arguments as add_config_arguments
 from fusillade.core.ids import IdKind, format_id
-from fusillade.core.models import BatchStatus, BatchView, RequestCounts
-from fusillade.core.trouble import BatchTrouble, ErrorKinds
+from fusillade.core.models import BatchStatus, BatchView, FailureReason, RequestCounts
+from fusillade.core.trouble import BatchTrouble, ErrorKind, ErrorKinds, ErrorSample
 from fusillade.engine import Engine
 from fusillade.errors import FusilladeError, InvalidJSONL, ValidationError
 from fusillade.progress import Snapshot
@@ -135,15 +135,43 @@ class HttpBackend:
     def snapshot(self, batch_id: str) -> Snapshot:
         return api_snapshot(self.get(batch_id))
 
-    # The API has no view of a batch's errors or of the server's daemons (docs/run.md).
+    def _errors(self, batch_id: str, kinds: bool) -> Batch | None:
+        """The errors extension (``None`` from a server without it)."""
+        params = {"kinds": "true"} if kinds else {}
+        response = self._http.get(f"/batches/{batch_id}/errors", params=params)
+        if response.status_code == 404:
+            return None
+        return self._json(response)
+
     def trouble(self, batch_id: str) -> BatchTrouble | None:
-        return None
+        data = self._errors(batch_id, kinds=False)
+        if data is None:
+            return None
+        latest = data["latest_error"]
+        return BatchTrouble(
+            retries_waiting=data["retries_waiting"],
+            rate_limited=data["rate_limited"],
+            capped=data["retries_waiting_capped"],
+            latest_failure=_api_error(latest) if latest is not None else None,
+        )
 
     def error_kinds(self, batch_id: str) -> ErrorKinds | None:
-        return None
+        data = self._errors(batch_id, kinds=True)
+        if data is None or data["kinds"] is None:
+            return None
+        kinds = tuple(
+            ErrorKind(_api_error({**k, "message": k["example"]}), k["count"]) for k in data["kinds"]
+        )
+        return ErrorKinds(kinds, data["kinds_scanned"], capped=data["kinds_capped"])
 
     def live_daemons(self) -> int | None:
-        return None
+        return None  # the server's business: it usually runs its own daemon
+
+
+def _api_error(error: Batch) -> ErrorSample:
+    """An error of the errors extension as the progress line describes it (the server
+    sent what the upstream said, already shortened and masked)."""
+    return ErrorSample(FailureReason(error["reason"]), error["status"], error["message"])
 
 
 def api_snapshot(batch: Batch) -> Snapshot:

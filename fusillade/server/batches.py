@@ -1,4 +1,5 @@
-"""``/v1/batches``: create, list, retrieve, cancel, and the retry and requests extensions."""
+"""``/v1/batches``: create, list, retrieve, cancel, and the retry, requests and errors
+extensions."""
 
 from __future__ import annotations
 
@@ -13,11 +14,13 @@ from fusillade.server.context import Ctx, Owner
 from fusillade.server.files import cursor_param
 from fusillade.server.responses import error_responses
 from fusillade.server.wire import (
+    BatchErrorsObject,
     BatchList,
     BatchObject,
     BatchRequestList,
     CreateBatchBody,
     RequestStatusName,
+    batch_errors,
     batch_list,
     batch_object,
     request_list,
@@ -110,6 +113,23 @@ async def list_batch_requests(
     return request_list(page.items, view.record.created_at, page.has_more)
 
 
+@get(
+    "/batches/{batch_id:str}/errors",
+    responses=error_responses(401, 404),
+    summary="What holds a batch back and how its requests failed (extension)",
+    description="Retries waiting (those after a 429 counted apart) and the latest error; "
+    "with `kinds=true` also the five most frequent kinds of error, with counts and an "
+    "example each. Messages are on one line, shortened, with secrets masked.",
+)
+async def batch_errors_route(
+    ctx: Ctx, owner: Owner, batch_id: FromPath[str], kinds: FromQuery[bool] = False
+) -> BatchErrorsObject:
+    engine = ctx.engine_for(owner)
+    trouble = await engine.batch_trouble(batch_id)
+    summary = await engine.error_kinds(batch_id) if kinds else None
+    return batch_errors(trouble, summary)
+
+
 ROUTES = [
     create_batch,
     list_batches,
@@ -117,4 +137,5 @@ ROUTES = [
     cancel_batch,
     retry_batch,
     list_batch_requests,
+    batch_errors_route,
 ]
