@@ -44,6 +44,6 @@ class PostgresRepository(FileQueries, StatusQueries, ResultQueries, TroubleQueri
     """A ``Repository`` on PostgreSQL. Thread-safe; call it from worker threads.
 
     Each part lives in its own module (files, batches and the status page's reads of
-    them, results, progress-line reads, daemon side) on top of ``PostgresBase`` (the pool, transactions,
-    LISTEN).
+    them, results, the progress line's reads, daemon side) on top of ``PostgresBase``
+    (the pool, transactions, LISTEN).
     """
