@@ -22,6 +22,7 @@ are the interface between the engine, the daemon and a store, not part of this A
 from __future__ import annotations
 
 from fusillade._version import __version__
+from fusillade.core.idempotency import IdempotencyKey
 from fusillade.core.jsonl import JsonlLimits, LineProblem, ProblemCode
 from fusillade.core.models import (
     BatchRecord,
@@ -86,6 +87,7 @@ __all__ = [
     "FilePurpose",
     "FileRecord",
     "FusilladeError",
+    "IdempotencyKey",
     "IllegalTransition",
     "InvalidJSONL",
     "JsonlLimits",

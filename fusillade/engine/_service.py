@@ -20,7 +20,9 @@ from uuid import UUID
 
 import anyio
 import anyio.to_thread
+import attrs
 
+from fusillade.core.idempotency import IdempotencyKey, batch_fingerprint, check_key
 from fusillade.core.jsonl import JsonlLimits, Readable, iter_validated
 from fusillade.core.models import (
     BatchView,
@@ -105,6 +107,7 @@ class Engine:
         filename: str | None = None,
         limits: JsonlLimits | None = None,
         size_bytes: int | None = None,
+        idempotency: IdempotencyKey | None = None,
     ) -> FileRecord:
         """Store a file of request templates.
 
@@ -114,7 +117,17 @@ class Engine:
         line (``limits``, else the engine's ``rules.limits``) while it streams into the
         database: an invalid file raises ``InvalidJSONL`` (first problems, each with its
         line) and stores nothing.
+
+        ``idempotency``: a client's key and the upload's fingerprint
+        (``fusillade.core.idempotency.file_fingerprint``); while the key is remembered,
+        the same request answers with the file it created (as it is now), stored once.
+
+        Raises:
+            ValidationError: the key is empty or too long.
+            Conflict: the key was used for a different request.
         """
+        if idempotency is not None:
+            check_key(idempotency.key)
         limits = limits if limits is not None else self.rules.limits
         now = self._now()  # on the event loop: the clock advances by the loop's time
         if isinstance(source, (str, os.PathLike)):
@@ -129,6 +142,7 @@ class Engine:
                         iter_validated(stream, limits),
                         now=now,
                         size_bytes=path.stat().st_size,
+                        idempotency=idempotency,
                     )
 
             return await self._threads.call(from_path)
@@ -140,7 +154,13 @@ class Engine:
             templates = source
             name = filename or "templates.jsonl"
         return await self._threads.call(
-            self.repo.create_file, self.owner, name, templates, now=now, size_bytes=size_bytes
+            self.repo.create_file,
+            self.owner,
+            name,
+            templates,
+            now=now,
+            size_bytes=size_bytes,
+            idempotency=idempotency,
         )
 
     async def get_file(self, file_id: UUID | str) -> FileRecord:
@@ -205,15 +225,21 @@ class Engine:
         completion_window: str = "24h",
         metadata: Mapping[str, str] | None = None,
         batch_id: UUID | None = None,
+        idempotency_key: str | None = None,
     ) -> BatchView:
         """Create a batch of every template in the file (idempotent for ``batch_id``).
+
+        ``idempotency_key``: a client's key; while it is remembered
+        (``IDEMPOTENCY_TTL``), the same request (file, endpoint, window, metadata)
+        answers with the batch it created, as it is now, and creates nothing.
 
         Raises:
             ValidationError: the endpoint or window is not accepted (``rules``), the
                 metadata breaks OpenAI's limits, or the file cannot make a batch (not
                 an input file, empty, a line for another endpoint).
             NotFound: no such file of this owner.
-            Conflict: ``batch_id`` is another owner's batch.
+            Conflict: ``batch_id`` is another owner's batch; the key was used for a
+                different request.
         """
         spec = batch_spec(
             self.rules,
@@ -223,6 +249,12 @@ class Engine:
             metadata=metadata,
             batch_id=batch_id,
         )
+        if idempotency_key is not None:
+            fingerprint = batch_fingerprint(
+                spec.input_file_id, spec.endpoint, spec.completion_window, spec.metadata
+            )
+            key = IdempotencyKey(check_key(idempotency_key), fingerprint)
+            spec = attrs.evolve(spec, idempotency=key)
         return await self._threads.call(self.repo.create_batch, self.owner, spec, now=self._now())
 
     async def get_batch(self, batch_id: UUID | str) -> BatchView:

@@ -4,10 +4,11 @@ The **heartbeat** first re-reads the database's clock (every time the daemon wri
 compares is the database's, ``fusillade.runtime.clock``), then refreshes this daemon's
 row; a daemon declared dead meanwhile registers again. **Maintenance** reclaims the rows
 of dead daemons and rows in flight past their time limit (bounded chunks), stamps
-expired batches, sweeps the pending rows of cancelled and expired batches, advances
-batches whose creator died half-way, and escalates the batches that will miss their
-deadline at their current rate (``_review_deadlines``). Database errors are logged and
-counted; the loops never die on them.
+expired batches, sweeps the pending rows of cancelled and expired batches, forgets
+idempotency keys past their time, advances batches whose creator died half-way, and
+escalates the batches that will miss their deadline at their current rate
+(``_review_deadlines``). Database errors are logged and counted; the loops never die on
+them.
 """
 
 from __future__ import annotations
@@ -180,6 +181,12 @@ class Upkeep(DaemonBase):
                 self.repo.sync.reclaim_timed_out, now=now, claimed_before=timed_out
             )
             while await self._db(self.repo.sync.sweep, now=now, limit=5 * chunk) >= 5 * chunk:
+                pass
+            # idempotency keys past their time (each daemon may; SKIP LOCKED)
+            while (
+                await self._db(self.repo.sync.forget_idempotency_keys, now=now, limit=chunk)
+                >= chunk
+            ):
                 pass
             # batches whose creation stopped moving (the creator died half-way): one
             # chunk of requests per call

@@ -10,7 +10,7 @@ from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 
 from fusillade.core.models import RequestState
 from fusillade.engine import MAX_PAGE
-from fusillade.server.context import Ctx, Owner
+from fusillade.server.context import Ctx, IdempotencyKeyHeader, Owner
 from fusillade.server.files import cursor_param
 from fusillade.server.responses import error_responses
 from fusillade.server.wire import (
@@ -34,15 +34,22 @@ PageSize: TypeAlias = Annotated[int, QueryParameter(ge=1, le=MAX_PAGE)]
 @post(
     "/batches",
     status_code=200,
-    responses=error_responses(400, 401, 404, 408, 413, 415),
+    responses=error_responses(400, 401, 404, 408, 409, 413, 415),
     summary="Create a batch",
+    description="With an `Idempotency-Key`, the same request creates one batch.",
 )
-async def create_batch(ctx: Ctx, owner: Owner, data: JSONBody[CreateBatchBody]) -> BatchObject:
+async def create_batch(
+    ctx: Ctx,
+    owner: Owner,
+    data: JSONBody[CreateBatchBody],
+    idempotency_key: IdempotencyKeyHeader = None,
+) -> BatchObject:
     view = await ctx.engine_for(owner).create_batch(
         data.input_file_id,
         endpoint=data.endpoint,
         completion_window=data.completion_window,
         metadata=data.metadata,
+        idempotency_key=idempotency_key,
     )
     return batch_object(view)
 

@@ -20,6 +20,7 @@ import attrs
 
 from fusillade.core.attempts import AbortReason, AttemptResult, ClaimedRequest
 from fusillade.core.batches import ClaimableBatch
+from fusillade.core.idempotency import IdempotencyKey
 from fusillade.core.models import (
     BatchView,
     FailureReason,
@@ -127,7 +128,8 @@ class DaemonInfo:
 
 @attrs.frozen
 class BatchSpec:
-    """What ``create_batch`` needs; ``batch_id`` makes creation idempotent."""
+    """What ``create_batch`` needs; ``batch_id`` makes creation idempotent, and so does
+    ``idempotency`` (a client's key: the batch it first created is the answer)."""
 
     input_file_id: UUID
     endpoint: str
@@ -135,6 +137,7 @@ class BatchSpec:
     window: timedelta
     metadata: Mapping[str, str] | None = None
     batch_id: UUID | None = None
+    idempotency: IdempotencyKey | None = None
 
 
 @attrs.frozen
@@ -211,7 +214,14 @@ class Repository(Protocol):
         now: datetime,
         size_bytes: int | None = None,
         expires_at: datetime | None = None,
-    ) -> FileRecord: ...
+        idempotency: IdempotencyKey | None = None,
+    ) -> FileRecord:
+        """``idempotency``: a key remembered with the file, in the same transaction; a
+        live key of the owner answers with the file it created (as it is now: a deleted
+        one is ``NotFound``) and stores nothing, a different request under it raises
+        ``Conflict`` (``fusillade.core.idempotency``)."""
+        ...
+
     def get_file(self, owner: str, file_id: UUID, *, sized: bool = True) -> FileRecord:
         """``sized=False``: an output or error file's ``bytes`` is not worked out (it may
         be 0); for callers that read its content anyway."""
@@ -295,6 +305,11 @@ class Repository(Protocol):
         ``batches`` unfinished and ``batches`` finished batches, model activity since
         ``since`` and the last ``failures`` failures in them (``status_*.sql``). Reading
         the batches freezes the settled ones, like ``get_batch``."""
+        ...
+
+    # idempotency keys
+    def forget_idempotency_keys(self, *, now: datetime, limit: int = 1000) -> int:
+        """Delete at most ``limit`` keys older than ``IDEMPOTENCY_TTL``; how many."""
         ...
 
     # clock

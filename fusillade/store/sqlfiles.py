@@ -37,6 +37,7 @@ class Queries:
     budget_holders: str
     cancel_batch: str
     claim: str
+    claim_idempotency_key: str
     claimable_batches: str
     count_batch_requests: str
     create_batch_requests: str
@@ -50,9 +51,11 @@ class Queries:
     expire_requests: str
     first_path_mismatch: str
     fold_batch_state_counts: str
+    forget_idempotency_keys: str
     freeze_batch: str
     get_batch: str
     get_file: str
+    get_idempotency_key: str
     get_result_file_sizes: str
     get_request: str
     insert_batch: str

@@ -31,7 +31,8 @@ from fusillade.store.memory._rows import _INLINE_SWEEP, CA, UNSETTLED, P, _File,
 
 class BatchParts(MemoryBase):
     def create_batch(self, owner: str, spec: BatchSpec, *, now: datetime) -> BatchView:
-        """Create a batch and its requests; idempotent for a given ``spec.batch_id``.
+        """Create a batch and its requests; idempotent for a given ``spec.batch_id`` and
+        for a live key of ``spec.idempotency`` (``_replay_of``).
 
         Raises:
             NotFound: the input file does not exist or is not the owner's.
@@ -40,13 +41,16 @@ class BatchParts(MemoryBase):
             Conflict: ``spec.batch_id`` is another owner's batch.
         """
         with self._lock:
-            batch_id = spec.batch_id or self._new_id()
+            replay = self._replay_of(owner, spec.idempotency, now)
+            batch_id = replay or spec.batch_id or self._new_id()
             existing = self._batches.get(batch_id)
             if existing is not None:
                 if existing.owner != owner:
                     raise Conflict(f"batch id {batch_id} is taken")
             else:
                 self._insert_batch(owner, batch_id, spec, now)
+            if replay is None:
+                self._remember(owner, spec.idempotency, batch_id, now)
             return self.get_batch(owner, batch_id, now=now)
 
     def _insert_batch(self, owner: str, batch_id: UUID, spec: BatchSpec, now: datetime) -> None:

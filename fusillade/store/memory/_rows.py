@@ -90,3 +90,12 @@ def _check(row: _Row) -> None:
         ok = False
     if not ok:
         raise StoreError(f"database error: request {r.id} would violate a check constraint")
+
+
+@attrs.frozen
+class _Key:
+    """A row of idempotency_keys (``0010_idempotency_keys.sql``)."""
+
+    fingerprint: str
+    object_id: UUID
+    created_at: datetime

@@ -50,7 +50,9 @@ class BatchQueries(PostgresBase):
         Until the last chunk, the lines without a request count as pending: the batch is
         ``in_progress`` and its counts add up; daemons may start on the rows that exist.
 
-        Idempotent for a given ``spec.batch_id``: a repeated call (a retried request, a
+        Idempotent for a given ``spec.batch_id``, and for ``spec.idempotency`` (a key
+        claimed in the batch row's transaction names the batch to finish and return,
+        ``_claim_key``): a repeated call (a retried request, a
         re-delivered job, ``run`` resuming) returns the existing batch, inserts nothing
         twice, and finishes a creation that was cut short. A transaction-level
         advisory lock serialises the batch row's creation for one id; each chunk locks the
@@ -62,10 +64,15 @@ class BatchQueries(PostgresBase):
             NotFound: the input file does not exist or is not the owner's.
             ValidationError: the file is not an input file, is empty, or has a line
                 whose url differs from the endpoint.
-            Conflict: ``spec.batch_id`` is another owner's batch.
+            Conflict: ``spec.batch_id`` is another owner's batch, or the key of
+                ``spec.idempotency`` was used for a different request.
         """
         batch_id = spec.batch_id or next_uuid7()
         with self._tx() as cur:
+            if spec.idempotency is not None:
+                # first: a concurrent request with the key waits here for this one
+                replay = self._claim_key(cur, owner, spec.idempotency, batch_id, now)
+                batch_id = replay or batch_id
             cur.execute(self.q.lock_batch, {"id": batch_id})
             existing = cur.execute(self.q.get_batch, {"id": batch_id, "owner": None}).fetchone()
             if existing is not None:

@@ -12,6 +12,7 @@ from psycopg.types.json import Jsonb
 
 from fusillade.core.attempts import AbortReason, AttemptResult, ClaimedRequest
 from fusillade.core.batches import ClaimableBatch, window_of
+from fusillade.core.idempotency import expired_before
 from fusillade.core.models import RequestState
 from fusillade.store.interface import (
     Allotment,
@@ -177,6 +178,15 @@ class DaemonQueries(PostgresBase):
                 cur.execute(self.q.expire_requests, {"now": now, "limit": limit}).fetchall()
             )
         return swept
+
+    def forget_idempotency_keys(self, *, now: datetime, limit: int = 1000) -> int:
+        """Delete at most ``limit`` keys older than the TTL (maintenance); how many."""
+        with self._tx() as cur:
+            rows = cur.execute(
+                self.q.forget_idempotency_keys,
+                {"expired_before": expired_before(now), "limit": limit},
+            ).fetchall()
+        return len(rows)
 
     def register_daemon(self, info: DaemonInfo, *, now: datetime) -> None:
         with self._tx() as cur:
