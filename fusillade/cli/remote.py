@@ -2,7 +2,8 @@
 
 With ``--server URL`` (or ``$FUSILLADE_SERVER_URL``) the commands speak the HTTP API with
 the bearer key in ``$FUSILLADE_API_KEY`` (``--key-env`` names another variable); the
-configuration is not read (the server's applies). Otherwise they read the configuration
+configuration is not read (the server's applies). ``submit``'s creates carry an
+``Idempotency-Key`` and are retried when no answer came (``HttpBackend``). Otherwise they read the configuration
 as ``migrate`` does (``fusillade.config``: ``--config``, ``FUSILLADE_*``, ``--database-url``,
 ``--data-dir``), open its database (``database_url``, else the embedded PostgreSQL) and act
 as ``--owner`` (default ``default``, the owner of a server without keys) under its
@@ -19,12 +20,12 @@ import json
 import os
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from datetime import timedelta
 from pathlib import Path
-from typing import IO, Any, Protocol, TypeVar
-from uuid import UUID
+from typing import IO, Any, Final, Protocol, TypeVar
+from uuid import UUID, uuid4
 
 import attrs
 
@@ -75,18 +76,61 @@ class Backend(Protocol):
         ...
 
 
-class HttpBackend:
-    """The HTTP API through a blocking httpx client."""
+RETRY_DELAYS: Final = (0.5, 1.0, 2.0)
+"""Seconds before each retry of a create that got no answer, or a 5xx."""
+RETRY_STATUSES: Final = frozenset({500, 502, 503, 504})
 
-    def __init__(self, url: str, key: str | None) -> None:
+
+class HttpBackend:
+    """The HTTP API through a blocking httpx client.
+
+    Creates (``submit``'s upload and batch) carry an ``Idempotency-Key`` made once per
+    command and kept across their retries: a create that got no answer (the connection
+    failed or was reset, a timeout) or a 5xx is sent again after each of ``delays``,
+    and the server answers a repeat with what the first one created, so a retried
+    ``submit`` never makes two batches. ``transport``: httpx's, for tests.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        key: str | None,
+        *,
+        delays: Sequence[float] = RETRY_DELAYS,
+        transport: Any = None,
+    ) -> None:
         import httpx
 
         base = url.rstrip("/")
         base = base if base.endswith("/v1") else base + "/v1"
         headers = {"authorization": f"Bearer {key}"} if key else {}
         self._http = httpx.Client(
-            base_url=base, headers=headers, timeout=httpx.Timeout(60.0, read=600.0)
+            base_url=base,
+            headers=headers,
+            timeout=httpx.Timeout(60.0, read=600.0),
+            transport=transport,
         )
+        self._delays = tuple(delays)
+
+    def _create(self, path: str, key: str, request: Callable[[], dict[str, Any]]) -> Batch:
+        """POST ``path`` with ``Idempotency-Key: key``, retried (see the class);
+        ``request`` gives the arguments of each attempt (a file is opened anew)."""
+        import httpx
+
+        for delay in (*self._delays, None):
+            try:
+                with ExitStack() as stack:
+                    kwargs = request()
+                    stack.callback(_close_files, kwargs)
+                    response = self._http.post(path, headers={"Idempotency-Key": key}, **kwargs)
+            except httpx.TransportError:
+                if delay is None:
+                    raise
+            else:
+                if response.status_code not in RETRY_STATUSES or delay is None:
+                    return self._json(response)
+            time.sleep(delay)
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def close(self) -> None:
         self._http.close()
@@ -100,14 +144,19 @@ class HttpBackend:
     def submit(
         self, path: Path, endpoint: str, window: str, metadata: dict[str, str] | None
     ) -> Batch:
-        with path.open("rb") as f:  # httpx streams the file part from the open file
-            files = {"file": (path.name, f, "application/jsonl")}
-            stored = self._json(self._http.post("/files", files=files, data={"purpose": "batch"}))
+        command = f"fusillade-submit-{uuid4().hex}"
+
+        def upload() -> dict[str, Any]:
+            # httpx streams the file part from the open file (closed after the attempt)
+            files = {"file": (path.name, path.open("rb"), "application/jsonl")}
+            return {"files": files, "data": {"purpose": "batch"}}
+
+        stored = self._create("/files", f"{command}-file", upload)
         body: Batch = {"input_file_id": stored["id"], "endpoint": endpoint}
         body["completion_window"] = window
         if metadata:
             body["metadata"] = metadata
-        return self._json(self._http.post("/batches", json=body))
+        return self._create("/batches", f"{command}-batch", lambda: {"json": body})
 
     def get(self, batch_id: str) -> Batch:
         return self._json(self._http.get(f"/batches/{batch_id}"))
@@ -172,6 +221,11 @@ def _api_error(error: Batch) -> ErrorSample:
     """An error of the errors extension as the progress line describes it (the server
     sent what the upstream said, already shortened and masked)."""
     return ErrorSample(FailureReason(error["reason"]), error["status"], error["message"])
+
+
+def _close_files(kwargs: dict[str, Any]) -> None:
+    for _, f, _ in kwargs.get("files", {}).values():
+        f.close()
 
 
 def api_snapshot(batch: Batch) -> Snapshot:
