@@ -1,14 +1,15 @@
 """``fusillade submit|status|cancel|results``: against a running server or the database.
 
-With ``--server URL`` (or ``$FUSILLADE_SERVER_URL``) the commands speak the HTTP API with
-the bearer key in ``$FUSILLADE_API_KEY`` (``--key-env`` names another variable); the
-configuration is not read (the server's applies). ``submit``'s creates carry an
-``Idempotency-Key`` and are retried when no answer came (``HttpBackend``). Otherwise they read the configuration
-as ``migrate`` does (``fusillade.config``: ``--config``, ``FUSILLADE_*``, ``--database-url``,
-``--data-dir``), open its database (``database_url``, else the embedded PostgreSQL) and act
-as ``--owner`` (default ``default``, the owner of a server without keys) under its
-``[server]`` rules. Both print the same OpenAI Batch JSON on stdout. ``list``, ``retry``
-and ``watch`` (``fusillade.cli.batches``) use the same backends.
+With ``--server URL`` (or ``$FUSILLADE_SERVER_URL``) the commands speak the HTTP API
+with the bearer key in ``$FUSILLADE_API_KEY`` (``--key-env`` names another variable);
+the configuration is not read (the server's applies); ``submit``'s creates carry an
+``Idempotency-Key`` and are retried when no answer came (``HttpBackend``). Otherwise
+they read the configuration as ``migrate`` does (``fusillade.config``: ``--config``,
+``FUSILLADE_*``, ``--database-url``, ``--data-dir``), open its database
+(``database_url``, else the embedded PostgreSQL) and act as ``--owner`` (default
+``default``, the owner of a server without keys) under its ``[server]`` rules. Both
+print the same OpenAI Batch JSON on stdout. ``list``, ``retry`` and ``watch``
+(``fusillade.cli.batches``) use the same backends.
 
 Batch ids are taken as ``batch_<hex>`` or, silently, as the bare uuid (``public_id``).
 """
