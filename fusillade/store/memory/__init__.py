@@ -4,9 +4,10 @@ for running without a database.
 Theory of operation
 -------------------
 Every table of ``sql/migrations`` is a dict here (files, templates, batches, requests,
-daemons), guarded by one re-entrant lock: each public method holds it for its whole
-body, so a call is as atomic as the PostgreSQL transaction it mirrors. Iterators take
-the lock once per page, like the PostgreSQL repository takes a connection per page.
+daemons, budget leases, idempotency keys), guarded by one re-entrant lock: each public
+method holds it for its whole body, so a call is as atomic as the PostgreSQL transaction
+it mirrors. Iterators take the lock once per page, like the PostgreSQL repository takes
+a connection per page.
 
 Request state changes go through ``fusillade.core.transitions.step`` (claim is CLAIM
 then START, results are SUCCEED/RETRY/FAIL/CANCEL, sweeps are CANCEL/EXPIRE, a batch
