@@ -24,6 +24,7 @@ from __future__ import annotations
 from fusillade._version import __version__
 from fusillade.core.idempotency import IdempotencyKey
 from fusillade.core.jsonl import JsonlLimits, LineProblem, ProblemCode
+from fusillade.core.live import LiveLine, LivePage, ResultCursor
 from fusillade.core.models import (
     BatchRecord,
     BatchStatus,
@@ -92,6 +93,8 @@ __all__ = [
     "InvalidJSONL",
     "JsonlLimits",
     "LineProblem",
+    "LiveLine",
+    "LivePage",
     "MigrationError",
     "ModelActivity",
     "ModelStats",
@@ -104,6 +107,7 @@ __all__ = [
     "RequestState",
     "RequestSummary",
     "RequestTemplate",
+    "ResultCursor",
     "ResultLine",
     "RetryPolicy",
     "Rules",

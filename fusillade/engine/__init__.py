@@ -14,6 +14,7 @@ from __future__ import annotations
 
 # The records crossing the engine's methods, for its adapters (the server does not
 # import the store).
+from fusillade.core.live import LiveLine, LivePage, ResultCursor
 from fusillade.core.results import ResultLine
 from fusillade.engine._content import LINES_PER_CHUNK, Content
 from fusillade.engine._open import open
@@ -26,7 +27,7 @@ from fusillade.engine._rules import (
     Rules,
     check_metadata,
 )
-from fusillade.engine._service import DEFAULT_OWNER, STATUS_WINDOW, Engine
+from fusillade.engine._service import DEFAULT_OWNER, LIVE_PAGE, STATUS_WINDOW, Engine
 from fusillade.store.interface import (
     ModelActivity,
     Page,
@@ -38,6 +39,7 @@ from fusillade.store.interface import (
 __all__ = [
     "DEFAULT_OWNER",
     "LINES_PER_CHUNK",
+    "LIVE_PAGE",
     "MAX_FILE_PAGE",
     "MAX_METADATA_KEY",
     "MAX_METADATA_PAIRS",
@@ -46,10 +48,13 @@ __all__ = [
     "STATUS_WINDOW",
     "Content",
     "Engine",
+    "LiveLine",
+    "LivePage",
     "ModelActivity",
     "Page",
     "RecentFailure",
     "RequestSummary",
+    "ResultCursor",
     "ResultLine",
     "Rules",
     "StatusSnapshot",

@@ -24,6 +24,7 @@ import attrs
 
 from fusillade.core.idempotency import IdempotencyKey, batch_fingerprint, check_key
 from fusillade.core.jsonl import JsonlLimits, Readable, iter_validated
+from fusillade.core.live import LiveLine, LivePage, ResultCursor
 from fusillade.core.models import (
     BatchView,
     FilePurpose,
@@ -35,7 +36,7 @@ from fusillade.core.results import ResultLine, format_input_line, format_result_
 from fusillade.core.trouble import BatchTrouble, ErrorKinds
 from fusillade.engine._content import Content, chunk_reader
 from fusillade.engine._rules import Rules, batch_spec, cursor_uuid, public_uuid
-from fusillade.errors import NotFound
+from fusillade.errors import NotFound, ValidationError
 from fusillade.runtime.daemon import Daemon
 from fusillade.runtime.repo import AsyncRepository
 from fusillade.store.interface import Page, Repository, RequestSummary, StatusSnapshot
@@ -45,6 +46,8 @@ DEFAULT_OWNER: Final = "default"
 THREADS: Final = 40
 """Worker threads one engine's repository calls may occupy at once (anyio's default)."""
 _RESULTS_PER_HOP: Final = 1000
+LIVE_PAGE: Final = 1000
+"""Lines one read of a running batch's output returns at most (``Engine.read_live``)."""
 STATUS_WINDOW: Final = timedelta(minutes=1)
 """How far back ``Engine.status`` counts finished requests (the status page's throughput)."""
 
@@ -354,6 +357,62 @@ class Engine:
             for line in chunk:
                 yield line
 
+    async def read_live(
+        self,
+        batch_id: UUID | str,
+        *,
+        after: ResultCursor | str | None = None,
+        limit: int = LIVE_PAGE,
+    ) -> LivePage:
+        """The batch's output lines after ``after`` that are final now, at most ``limit``.
+
+        Unlike ``iter_results`` this may be read while the batch runs and continued from
+        the cursor of the last line kept: across reads every output line comes exactly
+        once (docs/semantics.md). ``page.complete``: the batch is terminal and no line
+        remains. ``after`` is a ``ResultCursor`` or its ``str``; a malformed one is a
+        ``ValidationError`` (param ``after``).
+        """
+        cursor = parse_cursor(after)
+        uuid = public_uuid("batch", batch_id)
+        # The status first: terminal here means every result was committed before the
+        # lines are read, so the read may lift its horizon (live_output.sql).
+        view = await self.get_batch(uuid)
+        settled = view.status.is_terminal
+        lines = await self._threads.call(
+            self.repo.live_output, self.owner, uuid, after=cursor, settled=settled, limit=limit
+        )
+        return LivePage(
+            lines=tuple(lines),
+            cursor=lines[-1].cursor if lines else cursor,
+            complete=settled and len(lines) < limit,
+            status=view.status,
+        )
+
+    async def follow(
+        self,
+        batch_id: UUID | str,
+        *,
+        after: ResultCursor | str | None = None,
+        interval: float = 0.5,
+    ) -> AsyncIterator[LiveLine]:
+        """The batch's output lines as they are recorded, until it is terminal and every
+        line was yielded; each with the cursor to resume after it (``after``).
+
+        Polls every ``interval`` seconds while nothing new is final. A follower that
+        stops and resumes after the cursor of the last line it kept misses no line and
+        gets none twice.
+        """
+        cursor = parse_cursor(after)
+        while True:
+            page = await self.read_live(batch_id, after=cursor)
+            for line in page.lines:
+                yield line
+            cursor = page.cursor
+            if page.complete:
+                return
+            if not page.lines:
+                await anyio.sleep(interval)
+
     async def watch(
         self, batch_id: UUID | str, *, interval: float = 0.5
     ) -> AsyncIterator[BatchView]:
@@ -406,6 +465,16 @@ class Engine:
     async def database_time(self) -> datetime | None:
         """The database's clock (``None``: the repository has none but the host's)."""
         return await anyio.to_thread.run_sync(self.repo.database_time, abandon_on_cancel=True)
+
+
+def parse_cursor(after: ResultCursor | str | None) -> ResultCursor | None:
+    """``after`` as a ``ResultCursor``; a malformed text is a ``ValidationError``."""
+    if after is None or isinstance(after, ResultCursor):
+        return after
+    try:
+        return ResultCursor.parse(after)
+    except ValueError as e:
+        raise ValidationError(f"after: {e}", param="after") from None
 
 
 def _take(it: Iterator[T], n: int) -> list[T]:

@@ -21,6 +21,7 @@ import attrs
 from fusillade.core.attempts import AbortReason, AttemptResult, ClaimedRequest
 from fusillade.core.batches import ClaimableBatch
 from fusillade.core.idempotency import IdempotencyKey
+from fusillade.core.live import LiveLine, ResultCursor
 from fusillade.core.models import (
     BatchView,
     FailureReason,
@@ -259,6 +260,20 @@ class Repository(Protocol):
     ) -> Iterator[ResultLine]:
         """The result lines of a batch's finished requests (completed: output lines;
         failed and canceled: error lines) together, in input (line) order."""
+        ...
+
+    def live_output(
+        self,
+        owner: str | None,
+        batch_id: UUID,
+        *,
+        after: ResultCursor | None,
+        settled: bool,
+        limit: int = 1000,
+    ) -> list[LiveLine]:
+        """At most ``limit`` output lines of the batch after ``after``, in the order they
+        became final; while the batch runs (``settled`` false: the caller has not seen it
+        terminal) only lines that no line recorded later can precede (live_output.sql)."""
         ...
 
     def list_requests(

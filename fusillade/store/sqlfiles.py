@@ -68,6 +68,7 @@ class Queries:
     list_requests: str
     listen: str
     live_daemons: str
+    live_output: str
     lock_batch: str
     lock_batch_for_freeze: str
     notify: str

@@ -16,6 +16,8 @@
 -- input_tokens, output_tokens. The uuid and timestamp arrays are sent in binary format:
 -- psycopg formats 500 timestamps as text in about 3 ms, in binary in well under 1 ms.
 -- Locking: FOR UPDATE of the fenced rows, then of the batches with a late success.
+-- A completed result also takes this transaction's id as result_xid: the order in which
+-- followers read a running batch's output (live_output.sql).
 -- Returns the ids written.
 WITH input AS (
     SELECT *
@@ -54,7 +56,9 @@ WITH input AS (
         failure_reason = i.reason,
         failure_message = i.message,
         input_tokens = i.input_tokens,
-        output_tokens = i.output_tokens
+        output_tokens = i.output_tokens,
+        -- the position of a completed line for followers (0012_result_sequence.sql)
+        result_xid = CASE WHEN i.state = 'completed' THEN pg_current_xact_id() END
     FROM input i, locked l
     WHERE r.id = i.id AND l.id = i.id
     RETURNING r.id, r.batch_id, l.old_state, r.input_tokens, r.output_tokens

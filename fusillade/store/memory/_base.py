@@ -41,6 +41,7 @@ class MemoryBase:
         self._templates: dict[UUID, list[RequestTemplate]] = {}
         self._batches: dict[UUID, BatchRecord] = {}
         self._rows: dict[UUID, _Row] = {}
+        self._result_seq = 1  # the last position given to a completed result (result_seq)
         self._batch_rows: dict[UUID, list[UUID]] = {}  # in line order
         self._by_state: dict[RequestState, set[UUID]] = {s: set() for s in RequestState}
         self._daemons: dict[UUID, _Daemon] = {}

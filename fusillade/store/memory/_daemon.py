@@ -14,6 +14,7 @@ from fusillade.core.models import (
     BatchRecord,
     Failure,
     FailureReason,
+    RequestState,
     Usage,
 )
 from fusillade.core.transitions import Event, EventKind, step
@@ -195,6 +196,9 @@ class DaemonParts(MemoryBase):
                     _check(new)
                     staged[result.request_id] = (row, new)
             for old, new in staged.values():
+                if new.req.state is RequestState.COMPLETED:
+                    self._result_seq += 1
+                    new = attrs.evolve(new, result_seq=self._result_seq)
                 self._put(new)
                 b = self._batches[new.req.batch_id]
                 if old.req.state is CA and b.frozen_counts is not None and b.usage is not None:

@@ -7,6 +7,7 @@ from datetime import datetime
 from uuid import UUID
 
 from fusillade.core.ids import format_id
+from fusillade.core.live import LiveLine, ResultCursor
 from fusillade.core.models import (
     RequestState,
 )
@@ -43,6 +44,34 @@ class ResultParts(MemoryBase):
             if len(page) < page_size:
                 return
             cursor = (page[-1][0], page[-1][1])
+
+    def live_output(
+        self,
+        owner: str | None,
+        batch_id: UUID,
+        *,
+        after: ResultCursor | None,
+        settled: bool,
+        limit: int = 1000,
+    ) -> list[LiveLine]:
+        """Output lines after ``after`` in the order they were recorded; every recorded
+        line is final here (one lock: no write is ever half visible), so ``settled``
+        changes nothing."""
+        del settled
+        start = (0, UUID(int=0)) if after is None else (after.position, after.request_id)
+        with self._lock:
+            self._batch(owner, batch_id)
+            found: list[tuple[int, UUID, _Row]] = []
+            for row in self._rows_of(batch_id):
+                if row.req.state is RequestState.COMPLETED:
+                    key = (1 if row.result_seq is None else row.result_seq, row.req.id)
+                    if key > start:
+                        found.append((*key, row))
+            found.sort(key=lambda x: (x[0], x[1]))
+            return [
+                LiveLine(self._result_line(row), ResultCursor(seq, rid))
+                for seq, rid, row in found[:limit]
+            ]
 
     def iter_results_by_line(
         self, owner: str | None, batch_id: UUID, *, page_size: int = 5000

@@ -49,6 +49,8 @@ class _Row:
     output_tokens: int | None = None
     body_is_json: bool = False
     body_raw: bytes | None = attrs.field(default=None, repr=False)
+    # when the completed result was recorded, as a follower orders lines (0012's result_xid)
+    result_seq: int | None = None
 
 
 @attrs.frozen

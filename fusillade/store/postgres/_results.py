@@ -11,6 +11,7 @@ from uuid import UUID
 from psycopg.rows import tuple_row
 
 from fusillade.core.ids import format_id
+from fusillade.core.live import LiveLine, ResultCursor
 from fusillade.core.models import FailureReason, RequestState
 from fusillade.core.results import ResultLine
 from fusillade.errors import NotFound, ValidationError
@@ -61,6 +62,34 @@ class ResultQueries(PostgresBase):
             return self._page(self.q.stream_by_line, params)
 
         yield from _lines(fetch, page_size)
+
+    def live_output(
+        self,
+        owner: str | None,
+        batch_id: UUID,
+        *,
+        after: ResultCursor | None,
+        settled: bool,
+        limit: int = 1000,
+    ) -> list[LiveLine]:
+        """Output lines after ``after`` in (result_xid, id) order (live_output.sql): while
+        the batch runs, only those below the snapshot's xmin."""
+        with self._tx() as cur:
+            self._read_batch(cur, owner, batch_id)
+            params = {
+                "batch_id": batch_id,
+                "after_xid": "0" if after is None else str(after.position),
+                "after_id": _ZERO_UUID if after is None else after.request_id,
+                "settled": settled,
+                "limit": limit,
+            }
+            rows = (
+                cur.connection.cursor(row_factory=tuple_row)
+                .execute(self.q.live_output, params)
+                .fetchall()
+            )
+        # the last column: result_xid, the line's position
+        return [LiveLine(_line(row), ResultCursor(int(row[-1]), row[0])) for row in rows]
 
     def _page(self, query: str, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
         with self._tx() as cur:
@@ -125,24 +154,29 @@ def _lines(
         rows = fetch(None)
         while True:
             following = ahead.submit(fetch, rows[-1]) if len(rows) == page_size else None
-            for rid, cid, state, status, body, body_json, raw, reason, message, at, *_ in rows:
-                if not _STATES[state].is_terminal:
-                    continue
-                yield ResultLine(
-                    request_id=rid,
-                    custom_id=cid,
-                    state=_STATES[state],
-                    status=status,
-                    body=body,
-                    failure_reason=_reason(reason),
-                    failure_message=message,
-                    finished_at=at,
-                    body_is_json=body_json,
-                    body_raw=raw,
-                )
+            for row in rows:
+                if _STATES[row[2]].is_terminal:
+                    yield _line(row)
             if following is None:
                 return
             rows = following.result()
+
+
+def _line(row: tuple[Any, ...]) -> ResultLine:
+    """A result row (the columns of stream_output.sql) as its ``ResultLine``."""
+    rid, cid, state, status, body, body_json, raw, reason, message, at, *_ = row
+    return ResultLine(
+        request_id=rid,
+        custom_id=cid,
+        state=_STATES[state],
+        status=status,
+        body=body,
+        failure_reason=_reason(reason),
+        failure_message=message,
+        finished_at=at,
+        body_is_json=body_json,
+        body_raw=raw,
+    )
 
 
 def _summary(row: Mapping[str, Any]) -> RequestSummary:
