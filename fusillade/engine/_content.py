@@ -49,6 +49,8 @@ class Content:
     Attributes:
         record: the file (``bytes`` not worked out for an output or error file: reading
             it would read every result the content is about to).
+        incomplete: an output or error file of a batch that was not terminal when the
+            content was opened: more lines may come (``Engine.read_live`` follows them).
     """
 
     def __init__(
@@ -56,8 +58,11 @@ class Content:
         record: FileRecord,
         first: bytes | None,
         read_next: Callable[[], Awaitable[bytes | None]],
+        *,
+        incomplete: bool = False,
     ) -> None:
         self.record = record
+        self.incomplete = incomplete
         self._next = first
         self._read_next = read_next  # the next chunk, read in a worker thread
 

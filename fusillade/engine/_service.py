@@ -201,22 +201,28 @@ class Engine:
         """The content of a file, as a download sends it (``Content``: ``bytes`` chunks).
 
         An input file gives its stored lines; an output or error file the results of its
-        batch so far (partial while the batch runs). The first chunk is read here, so a
-        failure raises now rather than mid-iteration.
+        batch so far (partial while the batch runs: ``content.incomplete``). The first
+        chunk is read here, so a failure raises now rather than mid-iteration.
         """
         uuid = public_uuid("file", file_id)
         record = await self._threads.call(self.repo.get_file, self.owner, uuid, sized=False)
         read: Callable[[], bytes | None]
+        incomplete = False
         if record.purpose is FilePurpose.BATCH:
             read = chunk_reader(self.repo.iter_templates(self.owner, record.id), format_input_line)
         else:
             if record.batch_id is None:  # pragma: no cover - the schema forbids it
                 raise NotFound("file", uuid)
+            # The status before the lines: terminal then, the lines read after are all.
+            view = await self.get_batch(record.batch_id)
+            incomplete = not view.status.is_terminal
             errors = record.purpose is FilePurpose.BATCH_ERROR
             results = self.repo.iter_results(self.owner, record.batch_id, errors=errors)
             read = chunk_reader(results, format_result_line)
         first = await self._threads.call(read)
-        return Content(record, first, functools.partial(self._threads.call, read))
+        return Content(
+            record, first, functools.partial(self._threads.call, read), incomplete=incomplete
+        )
 
     # ------------------------------------------------------------------------ batches
 

@@ -3,13 +3,18 @@ extensions."""
 
 from __future__ import annotations
 
-from typing import Annotated, TypeAlias
+from collections.abc import Sequence
+from typing import Annotated, Final, TypeAlias
 
-from litestar import get, post
+import anyio
+import anyio.to_thread
+from litestar import Response, get, post
 from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 
+from fusillade.core.live import LiveLine
 from fusillade.core.models import RequestState
-from fusillade.engine import MAX_PAGE
+from fusillade.core.results import format_result_line
+from fusillade.engine import LIVE_PAGE, MAX_PAGE
 from fusillade.server.context import Ctx, IdempotencyKeyHeader, Owner
 from fusillade.server.files import cursor_param
 from fusillade.server.responses import error_responses
@@ -137,6 +142,60 @@ async def batch_errors_route(
     return batch_errors(trouble, summary)
 
 
+LIVE_WAIT_POLL: Final = 0.25
+"""Seconds between reads while a ``wait`` of the results route finds nothing new."""
+MAX_LIVE_WAIT: Final = 60.0
+MAX_LIVE_PAGE: Final = 10_000
+
+
+@get(
+    "/batches/{batch_id:str}/results",
+    media_type="application/jsonl",
+    responses=error_responses(400, 401, 404),
+    summary="Read a batch's output lines as they are recorded (extension)",
+    description="The output file's lines after `after` (a cursor this route returned) "
+    "that are final, at most `limit`, as JSONL: each line byte for byte as in the output "
+    "file. `X-Fusillade-Cursor`: continue with `after=` it; `X-Incomplete: true`: more "
+    "may come (the batch runs, or `limit` was reached); `false`: these were the last "
+    "lines. With `wait` (seconds) the answer waits for a new line while none is final. "
+    "Across reads every line comes exactly once, in an order that is not completion order "
+    "(docs/semantics.md).",
+)
+async def batch_results(
+    ctx: Ctx,
+    owner: Owner,
+    batch_id: FromPath[str],
+    after: Annotated[
+        str | None,
+        QueryParameter(
+            pattern=r"^[0-9]{1,20}\.[0-9a-f]{32}$",
+            description="continue after this cursor (the X-Fusillade-Cursor of a read)",
+        ),
+    ] = None,
+    limit: Annotated[int, QueryParameter(ge=1, le=MAX_LIVE_PAGE)] = LIVE_PAGE,
+    wait: Annotated[float, QueryParameter(ge=0, le=MAX_LIVE_WAIT)] = 0,
+) -> Response[bytes]:
+    engine = ctx.engine_for(owner)
+    page = await engine.read_live(batch_id, after=after, limit=limit)
+    with anyio.move_on_after(wait):
+        while not (page.lines or page.complete):
+            await anyio.sleep(LIVE_WAIT_POLL)
+            page = await engine.read_live(batch_id, after=after, limit=limit)
+    headers = {
+        "X-Incomplete": "false" if page.complete else "true",
+        "X-Fusillade-Batch-Status": page.status.value,
+    }
+    if page.cursor is not None:
+        headers["X-Fusillade-Cursor"] = str(page.cursor)
+    body = await anyio.to_thread.run_sync(_jsonl, page.lines)
+    return Response(body, media_type="application/jsonl", headers=headers)
+
+
+def _jsonl(lines: Sequence[LiveLine]) -> bytes:
+    """The lines as the output file has them (formatted in a worker thread)."""
+    return "".join(format_result_line(x.line) + "\n" for x in lines).encode("utf-8")
+
+
 ROUTES = [
     create_batch,
     list_batches,
@@ -145,4 +204,5 @@ ROUTES = [
     retry_batch,
     list_batch_requests,
     batch_errors_route,
+    batch_results,
 ]

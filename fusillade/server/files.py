@@ -153,18 +153,18 @@ async def delete_file(ctx: Ctx, owner: Owner, file_id: FromPath[str]) -> FileDel
     responses=error_responses(401, 404),
     summary="Download a file's content",
     description="Input files: the stored lines. Output and error files: the batch's "
-    "results so far, streamed (partial while the batch runs).",
+    "results so far, streamed (partial while the batch runs, marked `X-Incomplete: true`; "
+    "GET /v1/batches/{id}/results follows them).",
 )
 async def file_content(ctx: Ctx, owner: Owner, file_id: FromPath[str]) -> CompleteStream:
     # The engine reads the first chunk now, so a failure is a proper error status; the
     # record is not sized: working out a finished batch's file size reads all its
     # results, which the download is about to do (docs/performance.md, P5).
     content = await ctx.engine_for(owner).file_content(file_id)
-    return CompleteStream(
-        content,
-        media_type="application/jsonl",
-        headers={"Content-Disposition": _attachment(content.record.filename)},
-    )
+    headers = {"Content-Disposition": _attachment(content.record.filename)}
+    if content.incomplete:  # the batch runs: an extension header, as Doubleword's
+        headers["X-Incomplete"] = "true"
+    return CompleteStream(content, media_type="application/jsonl", headers=headers)
 
 
 def _attachment(filename: str) -> str:
