@@ -41,7 +41,7 @@ from fusillade.core.results import ResultLine
 from fusillade.core.retry import RetryPolicy
 from fusillade.core.scheduling.budget import BudgetLimits, BudgetState
 from fusillade.core.trouble import BatchTrouble, ErrorKind, ErrorKinds, ErrorSample
-from fusillade.engine import Content, Engine, Rules, open
+from fusillade.engine import Content, Engine, Follow, Rules, open
 from fusillade.errors import (
     ConfigError,
     Conflict,
@@ -87,6 +87,7 @@ __all__ = [
     "FailureReason",
     "FilePurpose",
     "FileRecord",
+    "Follow",
     "FusilladeError",
     "IdempotencyKey",
     "IllegalTransition",

@@ -7,7 +7,8 @@ adapters over it. ``open`` runs the daemon inside the caller's task tree (trio b
 default, asyncio through anyio).
 
 Modules: ``_service.py`` (``Engine``), ``_rules.py`` (what it accepts), ``_content.py``
-(a file's bytes), ``_open.py`` (``open``, a composition root).
+(a file's bytes), ``_follow.py`` (a batch's output as it is recorded), ``_open.py``
+(``open``, a composition root).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 from fusillade.core.live import LiveLine, LivePage, ResultCursor
 from fusillade.core.results import ResultLine
 from fusillade.engine._content import LINES_PER_CHUNK, Content
+from fusillade.engine._follow import Follow
 from fusillade.engine._open import open
 from fusillade.engine._rules import (
     MAX_FILE_PAGE,
@@ -48,6 +50,7 @@ __all__ = [
     "STATUS_WINDOW",
     "Content",
     "Engine",
+    "Follow",
     "LiveLine",
     "LivePage",
     "ModelActivity",

@@ -11,7 +11,15 @@ from __future__ import annotations
 import copy
 import functools
 import os
-from collections.abc import AsyncIterator, Callable, Collection, Iterable, Iterator, Mapping
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Collection,
+    Iterable,
+    Iterator,
+    Mapping,
+)
 from datetime import UTC, datetime, timedelta
 from itertools import islice
 from pathlib import Path
@@ -24,7 +32,7 @@ import attrs
 
 from fusillade.core.idempotency import IdempotencyKey, batch_fingerprint, check_key
 from fusillade.core.jsonl import JsonlLimits, Readable, iter_validated
-from fusillade.core.live import LiveLine, LivePage, ResultCursor
+from fusillade.core.live import LivePage, ResultCursor
 from fusillade.core.models import (
     BatchView,
     FilePurpose,
@@ -35,6 +43,7 @@ from fusillade.core.models import (
 from fusillade.core.results import ResultLine, format_input_line, format_result_line
 from fusillade.core.trouble import BatchTrouble, ErrorKinds
 from fusillade.engine._content import Content, chunk_reader
+from fusillade.engine._follow import Follow
 from fusillade.engine._rules import Rules, batch_spec, cursor_uuid, public_uuid
 from fusillade.errors import NotFound, ValidationError
 from fusillade.runtime.daemon import Daemon
@@ -394,30 +403,27 @@ class Engine:
             status=view.status,
         )
 
-    async def follow(
+    def follow(
         self,
         batch_id: UUID | str,
         *,
         after: ResultCursor | str | None = None,
         interval: float = 0.5,
-    ) -> AsyncIterator[LiveLine]:
-        """The batch's output lines as they are recorded, until it is terminal and every
-        line was yielded; each with the cursor to resume after it (``after``).
+    ) -> Follow:
+        """The batch's output lines as they are recorded (``LiveLine``: each with the
+        cursor to resume after it), until it is terminal and every line was given:
+        ``async for live in engine.follow(batch_id): ...``.
 
-        Polls every ``interval`` seconds while nothing new is final. A follower that
-        stops and resumes after the cursor of the last line it kept misses no line and
-        gets none twice.
+        Reads every ``interval`` seconds while nothing new is final. A follower that stops
+        and resumes ``after`` the cursor of the last line it kept misses no line and gets
+        none twice. A malformed ``after`` raises ``ValidationError`` here.
         """
         cursor = parse_cursor(after)
-        while True:
-            page = await self.read_live(batch_id, after=cursor)
-            for line in page.lines:
-                yield line
-            cursor = page.cursor
-            if page.complete:
-                return
-            if not page.lines:
-                await anyio.sleep(interval)
+
+        def read(at: ResultCursor | None) -> Awaitable[LivePage]:
+            return self.read_live(batch_id, after=at)
+
+        return Follow(read, cursor, interval)
 
     async def watch(
         self, batch_id: UUID | str, *, interval: float = 0.5
