@@ -31,10 +31,12 @@ from uuid import UUID, uuid4
 import attrs
 
 from fusillade.cli._main import database
+from fusillade.cli.follow import LiveRead, follow_to_file
 from fusillade.config import ServerSettings, settings_from_args
 from fusillade.config import add_arguments as add_config_arguments
 from fusillade.core.ids import IdKind, format_id
 from fusillade.core.models import BatchStatus, BatchView, FailureReason, RequestCounts
+from fusillade.core.results import format_result_line
 from fusillade.core.trouble import BatchTrouble, ErrorKind, ErrorKinds, ErrorSample
 from fusillade.engine import Engine
 from fusillade.errors import FusilladeError, InvalidJSONL, ValidationError
@@ -76,9 +78,18 @@ class Backend(Protocol):
         """How many daemons work on this backend's batches (``None``: it cannot tell)."""
         ...
 
+    def read_live(self, batch_id: str, after: str | None) -> LiveRead:
+        """The batch's output lines after ``after`` (``results --follow``); when none is
+        new yet, it first waits a little for one (``FOLLOW_WAIT``)."""
+        ...
+
 
 RETRY_DELAYS: Final = (0.5, 1.0, 2.0)
 """Seconds before each retry of a create that got no answer, or a 5xx."""
+FOLLOW_WAIT: Final = 10.0
+"""Seconds a read of ``results --follow`` over HTTP waits for a new line (``wait=``)."""
+FOLLOW_POLL: Final = 0.5
+"""Seconds between reads of ``results --follow`` on the database while nothing is new."""
 RETRY_STATUSES: Final = frozenset({500, 502, 503, 504})
 
 
@@ -171,6 +182,21 @@ class HttpBackend:
                 raise _server_error(response.status_code, response.read())
             for chunk in response.iter_bytes():
                 target.write(chunk)
+
+    def read_live(self, batch_id: str, after: str | None) -> LiveRead:
+        params: dict[str, Any] = {"wait": FOLLOW_WAIT}
+        if after is not None:
+            params["after"] = after
+        response = self._http.get(f"/batches/{batch_id}/results", params=params)
+        if response.status_code >= 400:
+            raise _server_error(response.status_code, response.read())
+        headers = response.headers
+        return LiveRead(
+            body=response.content,
+            cursor=headers.get("X-Fusillade-Cursor"),
+            complete=headers.get("X-Incomplete") == "false",
+            status=headers.get("X-Fusillade-Batch-Status", ""),
+        )
 
     def list_batches(self, after: str | None, limit: int) -> Batch:
         params: dict[str, str | int] = {"limit": limit}
@@ -312,6 +338,23 @@ class DatabaseBackend:
 
         self._run(download)
 
+    def read_live(self, batch_id: str, after: str | None) -> LiveRead:
+        async def read(engine: Engine) -> LiveRead:
+            import trio
+
+            page = await engine.read_live(batch_id, after=after)
+            if not page.lines and not page.complete:
+                await trio.sleep(FOLLOW_POLL)
+            body = "".join(format_result_line(x.line) + "\n" for x in page.lines)
+            return LiveRead(
+                body=body.encode("utf-8"),
+                cursor=None if page.cursor is None else str(page.cursor),
+                complete=page.complete,
+                status=page.status.value,
+            )
+
+        return self._run(read)
+
     def list_batches(self, after: str | None, limit: int) -> Batch:
         from fusillade.server.wire import batch_list
 
@@ -417,6 +460,13 @@ def add_results_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--errors", type=Path, help="where to write the failures (default: OUTPUT.errors.jsonl)"
+    )
+    parser.add_argument(
+        "--follow",
+        action="store_true",
+        help="append the output lines to OUTPUT as they are recorded until the batch ends "
+        "(the cursor kept in OUTPUT.cursor: run again to resume); the failures are written "
+        "at the end. Exit status: 0 completed, 1 failed, expired or cancelled",
     )
 
 
@@ -567,13 +617,17 @@ def cancel(args: argparse.Namespace) -> int:
 def results(args: argparse.Namespace) -> int:
     errors_path = args.errors or args.output.with_name(args.output.stem + ".errors.jsonl")
     with backend(args) as where:
+        if args.follow:
+            follow_to_file(
+                args.batch_id, lambda after: where.read_live(args.batch_id, after), args.output
+            )
         batch = where.get(args.batch_id)
-        for file_id, path in ((batch["output_file_id"], args.output),
-                              (batch["error_file_id"], errors_path)):  # fmt: skip
+        files = ((batch["output_file_id"], args.output), (batch["error_file_id"], errors_path))
+        for file_id, path in files[1:] if args.follow else files:
             tmp = path.with_name(path.name + ".tmp")
             with tmp.open("wb") as target:
                 if file_id is not None:
                     where.download(file_id, target)
             tmp.replace(path)
     print(f"{_progress(batch)}; results in {args.output} and {errors_path}", file=sys.stderr)
-    return 0
+    return 1 if args.follow and batch["status"] != "completed" else 0

@@ -4,15 +4,22 @@ that disconnects in the middle of a wait and resumes, and the finished file unch
 
 from __future__ import annotations
 
+import functools
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import httpx
 import openai
+import pytest
 import trio
 from helpers import poll_until
-from serverkit import chat_line, jsonl, wait_status
+from serverkit import chat_line, fusillade, jsonl, wait_status
 
 from fusillade.mock_upstream import Behaviour, MockUpstream
+from fusillade.server.serve import Running
 
 
 async def _running_batch(client: openai.AsyncOpenAI, mock_upstream: MockUpstream) -> str:
@@ -103,3 +110,75 @@ async def test_a_malformed_cursor_is_a_400(
     assert r.status_code == 400
     missing = await http.get("/v1/batches/batch_" + "0" * 32 + "/results")
     assert missing.status_code == 404
+
+
+async def _spawn_follow(
+    nursery: trio.Nursery, batch_id: str, output: Path, target: list[str]
+) -> trio.Process:
+    base = {k: v for k, v in os.environ.items() if not k.startswith("FUSILLADE_")}
+    command = [sys.executable, "-m", "fusillade", "results", batch_id, "--follow"]
+    process: trio.Process = await nursery.start(
+        functools.partial(
+            trio.run_process,
+            [*command, "-o", str(output), *target],
+            check=False,
+            env=base,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+    )
+    return process
+
+
+@pytest.mark.parametrize("where", ["http", "db"])
+async def test_results_follow_killed_and_restarted_writes_each_line_once(
+    where: str,
+    client: openai.AsyncOpenAI,
+    server: Running,
+    database_url: str,
+    mock_upstream: MockUpstream,
+    tmp_path: Path,
+) -> None:
+    assert server.url is not None
+    target = ["--server", server.url] if where == "http" else ["--database-url", database_url]
+    batch_id = await _running_batch(client, mock_upstream)
+    output = tmp_path / "out.jsonl"
+    async with trio.open_nursery() as nursery:
+        first = await _spawn_follow(nursery, batch_id, output, target)
+
+        def five_lines() -> bool:
+            return output.exists() and len(output.read_bytes().splitlines()) == 5
+
+        await poll_until(lambda: five_lines() and (tmp_path / "out.jsonl.cursor").exists())
+        first.kill()  # no clean exit: as a crash
+    assert first.returncode != 0
+    # a crash between the write of a line and the cursor's: the line was written partly
+    with output.open("ab") as f:
+        f.write(b'{"id": "batch_req_partial' + b"x" * 100_000)  # longer than what is left
+    mock_upstream.release_held()
+    code, _, err = await fusillade("results", batch_id, "--follow", "-o", str(output), *target)
+    assert code == 0, err
+    assert "completed" in err
+    ids = _ids(output.read_bytes())
+    assert len(ids) == len(set(ids)) == 10
+    assert (tmp_path / "out.errors.jsonl").read_bytes() == b""
+    # run again: nothing new, the file as it was
+    before = output.read_bytes()
+    code, _, err = await fusillade("results", batch_id, "--follow", "-o", str(output), *target)
+    assert code == 0, err
+    assert output.read_bytes() == before
+
+
+async def test_results_follow_refuses_a_file_it_cannot_resume(
+    client: openai.AsyncOpenAI, server: Running, mock_upstream: MockUpstream, tmp_path: Path
+) -> None:
+    assert server.url is not None
+    batch_id = await _running_batch(client, mock_upstream)
+    output = tmp_path / "out.jsonl"
+    output.write_bytes(b"something\n")
+    code, _, err = await fusillade(
+        "results", batch_id, "--follow", "-o", str(output), "--server", server.url
+    )
+    assert code == 1
+    assert "out.jsonl.cursor" in err and "Traceback" not in err
+    mock_upstream.release_held()
