@@ -98,6 +98,8 @@ COLUMN_FIELDS = {
     "response_body_raw": "response_body",
     "input_tokens": "response_body",
     "output_tokens": "response_body",
+    # the position of a completed line for followers (0012), taken as the state changes
+    "result_xid": "state",
 }
 # copies of the batch's values: any write may move them, no state depends on them
 OUTSIDE_THE_MACHINE = frozenset({"batch_expires_at"})
