@@ -9,18 +9,17 @@
 -- limit. Uses requests_live_output, then request_templates_pkey once per row.
 -- A row completed before migration 0012 has no result_xid and counts as '1'.
 -- Columns as stream_output.sql, then the cursor: result_xid (as text).
-WITH horizon AS (
-    SELECT CASE WHEN %(settled)s THEN NULL
-                ELSE pg_snapshot_xmin(pg_current_snapshot()) END AS xmin
-), page AS MATERIALIZED (
+WITH page AS MATERIALIZED (
     SELECT r.id, r.file_id, r.line_number, r.state, r.response_status, r.response_body,
            r.response_body_json, r.response_body_raw, r.failure_reason, r.failure_message,
            r.finished_at, coalesce(r.result_xid, '1'::xid8) AS result_xid
-    FROM requests r, horizon h
+    FROM requests r
     WHERE r.batch_id = %(batch_id)s
       AND r.state = 'completed'
       AND (coalesce(r.result_xid, '1'::xid8), r.id) > (%(after_xid)s::xid8, %(after_id)s::uuid)
-      AND (h.xmin IS NULL OR coalesce(r.result_xid, '1'::xid8) < h.xmin)
+      -- the horizon: one value per statement (an InitPlan), not a call per row
+      AND (%(settled)s OR coalesce(r.result_xid, '1'::xid8)
+                          < (SELECT pg_snapshot_xmin(pg_current_snapshot())))
     ORDER BY coalesce(r.result_xid, '1'::xid8), r.id
     LIMIT %(limit)s
 )
