@@ -348,7 +348,7 @@ class DatabaseBackend:
             body = "".join(format_result_line(x.line) + "\n" for x in page.lines)
             return LiveRead(
                 body=body.encode("utf-8"),
-                cursor=None if page.cursor is None else str(page.cursor),
+                cursor=str(page.cursor),
                 complete=page.complete,
                 status=page.status.value,
             )

@@ -379,7 +379,8 @@ class Engine:
         after: ResultCursor | str | None = None,
         limit: int = LIVE_PAGE,
     ) -> LivePage:
-        """The batch's output lines after ``after`` that are final now, at most ``limit``.
+        """The batch's output lines not read by a follower at ``after`` (at most ``limit``
+        after its position, plus any that concurrent writers committed late).
 
         Unlike ``iter_results`` this may be read while the batch runs and continued from
         the cursor of the last line kept: across reads every output line comes exactly
@@ -389,17 +390,16 @@ class Engine:
         """
         cursor = parse_cursor(after)
         uuid = public_uuid("batch", batch_id)
-        # The status first: terminal here means every result was committed before the
-        # lines are read, so the read may lift its horizon (live_output.sql).
+        # The status first: terminal then, every result was committed before the lines
+        # are read, so a read that does not fill the page has them all.
         view = await self.get_batch(uuid)
-        settled = view.status.is_terminal
-        lines = await self._threads.call(
-            self.repo.live_output, self.owner, uuid, after=cursor, settled=settled, limit=limit
+        found = await self._threads.call(
+            self.repo.live_output, self.owner, uuid, after=cursor, limit=limit
         )
         return LivePage(
-            lines=tuple(lines),
-            cursor=lines[-1].cursor if lines else cursor,
-            complete=settled and len(lines) < limit,
+            lines=found.lines,
+            cursor=found.cursor,
+            complete=view.status.is_terminal and len(found.lines) < limit,
             status=view.status,
         )
 
@@ -414,7 +414,7 @@ class Engine:
         cursor to resume after it), until it is terminal and every line was given:
         ``async for live in engine.follow(batch_id): ...``.
 
-        Reads every ``interval`` seconds while nothing new is final. A follower that stops
+        Reads every ``interval`` seconds while nothing is new. A follower that stops
         and resumes ``after`` the cursor of the last line it kept misses no line and gets
         none twice. A malformed ``after`` raises ``ValidationError`` here.
         """

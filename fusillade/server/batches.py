@@ -11,7 +11,7 @@ import anyio.to_thread
 from litestar import Response, get, post
 from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 
-from fusillade.core.live import LiveLine
+from fusillade.core.live import MAX_CURSOR, LiveLine
 from fusillade.core.models import RequestState
 from fusillade.core.results import format_result_line
 from fusillade.engine import LIVE_PAGE, MAX_PAGE
@@ -153,13 +153,13 @@ MAX_LIVE_PAGE: Final = 10_000
     media_type="application/jsonl",
     responses=error_responses(400, 401, 404),
     summary="Read a batch's output lines as they are recorded (extension)",
-    description="The output file's lines after `after` (a cursor this route returned) "
-    "that are final, at most `limit`, as JSONL: each line byte for byte as in the output "
-    "file. `X-Fusillade-Cursor`: continue with `after=` it; `X-Incomplete: true`: more "
-    "may come (the batch runs, or `limit` was reached); `false`: these were the last "
-    "lines. With `wait` (seconds) the answer waits for a new line while none is final. "
-    "Across reads every line comes exactly once, in an order that is not completion order "
-    "(docs/semantics.md).",
+    description="The output file's lines after `after` (a cursor this route returned), "
+    "at most `limit` (plus any a concurrent writer committed late), as JSONL: each line "
+    "byte for byte as in the output file. `X-Fusillade-Cursor`: continue with `after=` "
+    "it; `X-Incomplete: true`: more may come (the batch runs, or `limit` was reached); "
+    "`false`: these were the last lines. With `wait` (seconds) the answer waits for a "
+    "new line while there is none. Across reads every line comes exactly once, in an "
+    "order that is not completion order (docs/semantics.md).",
 )
 async def batch_results(
     ctx: Ctx,
@@ -168,7 +168,8 @@ async def batch_results(
     after: Annotated[
         str | None,
         QueryParameter(
-            pattern=r"^[0-9]{1,20}\.[0-9a-f]{32}$",
+            pattern=r"^[0-9]{1,20}\.[0-9a-f]{32}(~[0-9]{1,20}(\.[0-9a-f]{32})?)*$",
+            max_length=MAX_CURSOR,
             description="continue after this cursor (the X-Fusillade-Cursor of a read)",
         ),
     ] = None,
@@ -182,11 +183,10 @@ async def batch_results(
             await anyio.sleep(LIVE_WAIT_POLL)
             page = await engine.read_live(batch_id, after=after, limit=limit)
     headers = {
+        "X-Fusillade-Cursor": str(page.cursor),
         "X-Incomplete": "false" if page.complete else "true",
         "X-Fusillade-Batch-Status": page.status.value,
     }
-    if page.cursor is not None:
-        headers["X-Fusillade-Cursor"] = str(page.cursor)
     body = await anyio.to_thread.run_sync(_jsonl, page.lines)
     return Response(body, media_type="application/jsonl", headers=headers)
 

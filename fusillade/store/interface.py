@@ -21,7 +21,7 @@ import attrs
 from fusillade.core.attempts import AbortReason, AttemptResult, ClaimedRequest
 from fusillade.core.batches import ClaimableBatch
 from fusillade.core.idempotency import IdempotencyKey
-from fusillade.core.live import LiveLine, ResultCursor
+from fusillade.core.live import LiveLines, ResultCursor
 from fusillade.core.models import (
     BatchView,
     FailureReason,
@@ -268,12 +268,11 @@ class Repository(Protocol):
         batch_id: UUID,
         *,
         after: ResultCursor | None,
-        settled: bool,
         limit: int = 1000,
-    ) -> list[LiveLine]:
-        """At most ``limit`` output lines of the batch after ``after``, in the order they
-        became final; while the batch runs (``settled`` false: the caller has not seen it
-        terminal) only lines that no line recorded later can precede (live_output.sql)."""
+    ) -> LiveLines:
+        """The batch's output lines not read by a follower at ``after`` (the lines of
+        the transactions it waits on first, then at most ``limit`` after its position)
+        and the next cursor (live_output.sql, ``fusillade.core.live.advance``)."""
         ...
 
     def list_requests(

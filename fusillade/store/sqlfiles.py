@@ -68,11 +68,13 @@ class Queries:
     list_requests: str
     listen: str
     live_daemons: str
+    live_in_progress: str
     live_output: str
     lock_batch: str
     lock_batch_for_freeze: str
     notify: str
     pick_unfinished_creation: str
+    read_one_snapshot: str
     reclaim_dead_daemons: str
     reclaim_timed_out: str
     record_results: str

@@ -3,10 +3,10 @@
 --
 -- result_xid is the id of the transaction that recorded the request's completed result
 -- (record_results.sql sets it to pg_current_xact_id(); NULL until then). A follower reads
--- the lines in (result_xid, id) order and, while the batch runs, only those recorded by
--- transactions below its snapshot's xmin: every transaction with a smaller id has ended,
--- so no line can later appear before one already read. Completion order (finished_at)
--- cannot give that: concurrent writers commit in any order.
+-- the lines in (result_xid, id) order; its cursor also names the transactions that were
+-- in progress below its position, whose lines it reads once they commit
+-- (live_output.sql). Completion order (finished_at) cannot give that: concurrent writers
+-- commit in any order, and nothing says which late lines to look for.
 --
 -- Cost: adding a nullable column without a default rewrites nothing; the partial index
 -- is one more index entry per completed request (its row is not a HOT update anyway:

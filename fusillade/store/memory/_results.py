@@ -7,7 +7,7 @@ from datetime import datetime
 from uuid import UUID
 
 from fusillade.core.ids import format_id
-from fusillade.core.live import LiveLine, ResultCursor
+from fusillade.core.live import START, Found, LiveLines, ResultCursor, advance
 from fusillade.core.models import (
     RequestState,
 )
@@ -51,27 +51,22 @@ class ResultParts(MemoryBase):
         batch_id: UUID,
         *,
         after: ResultCursor | None,
-        settled: bool,
         limit: int = 1000,
-    ) -> list[LiveLine]:
-        """Output lines after ``after`` in the order they were recorded; every recorded
-        line is final here (one lock: no write is ever half visible), so ``settled``
-        changes nothing."""
-        del settled
-        start = (0, UUID(int=0)) if after is None else (after.position, after.request_id)
+    ) -> LiveLines:
+        """Output lines after ``after`` in the order they were recorded; a write here is
+        never half visible (one lock), so no transaction is ever waited on."""
+        start = after or START
         with self._lock:
             self._batch(owner, batch_id)
             found: list[tuple[int, UUID, _Row]] = []
             for row in self._rows_of(batch_id):
                 if row.req.state is RequestState.COMPLETED:
                     key = (1 if row.result_seq is None else row.result_seq, row.req.id)
-                    if key > start:
+                    if key > (start.position, start.request_id):
                         found.append((*key, row))
             found.sort(key=lambda x: (x[0], x[1]))
-            return [
-                LiveLine(self._result_line(row), ResultCursor(seq, rid))
-                for seq, rid, row in found[:limit]
-            ]
+            lines = [Found(self._result_line(row), seq, False) for seq, _, row in found[:limit]]
+        return advance(after, lines, ())
 
     def iter_results_by_line(
         self, owner: str | None, batch_id: UUID, *, page_size: int = 5000

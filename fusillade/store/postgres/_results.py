@@ -11,7 +11,7 @@ from uuid import UUID
 from psycopg.rows import tuple_row
 
 from fusillade.core.ids import format_id
-from fusillade.core.live import LiveLine, ResultCursor
+from fusillade.core.live import START, Found, LiveLines, ResultCursor, advance
 from fusillade.core.models import FailureReason, RequestState
 from fusillade.core.results import ResultLine
 from fusillade.errors import NotFound, ValidationError
@@ -69,18 +69,22 @@ class ResultQueries(PostgresBase):
         batch_id: UUID,
         *,
         after: ResultCursor | None,
-        settled: bool,
         limit: int = 1000,
-    ) -> list[LiveLine]:
-        """Output lines after ``after`` in (result_xid, id) order (live_output.sql): while
-        the batch runs, only those below the snapshot's xmin."""
+    ) -> LiveLines:
+        """Output lines after ``after`` (live_output.sql) and the transactions in progress
+        (live_in_progress.sql), read in one snapshot; the next cursor by ``advance``."""
+        start = after or START
         with self._tx() as cur:
+            cur.execute(self.q.read_one_snapshot)
             self._read_batch(cur, owner, batch_id)
+            row = cur.execute(self.q.live_in_progress).fetchone()
+            in_progress = {int(x) for x in row["xids"]} if row else set()
             params = {
                 "batch_id": batch_id,
-                "after_xid": "0" if after is None else str(after.position),
-                "after_id": _ZERO_UUID if after is None else after.request_id,
-                "settled": settled,
+                "after_xid": str(start.position),
+                "after_id": start.request_id,
+                "waiting_xids": [str(x) for x, _ in start.waiting],
+                "waiting_after": [a for _, a in start.waiting],
                 "limit": limit,
             }
             rows = (
@@ -88,8 +92,9 @@ class ResultQueries(PostgresBase):
                 .execute(self.q.live_output, params)
                 .fetchall()
             )
-        # the last column: result_xid, the line's position
-        return [LiveLine(_line(row), ResultCursor(int(row[-1]), row[0])) for row in rows]
+        # the last two columns: result_xid (the position) and late
+        found = [Found(_line(r), int(r[-2]), r[-1]) for r in rows]
+        return advance(after, found, in_progress)
 
     def _page(self, query: str, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
         with self._tx() as cur:
