@@ -26,7 +26,7 @@ from fusillade.store.sqlfiles import Queries, load_queries, sql_root
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 # Utility statements cannot be PREPAREd; they are run by other tests.
-_NOT_PREPARABLE = {"begin", "listen", "lift_statement_timeout"}
+_NOT_PREPARABLE = {"begin", "listen", "lift_statement_timeout", "read_one_snapshot"}
 
 
 def to_positional(sql: str) -> str:
