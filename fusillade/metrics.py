@@ -24,6 +24,9 @@ RETRIED = Counter("fusillade_requests_retried", "Attempts scheduled again", ["mo
 CANCELED = Counter("fusillade_requests_canceled", "In-flight requests aborted", ["reason"])
 LOST_RACES = Counter("fusillade_lost_races", "Results refused by the (state, owner, attempt) fence")
 RECLAIMED = Counter("fusillade_requests_reclaimed", "Rows taken back from dead daemons")
+PURGED = Counter(
+    "fusillade_purged_rows", "Rows removed by the retention purge", ["kind"]
+)  # kind: requests (of finished batches), templates (of deleted files)
 CLAIM_SECONDS = Histogram("fusillade_claim_seconds", "Duration of one claim statement")
 FLUSH_SECONDS = Histogram("fusillade_flush_seconds", "Duration of one result flush")
 FLUSH_SIZE = Histogram(

@@ -300,6 +300,13 @@ COMMANDS: tuple[Command, ...] = (
         _run_command("fusillade.cli.serve", "run"),
     ),
     Command(
+        "purge",
+        "remove expired files, deleted files' content, and finished batches' requests and "
+        "stopped daemons older than --older-than (--dry-run: only count)",
+        _args("fusillade.cli.purge", "add_arguments"),
+        _run_command("fusillade.cli.purge", "run"),
+    ),
+    Command(
         "submit",
         "upload a JSONL file and create a batch",
         _args("fusillade.cli.remote", "add_submit_arguments"),

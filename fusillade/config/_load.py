@@ -39,6 +39,7 @@ from fusillade.config._model import (
     DaemonSettings,
     Invalid,
     Key,
+    RetentionSettings,
     Rule,
     ServerSettings,
     Settings,
@@ -68,8 +69,14 @@ def _rules(cls: type) -> dict[str, Rule]:
     return out
 
 
-# the keys an environment variable or a flag may set: the top level, [server], [daemon]
-_FLAT = (((), Settings), (("server",), ServerSettings), (("daemon",), DaemonSettings))
+# the keys an environment variable or a flag may set: the top level, [server], [daemon],
+# [retention]
+_FLAT = (
+    ((), Settings),
+    (("server",), ServerSettings),
+    (("daemon",), DaemonSettings),
+    (("retention",), RetentionSettings),
+)
 KEYS: Mapping[Key, Rule] = {
     (*section, name): rule for section, cls in _FLAT for name, rule in _rules(cls).items()
 }

@@ -281,6 +281,15 @@ class DaemonSettings:
     default_max_output_tokens: Count = 1024
 
 
+@attrs.frozen
+class RetentionSettings:
+    # the requests (results) of a finished batch are removed this long after it
+    # finished; None: kept (docs/semantics.md, "Retention")
+    finished_batches: Duration | None = None
+    # stopped and dead daemons' rows are removed this long after they stopped
+    stopped_daemons: Duration = timedelta(days=7)
+
+
 DEFAULT_BUDGET_SHARE = 0.9
 
 
@@ -321,6 +330,7 @@ class Settings:
     default_upstream: Text | None = None  # `--upstream URL`: "default"
     server: ServerSettings = ServerSettings()
     daemon: DaemonSettings = DaemonSettings()
+    retention: RetentionSettings = RetentionSettings()
     upstreams: Mapping[str, UpstreamSettings] = attrs.field(factory=dict)
     models: Mapping[str, ModelSettings] = attrs.field(factory=dict)
     owners: Mapping[str, OwnerSettings] = attrs.field(factory=dict)
@@ -372,4 +382,6 @@ class Settings:
             },
             owner_weights={o: s.weight for o, s in self.owners.items()},
             default_max_output_tokens=d.default_max_output_tokens,
+            finished_batch_retention=self.retention.finished_batches,
+            stopped_daemon_retention=self.retention.stopped_daemons,
         )

@@ -25,6 +25,7 @@ from fusillade.engine._rules import (
     MAX_PAGE,
     Rules,
     check_metadata,
+    expires_after,
 )
 from fusillade.engine._service import DEFAULT_OWNER, STATUS_WINDOW, Engine
 from fusillade.store.interface import (
@@ -54,5 +55,6 @@ __all__ = [
     "Rules",
     "StatusSnapshot",
     "check_metadata",
+    "expires_after",
     "open",
 ]

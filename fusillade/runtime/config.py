@@ -86,6 +86,15 @@ class DaemonConfig:
     heartbeat_interval: timedelta = attrs.field(default=timedelta(seconds=5), converter=_duration)
     stale_after: timedelta = attrs.field(default=timedelta(seconds=30), converter=_duration)
     maintenance_interval: timedelta = attrs.field(default=timedelta(seconds=5), converter=_duration)
+    # [retention]: finished batches' requests are purged this long after they finished
+    # (None: kept); stopped and dead daemons' rows this long after they stopped
+    finished_batch_retention: timedelta | None = None
+    stopped_daemon_retention: timedelta = attrs.field(
+        default=timedelta(days=7), converter=_duration
+    )
+    # purge chunks (of purge_chunk rows each) per maintenance round at most
+    purge_chunk: int = 1000
+    purge_chunks_per_round: int = 50
     cancel_check_interval: timedelta = attrs.field(
         default=timedelta(seconds=0.5), converter=_duration
     )

@@ -5,7 +5,8 @@ compares is the database's, ``fusillade.runtime.clock``), then refreshes this da
 row; a daemon declared dead meanwhile registers again. **Maintenance** reclaims the rows
 of dead daemons and rows in flight past their time limit (bounded chunks), stamps
 expired batches, sweeps the pending rows of cancelled and expired batches, forgets
-idempotency keys past their time, advances batches whose creator died half-way, and
+idempotency keys past their time, purges what the retention rules remove
+(``_purge``), advances batches whose creator died half-way, and
 escalates the batches that will miss their deadline at their current rate
 (``_review_deadlines``). Database errors are logged and counted; the loops never die on
 them.
@@ -17,7 +18,7 @@ import os
 import socket
 import typing
 from collections.abc import Awaitable, Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import anyio
@@ -188,6 +189,7 @@ class Upkeep(DaemonBase):
                 >= chunk
             ):
                 pass
+            await self._purge(now)
             # batches whose creation stopped moving (the creator died half-way): one
             # chunk of requests per call
             while await self._db(
@@ -200,6 +202,28 @@ class Upkeep(DaemonBase):
                 self._wake_for_work()
 
         await self._every(self.config.maintenance_interval.total_seconds(), "maintenance", maintain)
+
+    async def _purge(self, now: datetime) -> None:
+        """Retention (docs/semantics.md): expired files, deleted files' content, old
+        finished batches' requests and stopped daemons' rows, a bounded number of chunks
+        per round, each its own short transaction on a worker thread, so claims and result
+        writes interleave with it (SKIP LOCKED: daemons purging at once share the work)."""
+        c = self.config
+        finished_before = (
+            None if c.finished_batch_retention is None else now - c.finished_batch_retention
+        )
+        for _ in range(c.purge_chunks_per_round):
+            stats = await self._db(
+                self.repo.sync.purge,
+                now=now,
+                finished_before=finished_before,
+                stopped_before=now - c.stopped_daemon_retention,
+                limit=c.purge_chunk,
+            )
+            metrics.PURGED.labels("requests").inc(stats.requests)
+            metrics.PURGED.labels("templates").inc(stats.templates)
+            if not stats.more:
+                return
 
     async def _review_deadlines(self) -> None:
         """Sample the claimable batches' progress; escalate those that will miss their

@@ -9,7 +9,7 @@ from litestar import get, post
 from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 
 from fusillade.core.models import RequestState
-from fusillade.engine import MAX_PAGE
+from fusillade.engine import MAX_PAGE, expires_after
 from fusillade.server.context import Ctx, IdempotencyKeyHeader, Owner
 from fusillade.server.files import cursor_param
 from fusillade.server.responses import error_responses
@@ -50,6 +50,7 @@ async def create_batch(
         completion_window=data.completion_window,
         metadata=data.metadata,
         idempotency_key=idempotency_key,
+        output_expires_after=expires_after(data.output_expires_after, param="output_expires_after"),
     )
     return batch_object(view)
 

@@ -138,6 +138,45 @@ class BatchSpec:
     metadata: Mapping[str, str] | None = None
     batch_id: UUID | None = None
     idempotency: IdempotencyKey | None = None
+    # OpenAI's output_expires_after (anchor created_at): the output and error files
+    # expire this long after the batch's creation; None: kept by the retention rule
+    output_expires_after: timedelta | None = None
+
+
+def output_expiry(spec: BatchSpec, now: datetime) -> datetime | None:
+    """When the output and error files of a batch created ``now`` from ``spec`` expire."""
+    return None if spec.output_expires_after is None else now + spec.output_expires_after
+
+
+@attrs.frozen
+class PurgeStats:
+    """What one purge round removed (or, from ``purge_preview``, would remove).
+
+    ``expired_files``: files past ``expires_at`` marked deleted; ``purged_files``: deleted
+    input files whose content is now gone, ``templates`` their template rows blanked or
+    deleted; ``batches``: finished batches whose requests are all gone, ``requests`` those
+    rows; ``daemons``: stopped daemons' rows. ``more``: a part stopped at its chunk limit,
+    so the caller should call again.
+    """
+
+    expired_files: int = 0
+    purged_files: int = 0
+    templates: int = 0
+    batches: int = 0
+    requests: int = 0
+    daemons: int = 0
+    more: bool = False
+
+    def __add__(self, other: PurgeStats) -> PurgeStats:
+        return PurgeStats(
+            self.expired_files + other.expired_files,
+            self.purged_files + other.purged_files,
+            self.templates + other.templates,
+            self.batches + other.batches,
+            self.requests + other.requests,
+            self.daemons + other.daemons,
+            other.more,
+        )
 
 
 @attrs.frozen
@@ -310,6 +349,29 @@ class Repository(Protocol):
     # idempotency keys
     def forget_idempotency_keys(self, *, now: datetime, limit: int = 1000) -> int:
         """Delete at most ``limit`` keys older than ``IDEMPOTENCY_TTL``; how many."""
+        ...
+
+    # retention (docs/semantics.md, "Retention")
+    def purge(
+        self,
+        *,
+        now: datetime,
+        finished_before: datetime | None,
+        stopped_before: datetime,
+        limit: int = 1000,
+    ) -> PurgeStats:
+        """One bounded round of the purge, each part its own short transaction: mark
+        files past ``expires_at`` deleted; remove a chunk of the content of deleted input
+        files no unfinished batch reads; delete a chunk of the requests of finished
+        batches that finished before ``finished_before`` (``None``: none) or whose output
+        expired; delete stopped daemons' rows stopped before ``stopped_before``. Never
+        touches an unfinished request. Call again while ``more``."""
+        ...
+
+    def purge_preview(
+        self, *, now: datetime, finished_before: datetime | None, stopped_before: datetime
+    ) -> PurgeStats:
+        """What ``purge`` called until done would remove now; nothing is changed."""
         ...
 
     # clock

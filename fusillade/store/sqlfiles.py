@@ -72,6 +72,17 @@ class Queries:
     lock_batch_for_freeze: str
     notify: str
     pick_unfinished_creation: str
+    purge_batch_done: str
+    purge_batch_requests: str
+    purge_blank_templates: str
+    purge_daemons: str
+    purge_delete_templates: str
+    purge_expire_files: str
+    purge_file_progress: str
+    purge_freeze_candidates: str
+    purge_pick_batch: str
+    purge_pick_file: str
+    purge_preview: str
     reclaim_dead_daemons: str
     reclaim_timed_out: str
     record_results: str

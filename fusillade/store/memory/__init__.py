@@ -37,6 +37,7 @@ from fusillade.store.memory._batches import BatchParts
 from fusillade.store.memory._daemon import DaemonParts
 from fusillade.store.memory._files import FileParts
 from fusillade.store.memory._results import ResultParts
+from fusillade.store.memory._retention import RetentionParts
 from fusillade.store.memory._status import StatusParts
 from fusillade.store.memory._trouble import TroubleParts
 
@@ -46,7 +47,9 @@ if TYPE_CHECKING:
 __all__ = ["MemoryRepository"]
 
 
-class MemoryRepository(FileParts, BatchParts, StatusParts, ResultParts, TroubleParts, DaemonParts):
+class MemoryRepository(
+    FileParts, BatchParts, StatusParts, ResultParts, TroubleParts, DaemonParts, RetentionParts
+):
     """A ``Repository`` in process memory. Thread-safe; nothing survives the process.
 
     Calls never block on I/O (``blocking = False``): the runtime calls them on the event

@@ -48,6 +48,10 @@ class MemoryBase:
         self._leases: dict[tuple[str, UUID], datetime] = {}
         # idempotency keys: (owner, key) -> the request's fingerprint and object
         self._keys: dict[tuple[str, str], _Key] = {}
+        # retention (0013): batches' output expiry, and what the purge has removed
+        self._output_expires: dict[UUID, datetime] = {}
+        self._purged_batches: set[UUID] = set()
+        self._purged_files: set[UUID] = set()
 
     # Parity with PostgresRepository, so either can be used as a context manager.
     def open(self, *, wait: bool = True, timeout: float = 30.0) -> None:

@@ -12,6 +12,7 @@ import psycopg.errors
 from psycopg.types.json import Jsonb
 
 from fusillade.core.batches import (
+    INPUT_GONE,
     check_input_file,
     derive,
     endpoint_mismatch,
@@ -32,6 +33,7 @@ from fusillade.serde import structure
 from fusillade.store.interface import (
     BatchSpec,
     Page,
+    output_expiry,
 )
 from fusillade.store.postgres._base import CANCEL_CHANNEL, WORK_CHANNEL, PostgresBase
 
@@ -140,6 +142,7 @@ class BatchQueries(PostgresBase):
         if mismatch is not None:
             raise endpoint_mismatch(mismatch["line_number"], mismatch["path"], spec.endpoint)
         expires_at = now + spec.window
+        output_expires_at = output_expiry(spec, now)
         output_id, error_id = next_uuid7(), next_uuid7()
         for file_id, purpose in (
             (output_id, FilePurpose.BATCH_OUTPUT),
@@ -155,7 +158,7 @@ class BatchQueries(PostgresBase):
                     "purpose": purpose.value,
                     "batch_id": batch_id,
                     "created_at": now,
-                    "expires_at": None,
+                    "expires_at": output_expires_at,
                 },
             )
         cur.execute(
@@ -173,6 +176,7 @@ class BatchQueries(PostgresBase):
                 "expires_at": expires_at,
                 "total": file_row["line_count"],
                 "models": file_row["models"],
+                "output_expires_at": output_expires_at,
             },
         )
 
@@ -283,6 +287,14 @@ class BatchQueries(PostgresBase):
         if (refusal := retry_refusal(record)) is not None:
             raise Conflict(refusal)
         with self._tx() as cur:
+            if (
+                cur.execute(
+                    self.q.get_file, {"id": record.input_file_id, "owner": owner}
+                ).fetchone()
+                is None
+            ):
+                # its content may already be purged (maintenance): nothing to send again
+                raise Conflict(INPUT_GONE)
             row = cur.execute(
                 self.q.retry_batch,
                 {
