@@ -103,8 +103,6 @@ def expires_after(value: Mapping[str, object] | None, *, param: str) -> timedelt
             param=f"{param}.anchor",
         )
     seconds = value.get("seconds")
-    if isinstance(seconds, str) and seconds.strip().isdigit():
-        seconds = int(seconds)  # a form field is text
     if (
         isinstance(seconds, bool)
         or not isinstance(seconds, int)

@@ -90,8 +90,10 @@ async def create_file(
         timing=ctx.body_timing,
         digest=idempotency_key is not None,
     )
-    sent = {
-        k.removeprefix("expires_after[").rstrip("]"): v for k, v in received.expires_after.items()
+    # form fields are text; a number of seconds is checked as one (digits only)
+    sent: dict[str, object] = {
+        k.removeprefix("expires_after[").rstrip("]"): int(v) if v.isdigit() and v.isascii() else v
+        for k, v in received.expires_after.items()
     }
     try:
         lifetime = expires_after(sent or None, param="expires_after")

@@ -15,6 +15,15 @@ WITH gone_files AS (
            AND coalesce(last_finished_at, created_at) < %(finished_before)s::timestamptz)
           OR (output_expires_at IS NOT NULL AND output_expires_at <= %(now)s)
       )
+    UNION ALL
+    -- settled batches nobody read (not frozen yet): the purge freezes them first
+    SELECT b.id FROM batches b
+    WHERE b.frozen_completed IS NULL AND b.purged_at IS NULL
+      AND b.expires_at < %(finished_before)s::timestamptz
+      AND NOT EXISTS (SELECT 1 FROM requests r WHERE r.batch_id = b.id
+                      AND r.state IN ('pending', 'claimed', 'processing'))
+      AND coalesce((SELECT max(r.finished_at) FROM requests r WHERE r.batch_id = b.id),
+                   b.created_at) < %(finished_before)s::timestamptz
 )
 SELECT
     (SELECT count(*) FROM files

@@ -193,7 +193,10 @@ def test_a_finished_batch_nobody_read_is_found_after_its_window(repo: Repository
     b = batch(repo, f.id, T0)
     finish(repo, b, T0 + timedelta(hours=1), 2)  # never read: not frozen
     now = T0 + timedelta(days=2)
-    stats = purge_all(repo, now=now, finished_before=now - timedelta(hours=12))
+    cutoff = now - timedelta(hours=12)
+    preview = repo.purge_preview(now=now, finished_before=cutoff, stopped_before=T0)
+    assert (preview.batches, preview.requests) == (1, 2)
+    stats = purge_all(repo, now=now, finished_before=cutoff)
     assert (stats.batches, stats.requests) == (1, 2)
 
 

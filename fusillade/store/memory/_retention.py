@@ -10,6 +10,7 @@ import attrs
 
 from fusillade.store.interface import PurgeStats
 from fusillade.store.memory._base import MemoryBase
+from fusillade.store.memory._rows import UNSETTLED
 
 
 class RetentionParts(MemoryBase):
@@ -160,6 +161,19 @@ class RetentionParts(MemoryBase):
                 )
             ]
             batches = self._purgeable_batches(now, finished_before)
+            if finished_before is not None:  # settled, not read yet: frozen first
+                for b in self._batches.values():
+                    rows = list(self._rows_of(b.id))
+                    if (
+                        b.frozen_counts is None
+                        and b.expires_at < finished_before
+                        and not any(r.req.state in UNSETTLED for r in rows)
+                        and max(
+                            (r.req.finished_at or b.created_at for r in rows), default=b.created_at
+                        )
+                        < finished_before
+                    ):
+                        batches.append(b.id)
             return PurgeStats(
                 expired_files=len(expired),
                 purged_files=len(gone),
