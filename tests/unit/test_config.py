@@ -21,6 +21,7 @@ from fusillade.config import (
     DaemonSettings,
     ModelSettings,
     OwnerSettings,
+    RetentionSettings,
     ServerSettings,
     Settings,
     UpstreamSettings,
@@ -61,6 +62,10 @@ max_attempts = 3
 backoff_base = "500ms"
 backoff_cap = "30s"
 
+[retention]
+finished_batches = "30d"
+stopped_daemons = "2d"
+
 [upstreams.openai]
 base_url = "https://api.openai.com"
 api_key_env = "OPENAI_API_KEY"
@@ -90,6 +95,9 @@ FULL_SETTINGS = Settings(
         allowed_endpoints=("/v1/chat/completions",),
         completion_windows=("24h", "1h"),
         max_request_bytes=2000,
+    ),
+    retention=RetentionSettings(
+        finished_batches=timedelta(days=30), stopped_daemons=timedelta(days=2)
     ),
     daemon=DaemonSettings(
         default_concurrency=8,
@@ -219,6 +227,20 @@ def test_every_server_and_daemon_key_has_a_variable() -> None:
     s = load_settings(env=env)
     assert s.server.port == s.server.max_lines == s.daemon.max_attempts == 7
     assert s.server.body_min_rate == s.daemon.default_concurrency == 7
+
+
+def test_retention_keys_have_variables_and_reach_the_daemon() -> None:
+    s = load_settings(
+        env={
+            "FUSILLADE_RETENTION_FINISHED_BATCHES": "12h",
+            "FUSILLADE_RETENTION_STOPPED_DAEMONS": "1d",
+        }
+    )
+    assert s.retention == RetentionSettings(timedelta(hours=12), timedelta(days=1))
+    config = s.daemon_config()
+    assert config.finished_batch_retention == timedelta(hours=12)
+    assert config.stopped_daemon_retention == timedelta(days=1)
+    assert Settings().daemon_config().finished_batch_retention is None  # kept by default
 
 
 # --- the --upstream shortcut ------------------------------------------------------------
