@@ -22,6 +22,7 @@ from fusillade.config._model import (
     ServerSettings,
     Settings,
     UpstreamSettings,
+    WebhookSettings,
 )
 from fusillade.config._render import render
 
@@ -35,6 +36,7 @@ __all__ = [
     "ServerSettings",
     "Settings",
     "UpstreamSettings",
+    "WebhookSettings",
     "add_arguments",
     "load_settings",
     "render",

@@ -5,9 +5,10 @@ compares is the database's, ``fusillade.runtime.clock``), then refreshes this da
 row; a daemon declared dead meanwhile registers again. **Maintenance** reclaims the rows
 of dead daemons and rows in flight past their time limit (bounded chunks), stamps
 expired batches, sweeps the pending rows of cancelled and expired batches, advances
-batches whose creator died half-way, and escalates the batches that will miss their
-deadline at their current rate (``_review_deadlines``). Database errors are logged and
-counted; the loops never die on them.
+batches whose creator died half-way, freezes batches that ended unread (writing their
+webhook events), gives up webhook events unsent at the horizon, and escalates the
+batches that will miss their deadline at their current rate (``_review_deadlines``).
+Database errors are logged and counted; the loops never die on them.
 """
 
 from __future__ import annotations
@@ -187,6 +188,16 @@ class Upkeep(DaemonBase):
                 self.repo.sync.resume_creation, now=self.now(), stale_before=stale
             ):
                 pass
+            # batches that ended unread are frozen (and their webhook events written);
+            # events nobody sent by the horizon are given up
+            await self._db(self.repo.sync.finalize_settled, now=now)
+            given_up = await self._db(
+                self.repo.sync.give_up_webhook_events,
+                now=now,
+                created_before=now - self.config.webhook_policy.horizon,
+            )
+            if given_up:
+                log.info("webhooks: %d events given up unsent at the horizon", given_up)
             await self._review_deadlines()
             if requeued:
                 metrics.RECLAIMED.inc(requeued)

@@ -36,8 +36,10 @@ class Queries:
     budget_holders: str
     cancel_batch: str
     claim: str
+    claim_webhook_events: str
     claimable_batches: str
     count_batch_requests: str
+    count_webhook_outbox: str
     create_batch_requests: str
     daemon_heartbeat: str
     daemon_register: str
@@ -51,15 +53,17 @@ class Queries:
     freeze_batch: str
     get_batch: str
     get_file: str
-    get_result_file_sizes: str
     get_request: str
+    get_result_file_sizes: str
+    give_up_webhook_events: str
     insert_batch: str
     insert_file: str
+    insert_webhook_event: str
     lease_budgets: str
+    lift_statement_timeout: str
     list_batches: str
     list_files: str
     list_files_asc: str
-    lift_statement_timeout: str
     list_requests: str
     listen: str
     lock_batch: str
@@ -74,6 +78,8 @@ class Queries:
     set_escalation: str
     set_file_stats: str
     set_result_file_sizes: str
+    settle_webhook_event: str
+    settled_unfrozen_batches: str
     soft_delete_file: str
     stream_by_line: str
     stream_errors: str

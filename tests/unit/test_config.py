@@ -24,6 +24,7 @@ from fusillade.config import (
     ServerSettings,
     Settings,
     UpstreamSettings,
+    WebhookSettings,
     load_settings,
     render,
 )
@@ -718,6 +719,7 @@ def test_docs_name_every_key_and_variable() -> None:
         UpstreamSettings,
         ModelSettings,
         OwnerSettings,
+        WebhookSettings,
     )
     for cls in records:
         for field in attrs.fields(cls):
@@ -725,6 +727,7 @@ def test_docs_name_every_key_and_variable() -> None:
                 "upstreams",
                 "models",
                 "owners",
+                "webhooks",
                 "sources",
             ):
                 assert f"| `{field.name}` |" in text, field.name
@@ -738,6 +741,7 @@ def test_docs_name_every_key_and_variable() -> None:
                 "upstreams",
                 "models",
                 "owners",
+                "webhooks",
                 "sources",
             ):
                 variable = "_".join(["FUSILLADE", *section, field.name]).upper()
@@ -862,3 +866,45 @@ def test_budgets_and_weights_reach_the_daemon(tmp_path: Path) -> None:
     assert d.upstream_cap("openai") == 8 * 16
     assert d.owner_weights == {"alice": 2.0}
     assert d.default_max_output_tokens == 256
+
+
+# --- issue 15: webhooks -------------------------------------------------------------------
+
+
+def test_webhooks_load_render_and_reach_the_daemon(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        '[daemon]\nwebhook_timeout = "3s"\nwebhook_allow_private = true\n'
+        '[webhooks."alice"]\nurl = "https://hooks.example/in"\nsecret_env = "ALICE_WHSEC"\n'
+        '[webhooks."bob the builder"]\nurl = "http://10.0.0.1/x"\nsecret_env = "BOB_WHSEC"\n'
+        'events = ["batch.completed", "batch.failed"]\n',
+    )
+    s = load_settings(path, env={})
+    assert s.webhooks == {
+        "alice": WebhookSettings("https://hooks.example/in", "ALICE_WHSEC"),
+        "bob the builder": WebhookSettings(
+            "http://10.0.0.1/x", "BOB_WHSEC", ("batch.completed", "batch.failed")
+        ),
+    }
+    rendered = render(s, env={"ALICE_WHSEC": "whsec_c2VjcmV0"})
+    assert "whsec_" not in rendered and 'secret_env = "ALICE_WHSEC"  # set' in rendered
+    (tmp_path / "again.toml").write_text(rendered)
+    assert load_settings(tmp_path / "again.toml", env={}) == s
+    config = s.daemon_config()
+    assert config.webhook_allow_private and config.webhook_timeout == timedelta(seconds=3)
+    assert config.webhooks["alice"].wants("batch.expired")
+    assert not config.webhooks["bob the builder"].wants("batch.expired")
+
+
+@pytest.mark.parametrize(
+    ("table", "message"),
+    [
+        ('url = "ftp://x"\nsecret_env = "S"', "url: must be an http"),
+        ('url = "http://x"\nsecret_env = "whsec_abc="', "secret_env: must be the NAME"),
+        ('url = "http://x"\nsecret_env = "S"\nevents = ["batch.done"]', "events: each entry"),
+        ('url = "http://x"', "secret_env: required"),
+    ],
+)
+def test_webhook_mistakes_are_config_errors(tmp_path: Path, table: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_settings(write(tmp_path, f'[webhooks."alice"]\n{table}\n'), env={})

@@ -36,6 +36,7 @@ from fusillade.store.memory._batches import BatchParts
 from fusillade.store.memory._daemon import DaemonParts
 from fusillade.store.memory._files import FileParts
 from fusillade.store.memory._results import ResultParts
+from fusillade.store.memory._webhooks import WebhookParts
 
 if TYPE_CHECKING:
     from fusillade.store.interface import Repository
@@ -43,7 +44,7 @@ if TYPE_CHECKING:
 __all__ = ["MemoryRepository"]
 
 
-class MemoryRepository(FileParts, BatchParts, ResultParts, DaemonParts):
+class MemoryRepository(FileParts, BatchParts, ResultParts, DaemonParts, WebhookParts):
     """A ``Repository`` in process memory. Thread-safe; nothing survives the process.
 
     Calls never block on I/O (``blocking = False``): the runtime calls them on the event

@@ -20,10 +20,11 @@ from fusillade.core.models import (
     Usage,
 )
 from fusillade.core.transitions import Event, EventKind, step
+from fusillade.core.webhooks import WebhookEvent, event_type
 from fusillade.errors import NotFound
 from fusillade.ids import next_uuid7
 from fusillade.store.interface import RequestSummary
-from fusillade.store.memory._rows import P, _Daemon, _File, _Row
+from fusillade.store.memory._rows import P, _Daemon, _Event, _File, _Row
 
 
 class MemoryBase:
@@ -40,6 +41,9 @@ class MemoryBase:
         self._daemons: dict[UUID, _Daemon] = {}
         # budget leases: (scope, daemon id) -> since
         self._leases: dict[tuple[str, UUID], datetime] = {}
+        # the webhook outbox, and its (batch, version) -> event id uniqueness
+        self._events: dict[UUID, _Event] = {}
+        self._event_of: dict[tuple[UUID, int], UUID] = {}
 
     # Parity with PostgresRepository, so either can be used as a context manager.
     def open(self, *, wait: bool = True, timeout: float = 30.0) -> None:
@@ -113,7 +117,19 @@ class MemoryBase:
         frozen = attrs.evolve(frozen, usage=Usage(tokens_in, tokens_out, tokens_in + tokens_out))
         self._batches[record.id] = frozen
         assert frozen.frozen_counts is not None
-        return derive(frozen, frozen.frozen_counts, now)
+        view = derive(frozen, frozen.frozen_counts, now)
+        self._insert_event(view, now)
+        return view
+
+    def _insert_event(self, view: BatchView, now: datetime) -> None:
+        """insert_webhook_event.sql: the event of a batch just frozen, once per version."""
+        kind = event_type(view.status)
+        key = (view.record.id, view.record.version)
+        if kind is None or key in self._event_of:
+            return
+        event = WebhookEvent(next_uuid7(), view.record.owner, kind, view.record.id, now)
+        self._events[event.id] = _Event(event, next_attempt_at=now)
+        self._event_of[key] = event.id
 
     def _request_of(self, owner: str | None, request_id: UUID) -> tuple[_Row, RequestTemplate]:
         row = self._rows.get(request_id)

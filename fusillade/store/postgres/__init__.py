@@ -29,6 +29,7 @@ from fusillade.store.postgres._batches import BatchQueries
 from fusillade.store.postgres._daemon import DaemonQueries
 from fusillade.store.postgres._files import FileQueries
 from fusillade.store.postgres._results import ResultQueries
+from fusillade.store.postgres._webhooks import WebhookQueries
 
 __all__ = [
     "CANCEL_CHANNEL",
@@ -39,7 +40,7 @@ __all__ = [
 ]
 
 
-class PostgresRepository(FileQueries, BatchQueries, ResultQueries, DaemonQueries):
+class PostgresRepository(FileQueries, BatchQueries, ResultQueries, DaemonQueries, WebhookQueries):
     """A ``Repository`` on PostgreSQL. Thread-safe; call it from worker threads.
 
     Each part lives in its own module (files, batches, results, daemon side) on top of

@@ -25,6 +25,7 @@ from fusillade.core.models import (
     FilePurpose,
     RequestCounts,
 )
+from fusillade.core.webhooks import event_type
 from fusillade.core.windows import parse_completion_window
 from fusillade.errors import Conflict, NotFound, ValidationError
 from fusillade.ids import next_uuid7
@@ -216,8 +217,40 @@ class BatchQueries(PostgresBase):
                     record = self._read_batch(cur, owner, record.id)
                     assert record.frozen_counts is not None
                     view = derive(record, record.frozen_counts, now)
+                    self._insert_event(cur, view, now)
             views.append(view)
         return views
+
+    def _insert_event(
+        self, cur: psycopg.Cursor[dict[str, Any]], view: BatchView, now: datetime
+    ) -> None:
+        """The webhook event of a batch that has just become terminal, in the freeze's
+        transaction (docs/webhooks.md): for every owner, sent only where configured."""
+        kind = event_type(view.status)
+        if kind is None:  # a freeze always ends in a terminal status; nothing to say if not
+            return
+        record = view.record
+        cur.execute(
+            self.q.insert_webhook_event,
+            {
+                "id": next_uuid7(),
+                "owner": record.owner,
+                "type": kind,
+                "batch_id": record.id,
+                "batch_version": record.version,
+                "created_at": now,
+            },
+        )
+
+    def finalize_settled(self, *, now: datetime, limit: int = 100) -> int:
+        """Freeze up to ``limit`` batches whose requests all settled but which nobody has
+        read since (``settled_unfrozen_batches.sql``), writing their webhook events; the
+        number of batches looked at (maintenance calls it until it is below ``limit``)."""
+        with self._tx() as cur:
+            ids = [r["id"] for r in cur.execute(self.q.settled_unfrozen_batches, {"limit": limit})]
+        for batch_id in ids:
+            self.get_batch(None, batch_id, now=now)
+        return len(ids)
 
     def get_batch(self, owner: str | None, batch_id: UUID, *, now: datetime) -> BatchView:
         """A batch with its derived status; ``owner=None`` reads any owner's batch."""
