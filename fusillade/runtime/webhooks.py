@@ -14,7 +14,8 @@ One send: the URL's host is resolved now, every address checked
 (``core.webhooks.address_refusal``, unless ``webhook_allow_private``), and the request
 goes to the checked address itself (the URL's host kept in the ``Host`` header and as
 the TLS server name), so a name cannot resolve to a public address for the check and a
-private one for the connection. No redirects, no proxies from the environment; at most
+private one for the connection. No redirects, no proxies from the environment, no
+kept-alive connections (one per send: each is checked for its own host name); at most
 ``webhook_timeout`` in all (5 s to connect). A 2xx answer delivers; anything else (an
 answer, a timeout, a refused connection, a refused address) is tried again with
 backoff (``core.webhooks.next_attempt``) until 72 hours after the event, then given up.
@@ -69,7 +70,14 @@ class WebhookSender(DaemonBase):
         limiter = anyio.CapacityLimiter(_CONCURRENCY)
         gauge_at = -_GAUGE_INTERVAL
         async with (
-            httpx.AsyncClient(follow_redirects=False, trust_env=False) as client,
+            # no keep-alive: a pooled connection is keyed by the address alone, and one
+            # opened (and its certificate checked) for one host name must not carry
+            # another's event; webhook volume is low
+            httpx.AsyncClient(
+                follow_redirects=False,
+                trust_env=False,
+                limits=httpx.Limits(max_keepalive_connections=0),
+            ) as client,
             anyio.create_task_group() as sends,
         ):
             while True:

@@ -9,6 +9,7 @@ from datetime import timedelta
 from typing import Any
 from uuid import UUID
 
+import attrs
 import openai
 import psycopg
 import pytest
@@ -221,4 +222,38 @@ async def test_events_of_owners_without_a_webhook_wait_unsent(
     row = (await trio.to_thread.run_sync(events_of, database_url, batch))[0]
     assert row["last_error"] == "not sent: no webhook configured for the owner"
     assert receiver.received == []
+    daemon.stop()
+
+
+async def test_an_event_failing_past_the_horizon_is_given_up_and_said(
+    repo: PostgresRepository,
+    mock_upstream: MockUpstream,
+    nursery: trio.Nursery,
+    database_url: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    receiver = await WebhookReceiver.open(nursery, ["503"] * 1000)
+    before = metric("fusillade_webhook_deliveries_total", result="given_up")
+    batch = await make_batch(repo, 1)
+    policy = attrs.evolve(QUICK, horizon=timedelta(seconds=1))
+    daemon = Daemon(repo, config(mock_upstream, receiver.url, webhook_policy=policy))
+    await nursery.start(daemon.run)
+    rows = await poll_until(
+        lambda: trio.to_thread.run_sync(events_of, database_url, batch),
+        lambda rows: rows and rows[0]["given_up_at"] is not None,
+    )
+    row = rows[0]
+    assert row["delivered_at"] is None
+    assert row["last_error"] == "answered HTTP 503"
+    assert len(receiver.received) == row["attempts"] >= 2
+    assert metric("fusillade_webhook_deliveries_total", result="given_up") == before + 1
+    name = format_id("event", row["id"])
+    given_up = [r.getMessage() for r in caplog.records if "given up" in r.getMessage()]
+    assert given_up == [
+        f"webhook {name} (batch.completed) for owner 'alice' given up after "
+        f"{row['attempts']} attempts: answered HTTP 503"
+    ]
+    # one warning for the first failure, not one per attempt
+    failures = [r for r in caplog.records if "not delivered" in r.getMessage()]
+    assert [r.levelname for r in failures if r.levelname != "DEBUG"] == ["WARNING"]
     daemon.stop()
