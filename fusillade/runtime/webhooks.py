@@ -50,7 +50,6 @@ from fusillade.runtime.config import Webhook
 _CONCURRENCY = 8  # events sent at once by one daemon
 _CONNECT_TIMEOUT = 5.0
 _LEASE_MARGIN = timedelta(seconds=30)
-_GAUGE_INTERVAL = 5.0  # seconds between reads of the pending count
 
 
 class DeliveryFailed(Exception):
@@ -68,7 +67,9 @@ class WebhookSender(DaemonBase):
             return
         interval = self.config.poll_interval.total_seconds()
         limiter = anyio.CapacityLimiter(_CONCURRENCY)
-        gauge_at = -_GAUGE_INTERVAL
+        # the pending gauge is read once per maintenance interval
+        gauge_every = self.config.maintenance_interval.total_seconds()
+        gauge_at = -gauge_every
         async with (
             # no keep-alive: a pooled connection is keyed by the address alone, and one
             # opened (and its certificate checked) for one host name must not carry
@@ -81,7 +82,7 @@ class WebhookSender(DaemonBase):
             anyio.create_task_group() as sends,
         ):
             while True:
-                if anyio.current_time() - gauge_at >= _GAUGE_INTERVAL:
+                if anyio.current_time() - gauge_at >= gauge_every:
                     gauge_at = anyio.current_time()
                     await self._publish_outbox_gauge(owners)
                 free = int(limiter.available_tokens)

@@ -5,7 +5,12 @@ from __future__ import annotations
 
 import base64
 import json
+import signal
+import subprocess
+import sys
 from datetime import timedelta
+from functools import partial
+from pathlib import Path
 from typing import Any
 from uuid import UUID
 
@@ -28,6 +33,7 @@ from fusillade.runtime.daemon import Daemon
 from fusillade.store.postgres import PostgresRepository
 
 SECRET = "whsec_" + base64.b64encode(b"fusillade webhook test secret!!").decode()
+DAEMON_PROCESS = Path(__file__).resolve().parent.parent / "daemon_process.py"
 QUICK = WebhookPolicy(first=timedelta(milliseconds=100), factor=2, cap=timedelta(seconds=0.4))
 
 
@@ -126,12 +132,14 @@ async def test_a_hung_receiver_then_a_down_one_then_back(
         ),
     )
     assert rows[0]["delivered_at"] is None
+    await poll_until(lambda: metric("fusillade_webhook_outbox_pending") == 1)
     await receiver.start(nursery)
     row = await delivered(database_url, batch)
     assert row["attempts"] >= 3
     ids = {r.headers["webhook-id"] for r in receiver.received}
     assert ids == {format_id("event", row["id"])}
     assert unwrap(receiver.received[-1]).type == "batch.completed"
+    await poll_until(lambda: metric("fusillade_webhook_outbox_pending") == 0)
     daemon.stop()
 
 
@@ -256,4 +264,40 @@ async def test_an_event_failing_past_the_horizon_is_given_up_and_said(
     # one warning for the first failure, not one per attempt
     failures = [r for r in caplog.records if "not delivered" in r.getMessage()]
     assert [r.levelname for r in failures if r.levelname != "DEBUG"] == ["WARNING"]
+    daemon.stop()
+
+
+@pytest.mark.slow
+async def test_a_daemon_process_sigkilled_mid_send_leaves_the_event_to_another(
+    repo: PostgresRepository, mock_upstream: MockUpstream, nursery: trio.Nursery, database_url: str
+) -> None:
+    receiver = await WebhookReceiver.open(nursery, ["hang"])
+    batch = await make_batch(repo, 2)
+    args = [
+        sys.executable,
+        str(DAEMON_PROCESS),
+        database_url,
+        mock_upstream.url,
+        "4",
+        "1.0",
+        receiver.url,
+    ]
+    proc: trio.Process = await nursery.start(
+        partial(trio.run_process, args, stdout=subprocess.PIPE, check=False)
+    )
+    await receiver.wait_for(1)
+    proc.send_signal(signal.SIGKILL)  # mid-send: claimed, sent, never settled
+    await proc.wait()
+    row = (await trio.to_thread.run_sync(events_of, database_url, batch))[0]
+    assert (row["attempts"], row["delivered_at"]) == (1, None)
+    daemon = Daemon(repo, config(mock_upstream, receiver.url))
+    await nursery.start(daemon.run)  # a daemon started after the kill
+    row = await delivered(database_url, batch)
+    assert row["attempts"] == 2
+    first, second = receiver.received
+    assert first.body == second.body
+    assert (
+        first.headers["webhook-id"] == second.headers["webhook-id"] == format_id("event", row["id"])
+    )
+    assert unwrap(second).data.id == format_id("batch", batch)
     daemon.stop()
