@@ -273,7 +273,7 @@ async def _pinned_target(url: str, allow_private: bool) -> tuple[str, str, str |
         for address in addresses:
             if (reason := address_refusal(address)) is not None:
                 raise DeliveryFailed(
-                    f"refused: {host} resolves to {reason} (allow with webhook_allow_private)"
+                    f"refused: {host}: {reason} (allow with webhook_allow_private)"
                 )
     chosen = addresses[0]
     literal = f"[{chosen}]" if chosen.version == 6 else str(chosen)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -28,6 +29,7 @@ from fusillade.core.ids import format_id
 from fusillade.core.models import BatchStatus
 from fusillade.core.webhooks import WebhookPolicy
 from fusillade.mock_upstream import Behaviour, MockUpstream
+from fusillade.runtime import webhooks
 from fusillade.runtime.config import Webhook
 from fusillade.runtime.daemon import Daemon
 from fusillade.store.postgres import PostgresRepository
@@ -203,7 +205,7 @@ async def test_loopback_is_refused_unless_allowed(
         lambda: trio.to_thread.run_sync(events_of, database_url, batch),
         lambda rows: rows and rows[0]["attempts"] >= 2,
     )
-    assert "refused: localhost resolves to" in rows[0]["last_error"]
+    assert rows[0]["last_error"].startswith("refused: localhost: ")
     assert "loopback" in rows[0]["last_error"]
     assert rows[0]["delivered_at"] is None
     assert receiver.received == []
@@ -301,3 +303,40 @@ async def test_a_daemon_process_sigkilled_mid_send_leaves_the_event_to_another(
     )
     assert unwrap(second).data.id == format_id("batch", batch)
     daemon.stop()
+
+
+@pytest.mark.parametrize(
+    ("resolved", "refusal"),
+    [
+        (["10.0.0.5"], "refused: hooks.example: 10.0.0.5 is a private address"),
+        (["93.184.215.14", "169.254.169.254"], "169.254.169.254 is a link-local address"),
+        (["fd00::5"], "fd00::5 is a private address"),
+    ],
+)
+async def test_a_name_resolving_inside_is_refused_and_one_allowed_is_pinned(
+    monkeypatch: pytest.MonkeyPatch, resolved: list[str], refusal: str
+) -> None:
+    async def getaddrinfo(host: str, port: int, **_: Any) -> list[Any]:
+        assert host == "hooks.example"
+        return [(None, None, None, "", (address, port)) for address in resolved]
+
+    monkeypatch.setattr(webhooks.anyio, "getaddrinfo", getaddrinfo)
+    with pytest.raises(webhooks.DeliveryFailed, match=re.escape(refusal)):
+        await webhooks._pinned_target("https://hooks.example/in?x=1", allow_private=False)
+    url, host, sni = await webhooks._pinned_target(
+        "https://user:pw@hooks.example:8443/in?x=1", allow_private=True
+    )
+    first = resolved[0]
+    literal = f"[{first}]" if ":" in first else first
+    assert (url, host, sni) == (
+        f"https://{literal}:8443/in?x=1",
+        "hooks.example:8443",
+        "hooks.example",
+    )
+    url, host, sni = await webhooks._pinned_target("http://hooks.example/", allow_private=True)
+    assert (url, host, sni) == (f"http://{literal}:80/", "hooks.example", None)
+
+
+async def test_a_name_that_does_not_resolve_is_a_failed_send() -> None:
+    with pytest.raises(webhooks.DeliveryFailed, match="does not resolve"):
+        await webhooks._pinned_target("http://no-such-host.invalid/", allow_private=True)
