@@ -422,6 +422,7 @@ class StoresAgree(RuleBasedStateMachine):
             [
                 *("release", "reclaim dead", "reclaim timed out", "sweep", "sweep", "abort"),
                 *("models", "new daemon", "register", "heartbeat", "stop", "files"),
+                "finalize",
             ]
         ),
     )
@@ -476,6 +477,9 @@ class StoresAgree(RuleBasedStateMachine):
             self.same(lambda repo, _: repo.heartbeat(d, now=self.now))
         elif action == "stop":
             self.same(lambda repo, _: repo.stop_daemon(d, now=self.now))
+        elif action == "finalize":  # batches that ended unread are frozen, events written
+            got = self.same(lambda repo, _: repo.finalize_settled(now=self.now))
+            event(f"finalize: {_label(got or 0)}")
         else:
             self.compare_files(data.draw(st.integers(0, len(self.files) - 1), label="file"))
 
@@ -553,6 +557,13 @@ class StoresAgree(RuleBasedStateMachine):
         """Every request is the same (read without freezing anything)."""
         for batch_id in self.batches:
             self.requests_agree_in(batch_id)
+
+    @invariant()
+    def webhook_events_agree(self) -> None:
+        """Each store wrote the same number of webhook events (one per terminal
+        transition), for each owner."""
+        for owner in (OWNER, "bob"):
+            self.same(lambda repo, _, o=owner: repo.webhook_outbox_pending([o]))
 
     def requests_agree_in(self, b: UUID) -> None:
         self.same(lambda repo, _: self.requests_of(repo, b))
