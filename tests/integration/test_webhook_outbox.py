@@ -106,3 +106,17 @@ def test_maintenance_freezes_batches_nobody_read(repo: Repository) -> None:
     )
     assert (event.type, event.batch_id) == ("batch.expired", batch)
     assert claimed.id
+
+
+def test_a_retried_batch_that_ends_again_sends_a_new_event(repo: Repository) -> None:
+    batch = finished_batch(repo)
+    (first,) = repo.claim_webhook_events(A, ["alice"], now=T0 + 2 * S, lease_until=T0 + 3 * S)
+    assert repo.settle_webhook_event(A, first, delivered_at=T0 + 3 * S)
+    retried = repo.retry_batch("alice", batch, now=T0 + 4 * S, include_cancelled=True)
+    assert retried.status.value == "in_progress"
+    assert repo.webhook_outbox_pending(["alice"]) == 0
+    repo.cancel_batch("alice", batch, now=T0 + 5 * S)
+    repo.get_batch("alice", batch, now=T0 + 6 * S)
+    (second,) = repo.claim_webhook_events(A, ["alice"], now=T0 + 6 * S, lease_until=T0 + 7 * S)
+    assert (second.type, second.batch_id, second.attempts) == ("batch.cancelled", batch, 1)
+    assert second.id != first.id
