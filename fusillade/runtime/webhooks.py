@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
-from datetime import timedelta
+from datetime import datetime, timedelta
 from urllib.parse import urlsplit, urlunsplit
 
 import anyio
@@ -185,7 +185,7 @@ class WebhookSender(DaemonBase):
         *,
         delivered: bool = False,
         given_up: bool = False,
-        next_attempt_at: object = None,
+        next_attempt_at: datetime | None = None,
         error: str | None = None,
     ) -> bool:
         now = self.now()
