@@ -44,7 +44,8 @@ def run(args: argparse.Namespace) -> int:
                 run_api=not args.no_api,
                 run_daemon=not args.no_daemon,
                 migrate=not args.no_migrate,
-                announce=_say,
+                # JSON lines only, for log shippers: the announcements become log lines
+                announce=_say if settings.log.format == "text" else None,
             )
         )
     except BaseExceptionGroup as group:

@@ -121,6 +121,7 @@ class Daemon(ClaimLoop, CancelWatcher, Upkeep, Listener, Shutdown):
                 services.start_soon(self._maintenance_loop)
                 services.start_soon(self._cancel_watch_loop)
                 services.start_soon(self._listen_loop)
+                services.start_soon(self._trouble_loop)
                 async with anyio.create_task_group() as requests:
                     task_status.started()
                     await self._claim_loop(requests)

@@ -5,8 +5,9 @@ compares is the database's, ``fusillade.runtime.clock``), then refreshes this da
 row; a daemon declared dead meanwhile registers again. **Maintenance** reclaims the rows
 of dead daemons and rows in flight past their time limit (bounded chunks), stamps
 expired batches, sweeps the pending rows of cancelled and expired batches, forgets
-idempotency keys past their time, advances batches whose creator died half-way, and
-escalates the batches that will miss their deadline at their current rate
+idempotency keys past their time, advances batches whose creator died half-way, freezes
+the batches whose requests all settled (``_finish_settled``: their "finished" log line),
+and escalates the batches that will miss their deadline at their current rate
 (``_review_deadlines``). Database errors are logged and counted; the loops never die on
 them.
 """
@@ -32,6 +33,7 @@ from fusillade.runtime.budgets import scope_name
 from fusillade.store.interface import DaemonInfo, ReclaimStats
 
 _LEASE_REFRESH = 1.0  # seconds between lease refreshes (at most the heartbeat interval)
+_SETTLED_CHUNK = 100  # settled batches frozen per maintenance round
 
 
 class Upkeep(DaemonBase):
@@ -195,11 +197,20 @@ class Upkeep(DaemonBase):
             ):
                 pass
             await self._review_deadlines()
+            await self._finish_settled()
             if requeued:
                 metrics.RECLAIMED.inc(requeued)
                 self._wake_for_work()
 
         await self._every(self.config.maintenance_interval.total_seconds(), "maintenance", maintain)
+
+    async def _finish_settled(self) -> None:
+        """Read each batch whose requests have all settled, so it freezes and its
+        "finished" line is logged (``fusillade.lifecycle``) even when nobody asks for it;
+        the freeze is guarded, so of several daemons reading one batch, one logs it."""
+        now = self.now()
+        for batch_id in await self._db(self.repo.sync.settled_batches, limit=_SETTLED_CHUNK):
+            await self._db(self.repo.sync.get_batch, None, batch_id, now=now)
 
     async def _review_deadlines(self) -> None:
         """Sample the claimable batches' progress; escalate those that will miss their

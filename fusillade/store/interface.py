@@ -326,6 +326,12 @@ class Repository(Protocol):
         first, then oldest (``claimable_batches.sql``)."""
         ...
 
+    def settled_batches(self, *, limit: int = 100) -> list[UUID]:
+        """Batches not frozen yet whose requests are all settled: the next read of each
+        freezes it and logs that it finished (``settled_batches.sql``,
+        ``fusillade/lifecycle.py``). At most ``limit``, earliest deadline first."""
+        ...
+
     def claim(
         self, daemon_id: UUID, allotments: Sequence[Allotment], *, now: datetime
     ) -> list[ClaimedRequest]:

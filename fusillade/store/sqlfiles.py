@@ -80,6 +80,7 @@ class Queries:
     set_escalation: str
     set_file_stats: str
     set_result_file_sizes: str
+    settled_batches: str
     soft_delete_file: str
     stream_by_line: str
     status_batches: str

@@ -546,7 +546,8 @@ class StoresAgree(RuleBasedStateMachine):
     @rule()
     def compare_batches(self) -> None:
         """Read every batch (which freezes the settled ones) and its result lines, and
-        list the batches in pages."""
+        list the batches in pages. First the settled ones maintenance would freeze."""
+        self.same(lambda repo, _: repo.settled_batches())
         for batch_id in self.batches:
             self.compare_batch(batch_id)
 

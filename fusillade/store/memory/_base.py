@@ -10,6 +10,7 @@ from uuid import UUID
 
 import attrs
 
+from fusillade import lifecycle
 from fusillade.core.batches import count_states, derive, freeze, needs_freeze
 from fusillade.core.idempotency import (
     MAX_KEY_CHARS,
@@ -160,7 +161,9 @@ class MemoryBase:
         frozen = attrs.evolve(frozen, usage=Usage(tokens_in, tokens_out, tokens_in + tokens_out))
         self._batches[record.id] = frozen
         assert frozen.frozen_counts is not None
-        return derive(frozen, frozen.frozen_counts, now)
+        view = derive(frozen, frozen.frozen_counts, now)
+        lifecycle.finished(view, now)
+        return view
 
     def _request_of(self, owner: str | None, request_id: UUID) -> tuple[_Row, RequestTemplate]:
         row = self._rows.get(request_id)

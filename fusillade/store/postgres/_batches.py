@@ -11,6 +11,7 @@ import psycopg
 import psycopg.errors
 from psycopg.types.json import Jsonb
 
+from fusillade import lifecycle
 from fusillade.core.batches import (
     check_input_file,
     derive,
@@ -68,6 +69,7 @@ class BatchQueries(PostgresBase):
                 ``spec.idempotency`` was used for a different request.
         """
         batch_id = spec.batch_id or next_uuid7()
+        created: BatchRecord | None = None
         with self._tx() as cur:
             if spec.idempotency is not None:
                 # first: a concurrent request with the key waits here for this one
@@ -80,6 +82,9 @@ class BatchQueries(PostgresBase):
                     raise Conflict(f"batch id {batch_id} is taken")
             else:
                 self._insert_batch(cur, owner, batch_id, spec, now)
+                created = self._read_batch(cur, owner, batch_id)
+        if created is not None:  # committed: this call created it
+            lifecycle.created(created)
         while True:
             with self._tx() as cur:
                 if self._create_chunk(cur, batch_id, now) is None:
@@ -207,8 +212,11 @@ class BatchQueries(PostgresBase):
         records: Sequence[BatchRecord],
         owner: str | None,
         now: datetime,
+        frozen_now: list[BatchView],
     ) -> list[BatchView]:
-        """Derive views, freezing (once) any batch that is terminal but not yet frozen."""
+        """Derive views, freezing (once) any batch that is terminal but not yet frozen;
+        the views of those this call froze are added to ``frozen_now`` (for the caller
+        to log once the transaction committed)."""
         counts = self._live_counts(cur, records)
         views = []
         for record in records:
@@ -223,14 +231,19 @@ class BatchQueries(PostgresBase):
                     record = self._read_batch(cur, owner, record.id)
                     assert record.frozen_counts is not None
                     view = derive(record, record.frozen_counts, now)
+                    frozen_now.append(view)
             views.append(view)
         return views
 
     def get_batch(self, owner: str | None, batch_id: UUID, *, now: datetime) -> BatchView:
         """A batch with its derived status; ``owner=None`` reads any owner's batch."""
+        frozen: list[BatchView] = []
         with self._tx() as cur:
             record = self._read_batch(cur, owner, batch_id)
-            return self._views(cur, [record], owner, now)[0]
+            view = self._views(cur, [record], owner, now, frozen)[0]
+        for done in frozen:
+            lifecycle.finished(done, now)
+        return view
 
     def list_batches(
         self, owner: str, *, now: datetime, after: UUID | None = None, limit: int = 20
@@ -247,7 +260,10 @@ class BatchQueries(PostgresBase):
                 self.q.list_batches, {"owner": owner, "after": after, "limit": limit + 1}
             ).fetchall()
             records = [structure(r, BatchRecord) for r in rows[:limit]]
-            views = self._views(cur, records, owner, now)
+            frozen: list[BatchView] = []
+            views = self._views(cur, records, owner, now, frozen)
+        for done in frozen:
+            lifecycle.finished(done, now)
         return Page(tuple(views), has_more=len(rows) > limit)
 
     def cancel_batch(self, owner: str, batch_id: UUID, *, now: datetime) -> BatchView:
@@ -266,6 +282,8 @@ class BatchQueries(PostgresBase):
                     {"now": now, "limit": _INLINE_SWEEP, "batch_id": batch_id},
                 )
                 cur.execute(self.q.notify, {"channel": CANCEL_CHANNEL, "payload": str(batch_id)})
+        if hit is not None:  # committed: this call cancelled it
+            lifecycle.cancel_requested(batch_id, owner)
         return self.get_batch(owner, batch_id, now=now)
 
     def retry_batch(
