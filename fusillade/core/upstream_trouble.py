@@ -183,3 +183,8 @@ class TroubleLog:
     def troubled(self) -> frozenset[str]:
         """The upstreams in trouble now (until their "cleared" report)."""
         return frozenset(self._troubled)
+
+    def in_trouble(self, upstream: str) -> bool:
+        """Whether ``note`` counts a success at ``upstream`` now (cheap: the hot path
+        skips the rest for a success at a quiet upstream)."""
+        return upstream in self._troubled

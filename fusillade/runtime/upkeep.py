@@ -14,6 +14,7 @@ them.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import typing
@@ -27,7 +28,7 @@ from fusillade import metrics
 from fusillade.core.deadlines import review
 from fusillade.core.scheduling.budget import Throttle
 from fusillade.core.scheduling.shares import fraction_of
-from fusillade.errors import StoreError
+from fusillade.errors import NotFound, StoreError
 from fusillade.runtime._base import DaemonBase, log
 from fusillade.runtime.budgets import scope_name
 from fusillade.store.interface import DaemonInfo, ReclaimStats
@@ -210,7 +211,8 @@ class Upkeep(DaemonBase):
         the freeze is guarded, so of several daemons reading one batch, one logs it."""
         now = self.now()
         for batch_id in await self._db(self.repo.sync.settled_batches, limit=_SETTLED_CHUNK):
-            await self._db(self.repo.sync.get_batch, None, batch_id, now=now)
+            with contextlib.suppress(NotFound):  # gone since (never, as batches are kept)
+                await self._db(self.repo.sync.get_batch, None, batch_id, now=now)
 
     async def _review_deadlines(self) -> None:
         """Sample the claimable batches' progress; escalate those that will miss their

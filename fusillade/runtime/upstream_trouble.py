@@ -24,10 +24,12 @@ log = logging.getLogger("fusillade.upstream")
 class TroubleReports(DaemonBase):
     def _note_outcome(self, model: str, outcome: Outcome) -> None:
         upstream = self.config.upstream_name_for(model)
-        if upstream is not None:
-            self.trouble.note(
-                upstream, problem_of(outcome), anyio.current_time(), self.config.metric_label(model)
-            )
+        if upstream is None:
+            return
+        problem = problem_of(outcome)
+        if problem is None and not self.trouble.in_trouble(upstream):
+            return  # the common case: nothing to count
+        self.trouble.note(upstream, problem, anyio.current_time(), self.config.metric_label(model))
 
     async def _trouble_loop(self) -> None:
         tick = min(1.0, self.trouble.interval)

@@ -117,3 +117,13 @@ def test_the_lines_read() -> None:
     )
     cleared = TroubleReport("o", "cleared", {}, 4, 30.0, ())
     assert cleared.describe("o") == "upstream o: trouble cleared, no problem in 30s; 4 succeeded"
+
+
+def test_in_trouble_until_cleared() -> None:
+    log = TroubleLog(interval=10)
+    assert not log.in_trouble("a")
+    log.note("a", "timeout", 0.0)
+    assert log.in_trouble("a") and log.troubled() == {"a"}
+    log.report(0.0)
+    log.report(10.0)  # cleared
+    assert not log.in_trouble("a")
