@@ -22,6 +22,7 @@ are the interface between the engine, the daemon and a store, not part of this A
 from __future__ import annotations
 
 from fusillade._version import __version__
+from fusillade.core.idempotency import IdempotencyKey
 from fusillade.core.jsonl import JsonlLimits, LineProblem, ProblemCode
 from fusillade.core.models import (
     BatchRecord,
@@ -38,6 +39,7 @@ from fusillade.core.models import (
 from fusillade.core.results import ResultLine
 from fusillade.core.retry import RetryPolicy
 from fusillade.core.scheduling.budget import BudgetLimits, BudgetState
+from fusillade.core.trouble import BatchTrouble, ErrorKind, ErrorKinds, ErrorSample
 from fusillade.core.webhooks import WebhookPolicy
 from fusillade.engine import Content, Engine, Rules, open
 from fusillade.errors import (
@@ -56,11 +58,19 @@ from fusillade.runtime.budgets import ScopeState
 from fusillade.runtime.config import DaemonConfig, Upstream, Webhook
 from fusillade.runtime.daemon import Daemon, DaemonStats
 from fusillade.runtime.limits import ModelStats
-from fusillade.store.interface import Page, Repository, RequestSummary
+from fusillade.store.interface import (
+    ModelActivity,
+    Page,
+    RecentFailure,
+    Repository,
+    RequestSummary,
+    StatusSnapshot,
+)
 
 __all__ = [
     "BatchRecord",
     "BatchStatus",
+    "BatchTrouble",
     "BatchView",
     "BudgetLimits",
     "BudgetState",
@@ -71,19 +81,25 @@ __all__ = [
     "DaemonConfig",
     "DaemonStats",
     "Engine",
+    "ErrorKind",
+    "ErrorKinds",
+    "ErrorSample",
     "FailureReason",
     "FilePurpose",
     "FileRecord",
     "FusilladeError",
+    "IdempotencyKey",
     "IllegalTransition",
     "InvalidJSONL",
     "JsonlLimits",
     "LineProblem",
     "MigrationError",
+    "ModelActivity",
     "ModelStats",
     "NotFound",
     "Page",
     "ProblemCode",
+    "RecentFailure",
     "Repository",
     "RequestCounts",
     "RequestState",
@@ -93,6 +109,7 @@ __all__ = [
     "RetryPolicy",
     "Rules",
     "ScopeState",
+    "StatusSnapshot",
     "StoreError",
     "StoreUnavailable",
     "Upstream",

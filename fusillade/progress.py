@@ -4,19 +4,33 @@ The display only formats; the caller feeds it batch views, or ``Snapshot``s of a
 known only through the API (whose counts say nothing of in-flight or canceled requests).
 On a terminal one line is redrawn in place (``\\r``); elsewhere (CI logs, pipes) a plain
 line is printed at most every ``interval`` seconds and once at the end.
+
+What holds the batch back follows the counts when the caller knows it: retries waiting
+(and how many after a 429), models paused after a 429, the budgets throttling, and the
+latest error, shortened to one line with its secrets masked (``describe``). At the end,
+``error_summary`` lists the most frequent kinds of error with one example each.
 """
 
 from __future__ import annotations
 
+import json
+import re
 import time
 from collections.abc import Sequence
-from typing import TextIO
+from typing import Any, TextIO
 
 import attrs
 
-from fusillade.core.models import BatchStatus, BatchView, RequestCounts
+from fusillade.core.models import BatchStatus, BatchView, FailureReason, RequestCounts
+from fusillade.core.trouble import BatchTrouble, ErrorKinds, ErrorSample
+from fusillade.redact import mask_secrets
 
 _BAR = 24
+ERROR_WIDTH = 60
+"""Characters of an error the progress line shows (its kind included)."""
+_SPACES = re.compile(r"\s+")
+# The "message" of a JSON error body cut short by the store's prefix.
+_MESSAGE = re.compile(r'"message"\s*:\s*"((?:[^"\\]|\\.)*)')
 
 
 def _duration(seconds: float) -> str:
@@ -24,6 +38,85 @@ def _duration(seconds: float) -> str:
     h, rest = divmod(seconds, 3600)
     m, s = divmod(rest, 60)
     return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s" if m else f"{s}s"
+
+
+def shorten(text: str, width: int) -> str:
+    """``text`` on one line (whitespace runs become one space), secrets masked, cut to
+    ``width`` characters (``...`` marking the cut)."""
+    text = _SPACES.sub(" ", mask_secrets(text)).strip()
+    return text if len(text) <= width else text[: max(width - 3, 0)].rstrip() + "..."
+
+
+def _body_message(body: str) -> str | None:
+    """The message of an upstream's error body: OpenAI's ``{"error": {"message": ...}}``
+    (also cut short, as stores return a prefix), a string ``error``, else the text."""
+    try:
+        data: Any = json.loads(body)
+    except ValueError:
+        match = _MESSAGE.search(body)
+        if match is not None:
+            try:
+                return str(json.loads(f'"{match.group(1)}"'))
+            except ValueError:
+                return match.group(1)
+        return body if body.strip() and not body.lstrip().startswith(("{", "[")) else None
+    if isinstance(data, dict):
+        error = data.get("error", data)
+        if isinstance(error, dict):
+            error = error.get("message")
+        if isinstance(error, str) and error.strip():
+            return error
+        return None
+    return body if isinstance(data, str) else None
+
+
+def describe(sample: ErrorSample, width: int = ERROR_WIDTH, *, kind: bool = True) -> str:
+    """An error in one line of at most ``width`` characters: its kind (``kind=False``:
+    not), then what the upstream said (the message of its body) or else our message."""
+    detail = sample.message or ""
+    if sample.reason is FailureReason.HTTP_STATUS and sample.body:
+        detail = _body_message(sample.body) or detail
+    if not kind:
+        return shorten(detail or sample.kind, width)
+    return shorten(f"{sample.kind}: {detail}" if detail else sample.kind, width)
+
+
+def error_summary(kinds: ErrorKinds, *, width: int = 100) -> list[str]:
+    """The lines of the final summary: the most frequent kinds of error, each with its
+    count and its latest example; nothing when no request failed."""
+    if not kinds.kinds:
+        return []
+    of = f"the latest {kinds.scanned:,}" if kinds.capped else f"{kinds.scanned:,}"
+    lines = [f"errors by kind (of {of} failed, canceled or expired requests):"]
+    name = max(len(k.kind) for k in kinds.kinds)
+    count = max(len(f"{k.count:,}") for k in kinds.kinds)
+    for k in kinds.kinds:
+        head = f"  {k.kind:<{name}}  {k.count:>{count},}  e.g. "
+        lines.append(head + describe(k.example, max(width - len(head), 20), kind=False))
+    return lines
+
+
+def trouble_text(
+    trouble: BatchTrouble | None, *, paused: Sequence[str] = (), throttled: Sequence[str] = ()
+) -> str:
+    """What holds a batch back, as the end of its progress line ("" when nothing does).
+
+    ``paused``: models paused after a 429 (with the time left); ``throttled``: why the
+    budgets hold requests (``rpm``, ``tpm``...).
+    """
+    parts = []
+    if trouble is not None and trouble.retries_waiting:
+        n = f"{trouble.retries_waiting:,}{'+' if trouble.capped else ''}"
+        limited = f" ({trouble.rate_limited:,} after 429)" if trouble.rate_limited else ""
+        parts.append(f"retries waiting {n}{limited}")
+    if paused:
+        parts.append(f"429 pause: {', '.join(paused)}")
+    if throttled:
+        parts.append(f"throttled: {', '.join(throttled)}")
+    latest = trouble.latest_error if trouble is not None else None
+    if latest is not None:
+        parts.append(f"last error: {describe(latest)}")
+    return "".join(f" | {p}" for p in parts)
 
 
 @attrs.frozen
@@ -51,9 +144,30 @@ class Progress:
         self.interval = interval
         self._start = time.monotonic()
         self._first_done: int | None = None
-        self._last_print = 0.0
+        self._last_print = -1e9
+        self._last_details = -1e9
 
-    def line(self, view: BatchView | Snapshot, *, throttled: Sequence[str] = ()) -> str:
+    def details_due(self, *, final: bool = False) -> bool:
+        """Whether to read the costlier details (``BatchTrouble``) for the next ``update``:
+        when it prints a line, and on a terminal at most every second. True counts as
+        read."""
+        now = time.monotonic()
+        if self.tty:
+            due = now - self._last_details >= min(self.interval, 1.0)
+        else:
+            due = now - self._last_print >= self.interval
+        if due or final:
+            self._last_details = now
+        return due or final
+
+    def line(
+        self,
+        view: BatchView | Snapshot,
+        *,
+        throttled: Sequence[str] = (),
+        paused: Sequence[str] = (),
+        trouble: BatchTrouble | None = None,
+    ) -> str:
         """The progress text for ``view`` (no line ending)."""
         snapshot = view if isinstance(view, Snapshot) else Snapshot.of(view)
         c = snapshot.counts
@@ -70,8 +184,7 @@ class Progress:
         if snapshot.detailed:
             text += f"canceled {c.canceled} in flight {c.in_progress} "
         text += f"| {rate:,.1f} req/s | ETA {eta}"
-        if throttled:
-            text += f" | throttled: {', '.join(throttled)}"
+        text += trouble_text(trouble, paused=paused, throttled=throttled)
         if self.tty:
             filled = int(share * _BAR)
             text = f"[{'#' * filled}{'.' * (_BAR - filled)}] {text}"
@@ -83,8 +196,10 @@ class Progress:
         *,
         final: bool = False,
         throttled: Sequence[str] = (),
+        paused: Sequence[str] = (),
+        trouble: BatchTrouble | None = None,
     ) -> None:
-        text = self.line(view, throttled=throttled)
+        text = self.line(view, throttled=throttled, paused=paused, trouble=trouble)
         now = time.monotonic()
         if self.tty:
             self.stream.write("\r\x1b[2K" + text + ("\n" if final else ""))

@@ -43,3 +43,16 @@ def mask_urls(text: str) -> str:
     """
     text = _PASSWORD_PARAM.sub(rf"\g<1>{MASK}", text)
     return _USERINFO.sub(_masked_userinfo, text)
+
+
+# Keys as upstreams echo them in error bodies ("Incorrect API key provided: sk-proj-...")
+# and bearer credentials: the prefix stays (it says which kind of key), the rest goes.
+_API_KEY = re.compile(r"\b((?:sk|rk|pk|key)[-_](?:[A-Za-z]+-)?)[A-Za-z0-9_\-*]{6,}")
+_BEARER = re.compile(r"\b(bearer\s+)\S+", re.IGNORECASE)
+
+
+def mask_secrets(text: str) -> str:
+    """``text`` with URL credentials (``mask_urls``), api keys (``sk-...``) and bearer
+    tokens masked: for texts an upstream wrote, such as an error body shown in progress."""
+    text = _BEARER.sub(rf"\g<1>{MASK}", mask_urls(text))
+    return _API_KEY.sub(rf"\g<1>{MASK}", text)

@@ -9,9 +9,12 @@ does (``fusillade.cli.remote``: the same flags, the same backends).
   ``--json`` prints the API's list object instead.
 - ``retry``: ``POST /v1/batches/{id}/retry``: the failed requests (with
   ``--include-cancelled`` also the canceled and expired ones) run again; prints the Batch.
-- ``watch``: the progress line of ``run`` until the batch ends. Exit status 0 when it
-  completed with every request succeeded, 1 otherwise (some failed or were canceled,
-  or the batch failed, expired or was cancelled).
+- ``watch``: the progress line of ``run`` until the batch ends (with the retries waiting
+  and the latest error: the database's, or the server's errors extension), then the most
+  frequent kinds of error. On the database it says once when no daemon is running there
+  (and keeps waiting: one may be started). Exit status 0 when it completed
+  with every request succeeded, 1 otherwise (some failed or were canceled, or the batch
+  failed, expired or was cancelled).
 """
 
 from __future__ import annotations
@@ -26,13 +29,14 @@ from typing import Any
 
 from fusillade.cli.remote import (
     Batch,
+    DaemonCheck,
     add_id_arguments,
     add_target_arguments,
     backend,
     batch_arg,
 )
 from fusillade.engine import MAX_PAGE
-from fusillade.progress import Progress
+from fusillade.progress import Progress, error_summary
 
 # --------------------------------------------------------------------- arguments
 
@@ -153,19 +157,27 @@ def retry(args: argparse.Namespace) -> int:
 
 def watch(args: argparse.Namespace) -> int:
     progress = Progress(sys.stderr, interval=args.progress_interval)
+    trouble = None
     with backend(args) as where:
+        daemons = DaemonCheck(where, sys.stderr)
         while True:
             snapshot = where.snapshot(args.batch_id)
             done = snapshot.status.is_terminal
-            progress.update(snapshot, final=done)
+            if progress.details_due(final=done):
+                trouble = where.trouble(args.batch_id)
+            progress.update(snapshot, final=done, trouble=trouble)
             if done:
                 break
+            daemons.check()
             time.sleep(args.interval)  # the polling period of a client, as submit --wait
-    c = snapshot.counts
-    unsuccessful = c.failed + c.canceled
+        c = snapshot.counts
+        unsuccessful = c.failed + c.canceled
+        kinds = where.error_kinds(args.batch_id) if unsuccessful else None
     print(
         f"{snapshot.status.value}: {c.completed} succeeded, {unsuccessful} did not, of {c.total}",
         file=sys.stderr,
     )
+    for line in error_summary(kinds) if kinds is not None else ():
+        print(line, file=sys.stderr)
     ok = snapshot.status.value == "completed" and c.completed == c.total
     return 0 if ok else 1

@@ -1,13 +1,15 @@
 """``fusillade submit|status|cancel|results``: against a running server or the database.
 
-With ``--server URL`` (or ``$FUSILLADE_SERVER_URL``) the commands speak the HTTP API with
-the bearer key in ``$FUSILLADE_API_KEY`` (``--key-env`` names another variable); the
-configuration is not read (the server's applies). Otherwise they read the configuration
-as ``migrate`` does (``fusillade.config``: ``--config``, ``FUSILLADE_*``, ``--database-url``,
-``--data-dir``), open its database (``database_url``, else the embedded PostgreSQL) and act
-as ``--owner`` (default ``default``, the owner of a server without keys) under its
-``[server]`` rules. Both print the same OpenAI Batch JSON on stdout. ``list``, ``retry``
-and ``watch`` (``fusillade.cli.batches``) use the same backends.
+With ``--server URL`` (or ``$FUSILLADE_SERVER_URL``) the commands speak the HTTP API
+with the bearer key in ``$FUSILLADE_API_KEY`` (``--key-env`` names another variable);
+the configuration is not read (the server's applies); ``submit``'s creates carry an
+``Idempotency-Key`` and are retried when no answer came (``HttpBackend``). Otherwise
+they read the configuration as ``migrate`` does (``fusillade.config``: ``--config``,
+``FUSILLADE_*``, ``--database-url``, ``--data-dir``), open its database
+(``database_url``, else the embedded PostgreSQL) and act as ``--owner`` (default
+``default``, the owner of a server without keys) under its ``[server]`` rules. Both
+print the same OpenAI Batch JSON on stdout. ``list``, ``retry`` and ``watch``
+(``fusillade.cli.batches``) use the same backends.
 
 Batch ids are taken as ``batch_<hex>`` or, silently, as the bare uuid (``public_id``).
 """
@@ -19,11 +21,12 @@ import json
 import os
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from datetime import timedelta
 from pathlib import Path
-from typing import IO, Any, Protocol, TypeVar
-from uuid import UUID
+from typing import IO, Any, Final, Protocol, TypeVar
+from uuid import UUID, uuid4
 
 import attrs
 
@@ -31,7 +34,8 @@ from fusillade.cli._main import database
 from fusillade.config import ServerSettings, settings_from_args
 from fusillade.config import add_arguments as add_config_arguments
 from fusillade.core.ids import IdKind, format_id
-from fusillade.core.models import BatchStatus, BatchView, RequestCounts
+from fusillade.core.models import BatchStatus, BatchView, FailureReason, RequestCounts
+from fusillade.core.trouble import BatchTrouble, ErrorKind, ErrorKinds, ErrorSample
 from fusillade.engine import Engine
 from fusillade.errors import FusilladeError, InvalidJSONL, ValidationError
 from fusillade.progress import Snapshot
@@ -60,19 +64,74 @@ class Backend(Protocol):
         """The batch as the progress line shows it (as detailed as this backend knows)."""
         ...
 
+    def trouble(self, batch_id: str) -> BatchTrouble | None:
+        """What holds the batch back (``None``: this backend cannot tell)."""
+        ...
+
+    def error_kinds(self, batch_id: str) -> ErrorKinds | None:
+        """The batch's most frequent kinds of error (``None``: this backend cannot tell)."""
+        ...
+
+    def live_daemons(self) -> int | None:
+        """How many daemons work on this backend's batches (``None``: it cannot tell)."""
+        ...
+
+
+RETRY_DELAYS: Final = (0.5, 1.0, 2.0)
+"""Seconds before each retry of a create that got no answer, or a 5xx."""
+RETRY_STATUSES: Final = frozenset({500, 502, 503, 504})
+
 
 class HttpBackend:
-    """The HTTP API through a blocking httpx client."""
+    """The HTTP API through a blocking httpx client.
 
-    def __init__(self, url: str, key: str | None) -> None:
+    Creates (``submit``'s upload and batch) carry an ``Idempotency-Key`` made once per
+    command and kept across their retries: a create that got no answer (the connection
+    failed or was reset, a timeout) or a 5xx is sent again after each of ``delays``,
+    and the server answers a repeat with what the first one created, so a retried
+    ``submit`` never makes two batches. ``transport``: httpx's, for tests.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        key: str | None,
+        *,
+        delays: Sequence[float] = RETRY_DELAYS,
+        transport: Any = None,
+    ) -> None:
         import httpx
 
         base = url.rstrip("/")
         base = base if base.endswith("/v1") else base + "/v1"
         headers = {"authorization": f"Bearer {key}"} if key else {}
         self._http = httpx.Client(
-            base_url=base, headers=headers, timeout=httpx.Timeout(60.0, read=600.0)
+            base_url=base,
+            headers=headers,
+            timeout=httpx.Timeout(60.0, read=600.0),
+            transport=transport,
         )
+        self._delays = tuple(delays)
+
+    def _create(self, path: str, key: str, request: Callable[[], dict[str, Any]]) -> Batch:
+        """POST ``path`` with ``Idempotency-Key: key``, retried (see the class);
+        ``request`` gives the arguments of each attempt (a file is opened anew)."""
+        import httpx
+
+        for delay in (*self._delays, None):
+            try:
+                with ExitStack() as stack:
+                    kwargs = request()
+                    stack.callback(_close_files, kwargs)
+                    response = self._http.post(path, headers={"Idempotency-Key": key}, **kwargs)
+            except httpx.TransportError:
+                if delay is None:
+                    raise
+            else:
+                if response.status_code not in RETRY_STATUSES or delay is None:
+                    return self._json(response)
+            time.sleep(delay)
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def close(self) -> None:
         self._http.close()
@@ -86,14 +145,19 @@ class HttpBackend:
     def submit(
         self, path: Path, endpoint: str, window: str, metadata: dict[str, str] | None
     ) -> Batch:
-        with path.open("rb") as f:  # httpx streams the file part from the open file
-            files = {"file": (path.name, f, "application/jsonl")}
-            stored = self._json(self._http.post("/files", files=files, data={"purpose": "batch"}))
+        command = f"fusillade-submit-{uuid4().hex}"
+
+        def upload() -> dict[str, Any]:
+            # httpx streams the file part from the open file (closed after the attempt)
+            files = {"file": (path.name, path.open("rb"), "application/jsonl")}
+            return {"files": files, "data": {"purpose": "batch"}}
+
+        stored = self._create("/files", f"{command}-file", upload)
         body: Batch = {"input_file_id": stored["id"], "endpoint": endpoint}
         body["completion_window"] = window
         if metadata:
             body["metadata"] = metadata
-        return self._json(self._http.post("/batches", json=body))
+        return self._create("/batches", f"{command}-batch", lambda: {"json": body})
 
     def get(self, batch_id: str) -> Batch:
         return self._json(self._http.get(f"/batches/{batch_id}"))
@@ -120,6 +184,49 @@ class HttpBackend:
 
     def snapshot(self, batch_id: str) -> Snapshot:
         return api_snapshot(self.get(batch_id))
+
+    def _errors(self, batch_id: str, kinds: bool) -> Batch | None:
+        """The errors extension (``None`` from a server without it)."""
+        params = {"kinds": "true"} if kinds else {}
+        response = self._http.get(f"/batches/{batch_id}/errors", params=params)
+        if response.status_code == 404:
+            return None
+        return self._json(response)
+
+    def trouble(self, batch_id: str) -> BatchTrouble | None:
+        data = self._errors(batch_id, kinds=False)
+        if data is None:
+            return None
+        latest = data["latest_error"]
+        return BatchTrouble(
+            retries_waiting=data["retries_waiting"],
+            rate_limited=data["rate_limited"],
+            capped=data["retries_waiting_capped"],
+            latest_failure=_api_error(latest) if latest is not None else None,
+        )
+
+    def error_kinds(self, batch_id: str) -> ErrorKinds | None:
+        data = self._errors(batch_id, kinds=True)
+        if data is None or data["kinds"] is None:
+            return None
+        kinds = tuple(
+            ErrorKind(_api_error({**k, "message": k["example"]}), k["count"]) for k in data["kinds"]
+        )
+        return ErrorKinds(kinds, data["kinds_scanned"], capped=data["kinds_capped"])
+
+    def live_daemons(self) -> int | None:
+        return None  # the server's business: it usually runs its own daemon
+
+
+def _api_error(error: Batch) -> ErrorSample:
+    """An error of the errors extension as the progress line describes it (the server
+    sent what the upstream said, already shortened and masked)."""
+    return ErrorSample(FailureReason(error["reason"]), error["status"], error["message"])
+
+
+def _close_files(kwargs: dict[str, Any]) -> None:
+    for _, f, _ in kwargs.get("files", {}).values():
+        f.close()
 
 
 def api_snapshot(batch: Batch) -> Snapshot:
@@ -150,7 +257,13 @@ class DatabaseBackend:
     between calls (``--wait`` polls).
     """
 
-    def __init__(self, url: str, owner: str, settings: ServerSettings) -> None:
+    def __init__(
+        self,
+        url: str,
+        owner: str,
+        settings: ServerSettings,
+        stale_after: timedelta = timedelta(seconds=30),
+    ) -> None:
         from fusillade.core.jsonl import JsonlLimits
         from fusillade.server.context import server_rules
         from fusillade.store.postgres import PostgresRepository
@@ -158,6 +271,7 @@ class DatabaseBackend:
         self._repo = PostgresRepository(url, max_size=2)
         self._repo.open()
         self._owner = owner
+        self._stale_after = stale_after  # the daemons' (their configuration's)
         limits = JsonlLimits(  # a local file: no upload limits
             max_lines=None, max_file_bytes=None, allowed_endpoints=settings.allowed_endpoints
         )
@@ -213,6 +327,15 @@ class DatabaseBackend:
 
     def snapshot(self, batch_id: str) -> Snapshot:
         return Snapshot.of(self._run(lambda engine: engine.get_batch(batch_id)))
+
+    def trouble(self, batch_id: str) -> BatchTrouble | None:
+        return self._run(lambda engine: engine.batch_trouble(batch_id))
+
+    def error_kinds(self, batch_id: str) -> ErrorKinds | None:
+        return self._run(lambda engine: engine.error_kinds(batch_id))
+
+    def live_daemons(self) -> int | None:
+        return self._run(lambda engine: engine.live_daemons(stale_after=self._stale_after))
 
 
 def _plain(view: BatchView) -> Batch:
@@ -320,7 +443,7 @@ def backend(args: argparse.Namespace) -> Iterator[Backend]:
         return
     settings = settings_from_args(args)
     with database(settings) as url:
-        db = DatabaseBackend(url, args.owner, settings.server)
+        db = DatabaseBackend(url, args.owner, settings.server, settings.daemon.stale_after)
         try:
             yield db
         finally:
@@ -382,33 +505,50 @@ def submit(args: argparse.Namespace) -> int:
     return 0
 
 
-def _done(batch: Batch) -> int:
-    c = batch["request_counts"]
-    done: int = c["completed"] + c["failed"]
-    return done
+NO_DAEMON = (
+    "warning: no daemon is running against this database, so nothing will work on "
+    "this batch: start one with `fusillade serve` (or `fusillade serve --no-api`) on the "
+    "same database, or use `fusillade run FILE -o OUT`; still waiting (Ctrl-C to stop)"
+)
+DAEMON_BACK = "a daemon is running against this database now"
+DAEMON_CHECK = 5.0  # seconds between looks at the daemons' heartbeats
 
 
-NO_PROGRESS_WARNING = 5.0  # seconds of waiting without progress before saying why
+@attrs.define
+class DaemonCheck:
+    """Says once, while a client waits on a batch of the database, that no daemon is
+    running (none with a recent heartbeat), and once more when one is again. Backends
+    that cannot tell (the server: it usually runs its own daemon) say nothing."""
+
+    where: Backend
+    stream: IO[str]
+    warned: bool = False
+    _last: float = -1e9
+
+    def check(self) -> None:
+        now = time.monotonic()
+        if now - self._last < DAEMON_CHECK:
+            return
+        self._last = now
+        live = self.where.live_daemons()
+        if live is None:
+            return
+        if live == 0 and not self.warned:
+            print(NO_DAEMON, file=self.stream)
+        elif live and self.warned:
+            print(DAEMON_BACK, file=self.stream)
+        self.warned = live == 0
 
 
 def _wait(where: Backend, batch: Batch) -> Batch:
-    """Poll until the batch ends; on the database, say once when nothing moves (no daemon
-    may be running: submitting only stores the batch)."""
-    started, warned = time.monotonic(), not isinstance(where, DatabaseBackend)
-    first = _done(batch)
+    """Poll until the batch ends; on the database, say when no daemon runs (submitting
+    only stores the batch)."""
+    daemons = DaemonCheck(where, sys.stderr)
     while batch["status"] not in TERMINAL:
+        daemons.check()
         time.sleep(1.0)
         batch = where.get(batch["id"])
         print(_progress(batch), file=sys.stderr)
-        if not warned and time.monotonic() - started >= NO_PROGRESS_WARNING:
-            warned = True
-            if _done(batch) == first:
-                print(
-                    f"warning: no progress in {NO_PROGRESS_WARNING:g}s: is a daemon running "
-                    "on this database? start `fusillade serve` (or `fusillade serve "
-                    "--no-api`) with the same database, or use `fusillade run FILE -o OUT`",
-                    file=sys.stderr,
-                )
     return batch
 
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import signal
 import sys
@@ -48,7 +49,7 @@ from fusillade.core.results import ResultLine, format_result_line
 from fusillade.engine import Engine, Rules
 from fusillade.errors import FusilladeError, NotFound, ValidationError
 from fusillade.ids import next_uuid7
-from fusillade.progress import Progress
+from fusillade.progress import Progress, error_summary
 from fusillade.runtime.config import DaemonConfig
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -315,25 +316,48 @@ async def _run_batch(
             print(f"resuming batch {format_id('batch', batch_id)}", file=stderr)
             view = await _again(engine, view, options, stderr)
         interrupts.view = view
+        trouble = None
         with trio.CancelScope() as interrupts.watching:
             async for view in engine.watch(batch_id, interval=0.25):
                 interrupts.view = view
-                daemon = engine.daemon
-                throttled = daemon.statistics().throttled if daemon is not None else ()
-                progress.update(view, final=view.status.is_terminal, throttled=throttled)
+                final = view.status.is_terminal
+                if progress.details_due(final=final):
+                    trouble = await engine.batch_trouble(batch_id)
+                throttled, paused = _holding_back(engine)
+                progress.update(
+                    view, final=final, throttled=throttled, paused=paused, trouble=trouble
+                )
         interrupts.watching = None  # from here a Ctrl-C stops at once
         if interrupts.count:
-            progress.update(view, final=True)
+            progress.update(view, final=True, trouble=trouble)
             return EXIT_INTERRUPTED
         await _write_results(engine, view, options)
-    c = view.counts
+        c = view.counts
+        kinds = await engine.error_kinds(batch_id) if c.failed + c.canceled else None
     print(
         f"{view.status.value}: {c.completed} succeeded, {c.failed} failed, "
         f"{c.canceled} canceled of {c.total}; results in {options.destination}",
         file=stderr,
     )
+    for line in error_summary(kinds) if kinds is not None else ():
+        print(line, file=stderr)
     ok = view.status is BatchStatus.COMPLETED and c.completed == c.total
     return EXIT_OK if ok else EXIT_SOME_FAILED
+
+
+def _holding_back(engine: Engine) -> tuple[tuple[str, ...], list[str]]:
+    """What the in-process daemon holds back: the budgets' reasons (``rpm``...), and the
+    models paused after a 429, with the time left."""
+    if engine.daemon is None:
+        return (), []
+    stats = engine.daemon.statistics()
+    now = trio.current_time()
+    paused = [
+        f"{m.model} {math.ceil(max(m.paused_until - now, 0))}s"
+        for m in stats.models
+        if m.paused_until is not None
+    ]
+    return stats.throttled, paused
 
 
 async def _again(engine: Engine, view: BatchView, options: RunOptions, stderr: TextIO) -> BatchView:

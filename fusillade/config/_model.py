@@ -234,6 +234,17 @@ def _api_keys_from_text(text: str) -> list[dict[str, str]]:
     return [{"owner": owner.strip(), "key_env": env.strip()} for owner, _, env in pairs]
 
 
+def _choice(*allowed: str) -> Rule:
+    """One of ``allowed``, in any case (kept in lower case)."""
+
+    def check(value: object) -> str:
+        if isinstance(value, str) and value.lower() in allowed:
+            return value.lower()
+        raise Invalid(f"must be one of {', '.join(allowed)}, got {_show(value)}")
+
+    return Rule(check)
+
+
 # The types of the keys. Each is its Python type to everything but the loader.
 Text = Annotated[str, Rule(_text)]
 Bool = Annotated[bool, Rule(_boolean, _boolean_from_text)]
@@ -245,6 +256,8 @@ Count = Annotated[int, _integer(1)]
 Share = Annotated[float, _positive_number(1.0)]  # budget_share
 Weight = Annotated[float, _positive_number(1e6)]
 Duration = Annotated[timedelta, _duration(positive=True)]
+LogLevel = Annotated[str, _choice("debug", "info", "warning", "error")]
+LogFormat = Annotated[str, _choice("text", "json")]
 Grace = Annotated[timedelta, _duration(positive=False)]  # a duration that may be 0s
 Endpoints = Annotated[tuple[str, ...], _strings(_endpoint)]
 Windows = Annotated[tuple[str, ...], _strings(_window)]
@@ -291,6 +304,14 @@ class DaemonSettings:
     # private, loopback and link-local addresses are allowed (off: refused, SSRF)
     webhook_timeout: Duration = timedelta(seconds=15)
     webhook_allow_private: Bool = False
+
+
+@attrs.frozen
+class LogSettings:
+    # None: the command's own default (serve: info; run: warning, so the progress line
+    # stays readable); docs/logging.md
+    level: LogLevel | None = None
+    format: LogFormat = "text"  # "json": one object per line, for log shippers
 
 
 DEFAULT_BUDGET_SHARE = 0.9
@@ -343,6 +364,7 @@ class Settings:
     default_upstream: Text | None = None  # `--upstream URL`: "default"
     server: ServerSettings = ServerSettings()
     daemon: DaemonSettings = DaemonSettings()
+    log: LogSettings = LogSettings()
     upstreams: Mapping[str, UpstreamSettings] = attrs.field(factory=dict)
     models: Mapping[str, ModelSettings] = attrs.field(factory=dict)
     owners: Mapping[str, OwnerSettings] = attrs.field(factory=dict)

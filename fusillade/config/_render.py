@@ -57,7 +57,7 @@ def render(settings: Settings, *, env: Mapping[str, str] = os.environ) -> str:
                 out.append(f"{key} = {_value(value)}{note(path, *extra)}")
 
     emit((), settings)
-    for section in ("server", "daemon"):
+    for section in ("server", "daemon", "log"):
         out.append(f"\n[{section}]")
         emit((section,), getattr(settings, section))
     for section in ("upstreams", "models", "owners", "webhooks"):

@@ -26,8 +26,14 @@ from fusillade.engine._rules import (
     Rules,
     check_metadata,
 )
-from fusillade.engine._service import DEFAULT_OWNER, Engine
-from fusillade.store.interface import Page, RequestSummary
+from fusillade.engine._service import DEFAULT_OWNER, STATUS_WINDOW, Engine
+from fusillade.store.interface import (
+    ModelActivity,
+    Page,
+    RecentFailure,
+    RequestSummary,
+    StatusSnapshot,
+)
 
 __all__ = [
     "DEFAULT_OWNER",
@@ -37,12 +43,16 @@ __all__ = [
     "MAX_METADATA_PAIRS",
     "MAX_METADATA_VALUE",
     "MAX_PAGE",
+    "STATUS_WINDOW",
     "Content",
     "Engine",
+    "ModelActivity",
     "Page",
+    "RecentFailure",
     "RequestSummary",
     "ResultLine",
     "Rules",
+    "StatusSnapshot",
     "check_metadata",
     "open",
 ]

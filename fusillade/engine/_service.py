@@ -12,7 +12,7 @@ import copy
 import functools
 import os
 from collections.abc import AsyncIterator, Callable, Collection, Iterable, Iterator, Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from itertools import islice
 from pathlib import Path
 from typing import IO, Final, TypeVar, cast
@@ -20,7 +20,9 @@ from uuid import UUID
 
 import anyio
 import anyio.to_thread
+import attrs
 
+from fusillade.core.idempotency import IdempotencyKey, batch_fingerprint, check_key
 from fusillade.core.jsonl import JsonlLimits, Readable, iter_validated
 from fusillade.core.models import (
     BatchView,
@@ -30,18 +32,21 @@ from fusillade.core.models import (
     RequestTemplate,
 )
 from fusillade.core.results import ResultLine, format_input_line, format_result_line
+from fusillade.core.trouble import BatchTrouble, ErrorKinds
 from fusillade.engine._content import Content, chunk_reader
 from fusillade.engine._rules import Rules, batch_spec, cursor_uuid, public_uuid
 from fusillade.errors import NotFound
 from fusillade.runtime.daemon import Daemon
 from fusillade.runtime.repo import AsyncRepository
-from fusillade.store.interface import Page, Repository, RequestSummary
+from fusillade.store.interface import Page, Repository, RequestSummary, StatusSnapshot
 
 T = TypeVar("T")
 DEFAULT_OWNER: Final = "default"
 THREADS: Final = 40
 """Worker threads one engine's repository calls may occupy at once (anyio's default)."""
 _RESULTS_PER_HOP: Final = 1000
+STATUS_WINDOW: Final = timedelta(minutes=1)
+"""How far back ``Engine.status`` counts finished requests (the status page's throughput)."""
 
 
 def _host_now() -> datetime:
@@ -102,6 +107,7 @@ class Engine:
         filename: str | None = None,
         limits: JsonlLimits | None = None,
         size_bytes: int | None = None,
+        idempotency: IdempotencyKey | None = None,
     ) -> FileRecord:
         """Store a file of request templates.
 
@@ -111,7 +117,17 @@ class Engine:
         line (``limits``, else the engine's ``rules.limits``) while it streams into the
         database: an invalid file raises ``InvalidJSONL`` (first problems, each with its
         line) and stores nothing.
+
+        ``idempotency``: a client's key and the upload's fingerprint
+        (``fusillade.core.idempotency.file_fingerprint``); while the key is remembered,
+        the same request answers with the file it created (as it is now), stored once.
+
+        Raises:
+            ValidationError: the key is empty or too long.
+            Conflict: the key was used for a different request.
         """
+        if idempotency is not None:
+            check_key(idempotency.key)
         limits = limits if limits is not None else self.rules.limits
         now = self._now()  # on the event loop: the clock advances by the loop's time
         if isinstance(source, (str, os.PathLike)):
@@ -126,6 +142,7 @@ class Engine:
                         iter_validated(stream, limits),
                         now=now,
                         size_bytes=path.stat().st_size,
+                        idempotency=idempotency,
                     )
 
             return await self._threads.call(from_path)
@@ -137,7 +154,13 @@ class Engine:
             templates = source
             name = filename or "templates.jsonl"
         return await self._threads.call(
-            self.repo.create_file, self.owner, name, templates, now=now, size_bytes=size_bytes
+            self.repo.create_file,
+            self.owner,
+            name,
+            templates,
+            now=now,
+            size_bytes=size_bytes,
+            idempotency=idempotency,
         )
 
     async def get_file(self, file_id: UUID | str) -> FileRecord:
@@ -202,15 +225,21 @@ class Engine:
         completion_window: str = "24h",
         metadata: Mapping[str, str] | None = None,
         batch_id: UUID | None = None,
+        idempotency_key: str | None = None,
     ) -> BatchView:
         """Create a batch of every template in the file (idempotent for ``batch_id``).
+
+        ``idempotency_key``: a client's key; while it is remembered
+        (``IDEMPOTENCY_TTL``), the same request (file, endpoint, window, metadata)
+        answers with the batch it created, as it is now, and creates nothing.
 
         Raises:
             ValidationError: the endpoint or window is not accepted (``rules``), the
                 metadata breaks OpenAI's limits, or the file cannot make a batch (not
                 an input file, empty, a line for another endpoint).
             NotFound: no such file of this owner.
-            Conflict: ``batch_id`` is another owner's batch.
+            Conflict: ``batch_id`` is another owner's batch; the key was used for a
+                different request.
         """
         spec = batch_spec(
             self.rules,
@@ -220,6 +249,12 @@ class Engine:
             metadata=metadata,
             batch_id=batch_id,
         )
+        if idempotency_key is not None:
+            fingerprint = batch_fingerprint(
+                spec.input_file_id, spec.endpoint, spec.completion_window, spec.metadata
+            )
+            key = IdempotencyKey(check_key(idempotency_key), fingerprint)
+            spec = attrs.evolve(spec, idempotency=key)
         return await self._threads.call(self.repo.create_batch, self.owner, spec, now=self._now())
 
     async def get_batch(self, batch_id: UUID | str) -> BatchView:
@@ -283,6 +318,18 @@ class Engine:
 
         return await self._threads.call(read)
 
+    async def status(self, *, every_owner: bool = False) -> StatusSnapshot:
+        """What the status page shows: this owner's (``every_owner``: everyone's) newest
+        unfinished and finished batches, per model the requests in flight and those
+        finished within ``STATUS_WINDOW``, and the latest failures."""
+        now = self._now()
+        return await self._threads.call(
+            self.repo.status,
+            None if every_owner else self.owner,
+            now=now,
+            since=now - STATUS_WINDOW,
+        )
+
     # ------------------------------------------------------------------------ results
 
     async def iter_results(
@@ -325,6 +372,23 @@ class Engine:
             last = view
         assert last is not None
         return last
+
+    async def batch_trouble(self, batch_id: UUID | str) -> BatchTrouble:
+        """What holds the batch back now: retries waiting, 429s, its latest errors
+        (bounded reads: fine for every progress line of a batch of millions)."""
+        uuid = public_uuid("batch", batch_id)
+        return await self._threads.call(self.repo.batch_trouble, self.owner, uuid, now=self._now())
+
+    async def error_kinds(self, batch_id: UUID | str, *, top: int = 5) -> ErrorKinds:
+        """The ``top`` most frequent kinds of error of the batch, with an example each."""
+        uuid = public_uuid("batch", batch_id)
+        return await self._threads.call(self.repo.error_kinds, self.owner, uuid, top=top)
+
+    async def live_daemons(self, *, stale_after: timedelta = timedelta(seconds=30)) -> int:
+        """How many daemons run against this repository (a heartbeat within
+        ``stale_after`` of the database's clock): none means no batch moves."""
+        now = await self.database_time() or self._now()
+        return await self._threads.call(self.repo.live_daemons, stale_before=now - stale_after)
 
     # ------------------------------------------------------------------- the database
 

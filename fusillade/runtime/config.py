@@ -107,6 +107,9 @@ class DaemonConfig:
         default=timedelta(seconds=0.5), converter=_duration
     )
     shutdown_grace: timedelta = attrs.field(default=timedelta(seconds=10), converter=_duration)
+    # at most one log line per upstream this often about its 429s, 5xx, timeouts and
+    # broken connections (runtime/upstream_trouble.py)
+    trouble_interval: timedelta = attrs.field(default=timedelta(seconds=30), converter=_duration)
     flush_interval: timedelta = attrs.field(default=timedelta(seconds=0.05), converter=_duration)
     flush_max: int = 500
     db_write_concurrency: int = 2

@@ -124,6 +124,7 @@ class Daemon(ClaimLoop, CancelWatcher, Upkeep, WebhookSender, Listener, Shutdown
                 services.start_soon(self._maintenance_loop)
                 services.start_soon(self._cancel_watch_loop)
                 services.start_soon(self._listen_loop)
+                services.start_soon(self._trouble_loop)
                 services.start_soon(self._webhook_loop)
                 async with anyio.create_task_group() as requests:
                     task_status.started()

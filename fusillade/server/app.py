@@ -3,7 +3,8 @@
 ``create_app(ctx)`` builds it around a ``ServerContext``; ``fusillade.server.serve``
 runs it on hypercorn's trio worker beside the daemon. Every route first passes
 ``check_host`` (the ``Host``/``Origin`` policy of ``auth.HostPolicy``); ``/v1`` routes
-then ``require_key``; JSON routes get their body through ``intake.json_intake``.
+then ``require_key``; JSON routes get their body through ``intake.json_intake``. The
+status page (``status``: ``/``, ``/status.json``) decides its own scope.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from litestar.openapi.spec import Components, SecurityScheme
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from fusillade._version import __version__
-from fusillade.server import batches, files
+from fusillade.server import batches, files, status
 from fusillade.server.context import ServerContext, context_of
 from fusillade.server.errors import exception_to_response
 from fusillade.server.intake import json_intake
@@ -126,7 +127,7 @@ def create_app(ctx: ServerContext) -> Litestar:
         tags=["v1"],
     )
     return Litestar(
-        route_handlers=[v1, healthz, readyz, metrics, openapi_json],
+        route_handlers=[v1, healthz, readyz, metrics, openapi_json, *status.ROUTES],
         guards=[check_host],
         before_request=json_intake,
         exception_handlers={Exception: exception_to_response},

@@ -34,6 +34,9 @@ from fusillade.errors import ConfigError
 from fusillade.server.errors import Refused, Unauthorized
 
 DEFAULT_OWNER = "default"
+# Headers a reverse proxy adds: behind one on this machine every client's address is
+# loopback, so a request carrying them is not taken for a local one.
+_FORWARDING_HEADERS = ("forwarded", "x-forwarded-for", "x-real-ip")
 _LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})
 
 
@@ -138,6 +141,26 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def is_local_request(client: str | None, headers: Mapping[str, str]) -> bool:
+    """True for a request from this machine to this machine: sent from a loopback address,
+    without a proxy's forwarding headers, to a loopback ``Host``, and without an
+    ``Origin`` of another host.
+
+    A request addressed to another name (DNS rebinding: the page's own name) or sent by
+    another page is not local, though the browser sending it runs here.
+    """
+    if client is None or not is_loopback(client):
+        return False
+    if any(name in headers for name in _FORWARDING_HEADERS):
+        return False
+    host = headers.get("host")
+    ours = _authority(host) if host is not None else None
+    if ours is None or not is_loopback(ours[0]):
+        return False
+    origin = headers.get("origin")
+    return origin is None or _origin_authority(origin) == ours
+
+
 def check_bind(host: str, keys: KeyRing) -> None:
     """Refuse to listen beyond loopback without keys.
 
@@ -190,7 +213,7 @@ class HostPolicy:
     must be a loopback name or address, the configured ``host``, or match an
     ``allowed_hosts`` entry (``name``: any port; ``name:port``: that port; ``*``:
     anything, the check is off). An ``Origin`` header, when sent, must name the same host
-    and port as ``Host`` (a page the server itself served; it serves none) or match an
+    and port as ``Host`` (a page the server itself served: the status page) or match an
     entry. A request without ``Host`` passes: browsers always send one.
     """
 

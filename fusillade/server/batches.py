@@ -1,4 +1,5 @@
-"""``/v1/batches``: create, list, retrieve, cancel, and the retry and requests extensions."""
+"""``/v1/batches``: create, list, retrieve, cancel, and the retry, requests and errors
+extensions."""
 
 from __future__ import annotations
 
@@ -9,15 +10,17 @@ from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 
 from fusillade.core.models import RequestState
 from fusillade.engine import MAX_PAGE
-from fusillade.server.context import Ctx, Owner
+from fusillade.server.context import Ctx, IdempotencyKeyHeader, Owner
 from fusillade.server.files import cursor_param
 from fusillade.server.responses import error_responses
 from fusillade.server.wire import (
+    BatchErrorsObject,
     BatchList,
     BatchObject,
     BatchRequestList,
     CreateBatchBody,
     RequestStatusName,
+    batch_errors,
     batch_list,
     batch_object,
     request_list,
@@ -31,15 +34,22 @@ PageSize: TypeAlias = Annotated[int, QueryParameter(ge=1, le=MAX_PAGE)]
 @post(
     "/batches",
     status_code=200,
-    responses=error_responses(400, 401, 404, 408, 413, 415),
+    responses=error_responses(400, 401, 404, 408, 409, 413, 415),
     summary="Create a batch",
+    description="With an `Idempotency-Key`, the same request creates one batch.",
 )
-async def create_batch(ctx: Ctx, owner: Owner, data: JSONBody[CreateBatchBody]) -> BatchObject:
+async def create_batch(
+    ctx: Ctx,
+    owner: Owner,
+    data: JSONBody[CreateBatchBody],
+    idempotency_key: IdempotencyKeyHeader = None,
+) -> BatchObject:
     view = await ctx.engine_for(owner).create_batch(
         data.input_file_id,
         endpoint=data.endpoint,
         completion_window=data.completion_window,
         metadata=data.metadata,
+        idempotency_key=idempotency_key,
     )
     return batch_object(view)
 
@@ -110,6 +120,23 @@ async def list_batch_requests(
     return request_list(page.items, view.record.created_at, page.has_more)
 
 
+@get(
+    "/batches/{batch_id:str}/errors",
+    responses=error_responses(401, 404),
+    summary="What holds a batch back and how its requests failed (extension)",
+    description="Retries waiting (those after a 429 counted apart) and the latest error; "
+    "with `kinds=true` also the five most frequent kinds of error, with counts and an "
+    "example each. Messages are on one line, shortened, with secrets masked.",
+)
+async def batch_errors_route(
+    ctx: Ctx, owner: Owner, batch_id: FromPath[str], kinds: FromQuery[bool] = False
+) -> BatchErrorsObject:
+    engine = ctx.engine_for(owner)
+    trouble = await engine.batch_trouble(batch_id)
+    summary = await engine.error_kinds(batch_id) if kinds else None
+    return batch_errors(trouble, summary)
+
+
 ROUTES = [
     create_batch,
     list_batches,
@@ -117,4 +144,5 @@ ROUTES = [
     cancel_batch,
     retry_batch,
     list_batch_requests,
+    batch_errors_route,
 ]

@@ -7,13 +7,15 @@ call one of its methods as the caller's owner and shape the answer.
 from __future__ import annotations
 
 import functools
-from typing import Any, TypeAlias
+from typing import Annotated, Any, TypeAlias
 
 import attrs
 from litestar.connection import ASGIConnection
 from litestar.di import NamedDependency
+from litestar.params import HeaderParameter
 
 from fusillade.config import ServerSettings
+from fusillade.core.idempotency import HEADER, MAX_KEY_CHARS
 from fusillade.core.jsonl import JsonlLimits
 from fusillade.engine import Engine, Rules
 from fusillade.runtime.daemon import Daemon
@@ -103,3 +105,14 @@ Owner: TypeAlias = NamedDependency[str]
 """A route parameter: the owner the request's bearer key acts for."""
 Ctx: TypeAlias = NamedDependency[ServerContext]
 """A route parameter: the server's ``ServerContext``."""
+IdempotencyKeyHeader: TypeAlias = Annotated[
+    str | None,
+    HeaderParameter(
+        name=HEADER,
+        description=f"1 to {MAX_KEY_CHARS} characters, unique per logical request: a retry "
+        "with the same key and the same request answers with the object the first one "
+        "created (as it is now) and creates nothing; a different request under the key "
+        "is a 409. Keys are per owner and forgotten after 24 hours (docs/api.md).",
+    ),
+]
+"""A route parameter: the request's ``Idempotency-Key`` header, if any."""

@@ -12,9 +12,10 @@ from litestar.openapi.spec import Operation, RequestBody, Schema
 from litestar.openapi.spec.enums import OpenAPIFormat, OpenAPIType
 from litestar.params import FromPath, FromQuery, QueryParameter
 
+from fusillade.core.idempotency import IdempotencyKey, check_key, file_fingerprint
 from fusillade.core.ids import PREFIXES, IdKind
 from fusillade.engine import MAX_FILE_PAGE
-from fusillade.server.context import Ctx, Owner
+from fusillade.server.context import Ctx, IdempotencyKeyHeader, Owner
 from fusillade.server.responses import error_responses
 from fusillade.server.streaming import CompleteStream
 from fusillade.server.upload import MULTIPART_SLACK, receive_upload
@@ -65,22 +66,40 @@ class _UploadOperation(Operation):
     status_code=200,
     request_max_body_size=None,  # enforced while streaming: max_upload_bytes + framing
     operation_class=_UploadOperation,
-    responses=error_responses(400, 401, 408, 413),
+    responses=error_responses(400, 401, 408, 409, 413),
     summary="Upload a batch input file",
-    description="The JSONL is validated line by line while it streams; all or nothing.",
+    description="The JSONL is validated line by line while it streams; all or nothing. "
+    "With an `Idempotency-Key`, the same upload (purpose, file name, content) is stored "
+    "once.",
 )
-async def create_file(request: Request[Any, Any, Any], ctx: Ctx, owner: Owner) -> FileObject:
+async def create_file(
+    request: Request[Any, Any, Any],
+    ctx: Ctx,
+    owner: Owner,
+    idempotency_key: IdempotencyKeyHeader = None,
+) -> FileObject:
     engine = ctx.engine_for(owner)
     limits = engine.rules.limits
+    if idempotency_key is not None:
+        check_key(idempotency_key)  # before the body is read
     received = await receive_upload(
         request,
         limits,
         body_limit=ctx.settings.max_upload_bytes + MULTIPART_SLACK,
         timing=ctx.body_timing,
+        digest=idempotency_key is not None,
     )
+    idempotency = None
+    if idempotency_key is not None:
+        assert received.sha256 is not None
+        fingerprint = file_fingerprint(received.purpose, received.filename, received.sha256)
+        idempotency = IdempotencyKey(idempotency_key, fingerprint)
     try:
         record = await engine.create_file(
-            iter(received.spool), filename=received.filename, size_bytes=received.size
+            iter(received.spool),
+            filename=received.filename,
+            size_bytes=received.size,
+            idempotency=idempotency,
         )
     finally:
         await anyio.to_thread.run_sync(received.spool.close)

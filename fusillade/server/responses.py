@@ -14,7 +14,8 @@ DESCRIPTIONS: Final = {
     403: "Host or Origin not allowed (a server without API keys answers loopback names only)",
     404: "No such object, or not the caller's",
     408: "The request body came too slowly (the connection is closed)",
-    409: "The object's state does not allow the operation",
+    409: "The object's state does not allow the operation, or the Idempotency-Key was "
+    "used for a different request",
     413: "Too large (request body, file, line or line count)",
     415: "The body is not sent as Content-Type: application/json",
     503: "The database is unavailable",

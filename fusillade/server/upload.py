@@ -25,6 +25,7 @@ database connection is held while a (possibly slow) client sends it.
 
 from __future__ import annotations
 
+import hashlib
 from contextlib import aclosing
 from typing import Any, Final
 
@@ -60,12 +61,13 @@ MULTIPART_SLACK: Final = 1 * MiB
 @attrs.define
 class Received:
     """A complete, valid upload: its templates are in ``spool`` (the caller closes it);
-    ``size`` is the file part's size in bytes."""
+    ``size`` is the file part's size in bytes, ``sha256`` its hex digest (when asked)."""
 
     filename: str
     purpose: str
     size: int
     spool: TemplateSpool
+    sha256: str | None = None
 
 
 def _malformed(detail: object) -> ValidationError:
@@ -98,10 +100,11 @@ class UploadReceiver:
     """Parses one multipart body fed in chunks; see the module docstring.
 
     Use it as a context manager: leaving the block closes (and deletes) the spool unless
-    ``finish`` handed it over.
+    ``finish`` handed it over. ``digest``: hash the file part (an idempotent upload's
+    fingerprint).
     """
 
-    def __init__(self, boundary: str, limits: JsonlLimits) -> None:
+    def __init__(self, boundary: str, limits: JsonlLimits, *, digest: bool = False) -> None:
         try:
             self._parser = multipart.PushMultipartParser(
                 boundary, max_segment_count=MAX_PARTS, strict=False
@@ -116,6 +119,7 @@ class UploadReceiver:
         self._purpose = bytearray()
         self._purpose_seen = False
         self._size = 0
+        self._sha256 = hashlib.sha256() if digest else None
         self._rejected: ValidationError | None = None
 
     def __enter__(self) -> UploadReceiver:
@@ -168,6 +172,8 @@ class UploadReceiver:
         elif self._part == "file":
             assert self._spool is not None
             self._size += len(event)
+            if self._sha256 is not None:
+                self._sha256.update(event)
             limit = self._validator.limits.max_file_bytes
             if limit is not None and self._size > limit:
                 self._validator.feed(event)  # whole: "too large" comes before its lines
@@ -241,13 +247,20 @@ class UploadReceiver:
         except BaseException:
             spool.close()
             raise
-        return Received(self._filename or DEFAULT_FILENAME, purpose, self._size, spool)
+        digest = self._sha256.hexdigest() if self._sha256 is not None else None
+        return Received(self._filename or DEFAULT_FILENAME, purpose, self._size, spool, digest)
 
 
 async def receive_upload(
-    request: Request[Any, Any, Any], limits: JsonlLimits, *, body_limit: int, timing: BodyTiming
+    request: Request[Any, Any, Any],
+    limits: JsonlLimits,
+    *,
+    body_limit: int,
+    timing: BodyTiming,
+    digest: bool = False,
 ) -> Received:
     """Read, parse and validate a multipart upload; the caller closes ``spool``.
+    ``digest``: also hash the file's bytes (``Received.sha256``).
 
     The body is read by ``intake.body_chunks``: at most ``body_limit`` bytes, in time.
 
@@ -256,7 +269,7 @@ async def receive_upload(
         Refused (408: too slow).
     """
     boundary = boundary_of(request.headers.get("content-type"))
-    with UploadReceiver(boundary, limits) as receiver:
+    with UploadReceiver(boundary, limits, digest=digest) as receiver:
         pending: list[bytes] = []
         pending_size = 0
         async with aclosing(body_chunks(request, body_limit, timing)) as chunks:

@@ -17,7 +17,9 @@ import attrs
 from fusillade.core.ids import format_id
 from fusillade.core.models import BatchStatus, BatchView, FilePurpose, FileRecord
 from fusillade.core.results import ERROR_CODES
+from fusillade.core.trouble import BatchTrouble, ErrorKinds, ErrorSample
 from fusillade.engine import RequestSummary
+from fusillade.progress import describe
 
 FilePurposeName = Literal["batch", "batch_output"]
 """A File's ``purpose`` on the wire: OpenAI's names. Error files are ``batch_output`` too
@@ -365,3 +367,79 @@ class Health:
     status: Literal["ok", "unavailable"]
     database: bool | None
     daemon: bool | None
+
+
+# ------------------------------------------------------------------- batch errors
+
+
+EXAMPLE_WIDTH = 200
+"""Characters of an error message the batch errors extension sends (masked, one line)."""
+
+
+@attrs.frozen
+class BatchErrorObject:
+    """One error of a batch (extension): its kind (``http 401``, ``timeout``...), its
+    recorded reason and upstream status, and what the upstream said, on one line with
+    secrets masked."""
+
+    kind: str
+    reason: str
+    status: int | None
+    message: str
+
+
+@attrs.frozen
+class BatchErrorKindObject:
+    """How many of the batch's finished requests failed with one kind of error."""
+
+    kind: str
+    reason: str
+    status: int | None
+    count: int
+    example: str
+
+
+@attrs.frozen
+class BatchErrorsObject:
+    """What holds a batch back and how its requests failed (extension; docs/api.md)."""
+
+    object: Literal["batch.errors"]
+    retries_waiting: int
+    retries_waiting_capped: bool
+    rate_limited: int
+    latest_error: BatchErrorObject | None
+    kinds: list[BatchErrorKindObject] | None
+    # the failed and canceled requests the kinds count: the latest ones, at most a
+    # million (kinds_capped: there were more)
+    kinds_scanned: int | None
+    kinds_capped: bool | None
+
+
+def _error_object(sample: ErrorSample) -> BatchErrorObject:
+    message = describe(sample, EXAMPLE_WIDTH, kind=False)
+    return BatchErrorObject(sample.kind, sample.reason.value, sample.status, message)
+
+
+def batch_errors(trouble: BatchTrouble, kinds: ErrorKinds | None) -> BatchErrorsObject:
+    latest = trouble.latest_error
+    return BatchErrorsObject(
+        object="batch.errors",
+        retries_waiting=trouble.retries_waiting,
+        retries_waiting_capped=trouble.capped,
+        rate_limited=trouble.rate_limited,
+        latest_error=_error_object(latest) if latest is not None else None,
+        kinds=None
+        if kinds is None
+        else [
+            BatchErrorKindObject(
+                k.kind,
+                k.example.reason.value,
+                k.example.status,
+                k.count,
+                describe(k.example, EXAMPLE_WIDTH, kind=False),
+            )
+            for k in kinds.kinds
+        ],
+        kinds_scanned=None if kinds is None else kinds.scanned,
+        kinds_capped=None if kinds is None else kinds.capped,
+    )

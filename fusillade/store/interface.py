@@ -20,6 +20,7 @@ import attrs
 
 from fusillade.core.attempts import AbortReason, AttemptResult, ClaimedRequest
 from fusillade.core.batches import ClaimableBatch
+from fusillade.core.idempotency import IdempotencyKey
 from fusillade.core.models import (
     BatchView,
     FailureReason,
@@ -29,6 +30,7 @@ from fusillade.core.models import (
     RequestTemplate,
 )
 from fusillade.core.results import ResultLine
+from fusillade.core.trouble import BatchTrouble, ErrorKinds
 from fusillade.core.webhooks import WebhookEvent
 
 T = TypeVar("T")
@@ -127,7 +129,8 @@ class DaemonInfo:
 
 @attrs.frozen
 class BatchSpec:
-    """What ``create_batch`` needs; ``batch_id`` makes creation idempotent."""
+    """What ``create_batch`` needs; ``batch_id`` makes creation idempotent, and so does
+    ``idempotency`` (a client's key: the batch it first created is the answer)."""
 
     input_file_id: UUID
     endpoint: str
@@ -135,6 +138,60 @@ class BatchSpec:
     window: timedelta
     metadata: Mapping[str, str] | None = None
     batch_id: UUID | None = None
+    idempotency: IdempotencyKey | None = None
+
+
+@attrs.frozen
+class ModelActivity:
+    """One model's requests on the status page: in flight now, and finished since a time."""
+
+    model: str
+    in_flight: int
+    completed: int
+    failed: int
+
+
+@attrs.frozen
+class RecentFailure:
+    """A failed request as the status page lists it (``message``: its first 200 characters)."""
+
+    request_id: UUID
+    batch_id: UUID
+    model: str
+    finished_at: datetime
+    response_status: int | None
+    reason: FailureReason
+    message: str | None
+
+
+@attrs.frozen
+class StatusSnapshot:
+    """What the status page shows of one owner's (or every owner's) work.
+
+    ``now``: the time it was read at. ``batches``: the newest unfinished and the newest
+    finished batches, newest first. ``models``: activity in those batches, by model
+    name. ``failures``: their latest failed requests, newest first.
+    """
+
+    now: datetime
+    batches: tuple[BatchView, ...]
+    models: tuple[ModelActivity, ...]
+    failures: tuple[RecentFailure, ...]
+
+
+STATUS_MESSAGE_CHARS = 200
+"""How much of a failure's message ``RecentFailure`` keeps (``status_failures.sql``)."""
+
+
+def status_batch_ids(views: Sequence[BatchView], since: datetime) -> list[UUID]:
+    """The batches among ``views`` that may hold requests in flight or finished since
+    ``since``: unfinished ones, and finished ones whose last result came since then."""
+    return [
+        v.record.id
+        for v in views
+        if v.record.frozen_counts is None
+        or (v.record.last_finished_at is not None and v.record.last_finished_at >= since)
+    ]
 
 
 def with_result_size(record: FileRecord, sizes: Mapping[UUID, tuple[int, int]]) -> FileRecord:
@@ -158,7 +215,14 @@ class Repository(Protocol):
         now: datetime,
         size_bytes: int | None = None,
         expires_at: datetime | None = None,
-    ) -> FileRecord: ...
+        idempotency: IdempotencyKey | None = None,
+    ) -> FileRecord:
+        """``idempotency``: a key remembered with the file, in the same transaction; a
+        live key of the owner answers with the file it created (as it is now: a deleted
+        one is ``NotFound``) and stores nothing, a different request under it raises
+        ``Conflict`` (``fusillade.core.idempotency``)."""
+        ...
+
     def get_file(self, owner: str, file_id: UUID, *, sized: bool = True) -> FileRecord:
         """``sized=False``: an output or error file's ``bytes`` is not worked out (it may
         be 0); for callers that read its content anyway."""
@@ -208,6 +272,46 @@ class Repository(Protocol):
         limit: int = 20,
     ) -> Page[RequestSummary]: ...
     def get_request(self, owner: str | None, request_id: UUID) -> RequestDetail: ...
+    def batch_trouble(
+        self, owner: str | None, batch_id: UUID, *, now: datetime, cap: int = 10_000
+    ) -> BatchTrouble:
+        """What holds the batch back at ``now``: its retries waiting (counted up to
+        ``cap``), those last answered 429, and its latest errors (``batch_trouble.sql``:
+        bounded reads, for every progress line)."""
+        ...
+
+    def error_kinds(
+        self, owner: str | None, batch_id: UUID, *, top: int = 5, scan: int = 1_000_000
+    ) -> ErrorKinds:
+        """The ``top`` most frequent kinds of error among the batch's latest ``scan``
+        failed and canceled requests, each with its count and latest example
+        (``error_kinds.sql``)."""
+        ...
+
+    def live_daemons(self, *, stale_before: datetime) -> int:
+        """How many daemons are running with a heartbeat since ``stale_before``."""
+        ...
+
+    # status page
+    def status(
+        self,
+        owner: str | None,
+        *,
+        now: datetime,
+        since: datetime,
+        batches: int = 20,
+        failures: int = 20,
+    ) -> StatusSnapshot:
+        """The status page's snapshot for ``owner`` (``None``: every owner): up to
+        ``batches`` unfinished and ``batches`` finished batches, model activity since
+        ``since`` and the last ``failures`` failures in them (``status_*.sql``). Reading
+        the batches freezes the settled ones, like ``get_batch``."""
+        ...
+
+    # idempotency keys
+    def forget_idempotency_keys(self, *, now: datetime, limit: int = 1000) -> int:
+        """Delete at most ``limit`` keys older than ``IDEMPOTENCY_TTL``; how many."""
+        ...
 
     # clock
     def database_time(self) -> datetime | None:
@@ -221,6 +325,12 @@ class Repository(Protocol):
         """The batches a claim may take rows from at ``now`` (not frozen, cancelled or
         expired; deadline not passed) that have something pending, earliest deadline
         first, then oldest (``claimable_batches.sql``)."""
+        ...
+
+    def settled_batches(self, *, limit: int = 100) -> list[UUID]:
+        """Batches not frozen yet whose requests are all settled: the next read of each
+        freezes it and logs that it finished (``settled_batches.sql``,
+        ``fusillade/lifecycle.py``). At most ``limit``, earliest deadline first."""
         ...
 
     def claim(
@@ -278,11 +388,6 @@ class Repository(Protocol):
 
     # webhooks (docs/webhooks.md): events are written by the freeze that makes a batch
     # terminal, for every owner
-    def finalize_settled(self, *, now: datetime, limit: int = 100) -> int:
-        """Freeze up to ``limit`` batches whose requests have all settled but that nobody
-        has read since (which writes their webhook events); how many were looked at."""
-        ...
-
     def claim_webhook_events(
         self,
         daemon_id: UUID,

@@ -31,11 +31,13 @@ class Queries:
     be added, renamed or dropped without this list (and its reviewers) noticing.
     """
 
+    batch_trouble: str
     batches_to_abort: str
     begin: str
     budget_holders: str
     cancel_batch: str
     claim: str
+    claim_idempotency_key: str
     claim_webhook_events: str
     claimable_batches: str
     count_batch_requests: str
@@ -46,13 +48,16 @@ class Queries:
     daemon_stop: str
     database_time: str
     drop_budget_leases: str
+    error_kinds: str
     expire_batches: str
     expire_requests: str
     first_path_mismatch: str
     fold_batch_state_counts: str
+    forget_idempotency_keys: str
     freeze_batch: str
     get_batch: str
     get_file: str
+    get_idempotency_key: str
     get_request: str
     get_result_file_sizes: str
     give_up_webhook_events: str
@@ -66,6 +71,7 @@ class Queries:
     list_files_asc: str
     list_requests: str
     listen: str
+    live_daemons: str
     lock_batch: str
     lock_batch_for_freeze: str
     notify: str
@@ -78,10 +84,13 @@ class Queries:
     set_escalation: str
     set_file_stats: str
     set_result_file_sizes: str
+    settled_batches: str
     settle_webhook_event: str
-    settled_unfrozen_batches: str
     soft_delete_file: str
     stream_by_line: str
+    status_batches: str
+    status_failures: str
+    status_models: str
     stream_errors: str
     stream_input: str
     stream_output: str

@@ -135,6 +135,18 @@ def test_plans_use_the_indexes(database_url: str) -> None:
             page = by_line.split("CTE Scan")[0]  # the page, before the per-row lookups
             assert "Sort Key: r.line_number" not in page, by_line
             assert "Filter" not in page, by_line  # every row it reads is in the page
+        # The status page: every part reads a partial index, never a scan of the requests
+        # (most rows of the big batch finished before `since`, as on a busy table).
+        since = T0 + timedelta(minutes=1)
+        models = _plan(conn, q.status_models, {"batch_ids": [big, batch], "since": since})
+        assert "Seq Scan on requests" not in models, models
+        assert "requests_output" in models and "requests_errors" in models, models
+        failures = _plan(conn, q.status_failures, {"batch_ids": [big, batch], "limit": 20})
+        assert "requests_errors" in failures, failures
+        assert "Seq Scan on requests" not in failures, failures
+        for owner in ("alice", None):
+            shown = _plan(conn, q.status_batches, {"owner": owner, "limit": 20})
+            assert "Seq Scan on requests" not in shown, shown
 
 
 def test_claim_with_a_large_backlog_reads_by_primary_key(database_url: str) -> None:

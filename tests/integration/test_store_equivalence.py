@@ -2,10 +2,12 @@
 
 A hypothesis ``RuleBasedStateMachine`` applies the same random operations to a
 ``MemoryRepository`` and a ``PostgresRepository`` and checks that both answer the same:
-files and batches (including refused and repeated creations), claims with random allotments,
-results of every kind (including stale attempts, another daemon's claims, and results
-that break a table constraint), releases, reclaims, cancels, sweeps, retries, daemon
-life, escalations, and a clock that moves, sometimes past the batches' deadlines.
+files and batches (including refused and repeated creations, and creations with an
+idempotency key: new, replayed, refused, or new again once the key expired), claims with
+random allotments, results of every kind (including stale attempts, another daemon's
+claims, and results that break a table constraint), releases, reclaims, cancels, sweeps,
+retries, daemon life, escalations, and a clock that moves, sometimes past the batches'
+deadlines.
 
 Ids: batches are created with explicit uuid7 ids, so both stores share them (and their
 order); file and request ids differ between the stores and are mapped by file ordinal
@@ -41,6 +43,7 @@ from hypothesis.stateful import (
 )
 
 from fusillade.core.attempts import ClaimedRequest, ResultKind
+from fusillade.core.idempotency import IDEMPOTENCY_TTL, IdempotencyKey
 from fusillade.core.models import (
     BatchView,
     Failure,
@@ -71,7 +74,8 @@ MODELS = ("a", "b", "c")
 ENDPOINT = "/v1/chat/completions"
 WINDOWS = {"1h": timedelta(hours=1), "2h": timedelta(hours=2)}
 ZERO = UUID(int=0)
-TRUNCATE = "TRUNCATE files, request_templates, batches, requests, daemons CASCADE"
+DAY = int(IDEMPOTENCY_TTL.total_seconds())  # a step of the clock that forgets every key
+TRUNCATE = "TRUNCATE files, request_templates, batches, requests, daemons, idempotency_keys CASCADE"
 
 
 def _error(exc: FusilladeError) -> tuple[str, str | None]:
@@ -208,21 +212,33 @@ class StoresAgree(RuleBasedStateMachine):
         owner: str = OWNER,
         metadata: dict[str, str] | None = None,
         batch_id: UUID | None = None,
+        key: str | None = None,
     ) -> None:
         if batch_id is None:
             self.next_batch_ms += 1
             batch_id = uuid7(self.next_batch_ms)
         spec_id = batch_id
+        # the stores' file ids differ: the fingerprint names the file by its ordinal
+        fingerprint = f"batch:{ordinal}:{window}:{metadata}"
+        idempotency = None if key is None else IdempotencyKey(key, fingerprint)
 
         def create(repo: Repository, side: int) -> BatchView:
             spec = BatchSpec(
-                self.files[ordinal][side], ENDPOINT, window, WINDOWS[window], metadata, spec_id
+                self.files[ordinal][side],
+                ENDPOINT,
+                window,
+                WINDOWS[window],
+                metadata,
+                spec_id,
+                idempotency,
             )
             return _view(repo.create_batch(owner, spec, now=self.now))
 
         view = self.same(create)
         event(f"create_batch: {'refused' if view is None else 'ok'}")
         if view is not None:
+            batch_id = view.record.id  # a replayed key's batch
+            event(f"create_batch with a key: {'new' if batch_id == spec_id else 'replayed'}")
             self.deadlines[batch_id] = view.record.expires_at
         if view is not None and batch_id not in self.batches:
             self.batches.append(batch_id)
@@ -401,6 +417,7 @@ class StoresAgree(RuleBasedStateMachine):
             return
         window = data.draw(st.sampled_from(sorted(WINDOWS)), label="window")
         metadata = data.draw(st.sampled_from([None, {"k": "v"}]), label="metadata")
+        key = data.draw(st.sampled_from([None, None, None, "k1"]), label="idempotency key")
         batch_id = None
         if action == "new file":
             n = data.draw(st.sampled_from([0, 1, 2, 3, 3, 4, 4, 5]), label="lines")
@@ -414,7 +431,17 @@ class StoresAgree(RuleBasedStateMachine):
             ordinal = data.draw(st.integers(0, len(self.files) - 1), label="file")
             if action == "old id":
                 batch_id = data.draw(st.sampled_from(self.batches), label="batch")
-        self.new_batch(ordinal, window, owner, metadata, batch_id)
+        self.new_batch(ordinal, window, owner, metadata, batch_id, key)
+
+    @rule(data=st.data())
+    def keyed_batch(self, data: st.DataObject) -> None:
+        """Create a batch with an idempotency key: new, replayed, refused (a different
+        request under a live key) or new again (the key expired, see ``DAY``)."""
+        ordinal = data.draw(st.integers(0, len(self.files) - 1), label="file")
+        window = data.draw(st.sampled_from(sorted(WINDOWS)), label="window")
+        metadata = data.draw(st.sampled_from([None, None, {"k": "v"}]), label="metadata")
+        key = data.draw(st.sampled_from(["k1", "k2"]), label="idempotency key")
+        self.new_batch(ordinal, window, OWNER, metadata, None, key)
 
     @rule(
         data=st.data(),
@@ -422,6 +449,7 @@ class StoresAgree(RuleBasedStateMachine):
             [
                 *("release", "reclaim dead", "reclaim timed out", "sweep", "sweep", "abort"),
                 *("models", "new daemon", "register", "heartbeat", "stop", "files"),
+                "forget keys",
                 "finalize",
             ]
         ),
@@ -477,8 +505,17 @@ class StoresAgree(RuleBasedStateMachine):
             self.same(lambda repo, _: repo.heartbeat(d, now=self.now))
         elif action == "stop":
             self.same(lambda repo, _: repo.stop_daemon(d, now=self.now))
+        elif action == "forget keys":
+            forgotten = self.same(
+                lambda repo, _: repo.forget_idempotency_keys(now=self.now, limit=1)
+            )
+            event(f"forget keys: {_label(forgotten or 0)}")
         elif action == "finalize":  # batches that ended unread are frozen, events written
-            got = self.same(lambda repo, _: repo.finalize_settled(now=self.now))
+            got = self.same(
+                lambda repo, _: len(
+                    [repo.get_batch(None, b, now=self.now) for b in repo.settled_batches()]
+                )
+            )
             event(f"finalize: {_label(got or 0)}")
         else:
             self.compare_files(data.draw(st.integers(0, len(self.files) - 1), label="file"))
@@ -493,7 +530,7 @@ class StoresAgree(RuleBasedStateMachine):
             )
         )
 
-    @rule(data=st.data(), step=st.sampled_from([1, 1, 5, 30, 60, 300, 600, 1800, 3600, "due"]))
+    @rule(data=st.data(), step=st.sampled_from([1, 1, 5, 30, 60, 300, 600, 1800, 3600, DAY, "due"]))
     def advance_time(self, data: st.DataObject, step: int | str) -> None:
         """Move the clock on by some seconds, or to (just before, at, or just after) the
         next batch deadline, where the ``<`` versus ``<=`` of every rule is tested."""
@@ -517,7 +554,8 @@ class StoresAgree(RuleBasedStateMachine):
     @rule()
     def compare_batches(self) -> None:
         """Read every batch (which freezes the settled ones) and its result lines, and
-        list the batches in pages."""
+        list the batches in pages. First the settled ones maintenance would freeze."""
+        self.same(lambda repo, _: repo.settled_batches())
         for batch_id in self.batches:
             self.compare_batch(batch_id)
 
@@ -531,6 +569,26 @@ class StoresAgree(RuleBasedStateMachine):
                 after = page.items[-1].record.id
 
         self.same(pages)
+        self.compare_status()
+
+    def compare_status(self) -> None:
+        """The status page's snapshot, for every owner and for one, with limits small
+        enough to cut the batches; failures with their request's key (the ids differ),
+        as a multiset (ties on finished_at are ordered by those ids)."""
+
+        def status(repo: Repository, side: int, owner: str | None) -> tuple[Any, ...]:
+            since = self.now - timedelta(minutes=1)
+            snapshot = repo.status(owner, now=self.now, since=since, batches=2, failures=1000)
+            failures = sorted(
+                (self.keys[side][f.request_id], attrs.evolve(f, request_id=ZERO))
+                for f in snapshot.failures
+            )
+            views = tuple(_view(v) for v in snapshot.batches)
+            return snapshot.now, views, snapshot.models, failures
+
+        self.same(lambda repo, side: status(repo, side, None))
+        self.same(lambda repo, side: status(repo, side, OWNER))
+        self.same(lambda repo, side: status(repo, side, "nobody"))
 
     def compare_batch(self, b: UUID) -> None:
         self.same(lambda repo, _: self.results_of(repo, b, errors=False))
@@ -546,6 +604,8 @@ class StoresAgree(RuleBasedStateMachine):
             assert sorted(by_line, key=lambda x: x.custom_id) == sorted(
                 ended, key=lambda x: x.custom_id
             ), "the ordered read has the lines of the completion-order ones"
+        self.same(lambda repo, _: repo.batch_trouble(OWNER, b, now=self.now))
+        self.same(lambda repo, _: repo.error_kinds(OWNER, b, top=3))
         view = self.same(lambda repo, _: _view(repo.get_batch(OWNER, b, now=self.now)))
         assert view is not None
         assert view.counts.is_consistent, view

@@ -39,12 +39,21 @@ def finished_batch(repo: Repository, owner: str = "alice", n: int = 2) -> UUID:
     return batch
 
 
+def finalize_settled(repo: Repository, *, now: datetime) -> int:
+    """What maintenance does each round (``Upkeep._finish_settled``): read the settled
+    batches nobody read, so they freeze; how many there were."""
+    settled = repo.settled_batches()
+    for batch in settled:
+        repo.get_batch(None, batch, now=now)
+    return len(settled)
+
+
 def test_one_event_per_terminal_transition(repo: Repository) -> None:
     batch = finished_batch(repo)
     assert repo.webhook_outbox_pending(["alice"]) == 1  # the cancel's read froze it
     for _ in range(3):
         repo.get_batch("alice", batch, now=T0 + 2 * S)
-    assert repo.finalize_settled(now=T0 + 2 * S) == 0
+    assert finalize_settled(repo, now=T0 + 2 * S) == 0
     (event,) = repo.claim_webhook_events(A, ["alice"], now=T0 + 2 * S, lease_until=T0 + 9 * S)
     assert (event.type, event.batch_id, event.owner, event.attempts) == (
         "batch.cancelled",
@@ -95,12 +104,12 @@ def test_maintenance_freezes_batches_nobody_read(repo: Repository) -> None:
     spec = BatchSpec(f.id, "/v1/chat/completions", "24h", timedelta(hours=24))
     batch = repo.create_batch("alice", spec, now=T0).record.id
     (claimed,) = repo.claim(A, [(batch, "m", 1)], now=T0)
-    assert repo.finalize_settled(now=T0) == 0  # in flight: not settled
+    assert finalize_settled(repo, now=T0) == 0  # in flight: not settled
     repo.release(A, now=T0)
     repo.sweep(now=T0 + timedelta(days=2))  # past the deadline: expired
     repo.batches_to_abort([batch], now=T0 + timedelta(days=2))
     assert repo.webhook_outbox_pending(["alice"]) == 0
-    assert repo.finalize_settled(now=T0 + timedelta(days=2)) >= 1
+    assert finalize_settled(repo, now=T0 + timedelta(days=2)) >= 1
     (event,) = repo.claim_webhook_events(
         A, ["alice"], now=T0 + timedelta(days=3), lease_until=T0 + timedelta(days=3)
     )

@@ -282,7 +282,7 @@ async def test_submit_wait_without_a_daemon_says_so_and_ctrl_c_ends_it(
     seen = b""
     try:
         with trio.fail_after(30):
-            while b"`fusillade run FILE -o OUT`\n" not in seen:  # the whole warning line
+            while b"(Ctrl-C to stop)\n" not in seen:  # the whole warning line
                 chunk = await proc.stderr.receive_some(4096)
                 assert chunk, seen.decode()
                 seen += chunk
@@ -294,13 +294,58 @@ async def test_submit_wait_without_a_daemon_says_so_and_ctrl_c_ends_it(
     finally:
         proc.kill()
     text = seen.decode()
-    assert (
-        "warning: no progress in 5s: is a daemon running on this database? start "
-        "`fusillade serve` (or `fusillade serve --no-api`) with the same database, or use "
-        "`fusillade run FILE -o OUT`\n"
-    ) in text
+    assert NO_DAEMON in text
+    assert text.count("warning: no daemon") == 1, text  # once
     assert status == 130, text
     assert text.endswith("fusillade submit: interrupted\n")
+    assert NO_TRACEBACK not in text
+
+
+NO_DAEMON = (
+    "warning: no daemon is running against this database, so nothing will work on this "
+    "batch: start one with `fusillade serve` (or `fusillade serve --no-api`) on the same "
+    "database, or use `fusillade run FILE -o OUT`; still waiting (Ctrl-C to stop)\n"
+)
+
+
+async def test_watch_without_a_daemon_says_so_once_and_keeps_waiting(
+    database_url: str, tmp_path: Path
+) -> None:
+    src = write_input(tmp_path / "in.jsonl", 2)
+    submitted = await fusillade("submit", str(src), "--database-url", database_url)
+    assert submitted.returncode == 0, submitted.stderr.decode()
+    batch_id = json.loads(submitted.stdout)["id"]
+    args = command(
+        "watch", batch_id, "--interval", "0.2", "--progress-interval", "0.2",
+        "--database-url", database_url,
+    )  # fmt: skip
+    proc = await trio.lowlevel.open_process(
+        args, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, env=clean_env()
+    )
+    assert proc.stderr is not None
+    seen = b""
+    try:
+        with trio.fail_after(30):
+            while b"(Ctrl-C to stop)\n" not in seen:
+                chunk = await proc.stderr.receive_some(4096)
+                assert chunk, seen.decode()
+                seen += chunk
+            # still watching: more progress lines come after the warning
+            while seen.split(b"(Ctrl-C to stop)\n")[1].count(b"in_progress") < 2:
+                chunk = await proc.stderr.receive_some(4096)
+                assert chunk, seen.decode()
+                seen += chunk
+        proc.send_signal(signal.SIGINT)
+        with trio.fail_after(30):
+            while chunk := await proc.stderr.receive_some(4096):
+                seen += chunk
+            status = await proc.wait()
+    finally:
+        proc.kill()
+    text = seen.decode()
+    assert NO_DAEMON in text
+    assert text.count("warning: no daemon") == 1, text
+    assert status == 130, text
     assert NO_TRACEBACK not in text
 
 

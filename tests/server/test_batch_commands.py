@@ -58,7 +58,14 @@ async def test_watch_then_retry_then_watch(
     assert out == ""
     # the plain (not a terminal) progress form, then the summary
     assert re.search(r"^completed +5/5 \(100\.0%\) ok 3 failed 2 ", err, re.M), err
-    assert err.endswith("completed: 3 succeeded, 2 did not, of 5\n"), err
+    # then the kinds of error, from the database or the server's errors extension
+    assert re.search(
+        r"completed: 3 succeeded, 2 did not, of 5\n"
+        r"errors by kind \(of 2 failed, canceled or expired requests\):\n"
+        r"  http 400  2  e\.g\. mock status 400\n\Z",
+        err,
+    ), err
+    assert re.search(r"^completed +5/5 .* \| last error: http 400: mock status 400$", err, re.M)
     # the database tells canceled and in-flight requests apart; OpenAI's counts do not
     assert ("canceled 0 in flight 0 |" in err) == (mode == "db"), err
 
@@ -91,6 +98,7 @@ async def test_watch_a_cancelled_batch_exits_1_until_retry_includes_cancelled(
     code, out, err = await fusillade("watch", batch_id, "--interval", "0.1", *where)
     assert (code, out) == (1, ""), err
     assert re.search(r"^cancelled: 0 succeeded, 2 did not, of 2$", err, re.M), err
+    assert re.search(r"^  cancelled  2  e\.g\. batch cancelled$", err, re.M), err
 
     mock_upstream.config.default = Behaviour()
     code, out, err = await fusillade("retry", batch_id, *where)  # nothing failed: unchanged

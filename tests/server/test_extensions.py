@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
+from typing import Any
 from uuid import uuid4
 
 import httpx
 import pytest
 import trio
-from helpers import claim_by_model
+from helpers import claim_by_model, poll_until
 from serverkit import StartServer, chat_line, jsonl, wait_status_json
 
 from fusillade.errors import StoreUnavailable
@@ -81,6 +82,50 @@ async def test_requests_listing_pages_and_filters(
     assert none.json() == {
         "object": "list", "data": [], "first_id": None, "last_id": None, "has_more": False
     }  # fmt: skip
+
+
+async def wait_failed(api: httpx.AsyncClient, batch_id: str, n: int) -> dict[str, Any]:
+    async def batch() -> dict[str, Any]:
+        found: dict[str, Any] = (await api.get(f"/v1/batches/{batch_id}")).json()
+        return found
+
+    return await poll_until(batch, lambda b: b["request_counts"]["failed"] == n)
+
+
+async def test_errors_tell_retries_waiting_the_latest_error_and_the_kinds(
+    api: httpx.AsyncClient, mock_upstream: MockUpstream
+) -> None:
+    mock_upstream.config.per_model["bad"] = Behaviour(status=400)
+    mock_upstream.config.per_model["limited"] = Behaviour(rate_limit_attempts=99, retry_after=60)
+    lines = [chat_line(f"b{i}", model="bad") for i in range(3)]
+    lines += [chat_line("ok", model="m"), chat_line("l", model="limited")]
+    batch_id = await make_batch(api, lines)
+
+    async def errors() -> dict[str, Any]:
+        found: dict[str, Any] = (await api.get(f"/v1/batches/{batch_id}/errors")).json()
+        return found
+
+    # the 429 waits a minute for its retry: the batch stays in progress meanwhile
+    trouble = await poll_until(
+        errors,
+        lambda e: e["retries_waiting"] == 1 and (e["latest_error"] or {}).get("kind") == "http 429",
+    )
+    assert trouble["object"] == "batch.errors"
+    assert (trouble["rate_limited"], trouble["retries_waiting_capped"]) == (1, False)
+    assert trouble["latest_error"]["reason"] == "http_status"  # retries wait: theirs
+    assert trouble["latest_error"]["status"] == 429
+    assert (trouble["kinds"], trouble["kinds_scanned"]) == (None, None)  # not asked for
+    batch = await wait_failed(api, batch_id, 3)
+    assert batch["status"] == "in_progress"
+    summary = (await api.get(f"/v1/batches/{batch_id}/errors?kinds=true")).json()
+    assert summary["kinds"] == [
+        {"kind": "http 400", "reason": "http_status", "status": 400, "count": 3,
+         "example": "mock status 400"},
+    ]  # fmt: skip
+    assert (summary["kinds_scanned"], summary["kinds_capped"]) == (3, False)
+    missing = await api.get(f"/v1/batches/batch_{uuid4().hex}/errors")
+    assert missing.status_code == 404
+    await api.post(f"/v1/batches/{batch_id}/cancel")
 
 
 async def test_retry_while_cancelling_is_a_conflict(

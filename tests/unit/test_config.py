@@ -19,6 +19,7 @@ from fusillade.cli import main
 from fusillade.config import (
     ApiKey,
     DaemonSettings,
+    LogSettings,
     ModelSettings,
     OwnerSettings,
     ServerSettings,
@@ -716,6 +717,7 @@ def test_docs_name_every_key_and_variable() -> None:
         Settings,
         ServerSettings,
         DaemonSettings,
+        LogSettings,
         UpstreamSettings,
         ModelSettings,
         OwnerSettings,
@@ -735,6 +737,7 @@ def test_docs_name_every_key_and_variable() -> None:
         ((), Settings),
         (("server",), ServerSettings),
         (("daemon",), DaemonSettings),
+        (("log",), LogSettings),
     ):
         for field in attrs.fields(cls):
             if not attrs.has(field.type) and field.name not in (
@@ -746,6 +749,20 @@ def test_docs_name_every_key_and_variable() -> None:
             ):
                 variable = "_".join(["FUSILLADE", *section, field.name]).upper()
                 assert f"`{variable}`" in text, variable
+
+
+def test_log_keys_from_file_variables_and_flags(tmp_path: Path) -> None:
+    assert load_settings(env={}).log == LogSettings(level=None, format="text")
+    path = write(tmp_path, '[log]\nlevel = "DEBUG"\nformat = "json"\n')
+    assert load_settings(path, env={}).log == LogSettings("debug", "json")
+    env = {"FUSILLADE_LOG_LEVEL": "warning", "FUSILLADE_LOG_FORMAT": "json"}
+    assert load_settings(env=env).log == LogSettings("warning", "json")
+    flags = {"log.level": "error", "log.format": "text"}
+    assert load_settings(env=env, flags=flags).log == LogSettings("error", "text")
+    with pytest.raises(ConfigError, match=r"\[log\] format: must be one of text, json"):
+        load_settings(env={"FUSILLADE_LOG_FORMAT": "xml"})
+    s = load_settings(path, env={})
+    assert load_settings(write(tmp_path, render(s, env={})), env={}) == s
 
 
 def test_a_config_path_naming_no_user_is_a_config_error() -> None:

@@ -4,9 +4,10 @@ for running without a database.
 Theory of operation
 -------------------
 Every table of ``sql/migrations`` is a dict here (files, templates, batches, requests,
-daemons), guarded by one re-entrant lock: each public method holds it for its whole
-body, so a call is as atomic as the PostgreSQL transaction it mirrors. Iterators take
-the lock once per page, like the PostgreSQL repository takes a connection per page.
+daemons, budget leases, idempotency keys), guarded by one re-entrant lock: each public
+method holds it for its whole body, so a call is as atomic as the PostgreSQL transaction
+it mirrors. Iterators take the lock once per page, like the PostgreSQL repository takes
+a connection per page.
 
 Request state changes go through ``fusillade.core.transitions.step`` (claim is CLAIM
 then START, results are SUCCEED/RETRY/FAIL/CANCEL, sweeps are CANCEL/EXPIRE, a batch
@@ -36,6 +37,8 @@ from fusillade.store.memory._batches import BatchParts
 from fusillade.store.memory._daemon import DaemonParts
 from fusillade.store.memory._files import FileParts
 from fusillade.store.memory._results import ResultParts
+from fusillade.store.memory._status import StatusParts
+from fusillade.store.memory._trouble import TroubleParts
 from fusillade.store.memory._webhooks import WebhookParts
 
 if TYPE_CHECKING:
@@ -44,7 +47,9 @@ if TYPE_CHECKING:
 __all__ = ["MemoryRepository"]
 
 
-class MemoryRepository(FileParts, BatchParts, ResultParts, DaemonParts, WebhookParts):
+class MemoryRepository(
+    FileParts, BatchParts, StatusParts, ResultParts, TroubleParts, DaemonParts, WebhookParts
+):
     """A ``Repository`` in process memory. Thread-safe; nothing survives the process.
 
     Calls never block on I/O (``blocking = False``): the runtime calls them on the event

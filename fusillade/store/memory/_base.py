@@ -10,7 +10,14 @@ from uuid import UUID
 
 import attrs
 
+from fusillade import lifecycle
 from fusillade.core.batches import count_states, derive, freeze, needs_freeze
+from fusillade.core.idempotency import (
+    MAX_KEY_CHARS,
+    IdempotencyKey,
+    check_replay,
+    expired_before,
+)
 from fusillade.core.models import (
     BatchRecord,
     BatchView,
@@ -21,10 +28,10 @@ from fusillade.core.models import (
 )
 from fusillade.core.transitions import Event, EventKind, step
 from fusillade.core.webhooks import WebhookEvent, event_type
-from fusillade.errors import NotFound
+from fusillade.errors import NotFound, StoreError
 from fusillade.ids import next_uuid7
 from fusillade.store.interface import RequestSummary
-from fusillade.store.memory._rows import P, _Daemon, _Event, _File, _Row
+from fusillade.store.memory._rows import P, _Daemon, _Event, _File, _Key, _no_nul, _Row
 
 
 class MemoryBase:
@@ -41,6 +48,8 @@ class MemoryBase:
         self._daemons: dict[UUID, _Daemon] = {}
         # budget leases: (scope, daemon id) -> since
         self._leases: dict[tuple[str, UUID], datetime] = {}
+        # idempotency keys: (owner, key) -> the request's fingerprint and object
+        self._keys: dict[tuple[str, str], _Key] = {}
         # the webhook outbox, and its (batch, version) -> event id uniqueness
         self._events: dict[UUID, _Event] = {}
         self._event_of: dict[tuple[UUID, int], UUID] = {}
@@ -76,6 +85,45 @@ class MemoryBase:
             self._by_state[old.req.state].discard(row.req.id)
         self._rows[row.req.id] = row
         self._by_state[row.req.state].add(row.req.id)
+
+    def _replay_of(
+        self, owner: str, idempotency: IdempotencyKey | None, now: datetime
+    ) -> UUID | None:
+        """The object a live key of ``owner`` created (``None``: no live key); call with
+        the lock held, then ``_remember`` the key once the object is made.
+
+        Raises:
+            Conflict: the key is live for a different request.
+        """
+        if idempotency is None:
+            return None
+        # the table's constraints, checked before anything is written
+        _no_nul(owner, idempotency.key, idempotency.fingerprint)
+        if not 1 <= len(idempotency.key) <= MAX_KEY_CHARS:
+            raise StoreError("database error: idempotency key length out of range")
+        stored = self._keys.get((owner, idempotency.key))
+        if stored is None or stored.created_at < expired_before(now):
+            return None
+        check_replay(idempotency, stored.fingerprint)
+        return stored.object_id
+
+    def _remember(
+        self, owner: str, idempotency: IdempotencyKey | None, object_id: UUID, now: datetime
+    ) -> None:
+        if idempotency is not None:
+            self._keys[owner, idempotency.key] = _Key(idempotency.fingerprint, object_id, now)
+
+    def forget_idempotency_keys(self, *, now: datetime, limit: int = 1000) -> int:
+        """Delete at most ``limit`` keys older than the TTL (oldest first); how many."""
+        with self._lock:
+            before = expired_before(now)
+            old = sorted(
+                (k for k, v in self._keys.items() if v.created_at < before),
+                key=lambda k: self._keys[k].created_at,
+            )[:limit]
+            for k in old:
+                del self._keys[k]
+        return len(old)
 
     def _live_file(self, owner: str, file_id: UUID) -> _File | None:
         f = self._files.get(file_id)
@@ -118,6 +166,7 @@ class MemoryBase:
         self._batches[record.id] = frozen
         assert frozen.frozen_counts is not None
         view = derive(frozen, frozen.frozen_counts, now)
+        lifecycle.finished(view, now)
         self._insert_event(view, now)
         return view
 

@@ -7,6 +7,7 @@ from uuid import UUID, uuid4
 
 import attrs
 
+from fusillade import lifecycle
 from fusillade.core.batches import check_input_file, endpoint_mismatch, retry_refusal
 from fusillade.core.ids import format_id
 from fusillade.core.models import (
@@ -31,7 +32,8 @@ from fusillade.store.memory._rows import _INLINE_SWEEP, CA, UNSETTLED, P, _File,
 
 class BatchParts(MemoryBase):
     def create_batch(self, owner: str, spec: BatchSpec, *, now: datetime) -> BatchView:
-        """Create a batch and its requests; idempotent for a given ``spec.batch_id``.
+        """Create a batch and its requests; idempotent for a given ``spec.batch_id`` and
+        for a live key of ``spec.idempotency`` (``_replay_of``).
 
         Raises:
             NotFound: the input file does not exist or is not the owner's.
@@ -40,13 +42,17 @@ class BatchParts(MemoryBase):
             Conflict: ``spec.batch_id`` is another owner's batch.
         """
         with self._lock:
-            batch_id = spec.batch_id or self._new_id()
+            replay = self._replay_of(owner, spec.idempotency, now)
+            batch_id = replay or spec.batch_id or self._new_id()
             existing = self._batches.get(batch_id)
             if existing is not None:
                 if existing.owner != owner:
                     raise Conflict(f"batch id {batch_id} is taken")
             else:
                 self._insert_batch(owner, batch_id, spec, now)
+                lifecycle.created(self._batches[batch_id])
+            if replay is None:
+                self._remember(owner, spec.idempotency, batch_id, now)
             return self.get_batch(owner, batch_id, now=now)
 
     def _insert_batch(self, owner: str, batch_id: UUID, spec: BatchSpec, now: datetime) -> None:
@@ -133,6 +139,7 @@ class BatchParts(MemoryBase):
                 and any(r.req.state in UNSETTLED for r in self._rows_of(batch_id))
             ):
                 self._batches[batch_id] = attrs.evolve(record, cancelling_at=now)
+                lifecycle.cancel_requested(batch_id, owner)
                 self._sweep_pending(
                     EventKind.CANCEL,
                     now,

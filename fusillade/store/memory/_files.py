@@ -9,6 +9,7 @@ from uuid import UUID
 
 import attrs
 
+from fusillade.core.idempotency import IdempotencyKey
 from fusillade.core.ids import format_id
 from fusillade.core.models import (
     FilePurpose,
@@ -38,8 +39,11 @@ class FileParts(MemoryBase):
         now: datetime,
         size_bytes: int | None = None,
         expires_at: datetime | None = None,
+        idempotency: IdempotencyKey | None = None,
     ) -> FileRecord:
-        """Store a file of templates; if ``templates`` raises, nothing is stored."""
+        """Store a file of templates; if ``templates`` raises, nothing is stored.
+
+        ``idempotency``: a live key answers with the file it created (``_replay_of``)."""
         # Consumed before the lock: a validating stream may be slow or raise.
         items = list(templates)
         _no_nul(owner, filename)
@@ -47,6 +51,9 @@ class FileParts(MemoryBase):
             _no_nul(t.custom_id, t.model, t.body, t.path, t.method, t.endpoint, t.api_key)
         size = sum(len(t.body.encode()) for t in items) if size_bytes is None else size_bytes
         with self._lock:
+            replay = self._replay_of(owner, idempotency, now)
+            if replay is not None:
+                return self.get_file(owner, replay)
             record = FileRecord(
                 id=self._new_id(),
                 owner=owner,
@@ -59,6 +66,7 @@ class FileParts(MemoryBase):
             )
             self._files[record.id] = _File(record, tuple(sorted({t.model for t in items})))
             self._templates[record.id] = items
+            self._remember(owner, idempotency, record.id, now)
         return record
 
     def get_file(self, owner: str, file_id: UUID, *, sized: bool = True) -> FileRecord:

@@ -93,6 +93,15 @@ def _check(row: _Row) -> None:
         raise StoreError(f"database error: request {r.id} would violate a check constraint")
 
 
+@attrs.frozen
+class _Key:
+    """A row of idempotency_keys (``0010_idempotency_keys.sql``)."""
+
+    fingerprint: str
+    object_id: UUID
+    created_at: datetime
+
+
 @attrs.define
 class _Event:
     """A row of webhook_events (0011_webhook_outbox.sql); ``event.attempts`` is the

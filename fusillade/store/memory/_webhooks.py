@@ -9,33 +9,13 @@ from uuid import UUID
 
 import attrs
 
-from fusillade.core.models import RequestState
 from fusillade.core.webhooks import WebhookEvent
 from fusillade.store.memory._base import MemoryBase
-from fusillade.store.memory._rows import UNSETTLED
 
 _NO_WEBHOOK = "not sent: no webhook configured for the owner"
 
 
 class WebhookParts(MemoryBase):
-    def finalize_settled(self, *, now: datetime, limit: int = 100) -> int:
-        with self._lock:
-            unsettled = {
-                self._rows[rid].req.batch_id
-                for state in UNSETTLED
-                for rid in self._by_state[RequestState(state)]
-            }
-            picked = [
-                b
-                for b in sorted(self._batches.values(), key=lambda b: b.expires_at)
-                if b.frozen_counts is None
-                and b.id not in unsettled
-                and len(self._batch_rows.get(b.id, ())) == b.total
-            ][:limit]
-            for record in picked:
-                self._view(record, now)
-            return len(picked)
-
     def claim_webhook_events(
         self,
         daemon_id: UUID,

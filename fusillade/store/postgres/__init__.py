@@ -25,10 +25,11 @@ from fusillade.store.postgres._base import (
     PostgresListener,
     connection_kwargs,
 )
-from fusillade.store.postgres._batches import BatchQueries
 from fusillade.store.postgres._daemon import DaemonQueries
 from fusillade.store.postgres._files import FileQueries
 from fusillade.store.postgres._results import ResultQueries
+from fusillade.store.postgres._status import StatusQueries
+from fusillade.store.postgres._trouble import TroubleQueries
 from fusillade.store.postgres._webhooks import WebhookQueries
 
 __all__ = [
@@ -40,9 +41,12 @@ __all__ = [
 ]
 
 
-class PostgresRepository(FileQueries, BatchQueries, ResultQueries, DaemonQueries, WebhookQueries):
+class PostgresRepository(
+    FileQueries, StatusQueries, ResultQueries, TroubleQueries, DaemonQueries, WebhookQueries
+):
     """A ``Repository`` on PostgreSQL. Thread-safe; call it from worker threads.
 
-    Each part lives in its own module (files, batches, results, daemon side) on top of
-    ``PostgresBase`` (the pool, transactions, LISTEN).
+    Each part lives in its own module (files, batches and the status page's reads of
+    them, results, the progress line's reads, daemon side) on top of ``PostgresBase``
+    (the pool, transactions, LISTEN).
     """

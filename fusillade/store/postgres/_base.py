@@ -23,10 +23,11 @@ from psycopg import sql
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
+from fusillade.core.idempotency import IdempotencyKey, check_replay, expired_before
 from fusillade.core.models import (
     BatchRecord,
 )
-from fusillade.errors import NotFound
+from fusillade.errors import Conflict, NotFound
 from fusillade.serde import structure
 from fusillade.store.errors import translate_errors
 from fusillade.store.sqlfiles import Queries, load_queries
@@ -164,6 +165,43 @@ class PostgresBase:
         assert row is not None
         now: datetime = row["now"]
         return now
+
+    def _claim_key(
+        self,
+        cur: psycopg.Cursor[dict[str, Any]],
+        owner: str,
+        idempotency: IdempotencyKey,
+        object_id: UUID,
+        now: datetime,
+    ) -> UUID | None:
+        """Remember ``idempotency`` for ``object_id`` in this transaction; ``None`` when
+        it is now this transaction's, else the id of the object it created before.
+
+        A concurrent transaction holding the same key makes this wait for its end
+        (``claim_idempotency_key.sql``).
+
+        Raises:
+            Conflict: the key is live for a different request.
+        """
+        before = expired_before(now)
+        params = {"owner": owner, "key": idempotency.key, "expired_before": before}
+        claimed = cur.execute(
+            self.q.claim_idempotency_key,
+            {
+                **params,
+                "fingerprint": idempotency.fingerprint,
+                "object_id": object_id,
+                "created_at": now,
+            },
+        ).fetchone()
+        if claimed is not None:
+            return None
+        row = cur.execute(self.q.get_idempotency_key, params).fetchone()
+        if row is None:  # expired between the two statements, and forgotten
+            raise Conflict("the Idempotency-Key expired while this request ran; try again")
+        check_replay(idempotency, row["fingerprint"])
+        stored: UUID = row["object_id"]
+        return stored
 
     def _read_batch(
         self, cur: psycopg.Cursor[dict[str, Any]], owner: str | None, batch_id: UUID

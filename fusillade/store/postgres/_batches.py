@@ -11,6 +11,7 @@ import psycopg
 import psycopg.errors
 from psycopg.types.json import Jsonb
 
+from fusillade import lifecycle
 from fusillade.core.batches import (
     check_input_file,
     derive,
@@ -51,7 +52,9 @@ class BatchQueries(PostgresBase):
         Until the last chunk, the lines without a request count as pending: the batch is
         ``in_progress`` and its counts add up; daemons may start on the rows that exist.
 
-        Idempotent for a given ``spec.batch_id``: a repeated call (a retried request, a
+        Idempotent for a given ``spec.batch_id``, and for ``spec.idempotency`` (a key
+        claimed in the batch row's transaction names the batch to finish and return,
+        ``_claim_key``): a repeated call (a retried request, a
         re-delivered job, ``run`` resuming) returns the existing batch, inserts nothing
         twice, and finishes a creation that was cut short. A transaction-level
         advisory lock serialises the batch row's creation for one id; each chunk locks the
@@ -63,10 +66,16 @@ class BatchQueries(PostgresBase):
             NotFound: the input file does not exist or is not the owner's.
             ValidationError: the file is not an input file, is empty, or has a line
                 whose url differs from the endpoint.
-            Conflict: ``spec.batch_id`` is another owner's batch.
+            Conflict: ``spec.batch_id`` is another owner's batch, or the key of
+                ``spec.idempotency`` was used for a different request.
         """
         batch_id = spec.batch_id or next_uuid7()
+        created: BatchRecord | None = None
         with self._tx() as cur:
+            if spec.idempotency is not None:
+                # first: a concurrent request with the key waits here for this one
+                replay = self._claim_key(cur, owner, spec.idempotency, batch_id, now)
+                batch_id = replay or batch_id
             cur.execute(self.q.lock_batch, {"id": batch_id})
             existing = cur.execute(self.q.get_batch, {"id": batch_id, "owner": None}).fetchone()
             if existing is not None:
@@ -74,6 +83,9 @@ class BatchQueries(PostgresBase):
                     raise Conflict(f"batch id {batch_id} is taken")
             else:
                 self._insert_batch(cur, owner, batch_id, spec, now)
+                created = self._read_batch(cur, owner, batch_id)
+        if created is not None:  # committed: this call created it
+            lifecycle.created(created)
         while True:
             with self._tx() as cur:
                 if self._create_chunk(cur, batch_id, now) is None:
@@ -201,8 +213,11 @@ class BatchQueries(PostgresBase):
         records: Sequence[BatchRecord],
         owner: str | None,
         now: datetime,
+        frozen_now: list[BatchView],
     ) -> list[BatchView]:
-        """Derive views, freezing (once) any batch that is terminal but not yet frozen."""
+        """Derive views, freezing (once) any batch that is terminal but not yet frozen;
+        the views of those this call froze are added to ``frozen_now`` (for the caller
+        to log once the transaction committed)."""
         counts = self._live_counts(cur, records)
         views = []
         for record in records:
@@ -217,6 +232,7 @@ class BatchQueries(PostgresBase):
                     record = self._read_batch(cur, owner, record.id)
                     assert record.frozen_counts is not None
                     view = derive(record, record.frozen_counts, now)
+                    frozen_now.append(view)
                     self._insert_event(cur, view, now)
             views.append(view)
         return views
@@ -242,21 +258,15 @@ class BatchQueries(PostgresBase):
             },
         )
 
-    def finalize_settled(self, *, now: datetime, limit: int = 100) -> int:
-        """Freeze up to ``limit`` batches whose requests all settled but which nobody has
-        read since (``settled_unfrozen_batches.sql``), writing their webhook events; the
-        number of batches looked at (maintenance calls it until it is below ``limit``)."""
-        with self._tx() as cur:
-            ids = [r["id"] for r in cur.execute(self.q.settled_unfrozen_batches, {"limit": limit})]
-        for batch_id in ids:
-            self.get_batch(None, batch_id, now=now)
-        return len(ids)
-
     def get_batch(self, owner: str | None, batch_id: UUID, *, now: datetime) -> BatchView:
         """A batch with its derived status; ``owner=None`` reads any owner's batch."""
+        frozen: list[BatchView] = []
         with self._tx() as cur:
             record = self._read_batch(cur, owner, batch_id)
-            return self._views(cur, [record], owner, now)[0]
+            view = self._views(cur, [record], owner, now, frozen)[0]
+        for done in frozen:
+            lifecycle.finished(done, now)
+        return view
 
     def list_batches(
         self, owner: str, *, now: datetime, after: UUID | None = None, limit: int = 20
@@ -273,7 +283,10 @@ class BatchQueries(PostgresBase):
                 self.q.list_batches, {"owner": owner, "after": after, "limit": limit + 1}
             ).fetchall()
             records = [structure(r, BatchRecord) for r in rows[:limit]]
-            views = self._views(cur, records, owner, now)
+            frozen: list[BatchView] = []
+            views = self._views(cur, records, owner, now, frozen)
+        for done in frozen:
+            lifecycle.finished(done, now)
         return Page(tuple(views), has_more=len(rows) > limit)
 
     def cancel_batch(self, owner: str, batch_id: UUID, *, now: datetime) -> BatchView:
@@ -292,6 +305,8 @@ class BatchQueries(PostgresBase):
                     {"now": now, "limit": _INLINE_SWEEP, "batch_id": batch_id},
                 )
                 cur.execute(self.q.notify, {"channel": CANCEL_CHANNEL, "payload": str(batch_id)})
+        if hit is not None:  # committed: this call cancelled it
+            lifecycle.cancel_requested(batch_id, owner)
         return self.get_batch(owner, batch_id, now=now)
 
     def retry_batch(

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Iterator
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
+import psycopg
+
+from fusillade.core.idempotency import IdempotencyKey
 from fusillade.core.ids import format_id
 from fusillade.core.models import (
     FilePurpose,
@@ -44,6 +47,7 @@ class FileQueries(PostgresBase):
         now: datetime,
         size_bytes: int | None = None,
         expires_at: datetime | None = None,
+        idempotency: IdempotencyKey | None = None,
     ) -> FileRecord:
         """Store a file of templates with ``COPY``, in bounded memory.
 
@@ -51,31 +55,31 @@ class FileQueries(PostgresBase):
         back and nothing of the file is stored. They are formatted and sent a block at a
         time, in this thread (see ``_copy``). ``size_bytes`` defaults to the sum of the
         bodies' UTF-8 lengths.
+
+        ``idempotency`` is claimed first, in the same transaction (``_claim_key``): a
+        concurrent upload with the key waits for this one's end, and a replay reads the
+        file it names (``templates`` are then not read).
         """
         file_id = next_uuid7()
         with self._tx() as cur:
+            # The COPY grows with the file; a claim may wait for another upload's COPY.
             cur.execute(self.q.lift_statement_timeout)
-            cur.execute(
-                self.q.insert_file,
-                {
-                    "id": file_id,
-                    "owner": owner,
-                    "filename": filename,
-                    "purpose": FilePurpose.BATCH.value,
-                    "batch_id": None,
-                    "created_at": now,
-                    "expires_at": expires_at,
-                },
-            )
-            stats = copy_templates(
-                cur, _COPY_TEMPLATES, file_id, templates, count_bytes=size_bytes is None
-            )
-            size = stats.body_bytes if size_bytes is None else size_bytes
-            lines = stats.rows
-            cur.execute(
-                self.q.set_file_stats,
-                {"id": file_id, "bytes": size, "line_count": lines, "models": sorted(stats.models)},
-            )
+            replay = None
+            if idempotency is not None:
+                replay = self._claim_key(cur, owner, idempotency, file_id, now)
+            if replay is None:
+                size, lines = self._copy_file(
+                    cur,
+                    owner,
+                    file_id,
+                    filename,
+                    templates,
+                    now=now,
+                    size_bytes=size_bytes,
+                    expires_at=expires_at,
+                )
+        if replay is not None:
+            return self.get_file(owner, replay)
         return FileRecord(
             id=file_id,
             owner=owner,
@@ -86,6 +90,46 @@ class FileQueries(PostgresBase):
             created_at=now,
             expires_at=expires_at,
         )
+
+    def _copy_file(
+        self,
+        cur: psycopg.Cursor[dict[str, Any]],
+        owner: str,
+        file_id: UUID,
+        filename: str,
+        templates: Iterable[RequestTemplate],
+        *,
+        now: datetime,
+        size_bytes: int | None,
+        expires_at: datetime | None,
+    ) -> tuple[int, int]:
+        """Insert the file row and COPY its templates; its size and line count."""
+        cur.execute(
+            self.q.insert_file,
+            {
+                "id": file_id,
+                "owner": owner,
+                "filename": filename,
+                "purpose": FilePurpose.BATCH.value,
+                "batch_id": None,
+                "created_at": now,
+                "expires_at": expires_at,
+            },
+        )
+        stats = copy_templates(
+            cur, _COPY_TEMPLATES, file_id, templates, count_bytes=size_bytes is None
+        )
+        size = stats.body_bytes if size_bytes is None else size_bytes
+        cur.execute(
+            self.q.set_file_stats,
+            {
+                "id": file_id,
+                "bytes": size,
+                "line_count": stats.rows,
+                "models": sorted(stats.models),
+            },
+        )
+        return size, stats.rows
 
     def get_file(self, owner: str, file_id: UUID, *, sized: bool = True) -> FileRecord:
         """A live file of ``owner``; an output or error file carries its size once its
