@@ -95,6 +95,12 @@ class Daemon(ClaimLoop, CancelWatcher, Upkeep, WebhookSender, Listener, Shutdown
         self.limits.set_limit(model, limit)
         self._wake.set()
 
+    def in_flight_of(self, batch_id: UUID) -> int:
+        """How many of the batch's requests this daemon has sent and awaits answers to
+        (the batch's ``in_progress`` count also holds answers not yet recorded, and other
+        daemons' requests)."""
+        return self._batch_in_flight.get(batch_id, 0)
+
     def statistics(self) -> DaemonStats:
         return DaemonStats(
             daemon_id=self.id,
