@@ -67,3 +67,12 @@ BUDGET_THROTTLED = Gauge(
     "1 while a budget holds requests back, by the limit that does",
     ["upstream", "model", "reason"],
 )
+WEBHOOK_DELIVERIES = Counter(
+    "fusillade_webhook_deliveries",
+    "Webhook sends by what they came to (delivered, failed: to be retried, given_up)",
+    ["result"],
+)
+WEBHOOK_OUTBOX_PENDING = Gauge(
+    "fusillade_webhook_outbox_pending",
+    "Webhook events of the owners this daemon sends for, neither delivered nor given up",
+)

@@ -192,6 +192,7 @@ def _run_settings(args: argparse.Namespace) -> Settings:
 def _run(args: argparse.Namespace) -> int:
     import trio
 
+    from fusillade import logs
     from fusillade.cli.run import EXIT_USAGE, RunOptions, check_input, check_options, run_batch
     from fusillade.errors import ConfigError, InvalidJSONL, ValidationError
 
@@ -210,6 +211,7 @@ def _run(args: argparse.Namespace) -> int:
             ordered=args.ordered,
             daemon=settings.daemon_config(),
         )
+        logs.configure(settings.log.level or "warning", settings.log.format)  # docs/logging.md
         check_options(options)
         checked = check_input(options)
         if not _preflight(options, checked.models, skip_upstreams=args.no_preflight):

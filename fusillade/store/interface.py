@@ -31,6 +31,7 @@ from fusillade.core.models import (
 )
 from fusillade.core.results import ResultLine
 from fusillade.core.trouble import BatchTrouble, ErrorKinds
+from fusillade.core.webhooks import WebhookEvent
 
 T = TypeVar("T")
 
@@ -388,6 +389,12 @@ class Repository(Protocol):
         first, then oldest (``claimable_batches.sql``)."""
         ...
 
+    def settled_batches(self, *, limit: int = 100) -> list[UUID]:
+        """Batches not frozen yet whose requests are all settled: the next read of each
+        freezes it and logs that it finished (``settled_batches.sql``,
+        ``fusillade/lifecycle.py``). At most ``limit``, earliest deadline first."""
+        ...
+
     def claim(
         self, daemon_id: UUID, allotments: Sequence[Allotment], *, now: datetime
     ) -> list[ClaimedRequest]:
@@ -439,4 +446,47 @@ class Repository(Protocol):
     ) -> dict[str, BudgetHolders]:
         """Hold leases on ``scopes`` (and no others), drop the leases of daemons not running
         or stale (heartbeat before ``stale_before``), and say who holds each scope."""
+        ...
+
+    # webhooks (docs/webhooks.md): events are written by the freeze that makes a batch
+    # terminal, for every owner
+    def claim_webhook_events(
+        self,
+        daemon_id: UUID,
+        owners: Sequence[str],
+        *,
+        now: datetime,
+        lease_until: datetime,
+        limit: int = 10,
+    ) -> list[WebhookEvent]:
+        """Claim up to ``limit`` events of ``owners`` due at ``now``: each counts an
+        attempt (``WebhookEvent.attempts``), is leased to ``daemon_id`` until
+        ``lease_until`` (no other daemon sends it meanwhile), then is due again unless
+        settled. In id order."""
+        ...
+
+    def settle_webhook_event(
+        self,
+        daemon_id: UUID,
+        event: WebhookEvent,
+        *,
+        delivered_at: datetime | None = None,
+        next_attempt_at: datetime | None = None,
+        given_up_at: datetime | None = None,
+        error: str | None = None,
+    ) -> bool:
+        """Record what a send of a claimed event came to: delivered (lands whoever sent
+        it, unless already delivered), or failed with its next attempt or given up
+        (lands only under the daemon's claim at ``event.attempts``). Whether it landed."""
+        ...
+
+    def give_up_webhook_events(
+        self, *, now: datetime, created_before: datetime, limit: int = 1000
+    ) -> int:
+        """Give up the events still unsent that were created before ``created_before``
+        and are not leased at ``now``; how many."""
+        ...
+
+    def webhook_outbox_pending(self, owners: Sequence[str]) -> int:
+        """How many events of ``owners`` are neither delivered nor given up."""
         ...

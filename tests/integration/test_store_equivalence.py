@@ -451,6 +451,7 @@ class StoresAgree(RuleBasedStateMachine):
                 *("release", "reclaim dead", "reclaim timed out", "sweep", "sweep", "abort"),
                 *("models", "new daemon", "register", "heartbeat", "stop", "files"),
                 "forget keys",
+                "finalize",
                 "purge",
             ]
         ),
@@ -511,6 +512,13 @@ class StoresAgree(RuleBasedStateMachine):
                 lambda repo, _: repo.forget_idempotency_keys(now=self.now, limit=1)
             )
             event(f"forget keys: {_label(forgotten or 0)}")
+        elif action == "finalize":  # batches that ended unread are frozen, events written
+            got = self.same(
+                lambda repo, _: len(
+                    [repo.get_batch(None, b, now=self.now) for b in repo.settled_batches()]
+                )
+            )
+            event(f"finalize: {_label(got or 0)}")
         elif action == "purge":
             # finished batches' requests and stopped daemons older than `before`, the
             # files past their time; until done (the chunks may split differently)
@@ -561,7 +569,8 @@ class StoresAgree(RuleBasedStateMachine):
     @rule()
     def compare_batches(self) -> None:
         """Read every batch (which freezes the settled ones) and its result lines, and
-        list the batches in pages."""
+        list the batches in pages. First the settled ones maintenance would freeze."""
+        self.same(lambda repo, _: repo.settled_batches())
         for batch_id in self.batches:
             self.compare_batch(batch_id)
 
@@ -623,6 +632,13 @@ class StoresAgree(RuleBasedStateMachine):
         """Every request is the same (read without freezing anything)."""
         for batch_id in self.batches:
             self.requests_agree_in(batch_id)
+
+    @invariant()
+    def webhook_events_agree(self) -> None:
+        """Each store wrote the same number of webhook events (one per terminal
+        transition), for each owner."""
+        for owner in (OWNER, "bob"):
+            self.same(lambda repo, _, o=owner: repo.webhook_outbox_pending([o]))
 
     def requests_agree_in(self, b: UUID) -> None:
         self.same(lambda repo, _: self.requests_of(repo, b))

@@ -40,6 +40,7 @@ from fusillade.store.memory._results import ResultParts
 from fusillade.store.memory._retention import RetentionParts
 from fusillade.store.memory._status import StatusParts
 from fusillade.store.memory._trouble import TroubleParts
+from fusillade.store.memory._webhooks import WebhookParts
 
 if TYPE_CHECKING:
     from fusillade.store.interface import Repository
@@ -48,7 +49,14 @@ __all__ = ["MemoryRepository"]
 
 
 class MemoryRepository(
-    FileParts, BatchParts, StatusParts, ResultParts, TroubleParts, DaemonParts, RetentionParts
+    FileParts,
+    BatchParts,
+    StatusParts,
+    ResultParts,
+    TroubleParts,
+    DaemonParts,
+    RetentionParts,
+    WebhookParts,
 ):
     """A ``Repository`` in process memory. Thread-safe; nothing survives the process.
 

@@ -7,6 +7,7 @@ from uuid import UUID, uuid4
 
 import attrs
 
+from fusillade import lifecycle
 from fusillade.core.batches import INPUT_GONE, check_input_file, endpoint_mismatch, retry_refusal
 from fusillade.core.ids import format_id
 from fusillade.core.models import (
@@ -50,6 +51,7 @@ class BatchParts(MemoryBase):
                     raise Conflict(f"batch id {batch_id} is taken")
             else:
                 self._insert_batch(owner, batch_id, spec, now)
+                lifecycle.created(self._batches[batch_id])
             if replay is None:
                 self._remember(owner, spec.idempotency, batch_id, now)
             return self.get_batch(owner, batch_id, now=now)
@@ -141,6 +143,7 @@ class BatchParts(MemoryBase):
                 and any(r.req.state in UNSETTLED for r in self._rows_of(batch_id))
             ):
                 self._batches[batch_id] = attrs.evolve(record, cancelling_at=now)
+                lifecycle.cancel_requested(batch_id, owner)
                 self._sweep_pending(
                     EventKind.CANCEL,
                     now,

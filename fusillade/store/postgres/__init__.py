@@ -31,6 +31,7 @@ from fusillade.store.postgres._results import ResultQueries
 from fusillade.store.postgres._retention import RetentionQueries
 from fusillade.store.postgres._status import StatusQueries
 from fusillade.store.postgres._trouble import TroubleQueries
+from fusillade.store.postgres._webhooks import WebhookQueries
 
 __all__ = [
     "CANCEL_CHANNEL",
@@ -42,7 +43,13 @@ __all__ = [
 
 
 class PostgresRepository(
-    FileQueries, StatusQueries, ResultQueries, TroubleQueries, DaemonQueries, RetentionQueries
+    FileQueries,
+    StatusQueries,
+    ResultQueries,
+    TroubleQueries,
+    DaemonQueries,
+    RetentionQueries,
+    WebhookQueries,
 ):
     """A ``Repository`` on PostgreSQL. Thread-safe; call it from worker threads.
 
