@@ -243,8 +243,8 @@ class Engine:
         retention rule.
 
         ``idempotency_key``: a client's key; while it is remembered
-        (``IDEMPOTENCY_TTL``), the same request (file, endpoint, window, metadata)
-        answers with the batch it created, as it is now, and creates nothing.
+        (``IDEMPOTENCY_TTL``), the same request (file, endpoint, window, metadata,
+        output expiry) answers with the batch it created, as it is now, and creates nothing.
 
         Raises:
             ValidationError: the endpoint or window is not accepted (``rules``), the
@@ -264,7 +264,11 @@ class Engine:
         )
         if idempotency_key is not None:
             fingerprint = batch_fingerprint(
-                spec.input_file_id, spec.endpoint, spec.completion_window, spec.metadata
+                spec.input_file_id,
+                spec.endpoint,
+                spec.completion_window,
+                spec.metadata,
+                output_expires_after,
             )
             key = IdempotencyKey(check_key(idempotency_key), fingerprint)
             spec = attrs.evolve(spec, idempotency=key)

@@ -103,7 +103,9 @@ async def create_file(
     idempotency = None
     if idempotency_key is not None:
         assert received.sha256 is not None
-        fingerprint = file_fingerprint(received.purpose, received.filename, received.sha256)
+        fingerprint = file_fingerprint(
+            received.purpose, received.filename, received.sha256, lifetime
+        )
         idempotency = IdempotencyKey(idempotency_key, fingerprint)
     try:
         record = await engine.create_file(
