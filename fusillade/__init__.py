@@ -41,6 +41,7 @@ from fusillade.core.results import ResultLine
 from fusillade.core.retry import RetryPolicy
 from fusillade.core.scheduling.budget import BudgetLimits, BudgetState
 from fusillade.core.trouble import BatchTrouble, ErrorKind, ErrorKinds, ErrorSample
+from fusillade.core.webhooks import WebhookPolicy
 from fusillade.engine import Content, Engine, Follow, Rules, open
 from fusillade.errors import (
     ConfigError,
@@ -55,7 +56,7 @@ from fusillade.errors import (
     ValidationError,
 )
 from fusillade.runtime.budgets import ScopeState
-from fusillade.runtime.config import DaemonConfig, Upstream
+from fusillade.runtime.config import DaemonConfig, Upstream, Webhook
 from fusillade.runtime.daemon import Daemon, DaemonStats
 from fusillade.runtime.limits import ModelStats
 from fusillade.store.interface import (
@@ -119,6 +120,8 @@ __all__ = [
     "Upstream",
     "Usage",
     "ValidationError",
+    "Webhook",
+    "WebhookPolicy",
     "__version__",
     "open",
 ]

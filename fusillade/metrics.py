@@ -24,6 +24,9 @@ RETRIED = Counter("fusillade_requests_retried", "Attempts scheduled again", ["mo
 CANCELED = Counter("fusillade_requests_canceled", "In-flight requests aborted", ["reason"])
 LOST_RACES = Counter("fusillade_lost_races", "Results refused by the (state, owner, attempt) fence")
 RECLAIMED = Counter("fusillade_requests_reclaimed", "Rows taken back from dead daemons")
+PURGED = Counter(
+    "fusillade_purged_rows", "Rows removed by the retention purge", ["kind"]
+)  # kind: requests (of finished batches), templates (of deleted files)
 CLAIM_SECONDS = Histogram("fusillade_claim_seconds", "Duration of one claim statement")
 FLUSH_SECONDS = Histogram("fusillade_flush_seconds", "Duration of one result flush")
 FLUSH_SIZE = Histogram(
@@ -63,4 +66,13 @@ BUDGET_THROTTLED = Gauge(
     "fusillade_budget_throttled",
     "1 while a budget holds requests back, by the limit that does",
     ["upstream", "model", "reason"],
+)
+WEBHOOK_DELIVERIES = Counter(
+    "fusillade_webhook_deliveries",
+    "Webhook sends by what they came to (delivered, failed: to be retried, given_up)",
+    ["result"],
+)
+WEBHOOK_OUTBOX_PENDING = Gauge(
+    "fusillade_webhook_outbox_pending",
+    "Webhook events of the owners this daemon sends for, neither delivered nor given up",
 )

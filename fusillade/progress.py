@@ -167,8 +167,11 @@ class Progress:
         throttled: Sequence[str] = (),
         paused: Sequence[str] = (),
         trouble: BatchTrouble | None = None,
+        in_flight: int | None = None,
     ) -> str:
-        """The progress text for ``view`` (no line ending)."""
+        """The progress text for ``view`` (no line ending). ``in_flight``: the batch's
+        requests sent and not yet answered, when the daemon sending them runs in this
+        process (``run``); else the line shows the requests the daemons have claimed."""
         snapshot = view if isinstance(view, Snapshot) else Snapshot.of(view)
         c = snapshot.counts
         done = c.completed + c.failed + c.canceled
@@ -182,7 +185,13 @@ class Progress:
         text = f"{snapshot.status.value:<11} {done}/{c.total} ({share:6.1%}) "
         text += f"ok {c.completed} failed {c.failed} "
         if snapshot.detailed:
-            text += f"canceled {c.canceled} in flight {c.in_progress} "
+            text += f"canceled {c.canceled} "
+            # the daemon's own count when it runs here; else the database's, which also
+            # holds answers being recorded and so may exceed the concurrency
+            if in_flight is not None:
+                text += f"in flight {in_flight} "
+            else:
+                text += f"claimed {c.in_progress} "
         text += f"| {rate:,.1f} req/s | ETA {eta}"
         text += trouble_text(trouble, paused=paused, throttled=throttled)
         if self.tty:
@@ -198,8 +207,11 @@ class Progress:
         throttled: Sequence[str] = (),
         paused: Sequence[str] = (),
         trouble: BatchTrouble | None = None,
+        in_flight: int | None = None,
     ) -> None:
-        text = self.line(view, throttled=throttled, paused=paused, trouble=trouble)
+        text = self.line(
+            view, throttled=throttled, paused=paused, trouble=trouble, in_flight=in_flight
+        )
         now = time.monotonic()
         if self.tty:
             self.stream.write("\r\x1b[2K" + text + ("\n" if final else ""))

@@ -1,7 +1,8 @@
 """A daemon in a process of its own, for crash and replica tests.
 
-``python tests/daemon_process.py DATABASE_URL UPSTREAM_URL CONCURRENCY STALE_AFTER``
-prints ``ready`` once the daemon runs, and stops gracefully on SIGTERM.
+``python tests/daemon_process.py DATABASE_URL UPSTREAM_URL CONCURRENCY STALE_AFTER [WEBHOOK]``
+prints ``ready`` once the daemon runs, and stops gracefully on SIGTERM. ``WEBHOOK``: a URL
+for owner ``alice``'s batch events, signed with the secret in ``TEST_WHSEC``.
 """
 
 from __future__ import annotations
@@ -13,12 +14,14 @@ from datetime import timedelta
 import trio
 
 from fusillade.core.retry import RetryPolicy
-from fusillade.runtime.config import DaemonConfig, Upstream
+from fusillade.runtime.config import DaemonConfig, Upstream, Webhook
 from fusillade.runtime.daemon import Daemon
 from fusillade.store.postgres import PostgresRepository
 
 
-async def main(database_url: str, upstream: str, concurrency: int, stale_after: float) -> None:
+async def main(
+    database_url: str, upstream: str, concurrency: int, stale_after: float, webhook: str
+) -> None:
     repo = PostgresRepository(database_url)
     repo.open()
     config = DaemonConfig(
@@ -32,6 +35,9 @@ async def main(database_url: str, upstream: str, concurrency: int, stale_after: 
         poll_interval=0.2,
         shutdown_grace=0.5,
         retry=RetryPolicy(base=timedelta(milliseconds=50), cap=timedelta(milliseconds=200)),
+        webhooks={"alice": Webhook(webhook, "TEST_WHSEC")} if webhook else {},
+        webhook_allow_private=True,
+        webhook_timeout=5,
     )
     daemon = Daemon(repo, config)
     with trio.open_signal_receiver(signal.SIGTERM) as signals:
@@ -46,4 +52,5 @@ async def main(database_url: str, upstream: str, concurrency: int, stale_after: 
 
 if __name__ == "__main__":
     url, upstream, concurrency, stale = sys.argv[1:5]
-    trio.run(main, url, upstream, int(concurrency), float(stale))
+    webhook = sys.argv[5] if len(sys.argv) > 5 else ""
+    trio.run(main, url, upstream, int(concurrency), float(stale), webhook)

@@ -192,6 +192,7 @@ def _run_settings(args: argparse.Namespace) -> Settings:
 def _run(args: argparse.Namespace) -> int:
     import trio
 
+    from fusillade import logs
     from fusillade.cli.run import EXIT_USAGE, RunOptions, check_input, check_options, run_batch
     from fusillade.errors import ConfigError, InvalidJSONL, ValidationError
 
@@ -210,6 +211,7 @@ def _run(args: argparse.Namespace) -> int:
             ordered=args.ordered,
             daemon=settings.daemon_config(),
         )
+        logs.configure(settings.log.level or "warning", settings.log.format)  # docs/logging.md
         check_options(options)
         checked = check_input(options)
         if not _preflight(options, checked.models, skip_upstreams=args.no_preflight):
@@ -298,6 +300,13 @@ COMMANDS: tuple[Command, ...] = (
         "run the HTTP API and a daemon",
         _args("fusillade.cli.serve", "add_arguments"),
         _run_command("fusillade.cli.serve", "run"),
+    ),
+    Command(
+        "purge",
+        "remove expired files, deleted files' content, and finished batches' requests and "
+        "stopped daemons older than --older-than (--dry-run: only count)",
+        _args("fusillade.cli.purge", "add_arguments"),
+        _run_command("fusillade.cli.purge", "run"),
     ),
     Command(
         "submit",

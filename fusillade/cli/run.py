@@ -325,11 +325,18 @@ async def _run_batch(
                     trouble = await engine.batch_trouble(batch_id)
                 throttled, paused = _holding_back(engine)
                 progress.update(
-                    view, final=final, throttled=throttled, paused=paused, trouble=trouble
+                    view,
+                    final=final,
+                    throttled=throttled,
+                    paused=paused,
+                    trouble=trouble,
+                    in_flight=_in_flight(engine, batch_id),
                 )
         interrupts.watching = None  # from here a Ctrl-C stops at once
         if interrupts.count:
-            progress.update(view, final=True, trouble=trouble)
+            progress.update(
+                view, final=True, trouble=trouble, in_flight=_in_flight(engine, batch_id)
+            )
             return EXIT_INTERRUPTED
         await _write_results(engine, view, options)
         c = view.counts
@@ -343,6 +350,13 @@ async def _run_batch(
         print(line, file=stderr)
     ok = view.status is BatchStatus.COMPLETED and c.completed == c.total
     return EXIT_OK if ok else EXIT_SOME_FAILED
+
+
+def _in_flight(engine: Engine, batch_id: UUID) -> int | None:
+    """The batch's requests the in-process daemon has sent and awaits: what the upstream
+    sees, never more than the concurrency (the batch's ``in_progress`` count also holds
+    answers being recorded)."""
+    return engine.daemon.in_flight_of(batch_id) if engine.daemon is not None else None
 
 
 def _holding_back(engine: Engine) -> tuple[tuple[str, ...], list[str]]:

@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 import errno
 import functools
-import logging
 import os
 import sys
 
+from fusillade import logs
 from fusillade.config import add_arguments as add_config_arguments
 from fusillade.config import settings_from_args
 from fusillade.errors import ConfigError, FusilladeError
@@ -35,11 +35,7 @@ def run(args: argparse.Namespace) -> int:
     from fusillade.server.serve import serve_until_signalled
 
     settings = settings_from_args(args, os.environ)
-    level = os.environ.get("FUSILLADE_LOG_LEVEL", "INFO").upper()
-    logging.basicConfig(
-        level=getattr(logging, level, logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    logs.configure(settings.log.level or "info", settings.log.format)
     try:
         trio.run(
             functools.partial(
@@ -48,7 +44,8 @@ def run(args: argparse.Namespace) -> int:
                 run_api=not args.no_api,
                 run_daemon=not args.no_daemon,
                 migrate=not args.no_migrate,
-                announce=_say,
+                # JSON lines only, for log shippers: the announcements become log lines
+                announce=_say if settings.log.format == "text" else None,
             )
         )
     except BaseExceptionGroup as group:

@@ -39,6 +39,8 @@ from fusillade.config._model import (
     DaemonSettings,
     Invalid,
     Key,
+    LogSettings,
+    RetentionSettings,
     Rule,
     ServerSettings,
     Settings,
@@ -47,6 +49,7 @@ from fusillade.config._model import (
 )
 from fusillade.config._render import show_key, toml_key
 from fusillade.errors import ConfigError
+from fusillade.logs import FORMATS, LEVELS
 
 
 class _NotTable(Exception):
@@ -68,8 +71,16 @@ def _rules(cls: type) -> dict[str, Rule]:
     return out
 
 
-# the keys an environment variable or a flag may set: the top level, [server], [daemon]
-_FLAT = (((), Settings), (("server",), ServerSettings), (("daemon",), DaemonSettings))
+# the keys an environment variable or a flag may set: the top level, [server], [daemon],
+# [log]
+# [retention]
+_FLAT = (
+    ((), Settings),
+    (("server",), ServerSettings),
+    (("daemon",), DaemonSettings),
+    (("log",), LogSettings),
+    (("retention",), RetentionSettings),
+)
 KEYS: Mapping[Key, Rule] = {
     (*section, name): rule for section, cls in _FLAT for name, rule in _rules(cls).items()
 }
@@ -361,6 +372,20 @@ def add_arguments(
             metavar="NAME",
             help="variable holding the --upstream api key (default: OPENAI_API_KEY)",
         )
+        # the commands that run a daemon log (docs/logging.md)
+        parser.add_argument(
+            "--log-level",
+            choices=LEVELS,
+            type=str.lower,
+            help="log lines at this level and above (default: [log] level; serve: info, "
+            "run: warning; debug also shows the embedded PostgreSQL's steps)",
+        )
+        parser.add_argument(
+            "--log-format",
+            choices=FORMATS,
+            type=str.lower,
+            help="text, or json: one object per line for log shippers (default: [log] format)",
+        )
 
 
 def settings_from_args(
@@ -382,5 +407,7 @@ def settings_from_args(
         "upstream.max_in_flight": getattr(args, "max_in_flight", None),
         "upstream.rpm": getattr(args, "rpm", None),
         "upstream.tpm": getattr(args, "tpm", None),
+        "log.level": getattr(args, "log_level", None),
+        "log.format": getattr(args, "log_format", None),
     }
     return load_settings(args.config, env=env, flags={**given, **(flags or {})})

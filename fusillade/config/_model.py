@@ -185,6 +185,13 @@ _HOST = re.compile(
 )
 
 
+def _event_type(text: str) -> None:
+    from fusillade.core.webhooks import EVENT_TYPES
+
+    if text not in EVENT_TYPES:
+        raise Invalid(f"each entry must be one of {', '.join(EVENT_TYPES)}, got {_show(text)}")
+
+
 def _host(text: str) -> None:
     # "name", "name:port", "[v6]:port" or "*"
     if not _HOST.fullmatch(text):
@@ -227,6 +234,17 @@ def _api_keys_from_text(text: str) -> list[dict[str, str]]:
     return [{"owner": owner.strip(), "key_env": env.strip()} for owner, _, env in pairs]
 
 
+def _choice(*allowed: str) -> Rule:
+    """One of ``allowed``, in any case (kept in lower case)."""
+
+    def check(value: object) -> str:
+        if isinstance(value, str) and value.lower() in allowed:
+            return value.lower()
+        raise Invalid(f"must be one of {', '.join(allowed)}, got {_show(value)}")
+
+    return Rule(check)
+
+
 # The types of the keys. Each is its Python type to everything but the loader.
 Text = Annotated[str, Rule(_text)]
 Bool = Annotated[bool, Rule(_boolean, _boolean_from_text)]
@@ -238,10 +256,13 @@ Count = Annotated[int, _integer(1)]
 Share = Annotated[float, _positive_number(1.0)]  # budget_share
 Weight = Annotated[float, _positive_number(1e6)]
 Duration = Annotated[timedelta, _duration(positive=True)]
+LogLevel = Annotated[str, _choice("debug", "info", "warning", "error")]
+LogFormat = Annotated[str, _choice("text", "json")]
 Grace = Annotated[timedelta, _duration(positive=False)]  # a duration that may be 0s
 Endpoints = Annotated[tuple[str, ...], _strings(_endpoint)]
 Windows = Annotated[tuple[str, ...], _strings(_window)]
 Hosts = Annotated[tuple[str, ...], _strings(_host, empty=True)]
+EventTypes = Annotated[tuple[str, ...], _strings(_event_type)]
 ApiKeys = Annotated[tuple[ApiKey, ...], Rule(_api_keys, _api_keys_from_text)]
 
 
@@ -279,6 +300,27 @@ class DaemonSettings:
     backoff_cap: Duration = timedelta(seconds=60)
     # a request's output estimate for the tpm budget when it names no max_tokens
     default_max_output_tokens: Count = 1024
+    # webhooks (docs/webhooks.md): how long one send may take, and whether targets on
+    # private, loopback and link-local addresses are allowed (off: refused, SSRF)
+    webhook_timeout: Duration = timedelta(seconds=15)
+    webhook_allow_private: Bool = False
+
+
+@attrs.frozen
+class LogSettings:
+    # None: the command's own default (serve: info; run: warning, so the progress line
+    # stays readable); docs/logging.md
+    level: LogLevel | None = None
+    format: LogFormat = "text"  # "json": one object per line, for log shippers
+
+
+@attrs.frozen
+class RetentionSettings:
+    # the requests (results) of a finished batch are removed this long after it
+    # finished; None: kept (docs/semantics.md, "Retention")
+    finished_batches: Duration | None = None
+    # stopped and dead daemons' rows are removed this long after they stopped
+    stopped_daemons: Duration = timedelta(days=7)
 
 
 DEFAULT_BUDGET_SHARE = 0.9
@@ -315,15 +357,28 @@ class OwnerSettings:
 
 
 @attrs.frozen
+class WebhookSettings:
+    """Where an owner's batch events go (docs/webhooks.md); the signing secret(s) are
+    read from ``secret_env`` at send time."""
+
+    url: Url
+    secret_env: EnvName
+    events: EventTypes | None = None  # None: every event type
+
+
+@attrs.frozen
 class Settings:
     database_url: Text | None = None
     data_dir: LocalPath | None = None
     default_upstream: Text | None = None  # `--upstream URL`: "default"
     server: ServerSettings = ServerSettings()
     daemon: DaemonSettings = DaemonSettings()
+    log: LogSettings = LogSettings()
+    retention: RetentionSettings = RetentionSettings()
     upstreams: Mapping[str, UpstreamSettings] = attrs.field(factory=dict)
     models: Mapping[str, ModelSettings] = attrs.field(factory=dict)
     owners: Mapping[str, OwnerSettings] = attrs.field(factory=dict)
+    webhooks: Mapping[str, WebhookSettings] = attrs.field(factory=dict)
     # where each value not at its default came from: a file name, a variable, FLAGS
     sources: Mapping[tuple[str, ...], str] = attrs.field(factory=dict, eq=False, repr=False)
 
@@ -338,7 +393,7 @@ class Settings:
         """The runtime's ``DaemonConfig``; the one place it is made from the settings."""
         from fusillade.core.retry import RetryPolicy
         from fusillade.core.scheduling.budget import BudgetLimits
-        from fusillade.runtime.config import DaemonConfig, Upstream
+        from fusillade.runtime.config import DaemonConfig, Upstream, Webhook
 
         d = self.daemon
         return DaemonConfig(
@@ -372,4 +427,12 @@ class Settings:
             },
             owner_weights={o: s.weight for o, s in self.owners.items()},
             default_max_output_tokens=d.default_max_output_tokens,
+            webhooks={
+                o: Webhook(w.url, w.secret_env, None if w.events is None else frozenset(w.events))
+                for o, w in self.webhooks.items()
+            },
+            webhook_timeout=d.webhook_timeout,
+            webhook_allow_private=d.webhook_allow_private,
+            finished_batch_retention=self.retention.finished_batches,
+            stopped_daemon_retention=self.retention.stopped_daemons,
         )

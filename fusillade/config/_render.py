@@ -13,7 +13,11 @@ import attrs
 from fusillade.config._model import ApiKey, Key, Settings, format_duration
 from fusillade.redact import mask_urls
 
-_SECRET_NAMES = ("api_key_env", "metrics_key_env")  # keys whose value names a secret's variable
+_SECRET_NAMES = (
+    "api_key_env",
+    "metrics_key_env",
+    "secret_env",
+)  # keys whose value names a secret's variable
 
 
 def render(settings: Settings, *, env: Mapping[str, str] = os.environ) -> str:
@@ -53,10 +57,10 @@ def render(settings: Settings, *, env: Mapping[str, str] = os.environ) -> str:
                 out.append(f"{key} = {_value(value)}{note(path, *extra)}")
 
     emit((), settings)
-    for section in ("server", "daemon"):
+    for section in ("server", "daemon", "log", "retention"):
         out.append(f"\n[{section}]")
         emit((section,), getattr(settings, section))
-    for section in ("upstreams", "models", "owners"):
+    for section in ("upstreams", "models", "owners", "webhooks"):
         table: Mapping[str, attrs.AttrsInstance] = getattr(settings, section)
         for name, entry in table.items():
             out.append(f"\n[{section}.{toml_key(name)}]")

@@ -150,6 +150,11 @@ def endpoint_mismatch(line_number: int, path: str, endpoint: str) -> ValidationE
     )
 
 
+# A retry needs the input file's templates; a deleted (or expired) input file's content
+# is removed by maintenance once no unfinished batch reads it (docs/semantics.md).
+INPUT_GONE = "the batch's input file was deleted or has expired; it cannot be retried"
+
+
 def retry_refusal(record: BatchRecord) -> str | None:
     """Why a retry of this batch must wait, or ``None`` when it may run now.
 

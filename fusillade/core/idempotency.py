@@ -63,6 +63,7 @@ def batch_fingerprint(
     endpoint: str,
     completion_window: str,
     metadata: Mapping[str, str] | None,
+    output_expires_after: timedelta | None = None,
 ) -> str:
     """The fingerprint of a batch creation: its canonical JSON body, hashed."""
     return _digest(
@@ -72,13 +73,29 @@ def batch_fingerprint(
             "endpoint": endpoint,
             "completion_window": completion_window,
             "metadata": dict(metadata) if metadata is not None else None,
+            "output_expires_after": _seconds(output_expires_after),
         },
     )
 
 
-def file_fingerprint(purpose: str, filename: str, content_sha256: str) -> str:
-    """The fingerprint of an upload: its purpose, file name and content's SHA-256 (hex)."""
-    return _digest("file", {"purpose": purpose, "filename": filename, "sha256": content_sha256})
+def file_fingerprint(
+    purpose: str, filename: str, content_sha256: str, expires_after: timedelta | None = None
+) -> str:
+    """The fingerprint of an upload: its purpose, file name, content's SHA-256 (hex) and
+    expiry."""
+    return _digest(
+        "file",
+        {
+            "purpose": purpose,
+            "filename": filename,
+            "sha256": content_sha256,
+            "expires_after": _seconds(expires_after),
+        },
+    )
+
+
+def _seconds(lifetime: timedelta | None) -> float | None:
+    return None if lifetime is None else lifetime.total_seconds()
 
 
 def expired_before(now: datetime) -> datetime:

@@ -1,6 +1,7 @@
 """Public ids: a kind prefix plus the uuid as 32 lowercase hex digits.
 
-``file-<hex>``, ``batch_<hex>`` and ``batch_req_<hex>``, as OpenAI spells them. Each uuid
+``file-<hex>``, ``batch_<hex>``, ``batch_req_<hex>`` and ``evt_<hex>`` (a webhook event),
+as OpenAI spells them. Each uuid
 has exactly one public spelling (lowercase, no hyphens), so ids round-trip byte for byte
 and can serve as list cursors.
 """
@@ -12,10 +13,10 @@ from types import MappingProxyType
 from typing import Final, Literal
 from uuid import UUID
 
-IdKind = Literal["file", "batch", "request"]
+IdKind = Literal["file", "batch", "request", "event"]
 
 PREFIXES: Final[Mapping[IdKind, str]] = MappingProxyType(
-    {"file": "file-", "batch": "batch_", "request": "batch_req_"}
+    {"file": "file-", "batch": "batch_", "request": "batch_req_", "event": "evt_"}
 )
 
 _HEX_DIGITS = frozenset("0123456789abcdef")

@@ -28,6 +28,7 @@ from fusillade.engine._rules import (
     MAX_PAGE,
     Rules,
     check_metadata,
+    expires_after,
 )
 from fusillade.engine._service import DEFAULT_OWNER, LIVE_PAGE, STATUS_WINDOW, Engine
 from fusillade.store.interface import (
@@ -62,5 +63,6 @@ __all__ = [
     "Rules",
     "StatusSnapshot",
     "check_metadata",
+    "expires_after",
     "open",
 ]

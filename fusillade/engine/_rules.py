@@ -12,6 +12,7 @@ with the pure rules of ``fusillade/core/batches.py`` (``check_input_file``,
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import timedelta
 from typing import Final
 from uuid import UUID
 
@@ -27,6 +28,8 @@ from fusillade.store.interface import BatchSpec
 MAX_METADATA_PAIRS: Final = 16
 MAX_METADATA_KEY: Final = 64
 MAX_METADATA_VALUE: Final = 512
+EXPIRES_AFTER_SECONDS: Final = range(3600, 2_592_000 + 1)
+"""OpenAI's range of ``expires_after.seconds`` and ``output_expires_after.seconds``."""
 MAX_FILE_PAGE: Final = 10_000
 """The largest page of a file listing (OpenAI's)."""
 MAX_PAGE: Final = 100
@@ -80,6 +83,37 @@ def check_metadata(metadata: Mapping[str, str] | None) -> None:
                 "metadata keys and values must not contain NUL or unpaired surrogates",
                 param="metadata",
             )
+
+
+def expires_after(value: Mapping[str, object] | None, *, param: str) -> timedelta | None:
+    """OpenAI's ``expires_after`` of an upload (form fields ``expires_after[anchor]`` and
+    ``expires_after[seconds]``) or ``output_expires_after`` of a batch: ``anchor`` must be
+    ``created_at`` and ``seconds`` a whole number in 3600..2592000 (1 hour to 30 days);
+    ``None``: not sent.
+
+    Raises:
+        ValidationError: with ``param`` naming the part that is wrong.
+    """
+    if value is None:
+        return None
+    anchor = value.get("anchor")
+    if anchor != "created_at":
+        raise ValidationError(
+            f"{param}.anchor must be 'created_at', got {str(anchor)[:40]!r}",
+            param=f"{param}.anchor",
+        )
+    seconds = value.get("seconds")
+    if (
+        isinstance(seconds, bool)
+        or not isinstance(seconds, int)
+        or seconds not in EXPIRES_AFTER_SECONDS
+    ):
+        raise ValidationError(
+            f"{param}.seconds must be a whole number of seconds between 3600 and 2592000, "
+            f"got {str(seconds)[:40]!r}",
+            param=f"{param}.seconds",
+        )
+    return timedelta(seconds=seconds)
 
 
 def batch_spec(

@@ -120,6 +120,7 @@ class Engine:
         limits: JsonlLimits | None = None,
         size_bytes: int | None = None,
         idempotency: IdempotencyKey | None = None,
+        expires_after: timedelta | None = None,
     ) -> FileRecord:
         """Store a file of request templates.
 
@@ -134,6 +135,9 @@ class Engine:
         (``fusillade.core.idempotency.file_fingerprint``); while the key is remembered,
         the same request answers with the file it created (as it is now), stored once.
 
+        ``expires_after``: the file expires (answers 404, its content is purged) this
+        long after its creation (OpenAI's ``expires_after``); ``None``: never.
+
         Raises:
             ValidationError: the key is empty or too long.
             Conflict: the key was used for a different request.
@@ -142,6 +146,7 @@ class Engine:
             check_key(idempotency.key)
         limits = limits if limits is not None else self.rules.limits
         now = self._now()  # on the event loop: the clock advances by the loop's time
+        expires_at = None if expires_after is None else now + expires_after
         if isinstance(source, (str, os.PathLike)):
             path = Path(source)
             name = filename or path.name
@@ -155,6 +160,7 @@ class Engine:
                         now=now,
                         size_bytes=path.stat().st_size,
                         idempotency=idempotency,
+                        expires_at=expires_at,
                     )
 
             return await self._threads.call(from_path)
@@ -173,6 +179,7 @@ class Engine:
             now=now,
             size_bytes=size_bytes,
             idempotency=idempotency,
+            expires_at=expires_at,
         )
 
     async def get_file(self, file_id: UUID | str) -> FileRecord:
@@ -244,12 +251,18 @@ class Engine:
         metadata: Mapping[str, str] | None = None,
         batch_id: UUID | None = None,
         idempotency_key: str | None = None,
+        output_expires_after: timedelta | None = None,
     ) -> BatchView:
         """Create a batch of every template in the file (idempotent for ``batch_id``).
 
+        ``output_expires_after``: the output and error files expire this long after the
+        batch's creation (OpenAI's ``output_expires_after``); the batch's requests are
+        purged once it has finished and they have expired. ``None``: kept by the
+        retention rule.
+
         ``idempotency_key``: a client's key; while it is remembered
-        (``IDEMPOTENCY_TTL``), the same request (file, endpoint, window, metadata)
-        answers with the batch it created, as it is now, and creates nothing.
+        (``IDEMPOTENCY_TTL``), the same request (file, endpoint, window, metadata,
+        output expiry) answers with the batch it created, as it is now, and creates nothing.
 
         Raises:
             ValidationError: the endpoint or window is not accepted (``rules``), the
@@ -269,10 +282,16 @@ class Engine:
         )
         if idempotency_key is not None:
             fingerprint = batch_fingerprint(
-                spec.input_file_id, spec.endpoint, spec.completion_window, spec.metadata
+                spec.input_file_id,
+                spec.endpoint,
+                spec.completion_window,
+                spec.metadata,
+                output_expires_after,
             )
             key = IdempotencyKey(check_key(idempotency_key), fingerprint)
             spec = attrs.evolve(spec, idempotency=key)
+        if output_expires_after is not None:
+            spec = attrs.evolve(spec, output_expires_after=output_expires_after)
         return await self._threads.call(self.repo.create_batch, self.owner, spec, now=self._now())
 
     async def get_batch(self, batch_id: UUID | str) -> BatchView:

@@ -23,6 +23,7 @@ from fusillade import metrics
 from fusillade.core.attempts import AbortReason, AttemptResult, ClaimedRequest
 from fusillade.core.batches import ClaimableBatch
 from fusillade.core.deadlines import Sample
+from fusillade.core.upstream_trouble import TroubleLog
 from fusillade.runtime.budgets import Budgets
 from fusillade.runtime.clock import Clock
 from fusillade.runtime.config import DaemonConfig
@@ -68,6 +69,8 @@ class DaemonBase:
         self.limits = ModelLimits(self.config.concurrency_for)
         self.budgets = Budgets(self.config)
         self.dispatcher = Dispatcher(self.config, transport=transport)
+        # upstream trouble counted for the logs (runtime/upstream_trouble.py)
+        self.trouble = TroubleLog(self.config.trouble_interval.total_seconds())
         # seconds, as anyio takes them (read on every database call)
         self._db_call_timeout = self.config.db_call_timeout.total_seconds()
         self.writer = ResultWriter(

@@ -10,6 +10,7 @@ import attrs
 
 from fusillade.core.retry import DEFAULT_POLICY, RetryPolicy
 from fusillade.core.scheduling.budget import BudgetLimits
+from fusillade.core.webhooks import WebhookPolicy
 from fusillade.metrics import OTHER_MODELS
 
 
@@ -25,6 +26,22 @@ class Upstream:
 
     def api_key(self) -> str | None:
         return os.environ.get(self.api_key_env) if self.api_key_env else None
+
+
+@attrs.frozen
+class Webhook:
+    """Where one owner's batch events go (docs/webhooks.md). The signing secret(s) are
+    read from ``secret_env`` at send time, like upstream keys; ``events`` None: all."""
+
+    url: str
+    secret_env: str
+    events: frozenset[str] | None = None
+
+    def secret(self) -> str | None:
+        return os.environ.get(self.secret_env) or None
+
+    def wants(self, event_type: str) -> bool:
+        return self.events is None or event_type in self.events
 
 
 def _names(names: Iterable[str]) -> frozenset[str]:
@@ -86,10 +103,22 @@ class DaemonConfig:
     heartbeat_interval: timedelta = attrs.field(default=timedelta(seconds=5), converter=_duration)
     stale_after: timedelta = attrs.field(default=timedelta(seconds=30), converter=_duration)
     maintenance_interval: timedelta = attrs.field(default=timedelta(seconds=5), converter=_duration)
+    # [retention]: finished batches' requests are purged this long after they finished
+    # (None: kept); stopped and dead daemons' rows this long after they stopped
+    finished_batch_retention: timedelta | None = None
+    stopped_daemon_retention: timedelta = attrs.field(
+        default=timedelta(days=7), converter=_duration
+    )
+    # purge chunks (of purge_chunk rows each) per maintenance round at most
+    purge_chunk: int = 1000
+    purge_chunks_per_round: int = 50
     cancel_check_interval: timedelta = attrs.field(
         default=timedelta(seconds=0.5), converter=_duration
     )
     shutdown_grace: timedelta = attrs.field(default=timedelta(seconds=10), converter=_duration)
+    # at most one log line per upstream this often about its 429s, 5xx, timeouts and
+    # broken connections (runtime/upstream_trouble.py)
+    trouble_interval: timedelta = attrs.field(default=timedelta(seconds=30), converter=_duration)
     flush_interval: timedelta = attrs.field(default=timedelta(seconds=0.05), converter=_duration)
     flush_max: int = 500
     db_write_concurrency: int = 2
@@ -101,6 +130,12 @@ class DaemonConfig:
     model_budgets: Mapping[str, BudgetLimits] = attrs.field(factory=dict)
     owner_weights: Mapping[str, float] = attrs.field(factory=dict)
     default_max_output_tokens: int = 1024
+    # webhooks by owner (docs/webhooks.md); one send's time limit (connect: at most 5s);
+    # private, loopback and link-local targets allowed; when failed sends are retried
+    webhooks: Mapping[str, Webhook] = attrs.field(factory=dict)
+    webhook_timeout: timedelta = attrs.field(default=timedelta(seconds=15), converter=_duration)
+    webhook_allow_private: bool = False
+    webhook_policy: WebhookPolicy = attrs.field(factory=WebhookPolicy)
 
     def upstream_name_for(self, model: str) -> str | None:
         name = self.model_upstreams.get(model, self.default_upstream)

@@ -15,6 +15,8 @@ written in its own module (a part mixed into ``Daemon``; their shared state is
   expired meanwhile; their results say why.
 - **heartbeat** and **maintenance** (``upkeep.py``) run on intervals: the database's
   clock and this daemon's liveness; reclaims, expiry and sweeps.
+- **webhook delivery** (``webhooks.py``) sends the outbox's events of the owners this
+  daemon has a webhook for, at least once, signed, with backoff (docs/webhooks.md).
 - the **listener** (``listen.py``, PostgreSQL LISTEN when the repository offers it)
   wakes the claim loop for new work and the cancel watcher for cancellations.
 
@@ -41,6 +43,7 @@ from fusillade.runtime.limits import ModelStats
 from fusillade.runtime.listen import Listener
 from fusillade.runtime.shutdown import Shutdown
 from fusillade.runtime.upkeep import Upkeep
+from fusillade.runtime.webhooks import WebhookSender
 
 __all__ = ["Daemon", "DaemonStats"]
 
@@ -63,7 +66,7 @@ class DaemonStats:
     budgets: tuple[ScopeState, ...] = ()
 
 
-class Daemon(ClaimLoop, CancelWatcher, Upkeep, Listener, Shutdown):
+class Daemon(ClaimLoop, CancelWatcher, Upkeep, WebhookSender, Listener, Shutdown):
     """One daemon. ``await daemon.run()`` (or ``nursery.start(daemon.run)``) runs it.
 
     ``Daemon(repo, config=None, *, daemon_id=None, transport=None, jitter=random.random)``:
@@ -91,6 +94,12 @@ class Daemon(ClaimLoop, CancelWatcher, Upkeep, Listener, Shutdown):
         """Change a model's concurrency while running."""
         self.limits.set_limit(model, limit)
         self._wake.set()
+
+    def in_flight_of(self, batch_id: UUID) -> int:
+        """How many of the batch's requests this daemon has sent and awaits answers to
+        (the batch's ``in_progress`` count also holds answers not yet recorded, and other
+        daemons' requests)."""
+        return self._batch_in_flight.get(batch_id, 0)
 
     def statistics(self) -> DaemonStats:
         return DaemonStats(
@@ -121,6 +130,8 @@ class Daemon(ClaimLoop, CancelWatcher, Upkeep, Listener, Shutdown):
                 services.start_soon(self._maintenance_loop)
                 services.start_soon(self._cancel_watch_loop)
                 services.start_soon(self._listen_loop)
+                services.start_soon(self._trouble_loop)
+                services.start_soon(self._webhook_loop)
                 async with anyio.create_task_group() as requests:
                     task_status.started()
                     await self._claim_loop(requests)

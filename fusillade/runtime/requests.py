@@ -18,12 +18,13 @@ from fusillade import metrics
 from fusillade.core.attempts import AttemptResult, ClaimedRequest, ResultKind
 from fusillade.core.retry import GiveUp, HttpResponse, RetryAt, Success, classify, decide
 from fusillade.core.scheduling.tokens import used_tokens
-from fusillade.runtime._base import DaemonBase, InFlight
+from fusillade.runtime._base import InFlight
 from fusillade.runtime.budgets import Reservation
 from fusillade.runtime.dispatch import Sent
+from fusillade.runtime.upstream_trouble import TroubleReports
 
 
-class RequestTasks(DaemonBase):
+class RequestTasks(TroubleReports):
     def _start_request(self, tg: anyio.abc.TaskGroup, req: ClaimedRequest) -> None:
         entry = InFlight(req, self.config.metric_label(req.model))
         self._in_flight[req.id] = entry
@@ -120,6 +121,7 @@ class RequestTasks(DaemonBase):
         up (``fusillade.core.retry``), and the request's new state and fields
         (``ClaimedRequest.result``, the state table)."""
         now = self.now()
+        self._note_outcome(req.model, sent.outcome)
         verdict = classify(sent.outcome, self.config.retry)
         if isinstance(verdict, Success):
             metrics.COMPLETED.labels(label, str(verdict.response.status)).inc()

@@ -5,19 +5,22 @@ compares is the database's, ``fusillade.runtime.clock``), then refreshes this da
 row; a daemon declared dead meanwhile registers again. **Maintenance** reclaims the rows
 of dead daemons and rows in flight past their time limit (bounded chunks), stamps
 expired batches, sweeps the pending rows of cancelled and expired batches, forgets
-idempotency keys past their time, advances batches whose creator died half-way, and
-escalates the batches that will miss their deadline at their current rate
-(``_review_deadlines``). Database errors are logged and counted; the loops never die on
-them.
+idempotency keys past their time, purges what the retention rules remove
+(``_purge``), advances batches whose creator died half-way, freezes the batches whose
+requests all settled (``_finish_settled``: their "finished" log line and their webhook
+event), gives up webhook events unsent at the horizon, and escalates the batches that
+will miss their deadline at their current rate (``_review_deadlines``). Database errors
+are logged and counted; the loops never die on them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import typing
 from collections.abc import Awaitable, Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import anyio
@@ -26,12 +29,13 @@ from fusillade import metrics
 from fusillade.core.deadlines import review
 from fusillade.core.scheduling.budget import Throttle
 from fusillade.core.scheduling.shares import fraction_of
-from fusillade.errors import StoreError
+from fusillade.errors import NotFound, StoreError
 from fusillade.runtime._base import DaemonBase, log
 from fusillade.runtime.budgets import scope_name
 from fusillade.store.interface import DaemonInfo, ReclaimStats
 
 _LEASE_REFRESH = 1.0  # seconds between lease refreshes (at most the heartbeat interval)
+_SETTLED_CHUNK = 100  # settled batches frozen per maintenance round
 
 
 class Upkeep(DaemonBase):
@@ -188,18 +192,60 @@ class Upkeep(DaemonBase):
                 >= chunk
             ):
                 pass
+            await self._purge(now)
             # batches whose creation stopped moving (the creator died half-way): one
             # chunk of requests per call
             while await self._db(
                 self.repo.sync.resume_creation, now=self.now(), stale_before=stale
             ):
                 pass
+            # events nobody sent by the horizon are given up (the freeze writes them:
+            # _finish_settled below freezes the batches nobody read)
+            given_up = await self._db(
+                self.repo.sync.give_up_webhook_events,
+                now=now,
+                created_before=now - self.config.webhook_policy.horizon,
+            )
+            if given_up:
+                log.info("webhooks: %d events given up unsent at the horizon", given_up)
             await self._review_deadlines()
+            await self._finish_settled()
             if requeued:
                 metrics.RECLAIMED.inc(requeued)
                 self._wake_for_work()
 
         await self._every(self.config.maintenance_interval.total_seconds(), "maintenance", maintain)
+
+    async def _finish_settled(self) -> None:
+        """Read each batch whose requests have all settled, so it freezes and its
+        "finished" line is logged (``fusillade.lifecycle``) even when nobody asks for it;
+        the freeze is guarded, so of several daemons reading one batch, one logs it."""
+        now = self.now()
+        for batch_id in await self._db(self.repo.sync.settled_batches, limit=_SETTLED_CHUNK):
+            with contextlib.suppress(NotFound):  # gone since (never, as batches are kept)
+                await self._db(self.repo.sync.get_batch, None, batch_id, now=now)
+
+    async def _purge(self, now: datetime) -> None:
+        """Retention (docs/semantics.md): expired files, deleted files' content, old
+        finished batches' requests and stopped daemons' rows, a bounded number of chunks
+        per round, each its own short transaction on a worker thread, so claims and result
+        writes interleave with it (SKIP LOCKED: daemons purging at once share the work)."""
+        c = self.config
+        finished_before = (
+            None if c.finished_batch_retention is None else now - c.finished_batch_retention
+        )
+        for _ in range(c.purge_chunks_per_round):
+            stats = await self._db(
+                self.repo.sync.purge,
+                now=now,
+                finished_before=finished_before,
+                stopped_before=now - c.stopped_daemon_retention,
+                limit=c.purge_chunk,
+            )
+            metrics.PURGED.labels("requests").inc(stats.requests)
+            metrics.PURGED.labels("templates").inc(stats.templates)
+            if not stats.more:
+                return
 
     async def _review_deadlines(self) -> None:
         """Sample the claimable batches' progress; escalate those that will miss their

@@ -14,7 +14,7 @@ from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 from fusillade.core.live import MAX_CURSOR, LiveLine
 from fusillade.core.models import RequestState
 from fusillade.core.results import format_result_line
-from fusillade.engine import LIVE_PAGE, MAX_PAGE
+from fusillade.engine import LIVE_PAGE, MAX_PAGE, expires_after
 from fusillade.server.context import Ctx, IdempotencyKeyHeader, Owner
 from fusillade.server.files import cursor_param
 from fusillade.server.responses import error_responses
@@ -55,6 +55,7 @@ async def create_batch(
         completion_window=data.completion_window,
         metadata=data.metadata,
         idempotency_key=idempotency_key,
+        output_expires_after=expires_after(data.output_expires_after, param="output_expires_after"),
     )
     return batch_object(view)
 

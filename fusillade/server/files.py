@@ -14,7 +14,8 @@ from litestar.params import FromPath, FromQuery, QueryParameter
 
 from fusillade.core.idempotency import IdempotencyKey, check_key, file_fingerprint
 from fusillade.core.ids import PREFIXES, IdKind
-from fusillade.engine import MAX_FILE_PAGE
+from fusillade.engine import MAX_FILE_PAGE, expires_after
+from fusillade.errors import ValidationError
 from fusillade.server.context import Ctx, IdempotencyKeyHeader, Owner
 from fusillade.server.responses import error_responses
 from fusillade.server.streaming import CompleteStream
@@ -89,10 +90,22 @@ async def create_file(
         timing=ctx.body_timing,
         digest=idempotency_key is not None,
     )
+    # form fields are text; a number of seconds is checked as one (digits only)
+    sent: dict[str, object] = {
+        k.removeprefix("expires_after[").rstrip("]"): int(v) if v.isdigit() and v.isascii() else v
+        for k, v in received.expires_after.items()
+    }
+    try:
+        lifetime = expires_after(sent or None, param="expires_after")
+    except ValidationError:
+        await anyio.to_thread.run_sync(received.spool.close)
+        raise
     idempotency = None
     if idempotency_key is not None:
         assert received.sha256 is not None
-        fingerprint = file_fingerprint(received.purpose, received.filename, received.sha256)
+        fingerprint = file_fingerprint(
+            received.purpose, received.filename, received.sha256, lifetime
+        )
         idempotency = IdempotencyKey(idempotency_key, fingerprint)
     try:
         record = await engine.create_file(
@@ -100,6 +113,7 @@ async def create_file(
             filename=received.filename,
             size_bytes=received.size,
             idempotency=idempotency,
+            expires_after=lifetime,
         )
     finally:
         await anyio.to_thread.run_sync(received.spool.close)

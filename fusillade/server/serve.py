@@ -17,7 +17,6 @@ from __future__ import annotations
 import functools
 import logging
 import signal
-import sys
 from collections.abc import Callable
 from contextlib import AsyncExitStack
 from typing import TYPE_CHECKING, Any, cast
@@ -206,7 +205,10 @@ async def serve_until_signalled(settings: Settings, **kwargs: Any) -> None:
     """``serve`` with SIGINT/SIGTERM as a graceful stop (a second signal: immediate).
 
     Signals are watched once the server is up; until then Ctrl-C interrupts the start-up.
+    What a signal does is told through ``announce`` as the rest, else logged.
     """
+    announce: Callable[[str], None] | None = kwargs.get("announce")
+    say = announce or (lambda line: log.info("%s", line))
     async with trio.open_nursery() as nursery:
 
         async def run(task_status: trio.TaskStatus[Running]) -> None:
@@ -217,9 +219,9 @@ async def serve_until_signalled(settings: Settings, **kwargs: Any) -> None:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async for signum in signals:
                 if running.stop_requested.is_set():
-                    print("second signal: stopping now", file=sys.stderr)
+                    say("second signal: stopping now")
                     nursery.cancel_scope.cancel()
                     return
                 name = signal.Signals(signum).name
-                print(f"{name}: shutting down gracefully", file=sys.stderr)
+                say(f"{name}: shutting down gracefully")
                 running.stop()

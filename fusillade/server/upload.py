@@ -56,6 +56,8 @@ MAX_PARTS: Final = 16
 DEFAULT_FILENAME: Final = "upload.jsonl"
 MULTIPART_SLACK: Final = 1 * MiB
 """Allowed on top of the file size limit for the multipart framing and other fields."""
+EXPIRY_FIELDS: Final = ("expires_after[anchor]", "expires_after[seconds]")
+"""OpenAI's optional expiry of an upload (``fusillade.engine._rules.expires_after``)."""
 
 
 @attrs.define
@@ -68,6 +70,8 @@ class Received:
     size: int
     spool: TemplateSpool
     sha256: str | None = None
+    # the raw `expires_after[anchor]` and `expires_after[seconds]` fields, when sent
+    expires_after: dict[str, str] = attrs.field(factory=dict)
 
 
 def _malformed(detail: object) -> ValidationError:
@@ -118,6 +122,7 @@ class UploadReceiver:
         self._filename: str | None = None
         self._purpose = bytearray()
         self._purpose_seen = False
+        self._expiry: dict[str, bytearray] = {}
         self._size = 0
         self._sha256 = hashlib.sha256() if digest else None
         self._rejected: ValidationError | None = None
@@ -186,6 +191,11 @@ class UploadReceiver:
             self._purpose += event
             if len(self._purpose) > MAX_PURPOSE_BYTES:
                 raise ValidationError("purpose is too long; use 'batch'", param="purpose")
+        elif self._part in EXPIRY_FIELDS:
+            value = self._expiry[self._part]
+            value += event
+            if len(value) > MAX_PURPOSE_BYTES:
+                raise ValidationError(f"{self._part} is too long", param=self._part)
 
     def _start(self, segment: Any) -> None:
         name = segment.name
@@ -204,6 +214,10 @@ class UploadReceiver:
                         param="file",
                     )
                 self._filename = filename
+        elif name in EXPIRY_FIELDS:
+            if name in self._expiry:
+                raise ValidationError(f"more than one {name!r} field", param=name)
+            self._expiry[name] = bytearray()
         elif name == "purpose":
             if self._purpose_seen:
                 raise ValidationError("more than one 'purpose' field", param="purpose")
@@ -248,7 +262,10 @@ class UploadReceiver:
             spool.close()
             raise
         digest = self._sha256.hexdigest() if self._sha256 is not None else None
-        return Received(self._filename or DEFAULT_FILENAME, purpose, self._size, spool, digest)
+        expiry = {k: v.decode("utf-8", "replace") for k, v in self._expiry.items()}
+        return Received(
+            self._filename or DEFAULT_FILENAME, purpose, self._size, spool, digest, expiry
+        )
 
 
 async def receive_upload(

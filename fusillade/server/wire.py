@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from types import MappingProxyType
-from typing import Literal
+from typing import Any, Literal
 
 import attrs
 
@@ -280,13 +280,15 @@ def batch_list(views: Sequence[BatchView], has_more: bool) -> BatchList:
 
 @attrs.frozen
 class CreateBatchBody:
-    """The body of ``POST /v1/batches``; other keys (e.g. ``output_expires_after``)
-    are accepted and ignored."""
+    """The body of ``POST /v1/batches``; other keys are accepted and ignored.
+    ``output_expires_after`` is ``{"anchor": "created_at", "seconds": N}``, checked by
+    ``fusillade.engine._rules.expires_after``."""
 
     input_file_id: str
     endpoint: str
     completion_window: str
     metadata: dict[str, str] | None = None
+    output_expires_after: dict[str, Any] | None = None
 
 
 # ------------------------------------------------------------ per-request view

@@ -32,6 +32,7 @@ from fusillade.core.models import (
 )
 from fusillade.core.results import ResultLine
 from fusillade.core.trouble import BatchTrouble, ErrorKinds
+from fusillade.core.webhooks import WebhookEvent
 
 T = TypeVar("T")
 
@@ -139,6 +140,45 @@ class BatchSpec:
     metadata: Mapping[str, str] | None = None
     batch_id: UUID | None = None
     idempotency: IdempotencyKey | None = None
+    # OpenAI's output_expires_after (anchor created_at): the output and error files
+    # expire this long after the batch's creation; None: kept by the retention rule
+    output_expires_after: timedelta | None = None
+
+
+def output_expiry(spec: BatchSpec, now: datetime) -> datetime | None:
+    """When the output and error files of a batch created ``now`` from ``spec`` expire."""
+    return None if spec.output_expires_after is None else now + spec.output_expires_after
+
+
+@attrs.frozen
+class PurgeStats:
+    """What one purge round removed (or, from ``purge_preview``, would remove).
+
+    ``expired_files``: files past ``expires_at`` marked deleted; ``purged_files``: deleted
+    input files whose content is now gone, ``templates`` their template rows blanked or
+    deleted; ``batches``: finished batches whose requests are all gone, ``requests`` those
+    rows; ``daemons``: stopped daemons' rows. ``more``: a part stopped at its chunk limit,
+    so the caller should call again.
+    """
+
+    expired_files: int = 0
+    purged_files: int = 0
+    templates: int = 0
+    batches: int = 0
+    requests: int = 0
+    daemons: int = 0
+    more: bool = False
+
+    def __add__(self, other: PurgeStats) -> PurgeStats:
+        return PurgeStats(
+            self.expired_files + other.expired_files,
+            self.purged_files + other.purged_files,
+            self.templates + other.templates,
+            self.batches + other.batches,
+            self.requests + other.requests,
+            self.daemons + other.daemons,
+            other.more,
+        )
 
 
 @attrs.frozen
@@ -326,6 +366,29 @@ class Repository(Protocol):
         """Delete at most ``limit`` keys older than ``IDEMPOTENCY_TTL``; how many."""
         ...
 
+    # retention (docs/semantics.md, "Retention")
+    def purge(
+        self,
+        *,
+        now: datetime,
+        finished_before: datetime | None,
+        stopped_before: datetime,
+        limit: int = 1000,
+    ) -> PurgeStats:
+        """One bounded round of the purge, each part its own short transaction: mark
+        files past ``expires_at`` deleted; remove a chunk of the content of deleted input
+        files no unfinished batch reads; delete a chunk of the requests of finished
+        batches that finished before ``finished_before`` (``None``: none) or whose output
+        expired; delete stopped daemons' rows stopped before ``stopped_before``. Never
+        touches an unfinished request. Call again while ``more``."""
+        ...
+
+    def purge_preview(
+        self, *, now: datetime, finished_before: datetime | None, stopped_before: datetime
+    ) -> PurgeStats:
+        """What ``purge`` called until done would remove now; nothing is changed."""
+        ...
+
     # clock
     def database_time(self) -> datetime | None:
         """The store's own clock, the one every process compares times by
@@ -338,6 +401,12 @@ class Repository(Protocol):
         """The batches a claim may take rows from at ``now`` (not frozen, cancelled or
         expired; deadline not passed) that have something pending, earliest deadline
         first, then oldest (``claimable_batches.sql``)."""
+        ...
+
+    def settled_batches(self, *, limit: int = 100) -> list[UUID]:
+        """Batches not frozen yet whose requests are all settled: the next read of each
+        freezes it and logs that it finished (``settled_batches.sql``,
+        ``fusillade/lifecycle.py``). At most ``limit``, earliest deadline first."""
         ...
 
     def claim(
@@ -391,4 +460,47 @@ class Repository(Protocol):
     ) -> dict[str, BudgetHolders]:
         """Hold leases on ``scopes`` (and no others), drop the leases of daemons not running
         or stale (heartbeat before ``stale_before``), and say who holds each scope."""
+        ...
+
+    # webhooks (docs/webhooks.md): events are written by the freeze that makes a batch
+    # terminal, for every owner
+    def claim_webhook_events(
+        self,
+        daemon_id: UUID,
+        owners: Sequence[str],
+        *,
+        now: datetime,
+        lease_until: datetime,
+        limit: int = 10,
+    ) -> list[WebhookEvent]:
+        """Claim up to ``limit`` events of ``owners`` due at ``now``: each counts an
+        attempt (``WebhookEvent.attempts``), is leased to ``daemon_id`` until
+        ``lease_until`` (no other daemon sends it meanwhile), then is due again unless
+        settled. In id order."""
+        ...
+
+    def settle_webhook_event(
+        self,
+        daemon_id: UUID,
+        event: WebhookEvent,
+        *,
+        delivered_at: datetime | None = None,
+        next_attempt_at: datetime | None = None,
+        given_up_at: datetime | None = None,
+        error: str | None = None,
+    ) -> bool:
+        """Record what a send of a claimed event came to: delivered (lands whoever sent
+        it, unless already delivered), or failed with its next attempt or given up
+        (lands only under the daemon's claim at ``event.attempts``). Whether it landed."""
+        ...
+
+    def give_up_webhook_events(
+        self, *, now: datetime, created_before: datetime, limit: int = 1000
+    ) -> int:
+        """Give up the events still unsent that were created before ``created_before``
+        and are not leased at ``now``; how many."""
+        ...
+
+    def webhook_outbox_pending(self, owners: Sequence[str]) -> int:
+        """How many events of ``owners`` are neither delivered nor given up."""
         ...

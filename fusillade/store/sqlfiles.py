@@ -38,8 +38,10 @@ class Queries:
     cancel_batch: str
     claim: str
     claim_idempotency_key: str
+    claim_webhook_events: str
     claimable_batches: str
     count_batch_requests: str
+    count_webhook_outbox: str
     create_batch_requests: str
     daemon_heartbeat: str
     daemon_register: str
@@ -56,15 +58,17 @@ class Queries:
     get_batch: str
     get_file: str
     get_idempotency_key: str
-    get_result_file_sizes: str
     get_request: str
+    get_result_file_sizes: str
+    give_up_webhook_events: str
     insert_batch: str
     insert_file: str
+    insert_webhook_event: str
     lease_budgets: str
+    lift_statement_timeout: str
     list_batches: str
     list_files: str
     list_files_asc: str
-    lift_statement_timeout: str
     list_requests: str
     listen: str
     live_daemons: str
@@ -74,6 +78,17 @@ class Queries:
     lock_batch_for_freeze: str
     notify: str
     pick_unfinished_creation: str
+    purge_batch_done: str
+    purge_batch_requests: str
+    purge_blank_templates: str
+    purge_daemons: str
+    purge_delete_templates: str
+    purge_expire_files: str
+    purge_file_progress: str
+    purge_freeze_candidates: str
+    purge_pick_batch: str
+    purge_pick_file: str
+    purge_preview: str
     read_one_snapshot: str
     reclaim_dead_daemons: str
     reclaim_timed_out: str
@@ -83,6 +98,8 @@ class Queries:
     set_escalation: str
     set_file_stats: str
     set_result_file_sizes: str
+    settled_batches: str
+    settle_webhook_event: str
     soft_delete_file: str
     stream_by_line: str
     status_batches: str

@@ -6,8 +6,8 @@ files and batches (including refused and repeated creations, and creations with 
 idempotency key: new, replayed, refused, or new again once the key expired), claims with
 random allotments, results of every kind (including stale attempts, another daemon's
 claims, and results that break a table constraint), releases, reclaims, cancels, sweeps,
-retries, daemon life, escalations, and a clock that moves, sometimes past the batches'
-deadlines.
+retries, daemon life, escalations, retention purges, and a clock that moves, sometimes
+past the batches' deadlines.
 
 Ids: batches are created with explicit uuid7 ids, so both stores share them (and their
 order); file and request ids differ between the stores and are mapped by file ordinal
@@ -58,6 +58,7 @@ from fusillade.store.interface import (
     Allotment,
     BatchSpec,
     DaemonInfo,
+    PurgeStats,
     Repository,
     RequestSummary,
 )
@@ -450,6 +451,8 @@ class StoresAgree(RuleBasedStateMachine):
                 *("release", "reclaim dead", "reclaim timed out", "sweep", "sweep", "abort"),
                 *("models", "new daemon", "register", "heartbeat", "stop", "files"),
                 "forget keys",
+                "finalize",
+                "purge",
             ]
         ),
     )
@@ -509,6 +512,26 @@ class StoresAgree(RuleBasedStateMachine):
                 lambda repo, _: repo.forget_idempotency_keys(now=self.now, limit=1)
             )
             event(f"forget keys: {_label(forgotten or 0)}")
+        elif action == "finalize":  # batches that ended unread are frozen, events written
+            got = self.same(
+                lambda repo, _: len(
+                    [repo.get_batch(None, b, now=self.now) for b in repo.settled_batches()]
+                )
+            )
+            event(f"finalize: {_label(got or 0)}")
+        elif action == "purge":
+            # finished batches' requests and stopped daemons older than `before`, the
+            # files past their time; until done (the chunks may split differently)
+            def purge(repo: Repository, _: int) -> PurgeStats:
+                total = PurgeStats()
+                while True:
+                    step = repo.purge(now=self.now, finished_before=before, stopped_before=before)
+                    total += step
+                    if not step.more:
+                        return attrs.evolve(total, more=False)
+
+            purged = self.same(purge)
+            event(f"purge: {_label(purged.requests if purged else 0)} requests")
         else:
             self.compare_files(data.draw(st.integers(0, len(self.files) - 1), label="file"))
 
@@ -546,7 +569,8 @@ class StoresAgree(RuleBasedStateMachine):
     @rule()
     def compare_batches(self) -> None:
         """Read every batch (which freezes the settled ones) and its result lines, and
-        list the batches in pages."""
+        list the batches in pages. First the settled ones maintenance would freeze."""
+        self.same(lambda repo, _: repo.settled_batches())
         for batch_id in self.batches:
             self.compare_batch(batch_id)
 
@@ -608,6 +632,13 @@ class StoresAgree(RuleBasedStateMachine):
         """Every request is the same (read without freezing anything)."""
         for batch_id in self.batches:
             self.requests_agree_in(batch_id)
+
+    @invariant()
+    def webhook_events_agree(self) -> None:
+        """Each store wrote the same number of webhook events (one per terminal
+        transition), for each owner."""
+        for owner in (OWNER, "bob"):
+            self.same(lambda repo, _, o=owner: repo.webhook_outbox_pending([o]))
 
     def requests_agree_in(self, b: UUID) -> None:
         self.same(lambda repo, _: self.requests_of(repo, b))

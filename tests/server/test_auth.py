@@ -55,6 +55,7 @@ ID_ROUTES = [
     Route("POST", "/v1/batches/{batch}/cancel"),
     Route("POST", "/v1/batches/{batch}/retry"),
     Route("GET", "/v1/batches/{batch}/requests"),
+    Route("GET", "/v1/batches/{batch}/errors"),
     Route(
         "POST",
         "/v1/batches",
@@ -69,6 +70,7 @@ PLACEHOLDER_PATHS = {
     "/v1/batches/{batch_id:str}/cancel": "/v1/batches/{batch}/cancel",
     "/v1/batches/{batch_id:str}/retry": "/v1/batches/{batch}/retry",
     "/v1/batches/{batch_id:str}/requests": "/v1/batches/{batch}/requests",
+    "/v1/batches/{batch_id:str}/errors": "/v1/batches/{batch}/errors",
 }
 
 

@@ -67,7 +67,7 @@ async def test_watch_then_retry_then_watch(
     ), err
     assert re.search(r"^completed +5/5 .* \| last error: http 400: mock status 400$", err, re.M)
     # the database tells canceled and in-flight requests apart; OpenAI's counts do not
-    assert ("canceled 0 in flight 0 |" in err) == (mode == "db"), err
+    assert ("canceled 0 claimed 0 |" in err) == (mode == "db"), err
 
     del mock_upstream.config.per_model["m-bad"]
     code, out, err = await fusillade("retry", batch_id, *where)

@@ -19,11 +19,14 @@ from fusillade.cli import main
 from fusillade.config import (
     ApiKey,
     DaemonSettings,
+    LogSettings,
     ModelSettings,
     OwnerSettings,
+    RetentionSettings,
     ServerSettings,
     Settings,
     UpstreamSettings,
+    WebhookSettings,
     load_settings,
     render,
 )
@@ -61,6 +64,10 @@ max_attempts = 3
 backoff_base = "500ms"
 backoff_cap = "30s"
 
+[retention]
+finished_batches = "30d"
+stopped_daemons = "2d"
+
 [upstreams.openai]
 base_url = "https://api.openai.com"
 api_key_env = "OPENAI_API_KEY"
@@ -90,6 +97,9 @@ FULL_SETTINGS = Settings(
         allowed_endpoints=("/v1/chat/completions",),
         completion_windows=("24h", "1h"),
         max_request_bytes=2000,
+    ),
+    retention=RetentionSettings(
+        finished_batches=timedelta(days=30), stopped_daemons=timedelta(days=2)
     ),
     daemon=DaemonSettings(
         default_concurrency=8,
@@ -219,6 +229,20 @@ def test_every_server_and_daemon_key_has_a_variable() -> None:
     s = load_settings(env=env)
     assert s.server.port == s.server.max_lines == s.daemon.max_attempts == 7
     assert s.server.body_min_rate == s.daemon.default_concurrency == 7
+
+
+def test_retention_keys_have_variables_and_reach_the_daemon() -> None:
+    s = load_settings(
+        env={
+            "FUSILLADE_RETENTION_FINISHED_BATCHES": "12h",
+            "FUSILLADE_RETENTION_STOPPED_DAEMONS": "1d",
+        }
+    )
+    assert s.retention == RetentionSettings(timedelta(hours=12), timedelta(days=1))
+    config = s.daemon_config()
+    assert config.finished_batch_retention == timedelta(hours=12)
+    assert config.stopped_daemon_retention == timedelta(days=1)
+    assert Settings().daemon_config().finished_batch_retention is None  # kept by default
 
 
 # --- the --upstream shortcut ------------------------------------------------------------
@@ -715,9 +739,11 @@ def test_docs_name_every_key_and_variable() -> None:
         Settings,
         ServerSettings,
         DaemonSettings,
+        LogSettings,
         UpstreamSettings,
         ModelSettings,
         OwnerSettings,
+        WebhookSettings,
     )
     for cls in records:
         for field in attrs.fields(cls):
@@ -725,6 +751,7 @@ def test_docs_name_every_key_and_variable() -> None:
                 "upstreams",
                 "models",
                 "owners",
+                "webhooks",
                 "sources",
             ):
                 assert f"| `{field.name}` |" in text, field.name
@@ -732,16 +759,32 @@ def test_docs_name_every_key_and_variable() -> None:
         ((), Settings),
         (("server",), ServerSettings),
         (("daemon",), DaemonSettings),
+        (("log",), LogSettings),
     ):
         for field in attrs.fields(cls):
             if not attrs.has(field.type) and field.name not in (
                 "upstreams",
                 "models",
                 "owners",
+                "webhooks",
                 "sources",
             ):
                 variable = "_".join(["FUSILLADE", *section, field.name]).upper()
                 assert f"`{variable}`" in text, variable
+
+
+def test_log_keys_from_file_variables_and_flags(tmp_path: Path) -> None:
+    assert load_settings(env={}).log == LogSettings(level=None, format="text")
+    path = write(tmp_path, '[log]\nlevel = "DEBUG"\nformat = "json"\n')
+    assert load_settings(path, env={}).log == LogSettings("debug", "json")
+    env = {"FUSILLADE_LOG_LEVEL": "warning", "FUSILLADE_LOG_FORMAT": "json"}
+    assert load_settings(env=env).log == LogSettings("warning", "json")
+    flags = {"log.level": "error", "log.format": "text"}
+    assert load_settings(env=env, flags=flags).log == LogSettings("error", "text")
+    with pytest.raises(ConfigError, match=r"\[log\] format: must be one of text, json"):
+        load_settings(env={"FUSILLADE_LOG_FORMAT": "xml"})
+    s = load_settings(path, env={})
+    assert load_settings(write(tmp_path, render(s, env={})), env={}) == s
 
 
 def test_a_config_path_naming_no_user_is_a_config_error() -> None:
@@ -862,3 +905,45 @@ def test_budgets_and_weights_reach_the_daemon(tmp_path: Path) -> None:
     assert d.upstream_cap("openai") == 8 * 16
     assert d.owner_weights == {"alice": 2.0}
     assert d.default_max_output_tokens == 256
+
+
+# --- issue 15: webhooks -------------------------------------------------------------------
+
+
+def test_webhooks_load_render_and_reach_the_daemon(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        '[daemon]\nwebhook_timeout = "3s"\nwebhook_allow_private = true\n'
+        '[webhooks."alice"]\nurl = "https://hooks.example/in"\nsecret_env = "ALICE_WHSEC"\n'
+        '[webhooks."bob the builder"]\nurl = "http://10.0.0.1/x"\nsecret_env = "BOB_WHSEC"\n'
+        'events = ["batch.completed", "batch.failed"]\n',
+    )
+    s = load_settings(path, env={})
+    assert s.webhooks == {
+        "alice": WebhookSettings("https://hooks.example/in", "ALICE_WHSEC"),
+        "bob the builder": WebhookSettings(
+            "http://10.0.0.1/x", "BOB_WHSEC", ("batch.completed", "batch.failed")
+        ),
+    }
+    rendered = render(s, env={"ALICE_WHSEC": "whsec_c2VjcmV0"})
+    assert "whsec_" not in rendered and 'secret_env = "ALICE_WHSEC"  # set' in rendered
+    (tmp_path / "again.toml").write_text(rendered)
+    assert load_settings(tmp_path / "again.toml", env={}) == s
+    config = s.daemon_config()
+    assert config.webhook_allow_private and config.webhook_timeout == timedelta(seconds=3)
+    assert config.webhooks["alice"].wants("batch.expired")
+    assert not config.webhooks["bob the builder"].wants("batch.expired")
+
+
+@pytest.mark.parametrize(
+    ("table", "message"),
+    [
+        ('url = "ftp://x"\nsecret_env = "S"', "url: must be an http"),
+        ('url = "http://x"\nsecret_env = "whsec_abc="', "secret_env: must be the NAME"),
+        ('url = "http://x"\nsecret_env = "S"\nevents = ["batch.done"]', "events: each entry"),
+        ('url = "http://x"', "secret_env: required"),
+    ],
+)
+def test_webhook_mistakes_are_config_errors(tmp_path: Path, table: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_settings(write(tmp_path, f'[webhooks."alice"]\n{table}\n'), env={})

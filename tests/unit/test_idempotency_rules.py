@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from uuid import UUID
 
 import pytest
@@ -44,8 +44,10 @@ def test_a_batch_fingerprint_is_its_canonical_body() -> None:
         batch_fingerprint(FILE, "/v1/embeddings", "24h", {"a": "1"}),
         batch_fingerprint(FILE, "/v1/embeddings", "24h", None),
         batch_fingerprint(FILE, "/v1/embeddings", "24h", {}),
+        # another output expiry is another request (OpenAI's output_expires_after)
+        batch_fingerprint(FILE, "/v1/embeddings", "24h", {"a": "1", "b": "2"}, timedelta(hours=2)),
     ]
-    assert len({one, *differing}) == 7
+    assert len({one, *differing}) == 8
 
 
 def test_a_file_fingerprint_covers_purpose_name_and_content() -> None:
@@ -55,6 +57,7 @@ def test_a_file_fingerprint_covers_purpose_name_and_content() -> None:
     assert one != file_fingerprint("batch", "in2.jsonl", "ab" * 32)
     assert one != file_fingerprint("batch", "in.jsonl", "cd" * 32)
     assert one != file_fingerprint("other", "in.jsonl", "ab" * 32)
+    assert one != file_fingerprint("batch", "in.jsonl", "ab" * 32, timedelta(hours=1))
 
 
 def test_a_replay_must_be_the_same_request() -> None:

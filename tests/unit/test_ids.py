@@ -61,4 +61,9 @@ def test_parse_never_raises(kind: IdKind, text: str) -> None:
 
 
 def test_prefixes_are_openai_spellings() -> None:
-    assert dict(PREFIXES) == {"file": "file-", "batch": "batch_", "request": "batch_req_"}
+    assert dict(PREFIXES) == {
+        "file": "file-",
+        "batch": "batch_",
+        "request": "batch_req_",
+        "event": "evt_",
+    }

@@ -7,6 +7,7 @@ that run without a database.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -17,6 +18,7 @@ import pytest
 from helpers import claim_by_model
 
 from fusillade.core.attempts import AttemptResult, ClaimedRequest, ResultKind
+from fusillade.core.ids import format_id
 from fusillade.core.models import (
     BatchStatus,
     Failure,
@@ -442,3 +444,31 @@ def test_record_results_writes_what_the_core_computed(repo: MemoryRepository) ->
     stale = repo.record_results(d, [ok(c[1])])
     assert stale.written == 0 and stale.lost == (c[1].id,)
     assert repo.record_results(d, [ok(again)]).written == 1
+
+
+def test_each_transition_is_logged_once(
+    repo: MemoryRepository, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="fusillade.batches")
+    cancelled = make_batch(repo, 3)
+    expiring = make_batch(repo, 2)
+    repo.cancel_batch("alice", cancelled, now=T0)
+    repo.cancel_batch("alice", cancelled, now=T0)  # already cancelled: nothing new
+    later = T0 + timedelta(days=2)
+    repo.sweep(now=later)
+    repo.sweep(now=later)
+    assert sorted(map(str, repo.settled_batches())) == sorted(map(str, [expiring]))
+    for _ in range(2):
+        repo.get_batch("alice", expiring, now=later)
+        repo.get_batch("alice", cancelled, now=later)
+    assert repo.settled_batches() == []
+    seen = [(r.event, r.batch_id, getattr(r, "status", None)) for r in caplog.records]
+    c, e = format_id("batch", cancelled), format_id("batch", expiring)
+    assert seen == [
+        ("batch_created", c, None),
+        ("batch_created", e, None),
+        ("batch_cancel_requested", c, None),
+        ("batch_finished", c, "cancelled"),
+        ("batch_expired", e, None),
+        ("batch_finished", e, "expired"),
+    ]

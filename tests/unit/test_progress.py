@@ -77,7 +77,7 @@ def test_the_line_ends_with_the_trouble() -> None:
     snapshot = Snapshot(BatchStatus.IN_PROGRESS, counts)
     trouble = BatchTrouble(3, 0, False, ErrorSample(HTTP, 500, "x", "boom"))
     line = progress.line(snapshot, trouble=trouble)
-    assert line.startswith("in_progress 6/10 ( 60.0%) ok 5 failed 1 canceled 0 in flight 0 | ")
+    assert line.startswith("in_progress 6/10 ( 60.0%) ok 5 failed 1 canceled 0 claimed 0 | ")
     assert line.endswith(" | retries waiting 3 | last error: http 500: boom")
 
 
@@ -106,3 +106,18 @@ def test_error_summary_lists_kinds_with_counts_and_an_example() -> None:
     assert all(len(line) <= 80 for line in lines[1:])
     capped = error_summary(ErrorKinds(kinds.kinds, scanned=1000, capped=True))
     assert capped[0] == "errors by kind (of the latest 1,000 failed, canceled or expired requests):"
+
+
+def test_in_flight_is_the_daemons_count_when_it_runs_here() -> None:
+    """The database's in_progress count holds answers still being recorded, so it can
+    exceed the concurrency (the review saw "in flight 3160" with --concurrency 2000):
+    `run` shows its daemon's count of requests sent and not answered instead."""
+    progress = Progress(io.StringIO(), tty=False)
+    counts = RequestCounts(total=10, pending=1, in_progress=7, completed=2)
+    snapshot = Snapshot(BatchStatus.IN_PROGRESS, counts)
+    line = progress.line(snapshot, in_flight=3)
+    assert " canceled 0 in flight 3 | " in line, line
+    assert "claimed" not in line and " 7 " not in line, line
+    # without a daemon here (watch): what the daemons claimed, named as such
+    line = progress.line(snapshot)
+    assert " canceled 0 claimed 7 | " in line and "in flight" not in line, line

@@ -37,8 +37,10 @@ from fusillade.store.memory._batches import BatchParts
 from fusillade.store.memory._daemon import DaemonParts
 from fusillade.store.memory._files import FileParts
 from fusillade.store.memory._results import ResultParts
+from fusillade.store.memory._retention import RetentionParts
 from fusillade.store.memory._status import StatusParts
 from fusillade.store.memory._trouble import TroubleParts
+from fusillade.store.memory._webhooks import WebhookParts
 
 if TYPE_CHECKING:
     from fusillade.store.interface import Repository
@@ -46,7 +48,16 @@ if TYPE_CHECKING:
 __all__ = ["MemoryRepository"]
 
 
-class MemoryRepository(FileParts, BatchParts, StatusParts, ResultParts, TroubleParts, DaemonParts):
+class MemoryRepository(
+    FileParts,
+    BatchParts,
+    StatusParts,
+    ResultParts,
+    TroubleParts,
+    DaemonParts,
+    RetentionParts,
+    WebhookParts,
+):
     """A ``Repository`` in process memory. Thread-safe; nothing survives the process.
 
     Calls never block on I/O (``blocking = False``): the runtime calls them on the event

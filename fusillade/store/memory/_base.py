@@ -10,6 +10,7 @@ from uuid import UUID
 
 import attrs
 
+from fusillade import lifecycle
 from fusillade.core.batches import count_states, derive, freeze, needs_freeze
 from fusillade.core.idempotency import (
     MAX_KEY_CHARS,
@@ -26,10 +27,11 @@ from fusillade.core.models import (
     Usage,
 )
 from fusillade.core.transitions import Event, EventKind, step
+from fusillade.core.webhooks import WebhookEvent, event_type
 from fusillade.errors import NotFound, StoreError
 from fusillade.ids import next_uuid7
 from fusillade.store.interface import RequestSummary
-from fusillade.store.memory._rows import P, _Daemon, _File, _Key, _no_nul, _Row
+from fusillade.store.memory._rows import P, _Daemon, _Event, _File, _Key, _no_nul, _Row
 
 
 class MemoryBase:
@@ -49,6 +51,13 @@ class MemoryBase:
         self._leases: dict[tuple[str, UUID], datetime] = {}
         # idempotency keys: (owner, key) -> the request's fingerprint and object
         self._keys: dict[tuple[str, str], _Key] = {}
+        # the webhook outbox, and its (batch, version) -> event id uniqueness
+        self._events: dict[UUID, _Event] = {}
+        self._event_of: dict[tuple[UUID, int], UUID] = {}
+        # retention (0013): batches' output expiry, and what the purge has removed
+        self._output_expires: dict[UUID, datetime] = {}
+        self._purged_batches: set[UUID] = set()
+        self._purged_files: set[UUID] = set()
 
     # Parity with PostgresRepository, so either can be used as a context manager.
     def open(self, *, wait: bool = True, timeout: float = 30.0) -> None:
@@ -161,7 +170,20 @@ class MemoryBase:
         frozen = attrs.evolve(frozen, usage=Usage(tokens_in, tokens_out, tokens_in + tokens_out))
         self._batches[record.id] = frozen
         assert frozen.frozen_counts is not None
-        return derive(frozen, frozen.frozen_counts, now)
+        view = derive(frozen, frozen.frozen_counts, now)
+        lifecycle.finished(view, now)
+        self._insert_event(view, now)
+        return view
+
+    def _insert_event(self, view: BatchView, now: datetime) -> None:
+        """insert_webhook_event.sql: the event of a batch just frozen, once per version."""
+        kind = event_type(view.status)
+        key = (view.record.id, view.record.version)
+        if kind is None or key in self._event_of:
+            return
+        event = WebhookEvent(next_uuid7(), view.record.owner, kind, view.record.id, now)
+        self._events[event.id] = _Event(event, next_attempt_at=now)
+        self._event_of[key] = event.id
 
     def _request_of(self, owner: str | None, request_id: UUID) -> tuple[_Row, RequestTemplate]:
         row = self._rows.get(request_id)

@@ -7,7 +7,8 @@ from uuid import UUID, uuid4
 
 import attrs
 
-from fusillade.core.batches import check_input_file, endpoint_mismatch, retry_refusal
+from fusillade import lifecycle
+from fusillade.core.batches import INPUT_GONE, check_input_file, endpoint_mismatch, retry_refusal
 from fusillade.core.ids import format_id
 from fusillade.core.models import (
     UNSETTLED_STATES,
@@ -24,6 +25,7 @@ from fusillade.errors import Conflict, NotFound, ValidationError
 from fusillade.store.interface import (
     BatchSpec,
     Page,
+    output_expiry,
 )
 from fusillade.store.memory._base import MemoryBase
 from fusillade.store.memory._rows import _INLINE_SWEEP, CA, UNSETTLED, P, _File, _Row
@@ -49,6 +51,7 @@ class BatchParts(MemoryBase):
                     raise Conflict(f"batch id {batch_id} is taken")
             else:
                 self._insert_batch(owner, batch_id, spec, now)
+                lifecycle.created(self._batches[batch_id])
             if replay is None:
                 self._remember(owner, spec.idempotency, batch_id, now)
             return self.get_batch(owner, batch_id, now=now)
@@ -63,6 +66,7 @@ class BatchParts(MemoryBase):
             if t.path != spec.endpoint:
                 raise endpoint_mismatch(line, t.path, spec.endpoint)
         expires_at = now + spec.window
+        output_expires_at = output_expiry(spec, now)
         output_id, error_id = self._new_id(), self._new_id()
         for file_id, purpose in (
             (output_id, FilePurpose.BATCH_OUTPUT),
@@ -70,7 +74,7 @@ class BatchParts(MemoryBase):
         ):
             name = f"batch_{batch_id.hex}_{purpose.value.removeprefix('batch_')}.jsonl"
             self._files[file_id] = _File(
-                FileRecord(file_id, owner, name, purpose, 0, 0, now, None, batch_id)
+                FileRecord(file_id, owner, name, purpose, 0, 0, now, output_expires_at, batch_id)
             )
             self._templates[file_id] = []
         self._batches[batch_id] = BatchRecord(
@@ -93,6 +97,8 @@ class BatchParts(MemoryBase):
             self._put(_Row(req, spec.input_file_id, line, t.model, expires_at))
             ids.append(req.id)
         self._batch_rows[batch_id] = ids
+        if output_expires_at is not None:
+            self._output_expires[batch_id] = output_expires_at
 
     def get_batch(self, owner: str | None, batch_id: UUID, *, now: datetime) -> BatchView:
         """A batch with its derived status; ``owner=None`` reads any owner's batch."""
@@ -137,6 +143,7 @@ class BatchParts(MemoryBase):
                 and any(r.req.state in UNSETTLED for r in self._rows_of(batch_id))
             ):
                 self._batches[batch_id] = attrs.evolve(record, cancelling_at=now)
+                lifecycle.cancel_requested(batch_id, owner)
                 self._sweep_pending(
                     EventKind.CANCEL,
                     now,
@@ -158,6 +165,8 @@ class BatchParts(MemoryBase):
             record = view.record
             if (refusal := retry_refusal(record)) is not None:
                 raise Conflict(refusal)
+            if self._live_file(owner, record.input_file_id) is None:
+                raise Conflict(INPUT_GONE)
             again = (RequestState.FAILED, CA) if include_cancelled else (RequestState.FAILED,)
             if not any(row.req.state in again for row in self._rows_of(batch_id)):
                 return view  # nothing to retry: the batch is left as it is

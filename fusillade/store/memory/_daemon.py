@@ -8,6 +8,7 @@ from uuid import UUID
 
 import attrs
 
+from fusillade import lifecycle
 from fusillade.core.attempts import RESULT_FIELDS, AbortReason, AttemptResult, ClaimedRequest
 from fusillade.core.batches import ClaimableBatch, window_of
 from fusillade.core.models import (
@@ -77,6 +78,14 @@ class DaemonParts(MemoryBase):
                     )
                 )
             return out
+
+    def settled_batches(self, *, limit: int = 100) -> list[UUID]:
+        with self._lock:
+            out = []
+            for b in sorted(self._batches.values(), key=lambda b: (b.expires_at, b.id)):
+                if b.frozen_counts is None and self._counts(b).unsettled == 0:
+                    out.append(b.id)
+            return out[:limit]
 
     def set_escalation(
         self, *, escalate: Sequence[UUID], clear: Sequence[UUID], now: datetime
@@ -325,6 +334,7 @@ class DaemonParts(MemoryBase):
                     and any(r.req.state in UNSETTLED for r in self._rows_of(b.id))
                 ):
                     self._batches[b.id] = attrs.evolve(b, expired_at=b.expires_at)
+                    lifecycle.expired(b.id, b.owner)
             swept = self._sweep_pending(
                 EventKind.CANCEL, now, limit, lambda b: b.cancelling_at is not None
             )

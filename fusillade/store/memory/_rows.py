@@ -14,6 +14,7 @@ from fusillade.core.models import (
     RequestState,
 )
 from fusillade.core.strictjson import storable
+from fusillade.core.webhooks import WebhookEvent
 from fusillade.errors import StoreError
 from fusillade.store.interface import DaemonInfo
 
@@ -101,3 +102,20 @@ class _Key:
     fingerprint: str
     object_id: UUID
     created_at: datetime
+
+
+@attrs.define
+class _Event:
+    """A row of webhook_events (0011_webhook_outbox.sql); ``event.attempts`` is the
+    column."""
+
+    event: WebhookEvent
+    next_attempt_at: datetime
+    claimed_by: UUID | None = None
+    delivered_at: datetime | None = None
+    given_up_at: datetime | None = None
+    last_error: str | None = None
+
+    @property
+    def pending(self) -> bool:
+        return self.delivered_at is None and self.given_up_at is None

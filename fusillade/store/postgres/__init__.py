@@ -28,8 +28,10 @@ from fusillade.store.postgres._base import (
 from fusillade.store.postgres._daemon import DaemonQueries
 from fusillade.store.postgres._files import FileQueries
 from fusillade.store.postgres._results import ResultQueries
+from fusillade.store.postgres._retention import RetentionQueries
 from fusillade.store.postgres._status import StatusQueries
 from fusillade.store.postgres._trouble import TroubleQueries
+from fusillade.store.postgres._webhooks import WebhookQueries
 
 __all__ = [
     "CANCEL_CHANNEL",
@@ -40,10 +42,18 @@ __all__ = [
 ]
 
 
-class PostgresRepository(FileQueries, StatusQueries, ResultQueries, TroubleQueries, DaemonQueries):
+class PostgresRepository(
+    FileQueries,
+    StatusQueries,
+    ResultQueries,
+    TroubleQueries,
+    DaemonQueries,
+    RetentionQueries,
+    WebhookQueries,
+):
     """A ``Repository`` on PostgreSQL. Thread-safe; call it from worker threads.
 
     Each part lives in its own module (files, batches and the status page's reads of
-    them, results, the progress line's reads, daemon side) on top of ``PostgresBase``
+    them, results, the progress line's reads, daemon side, retention) on top of ``PostgresBase``
     (the pool, transactions, LISTEN).
     """

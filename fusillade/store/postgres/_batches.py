@@ -11,7 +11,9 @@ import psycopg
 import psycopg.errors
 from psycopg.types.json import Jsonb
 
+from fusillade import lifecycle
 from fusillade.core.batches import (
+    INPUT_GONE,
     check_input_file,
     derive,
     endpoint_mismatch,
@@ -25,6 +27,7 @@ from fusillade.core.models import (
     FilePurpose,
     RequestCounts,
 )
+from fusillade.core.webhooks import event_type
 from fusillade.core.windows import parse_completion_window
 from fusillade.errors import Conflict, NotFound, ValidationError
 from fusillade.ids import next_uuid7
@@ -32,6 +35,7 @@ from fusillade.serde import structure
 from fusillade.store.interface import (
     BatchSpec,
     Page,
+    output_expiry,
 )
 from fusillade.store.postgres._base import CANCEL_CHANNEL, WORK_CHANNEL, PostgresBase
 
@@ -68,6 +72,7 @@ class BatchQueries(PostgresBase):
                 ``spec.idempotency`` was used for a different request.
         """
         batch_id = spec.batch_id or next_uuid7()
+        created: BatchRecord | None = None
         with self._tx() as cur:
             if spec.idempotency is not None:
                 # first: a concurrent request with the key waits here for this one
@@ -80,6 +85,9 @@ class BatchQueries(PostgresBase):
                     raise Conflict(f"batch id {batch_id} is taken")
             else:
                 self._insert_batch(cur, owner, batch_id, spec, now)
+                created = self._read_batch(cur, owner, batch_id)
+        if created is not None:  # committed: this call created it
+            lifecycle.created(created)
         while True:
             with self._tx() as cur:
                 if self._create_chunk(cur, batch_id, now) is None:
@@ -140,6 +148,7 @@ class BatchQueries(PostgresBase):
         if mismatch is not None:
             raise endpoint_mismatch(mismatch["line_number"], mismatch["path"], spec.endpoint)
         expires_at = now + spec.window
+        output_expires_at = output_expiry(spec, now)
         output_id, error_id = next_uuid7(), next_uuid7()
         for file_id, purpose in (
             (output_id, FilePurpose.BATCH_OUTPUT),
@@ -155,7 +164,7 @@ class BatchQueries(PostgresBase):
                     "purpose": purpose.value,
                     "batch_id": batch_id,
                     "created_at": now,
-                    "expires_at": None,
+                    "expires_at": output_expires_at,
                 },
             )
         cur.execute(
@@ -173,6 +182,7 @@ class BatchQueries(PostgresBase):
                 "expires_at": expires_at,
                 "total": file_row["line_count"],
                 "models": file_row["models"],
+                "output_expires_at": output_expires_at,
             },
         )
 
@@ -207,8 +217,11 @@ class BatchQueries(PostgresBase):
         records: Sequence[BatchRecord],
         owner: str | None,
         now: datetime,
+        frozen_now: list[BatchView],
     ) -> list[BatchView]:
-        """Derive views, freezing (once) any batch that is terminal but not yet frozen."""
+        """Derive views, freezing (once) any batch that is terminal but not yet frozen;
+        the views of those this call froze are added to ``frozen_now`` (for the caller
+        to log once the transaction committed)."""
         counts = self._live_counts(cur, records)
         views = []
         for record in records:
@@ -223,14 +236,41 @@ class BatchQueries(PostgresBase):
                     record = self._read_batch(cur, owner, record.id)
                     assert record.frozen_counts is not None
                     view = derive(record, record.frozen_counts, now)
+                    frozen_now.append(view)
+                    self._insert_event(cur, view, now)
             views.append(view)
         return views
 
+    def _insert_event(
+        self, cur: psycopg.Cursor[dict[str, Any]], view: BatchView, now: datetime
+    ) -> None:
+        """The webhook event of a batch that has just become terminal, in the freeze's
+        transaction (docs/webhooks.md): for every owner, sent only where configured."""
+        kind = event_type(view.status)
+        if kind is None:  # a freeze always ends in a terminal status; nothing to say if not
+            return
+        record = view.record
+        cur.execute(
+            self.q.insert_webhook_event,
+            {
+                "id": next_uuid7(),
+                "owner": record.owner,
+                "type": kind,
+                "batch_id": record.id,
+                "batch_version": record.version,
+                "created_at": now,
+            },
+        )
+
     def get_batch(self, owner: str | None, batch_id: UUID, *, now: datetime) -> BatchView:
         """A batch with its derived status; ``owner=None`` reads any owner's batch."""
+        frozen: list[BatchView] = []
         with self._tx() as cur:
             record = self._read_batch(cur, owner, batch_id)
-            return self._views(cur, [record], owner, now)[0]
+            view = self._views(cur, [record], owner, now, frozen)[0]
+        for done in frozen:
+            lifecycle.finished(done, now)
+        return view
 
     def list_batches(
         self, owner: str, *, now: datetime, after: UUID | None = None, limit: int = 20
@@ -247,7 +287,10 @@ class BatchQueries(PostgresBase):
                 self.q.list_batches, {"owner": owner, "after": after, "limit": limit + 1}
             ).fetchall()
             records = [structure(r, BatchRecord) for r in rows[:limit]]
-            views = self._views(cur, records, owner, now)
+            frozen: list[BatchView] = []
+            views = self._views(cur, records, owner, now, frozen)
+        for done in frozen:
+            lifecycle.finished(done, now)
         return Page(tuple(views), has_more=len(rows) > limit)
 
     def cancel_batch(self, owner: str, batch_id: UUID, *, now: datetime) -> BatchView:
@@ -266,6 +309,8 @@ class BatchQueries(PostgresBase):
                     {"now": now, "limit": _INLINE_SWEEP, "batch_id": batch_id},
                 )
                 cur.execute(self.q.notify, {"channel": CANCEL_CHANNEL, "payload": str(batch_id)})
+        if hit is not None:  # committed: this call cancelled it
+            lifecycle.cancel_requested(batch_id, owner)
         return self.get_batch(owner, batch_id, now=now)
 
     def retry_batch(
@@ -283,6 +328,14 @@ class BatchQueries(PostgresBase):
         if (refusal := retry_refusal(record)) is not None:
             raise Conflict(refusal)
         with self._tx() as cur:
+            if (
+                cur.execute(
+                    self.q.get_file, {"id": record.input_file_id, "owner": owner}
+                ).fetchone()
+                is None
+            ):
+                # its content may already be purged (maintenance): nothing to send again
+                raise Conflict(INPUT_GONE)
             row = cur.execute(
                 self.q.retry_batch,
                 {

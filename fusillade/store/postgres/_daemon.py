@@ -10,6 +10,7 @@ from uuid import UUID
 
 from psycopg.types.json import Jsonb
 
+from fusillade import lifecycle
 from fusillade.core.attempts import AbortReason, AttemptResult, ClaimedRequest
 from fusillade.core.batches import ClaimableBatch, window_of
 from fusillade.core.idempotency import expired_before
@@ -168,7 +169,7 @@ class DaemonQueries(PostgresBase):
         """One round of maintenance: stamp expired batches, then turn a bounded chunk of
         pending rows of cancelled and expired batches canceled. Returns rows changed."""
         with self._tx() as cur:
-            cur.execute(self.q.expire_batches, {"now": now})
+            expired = cur.execute(self.q.expire_batches, {"now": now}).fetchall()
             swept = len(
                 cur.execute(
                     self.q.sweep_cancelled, {"now": now, "limit": limit, "batch_id": None}
@@ -177,6 +178,8 @@ class DaemonQueries(PostgresBase):
             swept += len(
                 cur.execute(self.q.expire_requests, {"now": now, "limit": limit}).fetchall()
             )
+        for row in expired:  # committed
+            lifecycle.expired(row["id"], row["owner"])
         return swept
 
     def forget_idempotency_keys(self, *, now: datetime, limit: int = 1000) -> int:
@@ -187,6 +190,11 @@ class DaemonQueries(PostgresBase):
                 {"expired_before": expired_before(now), "limit": limit},
             ).fetchall()
         return len(rows)
+
+    def settled_batches(self, *, limit: int = 100) -> list[UUID]:
+        with self._tx() as cur:
+            rows = cur.execute(self.q.settled_batches, {"limit": limit}).fetchall()
+        return [r["id"] for r in rows]
 
     def register_daemon(self, info: DaemonInfo, *, now: datetime) -> None:
         with self._tx() as cur:

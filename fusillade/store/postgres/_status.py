@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from fusillade.core.models import BatchRecord, FailureReason
+from fusillade import lifecycle
+from fusillade.core.models import BatchRecord, BatchView, FailureReason
 from fusillade.serde import structure
 from fusillade.store.interface import (
     ModelActivity,
@@ -25,9 +26,11 @@ class StatusQueries(BatchQueries):
         batches: int = 20,
         failures: int = 20,
     ) -> StatusSnapshot:
+        frozen: list[BatchView] = []
         with self._tx() as cur:
             rows = cur.execute(self.q.status_batches, {"owner": owner, "limit": batches}).fetchall()
-            views = self._views(cur, [structure(r, BatchRecord) for r in rows], owner, now)
+            records = [structure(r, BatchRecord) for r in rows]
+            views = self._views(cur, records, owner, now, frozen)
             active = status_batch_ids(views, since)
             models = [
                 ModelActivity(r["model"], r["in_flight"], r["completed"], r["failed"])
@@ -50,4 +53,6 @@ class StatusQueries(BatchQueries):
                     self.q.status_failures, {"batch_ids": shown, "limit": failures}
                 ).fetchall()
             ]
+        for done in frozen:
+            lifecycle.finished(done, now)
         return StatusSnapshot(now, tuple(views), tuple(models), tuple(failed))

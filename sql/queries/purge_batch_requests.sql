@@ -1,0 +1,12 @@
+-- purge_batch_requests: delete at most `limit` requests of a frozen batch (all settled:
+-- the state test only restates it). Parameters: batch_id, limit. Returns the ids.
+-- Uses requests_batch_state (0001).
+WITH chunk AS (
+    SELECT id FROM requests
+    WHERE batch_id = %(batch_id)s AND state IN ('completed', 'failed', 'canceled')
+    LIMIT %(limit)s
+)
+DELETE FROM requests r
+USING chunk
+WHERE r.id = chunk.id
+RETURNING r.id
