@@ -56,6 +56,7 @@ ID_ROUTES = [
     Route("POST", "/v1/batches/{batch}/retry"),
     Route("GET", "/v1/batches/{batch}/requests"),
     Route("GET", "/v1/batches/{batch}/errors"),
+    Route("GET", "/v1/batches/{batch}/results"),
     Route(
         "POST",
         "/v1/batches",
@@ -71,6 +72,7 @@ PLACEHOLDER_PATHS = {
     "/v1/batches/{batch_id:str}/retry": "/v1/batches/{batch}/retry",
     "/v1/batches/{batch_id:str}/requests": "/v1/batches/{batch}/requests",
     "/v1/batches/{batch_id:str}/errors": "/v1/batches/{batch}/errors",
+    "/v1/batches/{batch_id:str}/results": "/v1/batches/{batch}/results",
 }
 
 
