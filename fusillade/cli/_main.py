@@ -195,6 +195,7 @@ def _run(args: argparse.Namespace) -> int:
     from fusillade import logs
     from fusillade.cli.run import EXIT_USAGE, RunOptions, check_input, check_options, run_batch
     from fusillade.errors import ConfigError, InvalidJSONL, ValidationError
+    from fusillade.server.workers import worker_count
 
     try:
         settings = _run_settings(args)
@@ -210,6 +211,9 @@ def _run(args: argparse.Namespace) -> int:
             retry_failed=args.retry_failed,
             ordered=args.ordered,
             daemon=settings.daemon_config(),
+            workers=worker_count(settings.daemon.workers),
+            log_level=settings.log.level or "warning",
+            log_format=settings.log.format,
         )
         logs.configure(settings.log.level or "warning", settings.log.format)  # docs/logging.md
         check_options(options)

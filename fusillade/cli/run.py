@@ -51,6 +51,7 @@ from fusillade.errors import FusilladeError, NotFound, ValidationError
 from fusillade.ids import next_uuid7
 from fusillade.progress import Progress, error_summary
 from fusillade.runtime.config import DaemonConfig
+from fusillade.server.workers import Workers, WorkerSpec, open_workers, share_of
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 STDOUT = Path("-")  # ``-o -``, ``--errors -``: standard output
@@ -71,6 +72,10 @@ class RunOptions:
     ordered: bool = False  # results in input order, not completion order
     # routing, concurrency, retries: the configuration's (``Settings.daemon_config()``)
     daemon: DaemonConfig = attrs.field(factory=DaemonConfig)
+    # daemon processes, this one's included (``fusillade.server.workers``)
+    workers: int = 1
+    log_level: str = "warning"  # the worker processes'
+    log_format: str = "text"
 
     @property
     def errors_with_output(self) -> bool:
@@ -294,7 +299,15 @@ async def _run_batch(
     endpoint = checked.endpoint
     batch_id, recorded = _batch_id_for(options, input_hash)
     progress = Progress(stderr, interval=options.progress_interval.total_seconds())
-    async with fusillade.engine.open(url, options.daemon, rules=rules) as engine:
+    own = share_of(options.daemon, 0, options.workers)
+    async with (
+        fusillade.engine.open(url, own, rules=rules) as engine,
+        open_workers(
+            WorkerSpec(url, options.daemon, options.log_level, options.log_format),
+            options.workers,
+            say=lambda line: print(f"fusillade run: {line}", file=stderr),
+        ) as workers,
+    ):
         try:
             view = await engine.get_batch(batch_id)
         except NotFound:
@@ -330,12 +343,14 @@ async def _run_batch(
                     throttled=throttled,
                     paused=paused,
                     trouble=trouble,
-                    in_flight=_in_flight(engine, batch_id),
+                    in_flight=_in_flight(engine, workers, batch_id),
                 )
         interrupts.watching = None  # from here a Ctrl-C stops at once
         if interrupts.count:
+            if engine.daemon is not None:  # pausing: this daemon stops with the workers
+                engine.daemon.stop()
             progress.update(
-                view, final=True, trouble=trouble, in_flight=_in_flight(engine, batch_id)
+                view, final=True, trouble=trouble, in_flight=_in_flight(engine, workers, batch_id)
             )
             return EXIT_INTERRUPTED
         await _write_results(engine, view, options)
@@ -352,11 +367,14 @@ async def _run_batch(
     return EXIT_OK if ok else EXIT_SOME_FAILED
 
 
-def _in_flight(engine: Engine, batch_id: UUID) -> int | None:
+def _in_flight(engine: Engine, workers: Workers, batch_id: UUID) -> int | None:
     """The batch's requests the in-process daemon has sent and awaits: what the upstream
     sees, never more than the concurrency (the batch's ``in_progress`` count also holds
-    answers being recorded)."""
-    return engine.daemon.in_flight_of(batch_id) if engine.daemon is not None else None
+    answers being recorded). ``None`` with worker processes: the line shows the
+    database's ``claimed`` count, which covers every daemon."""
+    if engine.daemon is None or workers.count > 1:
+        return None
+    return engine.daemon.in_flight_of(batch_id)
 
 
 def _holding_back(engine: Engine) -> tuple[tuple[str, ...], list[str]]:

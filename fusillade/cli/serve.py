@@ -33,6 +33,7 @@ def run(args: argparse.Namespace) -> int:
     import trio
 
     from fusillade.server.serve import serve_until_signalled
+    from fusillade.server.workers import worker_count
 
     settings = settings_from_args(args, os.environ)
     logs.configure(settings.log.level or "info", settings.log.format)
@@ -46,6 +47,7 @@ def run(args: argparse.Namespace) -> int:
                 migrate=not args.no_migrate,
                 # JSON lines only, for log shippers: the announcements become log lines
                 announce=_say if settings.log.format == "text" else None,
+                workers=worker_count(settings.daemon.workers) if not args.no_daemon else 1,
             )
         )
     except BaseExceptionGroup as group:

@@ -356,6 +356,13 @@ def add_arguments(
         )
         parser.add_argument("--upstream", metavar="URL", help="send every model to this server")
         parser.add_argument(
+            "--workers",
+            type=int,
+            metavar="N",
+            help="daemon processes sharing the work and the limits (default: [daemon] "
+            "workers, else one per core; 1: a single process)",
+        )
+        parser.add_argument(
             "--max-in-flight",
             type=int,
             metavar="N",
@@ -402,6 +409,7 @@ def settings_from_args(
         "server.host": getattr(args, "host", None),
         "server.port": getattr(args, "port", None),
         "daemon.default_concurrency": getattr(args, "concurrency", None),
+        "daemon.workers": getattr(args, "workers", None),
         "upstream": upstream,
         "upstream_api_key_env": key_env,
         "upstream.max_in_flight": getattr(args, "max_in_flight", None),

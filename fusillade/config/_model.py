@@ -304,6 +304,9 @@ class DaemonSettings:
     # private, loopback and link-local addresses are allowed (off: refused, SSRF)
     webhook_timeout: Duration = timedelta(seconds=15)
     webhook_allow_private: Bool = False
+    # daemon processes of `run` and `serve` (docs/deployment.md, "Workers"); None: one
+    # per core. Limits stay the deployment's: per-model concurrency is split between them
+    workers: Count | None = None
 
 
 @attrs.frozen

@@ -30,6 +30,7 @@ from fusillade.server.errors import exception_to_response
 from fusillade.server.intake import json_intake
 from fusillade.server.requestid import stamp
 from fusillade.server.wire import Health
+from fusillade.server.workers import merge_metrics
 
 READY_TIMEOUT: Final = 5.0
 """Seconds the readiness probe waits for the database before answering 503."""
@@ -102,8 +103,12 @@ def require_metrics_key(
     media_type=MediaType.TEXT,
     guards=[require_metrics_key],
 )
-async def metrics() -> Response[bytes]:
-    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+async def metrics(request: Request[Any, Any, Any]) -> Response[bytes]:
+    text = generate_latest()
+    workers = context_of(request).workers
+    if workers is not None and workers.count > 1:  # one deployment: one set of metrics
+        text = merge_metrics([text, *await workers.metrics()])
+    return Response(text, media_type=CONTENT_TYPE_LATEST)
 
 
 @get("/openapi.json", include_in_schema=False)

@@ -20,6 +20,7 @@ from fusillade.core.jsonl import JsonlLimits
 from fusillade.engine import Engine, Rules
 from fusillade.runtime.daemon import Daemon
 from fusillade.server.auth import HostPolicy, KeyRing
+from fusillade.server.workers import Workers
 
 
 @attrs.frozen
@@ -71,6 +72,8 @@ class ServerContext:
     keys: KeyRing
     # empty: GET /metrics needs no key
     metrics_key: KeyRing = attrs.field(factory=functools.partial(KeyRing, ()))
+    # the daemons in worker processes (``--workers``), whose metrics /metrics adds up
+    workers: Workers | None = None
 
     def __attrs_post_init__(self) -> None:
         self.engine = self.engine.with_rules(server_rules(self.settings))

@@ -37,6 +37,7 @@ from fusillade.runtime.daemon import Daemon
 from fusillade.server.app import create_app
 from fusillade.server.auth import check_bind, is_loopback, load_keys, load_metrics_key
 from fusillade.server.context import ServerContext
+from fusillade.server.workers import WorkerSpec, open_workers, share_of
 from fusillade.store.interface import Repository
 
 if TYPE_CHECKING:
@@ -105,6 +106,7 @@ async def serve(
     daemon_config: DaemonConfig | None = None,
     transport: httpx.AsyncBaseTransport | None = None,
     announce: Callable[[str], None] | None = None,
+    workers: int = 1,
     task_status: trio.TaskStatus[Running] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run the API and/or a daemon until ``Running.stop()`` or cancellation.
@@ -119,6 +121,9 @@ async def serve(
         transport: the daemon's httpx transport (tests).
         announce: called with one line for the operator per notable fact (where the
             database is, where the API listens, that no keys are configured).
+        workers: daemons in all (``--workers``): this process's and ``workers - 1``
+            worker processes (``fusillade.server.workers``); needs the database, not a
+            ``repository`` given here.
 
     Raises:
         ConfigError: a key variable is unset, or no keys with a non-loopback host.
@@ -148,9 +153,16 @@ async def serve(
             )
             stack.push_async_callback(_close, repo)
         daemon = None
+        processes = None
         if run_daemon:
             config = daemon_config if daemon_config is not None else _daemon_config(settings)
-            daemon = Daemon(repo, config, transport=transport)
+            if repository is not None:
+                workers = 1  # a repository of the caller's: nothing to share it through
+            spec = WorkerSpec(url, config, settings.log.level or "info", settings.log.format)
+            processes = await stack.enter_async_context(open_workers(spec, workers, say=say))
+            daemon = Daemon(repo, share_of(config, 0, workers), transport=transport)
+            if workers > 1:
+                say(f"{workers} daemons: this process and worker processes {processes.pids}")
         running = Running(url=None, daemon=daemon, repo=repo, database_url=url)
         # The API's times (batch deadlines, cancel and retry stamps) are compared by
         # daemons on other hosts: take them from the database's clock, like the daemon.
@@ -162,7 +174,11 @@ async def serve(
                 # The API binds first: an address in use then starts no daemon.
                 if run_api:
                     ctx = ServerContext(
-                        engine=engine, settings=settings.server, keys=keys, metrics_key=metrics_key
+                        engine=engine,
+                        settings=settings.server,
+                        keys=keys,
+                        metrics_key=metrics_key,
+                        workers=processes,
                     )
                     binds: list[str] = await nursery.start(
                         functools.partial(
