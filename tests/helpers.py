@@ -197,3 +197,15 @@ def claim_by_model(
                 out += got
                 n -= len(got)
     return out
+
+
+SUITE_VARIABLES = ("FUSILLADE_DAEMON_WORKERS",)
+"""Settings the whole suite runs under (``FUSILLADE_DAEMON_WORKERS=1 pytest``: the commands
+the tests start use one daemon process): kept when a test clears the ``FUSILLADE_*``
+variables of the environment it starts a command in."""
+
+
+def is_setting(name: str) -> bool:
+    """A ``FUSILLADE_*`` variable a test clears before starting a command (not the
+    suite's own, ``SUITE_VARIABLES``)."""
+    return name.startswith("FUSILLADE_") and name not in SUITE_VARIABLES

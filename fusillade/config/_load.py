@@ -352,7 +352,10 @@ def add_arguments(
         parser.add_argument("--port", type=int, help="port the server listens on")
     if daemon:
         parser.add_argument(
-            "--concurrency", type=int, metavar="N", help="requests in flight per model"
+            "--concurrency",
+            type=int,
+            metavar="N",
+            help="requests in flight per model (the --workers together)",
         )
         parser.add_argument("--upstream", metavar="URL", help="send every model to this server")
         parser.add_argument(

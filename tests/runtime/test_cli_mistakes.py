@@ -20,7 +20,7 @@ from pathlib import Path
 import psycopg
 import pytest
 import trio
-from helpers import chat_body
+from helpers import chat_body, is_setting
 from scripted_upstream import ScriptedUpstream, serve_scripted_upstream
 
 from fusillade.mock_upstream import Behaviour, MockUpstream
@@ -35,7 +35,7 @@ def clean_env(**extra: str) -> dict[str, str]:
     env = {
         k: v
         for k, v in os.environ.items()
-        if not k.startswith("FUSILLADE_") and k not in ("OPENAI_API_KEY", "DATABASE_URL")
+        if not is_setting(k) and k not in ("OPENAI_API_KEY", "DATABASE_URL")
     }
     return {**env, **extra}
 

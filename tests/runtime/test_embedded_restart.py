@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import trio
+from helpers import is_setting
 
 from fusillade.mock_upstream import Behaviour, MockUpstream
 
@@ -52,7 +53,7 @@ async def test_a_killed_run_is_run_again_and_no_server_is_left(
     src = write_input(tmp_path / "in.jsonl", 3)
     out = tmp_path / "out.jsonl"
     state = tmp_path / "state"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FUSILLADE_")}
+    env = {k: v for k, v in os.environ.items() if not is_setting(k)}
     env["OPENAI_API_KEY"] = "sk-test"
     command = [
         sys.executable, "-m", "fusillade", "run", str(src), "-o", str(out),

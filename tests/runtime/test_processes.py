@@ -270,6 +270,10 @@ async def test_run_paces_to_rpm_and_says_it_is_throttled(
     args = [
         str(src), "-o", str(out), "--upstream", mock_upstream.url, "--database-url",
         database_url, "--rpm", "30", "--progress-interval", "0.2",
+        # one daemon: several would each pace their part (15 rpm each) from the same
+        # start, and their first requests may land in the same second of the upstream's
+        # per-second enforcement (docs/deployment.md, "Workers")
+        "--workers", "1",
     ]  # fmt: skip
     done = await trio.run_process(run_command(args), check=False, capture_stderr=True)
     stderr = done.stderr.decode()

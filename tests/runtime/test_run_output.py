@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import trio
+from helpers import is_setting
 
 from fusillade.mock_upstream import Behaviour, MockUpstream
 
@@ -31,7 +32,7 @@ FAILED = {"c2", "c4"}
 
 def env() -> dict[str, str]:
     """The test's environment without fusillade settings, with an upstream key."""
-    keep = {k: v for k, v in os.environ.items() if not k.startswith("FUSILLADE_")}
+    keep = {k: v for k, v in os.environ.items() if not is_setting(k)}
     return {**keep, "OPENAI_API_KEY": "sk-test"}
 
 

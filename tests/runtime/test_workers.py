@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 import trio
-from helpers import chat_body
+from helpers import chat_body, is_setting
 
 from fusillade.mock_upstream import Behaviour, MockUpstream
 from fusillade.runtime.config import DaemonConfig
@@ -26,7 +26,7 @@ pytestmark = pytest.mark.slow
 
 
 def clean_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FUSILLADE_")}
+    env = {k: v for k, v in os.environ.items() if not is_setting(k)}
     return {**env, "OPENAI_API_KEY": "sk-test", **extra}
 
 

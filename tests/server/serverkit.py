@@ -14,7 +14,7 @@ import h11
 import httpx
 import openai
 import trio
-from helpers import poll_until
+from helpers import is_setting, poll_until
 
 from fusillade.config import ApiKey, ServerSettings, Settings, UpstreamSettings
 from fusillade.server.serve import Running
@@ -156,7 +156,7 @@ async def raw_post(
 async def fusillade(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
     """Run ``python -m fusillade ARGS`` without the caller's ``FUSILLADE_*`` variables:
     (exit status, stdout, stderr)."""
-    base = {k: v for k, v in os.environ.items() if not k.startswith("FUSILLADE_")}
+    base = {k: v for k, v in os.environ.items() if not is_setting(k)}
     result = await trio.run_process(
         [sys.executable, "-m", "fusillade", *args],
         capture_stdout=True,

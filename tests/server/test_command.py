@@ -10,6 +10,7 @@ import sys
 
 import httpx
 import trio
+from helpers import is_setting
 
 from fusillade.mock_upstream import MockUpstream
 
@@ -25,7 +26,7 @@ async def test_serve_runs_and_stops_gracefully_on_sigterm(
     database_url: str, mock_upstream: MockUpstream
 ) -> None:
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FUSILLADE_")}
+    env = {k: v for k, v in os.environ.items() if not is_setting(k)}
     env["OPENAI_API_KEY"] = "sk-test"
     command = [
         sys.executable, "-m", "fusillade", "serve", "--database-url", database_url,

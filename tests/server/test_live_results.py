@@ -15,7 +15,7 @@ import httpx
 import openai
 import pytest
 import trio
-from helpers import poll_until
+from helpers import is_setting, poll_until
 from serverkit import chat_line, fusillade, jsonl, wait_status
 
 from fusillade.mock_upstream import Behaviour, MockUpstream
@@ -115,7 +115,7 @@ async def test_a_malformed_cursor_is_a_400(
 async def _spawn_follow(
     nursery: trio.Nursery, batch_id: str, output: Path, target: list[str]
 ) -> trio.Process:
-    base = {k: v for k, v in os.environ.items() if not k.startswith("FUSILLADE_")}
+    base = {k: v for k, v in os.environ.items() if not is_setting(k)}
     command = [sys.executable, "-m", "fusillade", "results", batch_id, "--follow"]
     process: trio.Process = await nursery.start(
         functools.partial(

@@ -14,6 +14,7 @@ from typing import Any
 
 import httpx
 import trio
+from helpers import is_setting
 from serverkit import chat_line, jsonl
 from test_command import free_port
 
@@ -64,7 +65,7 @@ async def test_serve_logs_the_lifecycle_and_trouble_as_json_lines(
     # each request refused once (429, no retry-after): a burst of 429s, then success
     mock_upstream.config.default = Behaviour(rate_limit_attempts=1)
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FUSILLADE_")}
+    env = {k: v for k, v in os.environ.items() if not is_setting(k)}
     env["OPENAI_API_KEY"] = "sk-test-SECRET"
     env["FUSILLADE_DAEMON_BACKOFF_BASE"] = "10ms"
     env["FUSILLADE_DAEMON_BACKOFF_CAP"] = "20ms"
