@@ -17,9 +17,11 @@ settings first (a length-prefixed pickle); after that, a byte ``m`` asks for the
 worker's metrics (answered length-prefixed on its standard output), and **end of file
 stops the worker gracefully** (what its in-flight requests get: ``shutdown_grace``).
 The kernel closes the pipe when the parent dies however it dies (SIGKILL too), so a
-worker never outlives its parent. A SIGTERM also stops a worker gracefully; a second
-one (or one after end of file) stops it at once, handing its rows back. Workers ignore
-SIGINT: Ctrl-C goes to the whole process group, and the parent decides what it means.
+worker never outlives its parent for long: a graceful stop still running ``_KILL_AFTER``
+seconds past the grace (the database gone meanwhile) becomes an immediate one. A SIGTERM
+also stops a worker gracefully; a second one (or one after end of file) stops it at
+once, handing its rows back. Workers ignore SIGINT: Ctrl-C goes to the whole process
+group, and the parent decides what it means.
 
 A worker that exits unexpectedly is reported in one line and not restarted: the other
 daemons carry on, and its requests go back to the queue after ``stale_after``.
@@ -301,9 +303,17 @@ async def _work(spec: WorkerSpec) -> None:
                     everything.cancel()
                 stop.set()
 
+    async def deadline() -> None:
+        # what the parent does to a worker that will not stop, done here as well: the
+        # parent may be gone (a graceful stop can hang on a database that went away)
+        await stop.wait()
+        await trio.sleep(spec.config.shutdown_grace.total_seconds() + _KILL_AFTER)
+        everything.cancel()
+
     async with trio.open_nursery() as nursery:
         nursery.start_soon(commands)
         nursery.start_soon(signals)
+        nursery.start_soon(deadline)
         with everything:
             async with fusillade.engine.open(spec.database_url, spec.config, migrate=False):
                 await stop.wait()
