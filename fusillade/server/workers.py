@@ -216,13 +216,9 @@ async def open_workers(
         async with trio.open_nursery() as nursery:
             for worker in workers._workers:
                 nursery.start_soon(_watch, workers, worker, say)
-            try:
-                yield workers
-            except BaseException:
-                await _stop(workers, spec.config, at_once=True)
-                raise
+            yield workers
             await _stop(workers, spec.config, at_once=False)
-    finally:
+    finally:  # after an error, a cancellation or a second Ctrl-C: at once
         with trio.CancelScope(shield=True):
             await _stop(workers, spec.config, at_once=True)
 
@@ -238,7 +234,8 @@ async def _watch(workers: Workers, worker: _Worker, say: Callable[[str], None]) 
 
 async def _stop(workers: Workers, config: DaemonConfig, *, at_once: bool) -> None:
     """End of file to every worker (graceful); ``at_once``: a SIGTERM too. Wait for
-    them; kill those still running ``_KILL_AFTER`` seconds past the grace."""
+    them; kill those still running ``_KILL_AFTER`` seconds past the grace. The graceful
+    wait can be cancelled (a second Ctrl-C: the caller then stops them at once)."""
     workers._closing = True
     with trio.CancelScope(shield=True):
         for worker in workers._workers:
@@ -249,9 +246,10 @@ async def _stop(workers: Workers, config: DaemonConfig, *, at_once: bool) -> Non
                         await process.stdin.aclose()
             if at_once and process.returncode is None:
                 process.send_signal(signal.SIGTERM)
-        with trio.move_on_after(config.shutdown_grace.total_seconds() + _KILL_AFTER):
-            for worker in workers._workers:
-                await worker.process.wait()
+    with trio.move_on_after(config.shutdown_grace.total_seconds() + _KILL_AFTER):
+        for worker in workers._workers:
+            await worker.process.wait()
+    with trio.CancelScope(shield=True):
         for worker in workers._workers:
             if worker.process.returncode is None:
                 worker.process.kill()

@@ -241,3 +241,35 @@ async def test_serve_with_two_workers_sums_the_metrics_of_both(
     )
     assert completed == 40, text
     assert mock_upstream.stats.peak_in_flight_total <= 2
+
+
+async def test_run_with_two_workers_second_ctrl_c_stops_at_once(
+    database_url: str, mock_upstream: MockUpstream, nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    # a grace far longer than the test waits: only an immediate stop ends it in time
+    mock_upstream.config.default = Behaviour(hold=True)
+    src = write_input(tmp_path / "in.jsonl", 6)
+    args = [
+        sys.executable, "-m", "fusillade", "run", str(src), "-o", str(tmp_path / "o.jsonl"),
+        "--database-url", database_url, "--upstream", mock_upstream.url, "--workers", "2",
+    ]  # fmt: skip
+    env = clean_env(FUSILLADE_DAEMON_SHUTDOWN_GRACE="120s")
+    log = tmp_path / "run.log"
+    with log.open("wb") as stderr:
+        run: trio.Process = await nursery.start(
+            partial(trio.run_process, args, check=False, stderr=stderr, env=env)
+        )
+        with trio.fail_after(30):
+            await mock_upstream.wait_until(lambda s: s.in_flight_total >= 6)
+            workers = workers_of(run.pid)
+            run.send_signal(signal.SIGINT)
+            while "pausing" not in log.read_text():
+                await trio.sleep(0.05)  # polling the log
+            run.send_signal(signal.SIGINT)
+            status = await run.wait()
+            while any(alive(w) for w in workers):
+                await trio.sleep(0.05)  # polling the process table
+    text = log.read_text()
+    assert status == 130, text
+    assert "Traceback" not in text
+    assert workers
