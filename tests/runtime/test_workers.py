@@ -225,6 +225,7 @@ async def test_serve_with_two_workers_sums_the_metrics_of_both(
                 ] != "completed":
                     await trio.sleep(0.1)  # polling the API
                 text = (await c.get("/metrics")).text
+            workers = workers_of(process.pid)
             process.send_signal(signal.SIGTERM)
             while chunk := await process.stderr.receive_some():
                 output += chunk
@@ -234,6 +235,8 @@ async def test_serve_with_two_workers_sums_the_metrics_of_both(
             process.kill()
             await process.wait()
     assert status == 0, output.decode()
+    assert len(workers) == 1
+    assert not any(alive(w) for w in workers)  # stopped with serve, not after it
     completed = sum(
         float(line.rsplit(" ", 1)[1])
         for line in text.splitlines()
