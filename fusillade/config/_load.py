@@ -363,7 +363,7 @@ def add_arguments(
             type=int,
             metavar="N",
             help="daemon processes sharing the work and the limits (default: [daemon] "
-            "workers, else one per core; 1: a single process)",
+            "workers, else one per core up to 8; 1: a single process)",
         )
         parser.add_argument(
             "--max-in-flight",

@@ -50,14 +50,21 @@ _METRICS_TIMEOUT = 2.0  # seconds a worker has to answer a metrics request
 _KILL_AFTER = 15.0  # seconds past shutdown_grace before a worker that will not stop is killed
 
 
+DEFAULT_MAX_WORKERS = 8
+"""The default's ceiling: each daemon process holds up to 9 PostgreSQL connections, and
+PostgreSQL allows 100 by default (the embedded one too); more takes a setting."""
+
+
 def worker_count(configured: int | None) -> int:
-    """``[daemon] workers``, else one daemon per core this process may run on."""
+    """``[daemon] workers``, else one daemon per core this process may run on (at most
+    ``DEFAULT_MAX_WORKERS``)."""
     if configured is not None:
         return configured
     try:
-        return max(len(os.sched_getaffinity(0)), 1)
+        cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
-        return os.cpu_count() or 1
+        cores = os.cpu_count() or 1
+    return max(min(cores, DEFAULT_MAX_WORKERS), 1)
 
 
 def _part(limit: int, index: int, count: int) -> int:

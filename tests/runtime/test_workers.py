@@ -20,7 +20,7 @@ from helpers import chat_body, is_setting
 
 from fusillade.mock_upstream import Behaviour, MockUpstream
 from fusillade.runtime.config import DaemonConfig
-from fusillade.server.workers import share_of
+from fusillade.server.workers import DEFAULT_MAX_WORKERS, share_of, worker_count
 
 pytestmark = pytest.mark.slow
 
@@ -86,6 +86,12 @@ def test_share_of_splits_each_limit_so_the_parts_sum_to_it() -> None:
     assert [p.model_concurrency["a"] for p in parts] == [1, 0, 0]
     assert [p.model_concurrency["b"] for p in parts] == [2, 1, 1]
     assert share_of(config, 0, 1) is config
+
+
+def test_the_default_is_one_daemon_per_core_up_to_the_ceiling() -> None:
+    cores = len(os.sched_getaffinity(0))
+    assert worker_count(None) == min(cores, DEFAULT_MAX_WORKERS)
+    assert worker_count(3) == 3
 
 
 async def test_run_with_two_workers_sends_each_request_once_within_the_concurrency(
