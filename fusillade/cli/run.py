@@ -343,14 +343,17 @@ async def _run_batch(
                     throttled=throttled,
                     paused=paused,
                     trouble=trouble,
-                    in_flight=_in_flight(engine, workers, batch_id),
+                    in_flight=await _in_flight(engine, workers, batch_id),
                 )
         interrupts.watching = None  # from here a Ctrl-C stops at once
         if interrupts.count:
             if engine.daemon is not None:  # pausing: this daemon stops with the workers
                 engine.daemon.stop()
             progress.update(
-                view, final=True, trouble=trouble, in_flight=_in_flight(engine, workers, batch_id)
+                view,
+                final=True,
+                trouble=trouble,
+                in_flight=await _in_flight(engine, workers, batch_id),
             )
             return EXIT_INTERRUPTED
         await _write_results(engine, view, options)
@@ -367,14 +370,15 @@ async def _run_batch(
     return EXIT_OK if ok else EXIT_SOME_FAILED
 
 
-def _in_flight(engine: Engine, workers: Workers, batch_id: UUID) -> int | None:
-    """The batch's requests the in-process daemon has sent and awaits: what the upstream
-    sees, never more than the concurrency (the batch's ``in_progress`` count also holds
-    answers being recorded). ``None`` with worker processes: the line shows the
-    database's ``claimed`` count, which covers every daemon."""
-    if engine.daemon is None or workers.count > 1:
+async def _in_flight(engine: Engine, workers: Workers, batch_id: UUID) -> int | None:
+    """The batch's requests the daemons of this run (in process and in its workers)
+    have sent and await: what the upstream sees, never more than the concurrency (the
+    batch's ``in_progress`` count also holds answers being recorded). ``None`` when a
+    worker does not answer: the line shows the database's ``claimed`` count instead."""
+    if engine.daemon is None:
         return None
-    return engine.daemon.in_flight_of(batch_id)
+    theirs = await workers.in_flight_of(batch_id)
+    return None if theirs is None else engine.daemon.in_flight_of(batch_id) + theirs
 
 
 def _holding_back(engine: Engine) -> tuple[tuple[str, ...], list[str]]:

@@ -14,7 +14,8 @@ in PostgreSQL).
 
 The parent talks to a worker over its standard input and output. It writes the worker's
 settings first (a length-prefixed pickle); after that, a byte ``m`` asks for the
-worker's metrics (answered length-prefixed on its standard output), and **end of file
+worker's metrics, ``f`` and a batch id for its requests of that batch in flight (each
+answered length-prefixed on its standard output), and **end of file
 stops the worker gracefully** (what its in-flight requests get: ``shutdown_grace``).
 The kernel closes the pipe when the parent dies however it dies (SIGKILL too), so a
 worker never outlives its parent for long: a graceful stop still running ``_KILL_AFTER``
@@ -37,16 +38,21 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
+from uuid import UUID
 
 import attrs
 import trio
 
 from fusillade.runtime.config import DaemonConfig
 
+if TYPE_CHECKING:
+    from fusillade.engine import Engine
+
 _HEADER = struct.Struct(">Q")
 _METRICS = b"m"
-_METRICS_TIMEOUT = 2.0  # seconds a worker has to answer a metrics request
+_IN_FLIGHT = b"f"  # then a batch id's 16 bytes
+_ANSWER_TIMEOUT = 2.0  # seconds a worker has to answer a request of the parent
 _KILL_AFTER = 15.0  # seconds past shutdown_grace before a worker that will not stop is killed
 
 
@@ -128,16 +134,33 @@ class Workers:
     async def metrics(self) -> list[bytes]:
         """Each running worker's metrics exposition (one that does not answer in time
         is left out from then on)."""
-        out = []
+        answers, _ = await self._ask_each(_METRICS)
+        return answers
+
+    async def in_flight_of(self, batch_id: UUID) -> int | None:
+        """The batch's requests the workers' daemons have sent and await; ``None`` when a
+        running worker does not answer."""
+        answers, complete = await self._ask_each(_IN_FLIGHT + batch_id.bytes)
+        return sum(_HEADER.unpack(a)[0] for a in answers) if complete else None
+
+    async def _ask_each(self, request: bytes) -> tuple[list[bytes], bool]:
+        """Each running worker's answer to ``request``, and whether every one answered
+        (one that did not answer in time is not asked again)."""
+        out, complete = [], True
         for worker in self._workers:
-            if worker.process.returncode is not None or not worker.answering:
+            if worker.process.returncode is not None:
                 continue
             async with worker.lock:
-                with trio.move_on_after(_METRICS_TIMEOUT):
-                    out.append(await _ask_metrics(worker.process))
-                    continue
+                if worker.answering:
+                    with trio.move_on_after(_ANSWER_TIMEOUT):
+                        try:
+                            out.append(await _ask(worker.process, request))
+                            continue
+                        except (trio.BrokenResourceError, trio.ClosedResourceError):
+                            pass  # it is exiting
                 worker.answering = False
-        return out
+                complete = False
+        return out, complete
 
 
 def merge_metrics(expositions: list[bytes]) -> bytes:
@@ -178,10 +201,10 @@ def merge_metrics(expositions: list[bytes]) -> bytes:
     return generate_latest(registry)
 
 
-async def _ask_metrics(process: trio.Process) -> bytes:
+async def _ask(process: trio.Process, request: bytes) -> bytes:
     assert process.stdin is not None
     assert process.stdout is not None
-    await process.stdin.send_all(_METRICS)
+    await process.stdin.send_all(request)
     (size,) = _HEADER.unpack(await _receive_exactly(process.stdout, _HEADER.size))
     return await _receive_exactly(process.stdout, size)
 
@@ -287,6 +310,7 @@ async def _work(spec: WorkerSpec) -> None:
 
     stop = trio.Event()
     everything = trio.CancelScope()
+    engines: list[Engine] = []  # the one running, once it does
 
     async def commands() -> None:
         stdin = trio.lowlevel.FdStream(os.dup(0))
@@ -296,7 +320,11 @@ async def _work(spec: WorkerSpec) -> None:
                 from prometheus_client import generate_latest
 
                 text = generate_latest()
-                await stdout.send_all(_HEADER.pack(len(text)) + text)
+            else:  # _IN_FLIGHT
+                batch_id = UUID(bytes=await _receive_exactly(stdin, 16))
+                daemon = engines[0].daemon if engines else None
+                text = _HEADER.pack(daemon.in_flight_of(batch_id) if daemon else 0)
+            await stdout.send_all(_HEADER.pack(len(text)) + text)
         if stop.is_set():  # an end of file after a stop: at once
             everything.cancel()
         stop.set()
@@ -320,7 +348,10 @@ async def _work(spec: WorkerSpec) -> None:
         nursery.start_soon(signals)
         nursery.start_soon(deadline)
         with everything:
-            async with fusillade.engine.open(spec.database_url, spec.config, migrate=False):
+            async with fusillade.engine.open(
+                spec.database_url, spec.config, migrate=False
+            ) as engine:
+                engines.append(engine)
                 await stop.wait()
         nursery.cancel_scope.cancel()
 
