@@ -304,7 +304,7 @@ async def _run_batch(
         fusillade.engine.open(url, own, rules=rules) as engine,
         open_workers(
             WorkerSpec(url, options.daemon, options.log_level, options.log_format),
-            options.workers,
+            Workers(options.workers),
             say=lambda line: print(f"fusillade run: {line}", file=stderr),
         ) as workers,
     ):

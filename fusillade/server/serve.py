@@ -37,7 +37,7 @@ from fusillade.runtime.daemon import Daemon
 from fusillade.server.app import create_app
 from fusillade.server.auth import check_bind, is_loopback, load_keys, load_metrics_key
 from fusillade.server.context import ServerContext
-from fusillade.server.workers import WorkerSpec, open_workers, share_of
+from fusillade.server.workers import Workers, WorkerSpec, open_workers, share_of
 from fusillade.store.interface import Repository
 
 if TYPE_CHECKING:
@@ -153,16 +153,13 @@ async def serve(
             )
             stack.push_async_callback(_close, repo)
         daemon = None
-        processes = None
+        if repository is not None or not run_daemon:
+            workers = 1  # a repository of the caller's: nothing to share it through
+        processes = Workers(workers)
+        config = daemon_config if daemon_config is not None else _daemon_config(settings)
+        spec = WorkerSpec(url, config, settings.log.level or "info", settings.log.format)
         if run_daemon:
-            config = daemon_config if daemon_config is not None else _daemon_config(settings)
-            if repository is not None:
-                workers = 1  # a repository of the caller's: nothing to share it through
-            spec = WorkerSpec(url, config, settings.log.level or "info", settings.log.format)
-            processes = await stack.enter_async_context(open_workers(spec, workers, say=say))
             daemon = Daemon(repo, share_of(config, 0, workers), transport=transport)
-            if workers > 1:
-                say(f"{workers} daemons: this process and worker processes {processes.pids}")
         running = Running(url=None, daemon=daemon, repo=repo, database_url=url)
         # The API's times (batch deadlines, cancel and retry stamps) are compared by
         # daemons on other hosts: take them from the database's clock, like the daemon.
@@ -170,7 +167,7 @@ async def serve(
         engine = Engine(repo, daemon, clock=clock.now)
         async with trio.open_nursery() as clocks:
             await clocks.start(clock.keep_synced, engine.database_time, _CLOCK_SYNC_INTERVAL)
-            async with trio.open_nursery() as nursery:
+            async with trio.open_nursery() as nursery, AsyncExitStack() as daemons:
                 # The API binds first: an address in use then starts no daemon.
                 if run_api:
                     ctx = ServerContext(
@@ -202,7 +199,12 @@ async def serve(
                             "to require one"
                         )
                 if daemon is not None:
+                    await daemons.enter_async_context(open_workers(spec, processes, say=say))
                     await nursery.start(daemon.run)
+                    if workers > 1:
+                        say(
+                            f"{workers} daemons: this process and worker processes {processes.pids}"
+                        )
                 task_status.started(running)
                 await running.stop_requested.wait()
                 if daemon is not None:

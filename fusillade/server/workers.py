@@ -221,13 +221,13 @@ async def _receive_exactly(stream: trio.abc.ReceiveStream, size: int) -> bytes:
 
 @asynccontextmanager
 async def open_workers(
-    spec: WorkerSpec, count: int, *, say: Callable[[str], None]
+    spec: WorkerSpec, workers: Workers, *, say: Callable[[str], None]
 ) -> AsyncIterator[Workers]:
-    """Run daemons ``1 .. count - 1`` of ``count`` in worker processes while the block
-    runs (none for ``count <= 1``); the caller runs daemon 0 with ``share_of(config, 0,
-    count)``. Leaving the block stops them gracefully; leaving it by cancellation or
+    """Run daemons ``1 .. count - 1`` of ``workers.count`` in worker processes while the
+    block runs (none for a count of 1); the caller runs daemon 0 with ``share_of(config,
+    0, count)``. Leaving the block stops them gracefully; leaving it by cancellation or
     interruption (a second Ctrl-C) stops them at once."""
-    workers = Workers(count)
+    count = workers.count
     if count <= 1:
         yield workers
         return
