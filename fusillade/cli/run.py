@@ -21,6 +21,11 @@ then goes beside the input (``IN.jsonl.stdout.fusillade-run.json``). Lines come 
 completion order, or in input order with ``--ordered`` (read by line number, a page at a
 time). Exit status: 0 when every request succeeded, 1 when some did not, 2 on a usage or
 input error.
+
+The in-process daemon is one of ``--workers N`` (default one per core): the other
+``N - 1`` run in worker processes (``fusillade.server.workers``), each with its share of
+the per-model concurrency; the progress line adds up their requests in flight, and a
+pause or an interruption stops them with this process's daemon.
 """
 
 from __future__ import annotations
