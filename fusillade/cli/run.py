@@ -56,7 +56,7 @@ from fusillade.errors import FusilladeError, NotFound, ValidationError
 from fusillade.ids import next_uuid7
 from fusillade.progress import Progress, error_summary
 from fusillade.runtime.config import DaemonConfig
-from fusillade.server.workers import Workers, WorkerSpec, open_workers, share_of
+from fusillade.server.workers import DaemonNow, Workers, WorkerSpec, open_workers, share_of
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 STDOUT = Path("-")  # ``-o -``, ``--errors -``: standard output
@@ -341,25 +341,21 @@ async def _run_batch(
                 final = view.status.is_terminal
                 if progress.details_due(final=final):
                     trouble = await engine.batch_trouble(batch_id)
-                throttled, paused = _holding_back(engine)
+                throttled, paused, in_flight = await _daemons_now(engine, workers, batch_id)
                 progress.update(
                     view,
                     final=final,
                     throttled=throttled,
                     paused=paused,
                     trouble=trouble,
-                    in_flight=await _in_flight(engine, workers, batch_id),
+                    in_flight=in_flight,
                 )
         interrupts.watching = None  # from here a Ctrl-C stops at once
         if interrupts.count:
             if engine.daemon is not None:  # pausing: this daemon stops with the workers
                 engine.daemon.stop()
-            progress.update(
-                view,
-                final=True,
-                trouble=trouble,
-                in_flight=await _in_flight(engine, workers, batch_id),
-            )
+            _, _, in_flight = await _daemons_now(engine, workers, batch_id)
+            progress.update(view, final=True, trouble=trouble, in_flight=in_flight)
             return EXIT_INTERRUPTED
         await _write_results(engine, view, options)
         c = view.counts
@@ -375,30 +371,27 @@ async def _run_batch(
     return EXIT_OK if ok else EXIT_SOME_FAILED
 
 
-async def _in_flight(engine: Engine, workers: Workers, batch_id: UUID) -> int | None:
-    """The batch's requests the daemons of this run (in process and in its workers)
-    have sent and await: what the upstream sees, never more than the concurrency (the
-    batch's ``in_progress`` count also holds answers being recorded). ``None`` when a
-    worker does not answer: the line shows the database's ``claimed`` count instead."""
+async def _daemons_now(
+    engine: Engine, workers: Workers, batch_id: UUID
+) -> tuple[tuple[str, ...], list[str], int | None]:
+    """What the daemons of this run (in process and in its workers) do for the batch:
+    why the budgets hold requests back (``rpm``...), the models paused after a 429 with
+    the time left, and the batch's requests sent and not yet answered: what the upstream
+    sees, never more than the concurrency (the batch's ``in_progress`` count also holds
+    answers being recorded); ``None`` when a worker does not answer (the line shows the
+    database's ``claimed`` count instead)."""
     if engine.daemon is None:
-        return None
-    theirs = await workers.in_flight_of(batch_id)
-    return None if theirs is None else engine.daemon.in_flight_of(batch_id) + theirs
-
-
-def _holding_back(engine: Engine) -> tuple[tuple[str, ...], list[str]]:
-    """What the in-process daemon holds back: the budgets' reasons (``rpm``...), and the
-    models paused after a 429, with the time left."""
-    if engine.daemon is None:
-        return (), []
-    stats = engine.daemon.statistics()
-    now = trio.current_time()
-    paused = [
-        f"{m.model} {math.ceil(max(m.paused_until - now, 0))}s"
-        for m in stats.models
-        if m.paused_until is not None
-    ]
-    return stats.throttled, paused
+        return (), [], None
+    theirs, complete = await workers.now_of(batch_id)
+    nows = [DaemonNow.of(engine.daemon, batch_id), *theirs]
+    throttled = tuple(sorted({reason for now in nows for reason in now.throttled}))
+    paused: dict[str, float] = {}
+    for now in nows:
+        for model, left in now.paused.items():
+            paused[model] = max(left, paused.get(model, left))
+    paused_text = [f"{m} {math.ceil(max(left, 0))}s" for m, left in sorted(paused.items())]
+    in_flight = sum(now.in_flight for now in nows) if complete else None
+    return throttled, paused_text, in_flight
 
 
 async def _again(engine: Engine, view: BatchView, options: RunOptions, stderr: TextIO) -> BatchView:

@@ -14,8 +14,8 @@ in PostgreSQL).
 
 The parent talks to a worker over its standard input and output. It writes the worker's
 settings first (a length-prefixed pickle); after that, a byte ``m`` asks for the
-worker's metrics, ``f`` and a batch id for its requests of that batch in flight (each
-answered length-prefixed on its standard output), and **end of file
+worker's metrics, ``n`` and a batch id for what its daemon does for that batch now
+(``DaemonNow``; each answered length-prefixed on its standard output), and **end of file
 stops the worker gracefully** (what its in-flight requests get: ``shutdown_grace``).
 The kernel closes the pipe when the parent dies however it dies (SIGKILL too), so a
 worker never outlives its parent for long: a graceful stop still running ``_KILL_AFTER``
@@ -30,13 +30,14 @@ daemons carry on, and its requests go back to the queue after ``stale_after``.
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import signal
 import struct
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
@@ -48,10 +49,11 @@ from fusillade.runtime.config import DaemonConfig
 
 if TYPE_CHECKING:
     from fusillade.engine import Engine
+    from fusillade.runtime.daemon import Daemon
 
 _HEADER = struct.Struct(">Q")
 _METRICS = b"m"
-_IN_FLIGHT = b"f"  # then a batch id's 16 bytes
+_NOW = b"n"  # then a batch id's 16 bytes: the worker's ``DaemonNow`` of that batch
 _ANSWER_TIMEOUT = 2.0  # seconds a worker has to answer a request of the parent
 _KILL_AFTER = 15.0  # seconds past shutdown_grace before a worker that will not stop is killed
 
@@ -92,6 +94,30 @@ def share_of(config: DaemonConfig, index: int, count: int) -> DaemonConfig:
             m: _part(limit, index, count) for m, limit in config.model_concurrency.items()
         },
     )
+
+
+@attrs.frozen
+class DaemonNow:
+    """What one daemon does for a batch now, for ``run``'s progress line."""
+
+    in_flight: int  # the batch's requests sent and not yet answered
+    throttled: tuple[str, ...]  # why the budgets hold requests back ("rpm"...)
+    paused: Mapping[str, float]  # models paused after a 429: seconds left
+
+    @classmethod
+    def of(cls, daemon: Daemon, batch_id: UUID) -> DaemonNow:
+        stats = daemon.statistics()
+        now = trio.current_time()
+        paused = {m.model: m.paused_until - now for m in stats.models if m.paused_until is not None}
+        return cls(daemon.in_flight_of(batch_id), stats.throttled, paused)
+
+    def to_json(self) -> bytes:
+        return json.dumps(attrs.asdict(self)).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes) -> DaemonNow:
+        fields = json.loads(data)
+        return cls(fields["in_flight"], tuple(fields["throttled"]), fields["paused"])
 
 
 @attrs.frozen
@@ -137,11 +163,11 @@ class Workers:
         answers, _ = await self._ask_each(_METRICS)
         return answers
 
-    async def in_flight_of(self, batch_id: UUID) -> int | None:
-        """The batch's requests the workers' daemons have sent and await; ``None`` when a
-        running worker does not answer."""
-        answers, complete = await self._ask_each(_IN_FLIGHT + batch_id.bytes)
-        return sum(_HEADER.unpack(a)[0] for a in answers) if complete else None
+    async def now_of(self, batch_id: UUID) -> tuple[list[DaemonNow], bool]:
+        """What each running worker's daemon does for the batch now, and whether every
+        one answered."""
+        answers, complete = await self._ask_each(_NOW + batch_id.bytes)
+        return [DaemonNow.from_json(a) for a in answers], complete
 
     async def _ask_each(self, request: bytes) -> tuple[list[bytes], bool]:
         """Each running worker's answer to ``request``, and whether every one answered
@@ -320,10 +346,11 @@ async def _work(spec: WorkerSpec) -> None:
                 from prometheus_client import generate_latest
 
                 text = generate_latest()
-            else:  # _IN_FLIGHT
+            else:  # _NOW
                 batch_id = UUID(bytes=await _receive_exactly(stdin, 16))
                 daemon = engines[0].daemon if engines else None
-                text = _HEADER.pack(daemon.in_flight_of(batch_id) if daemon else 0)
+                now = DaemonNow.of(daemon, batch_id) if daemon else DaemonNow(0, (), {})
+                text = now.to_json()
             await stdout.send_all(_HEADER.pack(len(text)) + text)
         if stop.is_set():  # an end of file after a stop: at once
             everything.cancel()
