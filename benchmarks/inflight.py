@@ -43,6 +43,7 @@ def refill(claims: list[list[float]], latency: float, slots: int) -> dict[str, f
     """When freed slots were claimed again after the first wave: the first wave is what
     was claimed in the first half latency; its answers are due a latency after its first
     claim. Seconds from then to the next claim, and to 90% of the slots claimed again."""
+    claims = [c for c in claims if c[1] > 0]
     if not claims:
         return {"first_wave": 0, "next_claim": None, "refilled_90": None}
     t0 = claims[0][0]
@@ -78,6 +79,7 @@ def p13(env: Env, up: Upstreams) -> list[Row]:
     pg_ms: list[float] = []
     up_ms: list[float] = []
     refills: list[dict[str, Any]] = []
+    timelines: list[list[tuple[float, int]]] = []
     for i in range(env.runs):
         env.log(f"P13 run {i + 1}/{env.runs}: fusillade library, {slots} slots")
         up_before = _process_cpu(upstream_pid)
@@ -105,6 +107,7 @@ def p13(env: Env, up: Upstreams) -> list[Row]:
         if up_before is not None and up_after is not None:
             up_ms.append(1000 * (up_after - up_before) / n)
         refills.append(refill(r["claims"], latency, slots))
+        timelines.append([(round(t, 3), k) for t, k in r["claims"] if k])
     rate = median(rates)
     ratio = rate / ideal
     row.result = fmt_rate(rate)
@@ -132,6 +135,7 @@ def p13(env: Env, up: Upstreams) -> list[Row]:
         "pg_cpu_ms_per_request": pg_ms,
         "upstream_cpu_ms_per_request": up_ms,
         "refill": refills,
+        "claims": timelines,  # per run: (seconds from create_batch, rows) of each claim
         "peak_rss_mib": rss,
     }
     return [row]
