@@ -20,13 +20,15 @@ processing, the first to arrive finish first, their slots refill at once, and th
 requests go out while the rest of the wave is still being processed: the waves smear
 and the event loop stays busy. A task never waits for a turn while holding one, and a
 holder waits on nothing but its own network reads (which give the turn back), so turns
-cannot deadlock. Sending takes no turn.
+cannot deadlock. Sending takes no turn; a request's writes go out together at its first
+read (``FairStream``).
 """
 
 # ruff: noqa: ASYNC109 (the timeout parameters are httpcore's interface, passed through)
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import ssl
 import typing
@@ -62,20 +64,37 @@ class Turns:
 
 
 class FairStream(httpcore.AsyncNetworkStream):
+    """A stream whose reads take turns (module docstring), and whose writes are sent in
+    one piece before the next read: httpcore writes a request's headers, body and end
+    separately and reads the answer only once all are written, so the request goes out
+    in one system call instead of two or three (each about 0.1 ms of CPU on loopback)."""
+
     def __init__(self, inner: httpcore.AsyncNetworkStream, turns: Turns) -> None:
         self._inner = inner
         self._turns = turns
+        self._unsent: list[bytes] = []
+        self._write_timeout: float | None = None
 
     async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
         self._turns.end()  # never wait on the network holding a turn
+        if self._unsent:
+            data, self._unsent = b"".join(self._unsent), []
+            # As httpcore does with a write error while sending a request: read anyway,
+            # the upstream may have answered before closing (a 413 for a huge body);
+            # if not, the read fails too and says so.
+            with contextlib.suppress(httpcore.WriteError):
+                await self._inner.write(data, self._write_timeout)
         data = await self._inner.read(max_bytes, timeout)
         await self._turns.begin()
         return data
 
     async def write(self, buffer: bytes, timeout: float | None = None) -> None:
-        await self._inner.write(buffer, timeout)
+        if buffer:
+            self._unsent.append(buffer)
+            self._write_timeout = timeout
 
     async def aclose(self) -> None:
+        self._unsent = []
         await self._inner.aclose()
 
     async def start_tls(

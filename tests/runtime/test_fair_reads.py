@@ -95,3 +95,40 @@ async def test_every_turn_is_given_back_once_answers_are_read(
         assert len(outcomes) == 100
         assert all(isinstance(o, HttpResponse) and o.status == 200 for o in outcomes)
         assert dispatcher.turns.free == dispatcher.turns.total
+
+
+class _Recording(httpcore.AsyncNetworkStream):
+    """A stream that keeps what is written to it and answers every read with ``answer``;
+    with ``broken``, every write fails as a connection closed by the peer would."""
+
+    def __init__(self, answer: bytes, *, broken: bool = False) -> None:
+        self.writes: list[bytes] = []
+        self.answer = answer
+        self.broken = broken
+
+    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return self.answer
+
+    async def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        if self.broken:
+            raise httpcore.WriteError("connection reset by peer")
+        self.writes.append(buffer)
+
+
+async def test_a_request_goes_out_in_one_write_at_the_first_read() -> None:
+    inner = _Recording(b"HTTP/1.1 200 OK\r\n")
+    stream = FairStream(inner, Turns(1))
+    await stream.write(b"POST / HTTP/1.1\r\n\r\n")
+    await stream.write(b'{"a":1}')
+    await stream.write(b"")
+    assert inner.writes == []
+    assert await stream.read(65536) == b"HTTP/1.1 200 OK\r\n"
+    assert inner.writes == [b'POST / HTTP/1.1\r\n\r\n{"a":1}']
+
+
+async def test_an_answer_sent_before_the_upstream_closed_is_still_read() -> None:
+    """As httpcore: a write error while sending the request is not the outcome when the
+    upstream answered first (a 413 for a body too large, say)."""
+    stream = FairStream(_Recording(b"HTTP/1.1 413 Too Large\r\n", broken=True), Turns(1))
+    await stream.write(b"POST / HTTP/1.1\r\n\r\n")
+    assert await stream.read(65536) == b"HTTP/1.1 413 Too Large\r\n"
