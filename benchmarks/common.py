@@ -90,8 +90,8 @@ class Sizes:
     p11_short: int = 200  # the 1h batch
     p11_slots: int = 16
     p11_latency: float = 0.05
-    p12_cycles: int = 10
-    p12_requests: int = 100_000  # finished requests per cycle
+    p13_cycles: int = 10
+    p13_requests: int = 100_000  # finished requests per cycle
     informative: bool = True  # also the informative variants (P2 with pgqueuer's asyncpg)
 
     def scaled(self, factor: float) -> Sizes:
@@ -112,7 +112,7 @@ class Sizes:
             p9_requests=s(self.p9_requests, 40),
             p10_big=s(self.p10_big, 10 * self.p10_small),
             p11_long=s(self.p11_long, 5 * self.p11_short),
-            p12_requests=s(self.p12_requests, 500),
+            p13_requests=s(self.p13_requests, 500),
         )
 
 
@@ -130,7 +130,7 @@ QUICK = replace(
     p8_trials=2,
     p9_requests=400,
     p10_big=5_000,
-    p12_requests=10_000,
+    p13_requests=10_000,
     informative=False,
 )
 SMOKE = replace(
@@ -157,8 +157,8 @@ SMOKE = replace(
     p11_short=20,
     p11_slots=8,
     p11_latency=0.02,
-    p12_cycles=3,
-    p12_requests=500,
+    p13_cycles=3,
+    p13_requests=500,
     informative=False,
 )
 

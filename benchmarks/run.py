@@ -1,4 +1,4 @@
-"""``python -m benchmarks``: run P1-P12 (or some) on this machine and write the table.
+"""``python -m benchmarks``: run P1-P13 (or some) on this machine and write the table.
 
     python -m benchmarks                       # everything, full size, 3 runs (~15+ min)
     python -m benchmarks --quick               # scaled down, 1 run: about a minute or two
@@ -44,7 +44,7 @@ SCENARIOS: dict[str, Scenario] = {
     "P9": scheduling.p9,
     "P10": scheduling.p10,
     "P11": scheduling.p11,
-    "P12": retention.p12,
+    "P13": retention.p13,
 }
 TARGETS = {
     "P1": ">= 0.8",
@@ -58,7 +58,7 @@ TARGETS = {
     "P9": scheduling.P9_TARGET,
     "P10": scheduling.P10_TARGET,
     "P11": scheduling.P11_TARGET,
-    "P12": f"{retention.P12_SIZE_TARGET}; {retention.P12_CLAIM_TARGET}",
+    "P13": f"{retention.P13_SIZE_TARGET}; {retention.P13_CLAIM_TARGET}",
 }
 
 
