@@ -262,7 +262,7 @@ def pgqueuer(params: dict[str, Any]) -> dict[str, Any]:
 
 
 def inflight(params: dict[str, Any]) -> dict[str, Any]:
-    """P13 through the library: as ``fusillade_batch``, and also the CPU time of this
+    """P12 through the library: as ``fusillade_batch``, and also the CPU time of this
     process (every thread) and of its PostgreSQL backends while the batch ran, and the
     time and size of every claim (the slots' refill)."""
     import resource

@@ -1,7 +1,7 @@
-"""P13: thousands in flight against a slow upstream (issue 16).
+"""P12: thousands in flight against a slow upstream (issue 16).
 
-LLM upstreams are slow (seconds a request) and wide: ``p13_slots`` slots against an
-upstream answering after ``p13_latency`` s, ``p13_requests`` requests, through the
+LLM upstreams are slow (seconds a request) and wide: ``p12_slots`` slots against an
+upstream answering after ``p12_latency`` s, ``p12_requests`` requests, through the
 library (the daemon in the child process, slow start off: the upstream is known, and
 slow start would cost one latency of the run). Reported: requests a second against the
 ideal (slots / latency), the child's peak RSS, its CPU time per request (every thread),
@@ -18,7 +18,7 @@ from benchmarks.common import ChildFailed, Env, Row, fmt_mib, fmt_rate, median, 
 from benchmarks.database import fresh_database
 from benchmarks.upstream import Upstreams
 
-P13_TARGET = ">= 0.9 of ideal, peak RSS < 500 MB"
+P12_TARGET = ">= 0.9 of ideal, peak RSS < 500 MB"
 
 
 def _process_cpu(pid: int | None) -> float | None:
@@ -62,14 +62,14 @@ def refill(claims: list[list[float]], latency: float, slots: int) -> dict[str, f
     return out
 
 
-def p13(env: Env, up: Upstreams) -> list[Row]:
+def p12(env: Env, up: Upstreams) -> list[Row]:
     s = env.sizes
-    n, slots, latency = s.p13_requests, s.p13_slots, s.p13_latency
+    n, slots, latency = s.p12_requests, s.p12_slots, s.p12_latency
     ideal = slots / latency
     row = Row(
-        "P13",
+        "P12",
         f"thousands in flight: {n:,} requests, {slots:,} slots, {latency:g} s upstream",
-        P13_TARGET,
+        P12_TARGET,
     )
     url = up.delayed_url(latency)
     upstream_pid = up.pids.get(url)
@@ -81,9 +81,9 @@ def p13(env: Env, up: Upstreams) -> list[Row]:
     refills: list[dict[str, Any]] = []
     timelines: list[list[tuple[float, int]]] = []
     for i in range(env.runs):
-        env.log(f"P13 run {i + 1}/{env.runs}: fusillade library, {slots} slots")
+        env.log(f"P12 run {i + 1}/{env.runs}: fusillade library, {slots} slots")
         up_before = _process_cpu(upstream_pid)
-        with fresh_database(env.admin_url, f"p13_{i}") as db:
+        with fresh_database(env.admin_url, f"p12_{i}") as db:
             child = run_child(
                 "inflight",
                 {

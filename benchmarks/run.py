@@ -53,8 +53,8 @@ SCENARIOS: dict[str, Scenario] = {
     "P9": scheduling.p9,
     "P10": scheduling.p10,
     "P11": scheduling.p11,
-    "P12": retention.p12,
-    "P13": inflight.p13,
+    "P12": inflight.p12,
+    "P13": retention.p13,
 }
 TARGETS = {
     "P1": ">= 0.8",
@@ -68,8 +68,8 @@ TARGETS = {
     "P9": scheduling.P9_TARGET,
     "P10": scheduling.P10_TARGET,
     "P11": scheduling.P11_TARGET,
-    "P12": f"{retention.P12_SIZE_TARGET}; {retention.P12_CLAIM_TARGET}",
-    "P13": inflight.P13_TARGET,
+    "P12": inflight.P12_TARGET,
+    "P13": f"{retention.P13_SIZE_TARGET}; {retention.P13_CLAIM_TARGET}",
 }
 
 
@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     failed = False
     with (
         tempfile.TemporaryDirectory(prefix="fusillade-bench-") as workdir,
-        upstreams([sizes.p3_latency, sizes.p13_latency], prefer_nginx=not args.no_nginx) as up,
+        upstreams([sizes.p3_latency, sizes.p12_latency], prefer_nginx=not args.no_nginx) as up,
     ):
         env = Env(
             admin_url=admin,

@@ -1,4 +1,4 @@
-"""A cheap delaying upstream for thousands of requests in flight (P13), when nginx's echo
+"""A cheap delaying upstream for thousands of requests in flight (P12), when nginx's echo
 module is not there: ``python -m benchmarks.sleep_upstream PORT SECONDS [PROCESSES]``.
 
 ``fusillade mock-upstream`` (trio and h11, a task per connection) costs about 0.5 ms of

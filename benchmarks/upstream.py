@@ -121,7 +121,7 @@ class Upstreams:
 
     def delayed_url(self, latency: float) -> str:
         """An upstream answering after ``latency`` s that holds thousands of requests
-        cheaply (P13): nginx's ``echo_sleep`` when nginx serves that latency, else
+        cheaply (P12): nginx's ``echo_sleep`` when nginx serves that latency, else
         ``benchmarks.sleep_upstream`` (mock-upstream costs too much CPU per request)."""
         url = self.slow.get(latency)
         if url is not None and self.notes.get(url, "").startswith("nginx"):

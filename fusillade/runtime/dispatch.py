@@ -10,7 +10,7 @@ shards); a new shard is made when every shard is full.
 
 Requests go straight to httpcore, not through httpx: httpx's client layers (cookies,
 auth, redirects, hooks, URL merging) do nothing for these requests, and its request and
-response models cost about a fifth of each request's CPU (docs/performance.md, P13). The
+response models cost about a fifth of each request's CPU (docs/performance.md, P12). The
 headers are the ones httpx would send; the URL of each endpoint is parsed once. A
 transport passed in (tests) is used through httpx instead. httpx and httpcore exceptions
 are translated here, and only here, into ``TransportError`` outcomes: the rest of the
@@ -181,7 +181,7 @@ _MAX_CACHED_URLS = 1024
 _KEEPALIVE_EXPIRY = 5.0
 # Answers processed at once, first come first served (fair_reads.py). Enough to keep the
 # event loop busy (each yields a dozen times); few enough that the first answers of a
-# wave of thousands finish first. P13: 32 and 8 gave the same.
+# wave of thousands finish first. P12: 32 and 8 gave the same.
 _ANSWER_TURNS = 32
 
 
@@ -340,7 +340,7 @@ class Dispatcher:
     ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
         """One request straight through httpcore, with the headers httpx would send
         (Host first, Content-Length last): httpx's request and response layers cost
-        about a fifth of each request's CPU (docs/performance.md, P13)."""
+        about a fifth of each request's CPU (docs/performance.md, P12)."""
         content = req.body.encode()
         raw = [(b"Host", target.host)]
         raw += [(k.encode("ascii"), v.encode("ascii")) for k, v in headers.items()]

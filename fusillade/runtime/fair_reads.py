@@ -8,7 +8,7 @@ answers arrive within a few milliseconds (every request was sent at once, so eve
 answer comes back at once), each task gets one step per round: they all finish near the
 end of the wave, their slots free together, and the next requests go out together. The
 wave keeps its shape forever, and the event loop idles a whole upstream latency between
-waves (P13: 1.5 s of a 2 s cycle spent on 2,000 answers, then nothing to do).
+waves (P12: 1.5 s of a 2 s cycle spent on 2,000 answers, then nothing to do).
 
 How
 ---
