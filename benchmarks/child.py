@@ -28,11 +28,12 @@ def daemon_config(params: dict[str, Any]) -> Any:
         from fusillade.core.scheduling.budget import BudgetLimits
 
         extra["upstream_budgets"] = {"bench": BudgetLimits(share=params["budget_share"])}
+    upstream = fusillade.Upstream(params["upstream"], slow_start=params.get("slow_start", True))
     return fusillade.DaemonConfig(
         default_concurrency=params.get("concurrency", 256),
-        upstreams={"bench": fusillade.Upstream(params["upstream"])},
+        upstreams={"bench": upstream},
         default_upstream="bench",
-        connections_per_client=params.get("per_client", 16),
+        connections_per_client=params.get("per_client", 4),
         shutdown_grace=params.get("shutdown_grace", 10.0),
         **extra,
     )
@@ -260,6 +261,80 @@ def pgqueuer(params: dict[str, Any]) -> dict[str, Any]:
     return pgqueuer_job(params)
 
 
+def inflight(params: dict[str, Any]) -> dict[str, Any]:
+    """P12 through the library: as ``fusillade_batch``, and also the CPU time of this
+    process (every thread) and of its PostgreSQL backends while the batch ran, and the
+    time and size of every claim (the slots' refill)."""
+    import resource
+
+    import trio
+
+    import fusillade
+
+    claims: list[tuple[float, int]] = []
+
+    def cpu() -> float:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return usage.ru_utime + usage.ru_stime
+
+    async def main() -> dict[str, Any]:
+        async with fusillade.open(params["database_url"], daemon_config(params)) as engine:
+            file = await engine.create_file(templates(params["n"]))
+            daemon = engine.daemon
+            assert daemon is not None
+            repo = daemon.repo.sync
+            claim = repo.claim
+
+            def timed_claim(*args: Any, **kwargs: Any) -> Any:
+                rows = claim(*args, **kwargs)
+                claims.append((time.perf_counter(), len(rows)))
+                return rows
+
+            repo.claim = timed_claim  # type: ignore[method-assign]
+            backends = await trio.to_thread.run_sync(_backend_cpu, params["database_url"])
+            cpu_before = cpu()
+            start = time.perf_counter()
+            batch = await engine.create_batch(file.id)
+            view = await engine.wait(batch.record.id, interval=0.1)
+            seconds = time.perf_counter() - start
+            cpu_used = cpu() - cpu_before
+            backends_after = await trio.to_thread.run_sync(_backend_cpu, params["database_url"])
+        pg = sum(t - backends.get(pid, 0.0) for pid, t in backends_after.items())
+        return {
+            "seconds": seconds,
+            "rate": params["n"] / seconds,
+            "completed": view.counts.completed,
+            "cpu_seconds": cpu_used,
+            "pg_cpu_seconds": pg if backends_after else None,
+            "claims": [(t - start, n) for t, n in claims],
+        }
+
+    return trio.run(main)
+
+
+def _backend_cpu(database_url: str) -> dict[int, float]:
+    """CPU seconds (user + system) so far of every PostgreSQL backend connected to the
+    database of ``database_url`` (empty without psutil or when not on this machine)."""
+    try:
+        import psutil
+        import psycopg
+    except ImportError:
+        return {}
+    with psycopg.connect(database_url) as conn:
+        rows = conn.execute(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
+            " AND pid <> pg_backend_pid()"
+        ).fetchall()
+    out = {}
+    for (pid,) in rows:
+        try:
+            times = psutil.Process(pid).cpu_times()
+        except psutil.Error:
+            continue
+        out[pid] = times.user + times.system
+    return out
+
+
 def httpx_baseline(params: dict[str, Any]) -> dict[str, Any]:
     from benchmarks.baselines import httpx_trio
 
@@ -275,6 +350,7 @@ CHILDREN: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
     "fusillade_batch": fusillade_batch,
     "httpx": httpx_baseline,
     "idle_daemon": idle_daemon,
+    "inflight": inflight,
     "ingest": ingest,
     "pgqueuer": pgqueuer,
 }

@@ -77,7 +77,7 @@ class Sizes:
     p7_rows: int = 5_000_000
     p8_trials: int = 10
     p8_idle: float = 1.0  # seconds the daemon idles before each P8 trial (plus 0-0.74)
-    per_client: int = 16  # httpx connections per client shard, as DaemonConfig's default
+    per_client: int = 4  # connections per shard, as DaemonConfig's default
     p9_requests: int = 3_000
     p9_slots: int = 256
     p9_rpm: int = 1_200  # the mock's limits; fusillade learns them from its headers
@@ -90,8 +90,11 @@ class Sizes:
     p11_short: int = 200  # the 1h batch
     p11_slots: int = 16
     p11_latency: float = 0.05
-    p12_cycles: int = 10
-    p12_requests: int = 100_000  # finished requests per cycle
+    p12_requests: int = 40_000
+    p12_slots: int = 4_000
+    p12_latency: float = 2.0
+    p13_cycles: int = 10
+    p13_requests: int = 100_000  # finished requests per cycle
     informative: bool = True  # also the informative variants (P2 with pgqueuer's asyncpg)
 
     def scaled(self, factor: float) -> Sizes:
@@ -112,7 +115,8 @@ class Sizes:
             p9_requests=s(self.p9_requests, 40),
             p10_big=s(self.p10_big, 10 * self.p10_small),
             p11_long=s(self.p11_long, 5 * self.p11_short),
-            p12_requests=s(self.p12_requests, 500),
+            p12_requests=s(self.p12_requests, self.p12_slots),
+            p13_requests=s(self.p13_requests, 500),
         )
 
 
@@ -130,7 +134,9 @@ QUICK = replace(
     p8_trials=2,
     p9_requests=400,
     p10_big=5_000,
-    p12_requests=10_000,
+    p12_requests=8_000,
+    p12_slots=2_000,
+    p13_requests=10_000,
     informative=False,
 )
 SMOKE = replace(
@@ -157,8 +163,11 @@ SMOKE = replace(
     p11_short=20,
     p11_slots=8,
     p11_latency=0.02,
-    p12_cycles=3,
-    p12_requests=500,
+    p12_requests=200,
+    p12_slots=100,
+    p12_latency=0.2,
+    p13_cycles=3,
+    p13_requests=500,
     informative=False,
 )
 

@@ -1,4 +1,4 @@
-"""``python -m benchmarks``: run P1-P12 (or some) on this machine and write the table.
+"""``python -m benchmarks``: run P1-P13 (or some) on this machine and write the table.
 
     python -m benchmarks                       # everything, full size, 3 runs (~15+ min)
     python -m benchmarks --quick               # scaled down, 1 run: about a minute or two
@@ -25,7 +25,16 @@ from pathlib import Path
 if not __package__:  # `python benchmarks/run.py`: make `benchmarks` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks import data, latency, report, retention, scale, scheduling, throughput
+from benchmarks import (
+    data,
+    inflight,
+    latency,
+    report,
+    retention,
+    scale,
+    scheduling,
+    throughput,
+)
 from benchmarks.common import FULL, QUICK, SMOKE, Env, Row, Sizes
 from benchmarks.database import admin_url, check_server, server_version
 from benchmarks.server import server_available
@@ -44,7 +53,8 @@ SCENARIOS: dict[str, Scenario] = {
     "P9": scheduling.p9,
     "P10": scheduling.p10,
     "P11": scheduling.p11,
-    "P12": retention.p12,
+    "P12": inflight.p12,
+    "P13": retention.p13,
 }
 TARGETS = {
     "P1": ">= 0.8",
@@ -58,7 +68,8 @@ TARGETS = {
     "P9": scheduling.P9_TARGET,
     "P10": scheduling.P10_TARGET,
     "P11": scheduling.P11_TARGET,
-    "P12": f"{retention.P12_SIZE_TARGET}; {retention.P12_CLAIM_TARGET}",
+    "P12": inflight.P12_TARGET,
+    "P13": f"{retention.P13_SIZE_TARGET}; {retention.P13_CLAIM_TARGET}",
 }
 
 
@@ -122,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     failed = False
     with (
         tempfile.TemporaryDirectory(prefix="fusillade-bench-") as workdir,
-        upstreams([sizes.p3_latency], prefer_nginx=not args.no_nginx) as up,
+        upstreams([sizes.p3_latency, sizes.p12_latency], prefer_nginx=not args.no_nginx) as up,
     ):
         env = Env(
             admin_url=admin,

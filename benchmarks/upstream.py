@@ -104,6 +104,7 @@ class Upstreams:
     slow: dict[float, str] = field(default_factory=dict)  # latency -> url
     held: str | None = None
     notes: dict[str, str] = field(default_factory=dict)  # url -> what serves it
+    pids: dict[str, int] = field(default_factory=dict)  # url -> its process (ours only)
     _procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
     _tmp: tempfile.TemporaryDirectory[str] | None = None
 
@@ -117,6 +118,36 @@ class Upstreams:
             self.slow[latency] = url
             self.notes[url] = f"mock-upstream --latency {latency} ({self._why_mock()})"
         return self.slow[latency]
+
+    def delayed_url(self, latency: float) -> str:
+        """An upstream answering after ``latency`` s that holds thousands of requests
+        cheaply (P12): nginx's ``echo_sleep`` when nginx serves that latency, else
+        ``benchmarks.sleep_upstream`` (mock-upstream costs too much CPU per request)."""
+        url = self.slow.get(latency)
+        if url is not None and self.notes.get(url, "").startswith("nginx"):
+            return url
+        key = f"sleep:{latency}"
+        if key not in self.notes:
+            port = free_port()
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "benchmarks.sleep_upstream", str(port), str(latency)],
+                cwd=REPO_ROOT,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            self._procs.append(proc)
+            try:
+                wait_for_port(port, 30, proc)
+            except BaseException:
+                stop_and_reap(proc)
+                raise
+            url = f"http://127.0.0.1:{port}"
+            self.notes[key] = url
+            self.notes[url] = (
+                f"benchmarks.sleep_upstream {latency} (asyncio, 1 process; {self._why_mock()})"
+            )
+            self.pids[url] = proc.pid
+        return self.notes[key]
 
     def held_url(self) -> str:
         if self.held is None:

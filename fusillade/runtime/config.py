@@ -123,7 +123,7 @@ class DaemonConfig:
     flush_max: int = 500
     db_write_concurrency: int = 2
     db_call_timeout: timedelta = attrs.field(default=timedelta(seconds=30), converter=_duration)
-    connections_per_client: int = 16
+    connections_per_client: int = 4
     # times the claim loop may fail in a row before readiness turns false
     unhealthy_after_failures: int = 3
     upstream_budgets: Mapping[str, BudgetLimits] = attrs.field(factory=dict)

@@ -2,17 +2,20 @@
 
 Theory of operation
 -------------------
-One httpx connection pool does not scale with concurrency (its bookkeeping grows with
-the number of connections; see docs/performance.md), so requests are spread over
-*shards*: pools of at most ``connections_per_client`` connections each. A request goes
-to the least-busy shard; a new shard is made when every shard is full.
+One connection pool does not scale with concurrency (its bookkeeping grows with the
+square of its connections; see docs/performance.md), so requests are spread over
+*shards*: httpcore pools of at most ``connections_per_client`` connections each. A
+request takes a shard with a free connection from a stack (O(1) at thousands of
+shards); a new shard is made when every shard is full.
 
-Requests go straight to each shard's ``httpx.AsyncHTTPTransport``, not through an
-``httpx.AsyncClient``: the client's layers (cookies, auth, redirects, event hooks,
-default headers, URL merging) do nothing for these requests and cost about a quarter of
-the CPU of each one (docs/performance.md, P1). The URL of each endpoint is parsed once.
-httpx exceptions are translated here, and only here, into ``TransportError`` outcomes:
-the rest of the runtime never sees an httpx exception.
+Requests go straight to httpcore, not through httpx: httpx's client layers (cookies,
+auth, redirects, hooks, URL merging) do nothing for these requests, and its request and
+response models cost about a fifth of each request's CPU (docs/performance.md, P12). The
+headers are the ones httpx would send; the URL of each endpoint is parsed once. A
+transport passed in (tests) is used through httpx instead. httpx and httpcore exceptions
+are translated here, and only here, into ``TransportError`` outcomes: the rest of the
+runtime never sees one. The pools' network backend processes answers first come first
+served (``fair_reads.py``).
 
 Each request carries ``X-Fusillade-Request-Id`` and ``Idempotency-Key`` (the request
 id, stable across attempts, so an upstream that deduplicates can), the batch id, and
@@ -29,6 +32,7 @@ from collections.abc import Mapping
 
 import anyio
 import attrs
+import httpcore
 import httpx
 
 from fusillade._version import __version__
@@ -37,6 +41,7 @@ from fusillade.core.bodies import body_of, shown
 from fusillade.core.results import parse_embeddable
 from fusillade.core.retry import HttpResponse, Outcome, TransportError, TransportErrorKind
 from fusillade.runtime.config import DaemonConfig
+from fusillade.runtime.fair_reads import FairBackend, Turns
 
 # Printable ASCII without CR/LF, short enough for any proxy: safe as a header value.
 _HEADER_SAFE = re.compile(r"[\x20-\x7e]{1,256}")
@@ -96,10 +101,36 @@ _HTTPX_ERRORS: tuple[tuple[type[Exception], TransportErrorKind], ...] = (
 )
 
 
+# The same for httpcore's exceptions (sent straight through httpcore, not httpx): each
+# httpx class above has an httpcore one of the same name, which httpx maps to it.
+_HTTPCORE_KINDS: tuple[tuple[type[Exception], TransportErrorKind], ...] = (
+    (httpcore.ConnectTimeout, TransportErrorKind.CONNECT_TIMEOUT),
+    (httpcore.ReadTimeout, TransportErrorKind.READ_TIMEOUT),
+    (httpcore.WriteTimeout, TransportErrorKind.WRITE_TIMEOUT),
+    (httpcore.PoolTimeout, TransportErrorKind.POOL_TIMEOUT),
+    (httpcore.ConnectError, TransportErrorKind.CONNECT),
+    (httpcore.ReadError, TransportErrorKind.READ),
+    (httpcore.WriteError, TransportErrorKind.WRITE),
+    (httpcore.LocalProtocolError, TransportErrorKind.BUILDER),
+    (httpcore.RemoteProtocolError, TransportErrorKind.PROTOCOL),
+    (httpcore.UnsupportedProtocol, TransportErrorKind.BUILDER),
+    # the rest of httpx's TransportError: timeouts, network, protocol and proxy errors
+    (httpcore.TimeoutException, TransportErrorKind.PROTOCOL),
+    (httpcore.NetworkError, TransportErrorKind.PROTOCOL),
+    (httpcore.ProtocolError, TransportErrorKind.PROTOCOL),
+    (httpcore.ProxyError, TransportErrorKind.PROTOCOL),
+)
+# what send turns into a TransportError outcome
+_SEND_ERRORS: tuple[type[Exception], ...] = (
+    httpx.HTTPError,
+    *(cls for cls, _ in _HTTPCORE_KINDS),
+)
+
+
 def _translate(exc: Exception, url: httpx.URL) -> TransportError:
     """``exc`` as a ``TransportError`` naming the upstream's host and port (never the
     whole URL: its userinfo may be a credential)."""
-    for cls, kind in _HTTPX_ERRORS:
+    for cls, kind in (*_HTTPX_ERRORS, *_HTTPCORE_KINDS):
         if isinstance(exc, cls):
             where = f"upstream {host_port(url)}"
             return TransportError(kind, f"{kind.value}: {type(exc).__name__} ({where})")
@@ -115,18 +146,47 @@ def host_port(url: httpx.URL) -> str:
 
 
 class _Shard:
-    def __init__(self, transport: httpx.AsyncBaseTransport) -> None:
+    """One connection pool (or the injected transport, which tests pass) and how many
+    requests it carries now."""
+
+    __slots__ = ("active", "pool", "transport")
+
+    def __init__(
+        self,
+        pool: httpcore.AsyncConnectionPool | None,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.pool = pool
         self.transport = transport
         self.active = 0
+
+
+class _Target:
+    """A URL parsed once: httpcore's URL and the Host header httpx would send."""
+
+    __slots__ = ("host", "parsed", "url")
+
+    def __init__(self, url: httpx.URL) -> None:
+        self.parsed = url
+        self.url = httpcore.URL(
+            scheme=url.raw_scheme, host=url.raw_host, port=url.port, target=url.raw_path
+        )
+        self.host = url.netloc
 
 
 # Parsed URLs kept per URL string; a config has a handful of endpoints and paths, so
 # reaching this many means something is unusual: start again rather than grow.
 _MAX_CACHED_URLS = 1024
+# httpx's default keep-alive expiry (httpx.Limits), which the transports had
+_KEEPALIVE_EXPIRY = 5.0
+# Answers processed at once, first come first served (fair_reads.py). Enough to keep the
+# event loop busy (each yields a dozen times); few enough that the first answers of a
+# wave of thousands finish first. P12: 32 and 8 gave the same.
+_ANSWER_TURNS = 32
 
 
 class Dispatcher:
-    """Sends claimed requests over sharded httpx transports. Use as an async context."""
+    """Sends claimed requests over sharded connection pools. Use as an async context."""
 
     def __init__(
         self, config: DaemonConfig, *, transport: httpx.AsyncBaseTransport | None = None
@@ -134,10 +194,17 @@ class Dispatcher:
         self.config = config
         self._transport = transport  # tests pass a real in-process transport
         self._shards: list[_Shard] = []
-        self._urls: dict[str, httpx.URL] = {}
+        # The shards with a free connection, the one to use next on top: a shard is
+        # taken from the top and leaves the stack when full, and comes back on top when a
+        # request of a full one ends. O(1) per request at any number of shards (picking
+        # the least busy by a scan cost 0.15 ms a request at 1,000 shards).
+        self._with_room: list[_Shard] = []
+        self._targets: dict[str, _Target] = {}
+        self.turns = Turns(_ANSWER_TURNS)
+        self._backend = FairBackend(self.turns)
         # One TLS context for every shard: making one loads the CA bundle (~30 ms).
         self._tls: ssl.SSLContext | None = None
-        # httpx's per-request timeout extension: read and write bounded like the whole
+        # httpcore's per-request timeouts: read and write bounded like the whole
         # request, no pool timeout (a shard never has more requests than connections).
         self._request_timeout = config.request_timeout.total_seconds()
         self._timeouts = {
@@ -154,44 +221,58 @@ class Dispatcher:
         await self.aclose()
 
     async def aclose(self) -> None:
-        shards, self._shards = self._shards, []
+        shards, self._shards, self._with_room = self._shards, [], []
         with anyio.CancelScope(shield=True):
             if self._transport is not None:
                 await self._transport.aclose()
                 return
             for shard in shards:
-                await shard.transport.aclose()
+                assert shard.pool is not None
+                await shard.pool.aclose()
 
     @property
     def shard_count(self) -> int:
         return len(self._shards)
 
-    def _new_transport(self) -> httpx.AsyncBaseTransport:
+    def _new_shard(self) -> _Shard:
         if self._transport is not None:
-            return self._transport
+            return _Shard(None, self._transport)
         if self._tls is None:
             self._tls = httpx.create_ssl_context(trust_env=False)
         per = self.config.connections_per_client
-        return httpx.AsyncHTTPTransport(
-            verify=self._tls,
-            limits=httpx.Limits(max_connections=per, max_keepalive_connections=per),
-            trust_env=False,
+        # what httpx.AsyncHTTPTransport(verify=tls, limits=Limits(per, per)) builds
+        pool = httpcore.AsyncConnectionPool(
+            ssl_context=self._tls,
+            max_connections=per,
+            max_keepalive_connections=per,
+            keepalive_expiry=_KEEPALIVE_EXPIRY,
+            network_backend=self._backend,
         )
+        return _Shard(pool)
 
-    def _pick_shard(self) -> _Shard:
-        best = min(self._shards, key=lambda s: s.active, default=None)
-        if best is None or best.active >= self.config.connections_per_client:
-            best = _Shard(self._new_transport())
-            self._shards.append(best)
-        return best
+    def _take_shard(self) -> _Shard:
+        if not self._with_room:
+            shard = self._new_shard()
+            self._shards.append(shard)
+            self._with_room.append(shard)
+        shard = self._with_room[-1]
+        shard.active += 1
+        if shard.active >= self.config.connections_per_client:
+            self._with_room.pop()
+        return shard
 
-    def _url(self, text: str) -> httpx.URL:
-        url = self._urls.get(text)
-        if url is None:
-            if len(self._urls) >= _MAX_CACHED_URLS:
-                self._urls.clear()
-            url = self._urls[text] = httpx.URL(text)
-        return url
+    def _return_shard(self, shard: _Shard) -> None:
+        if shard.active == self.config.connections_per_client:
+            self._with_room.append(shard)
+        shard.active -= 1
+
+    def _target(self, text: str) -> _Target:
+        target = self._targets.get(text)
+        if target is None:
+            if len(self._targets) >= _MAX_CACHED_URLS:
+                self._targets.clear()
+            target = self._targets[text] = _Target(httpx.URL(text))
+        return target
 
     def build(self, req: ClaimedRequest) -> tuple[str, dict[str, str]] | TransportError:
         """The URL and headers for ``req``, or a builder error (permanent)."""
@@ -227,31 +308,103 @@ class Dispatcher:
         if isinstance(built, TransportError):
             return Sent(built)
         url, headers = built
-        shard = self._pick_shard()
-        shard.active += 1
-        target = self._url(url)
+        target = self._target(url)
+        shard = self._take_shard()
         try:
-            request = httpx.Request(
-                req.method,
-                target,
-                content=req.body.encode(),
-                headers=headers,
-                extensions={"timeout": self._timeouts},
-            )
             with anyio.move_on_after(self._request_timeout) as scope:
-                response = await shard.transport.handle_async_request(request)
-                try:
-                    await response.aread()
-                finally:
-                    await response.aclose()
+                if shard.pool is not None:
+                    status, raw_headers, content = await self._exchange(
+                        shard.pool, req, target, headers
+                    )
+                else:
+                    assert shard.transport is not None
+                    status, raw_headers, content = await _exchange_httpx(
+                        shard.transport, req, target, headers, self._timeouts
+                    )
             if scope.cancelled_caught:
                 return Sent(TransportError(TransportErrorKind.READ_TIMEOUT, "request timed out"))
-        except httpx.HTTPError as exc:
-            return Sent(_translate(exc, target))
+        except _SEND_ERRORS as exc:
+            return Sent(_translate(exc, target.parsed))
         finally:
-            shard.active -= 1
-        # The bytes, never ``response.text``: text decoding is lossy (body_of keeps them).
-        return _outcome(response.status_code, response.headers, response.content)
+            self.turns.end()  # the answer is read (or abandoned)
+            self._return_shard(shard)
+        # The bytes, never the text: text decoding is lossy (body_of keeps them).
+        return _outcome(status, _header_dict(raw_headers), content)
+
+    async def _exchange(
+        self,
+        pool: httpcore.AsyncConnectionPool,
+        req: ClaimedRequest,
+        target: _Target,
+        headers: dict[str, str],
+    ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        """One request straight through httpcore, with the headers httpx would send
+        (Host first, Content-Length last): httpx's request and response layers cost
+        about a fifth of each request's CPU (docs/performance.md, P12)."""
+        content = req.body.encode()
+        raw = [(b"Host", target.host)]
+        raw += [(k.encode("ascii"), v.encode("ascii")) for k, v in headers.items()]
+        if content:
+            raw.append((b"Content-Length", str(len(content)).encode("ascii")))
+        elif req.method in ("POST", "PUT", "PATCH"):
+            raw.insert(1, (b"Content-Length", b"0"))
+        request = httpcore.Request(
+            req.method.encode("ascii"),
+            target.url,
+            headers=raw,
+            content=content,
+            extensions={"timeout": self._timeouts},
+        )
+        response = await pool.handle_async_request(request)
+        try:
+            body = await response.aread()
+        finally:
+            await response.aclose()
+        return response.status, response.headers, body
+
+
+async def _exchange_httpx(
+    transport: httpx.AsyncBaseTransport,
+    req: ClaimedRequest,
+    target: _Target,
+    headers: dict[str, str],
+    timeouts: dict[str, float | None],
+) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    """One request through an injected httpx transport (tests)."""
+    request = httpx.Request(
+        req.method,
+        target.parsed,
+        content=req.body.encode(),
+        headers=headers,
+        extensions={"timeout": timeouts},
+    )
+    response = await transport.handle_async_request(request)
+    try:
+        await response.aread()
+    finally:
+        await response.aclose()
+    return response.status_code, response.headers.raw, response.content
+
+
+def _header_dict(raw: list[tuple[bytes, bytes]]) -> dict[str, str]:
+    """The response headers as ``dict(httpx.Headers(raw))`` gives them: names lower-cased,
+    repeated ones joined with ", ", decoded as ASCII, else UTF-8, else Latin-1."""
+    encoding = "iso-8859-1"  # decodes any bytes
+    for candidate in ("ascii", "utf-8"):
+        try:
+            for name, value in raw:
+                name.decode(candidate)
+                value.decode(candidate)
+        except UnicodeDecodeError:
+            continue
+        encoding = candidate
+        break
+    out: dict[str, str] = {}
+    for name, value in raw:
+        key = name.decode(encoding).lower()
+        text = value.decode(encoding)
+        out[key] = f"{out[key]}, {text}" if key in out else text
+    return out
 
 
 def _outcome(status: int, headers: Mapping[str, str], content: bytes) -> Sent:

@@ -397,3 +397,39 @@ async def test_a_busy_daemon_still_looks_at_other_batches_every_poll_interval(
     assert repo.release(other, now=at(5)) == 1
     await trio.sleep_until(8.0)
     assert 5.0 < sent["a0"] < 5.0 + 1.0 + 0.3 + 0.1
+
+
+async def test_freed_slots_are_claimed_again_while_results_are_still_being_written(
+    nursery: trio.Nursery, clock: trio.testing.MockClock
+) -> None:
+    # Two slots, four requests, an upstream that answers after 2 s, and a writer whose
+    # every flush takes 10 s (a slow database). A slot is free as soon as its answer is
+    # in: the next two requests go out at 2 s (plus the claim's coalescing), not at 12 s
+    # when the first results are committed.
+    repo = MemoryRepository()
+    add_batch(repo, "c", ["m"] * 4)
+    sent: dict[str, float] = {}
+
+    async def answer(request: httpx.Request) -> httpx.Response:
+        sent[request.headers["x-fusillade-custom-id"]] = trio.current_time()
+        await trio.sleep(2.0)
+        return httpx.Response(200, content=b'{"ok": true}')
+
+    d = Daemon(
+        repo,
+        config(default_concurrency=2),
+        transport=httpx.MockTransport(answer),
+        jitter=lambda: 0.5,
+    )
+    record = d.writer._record
+
+    async def slow_record(results: Any) -> Any:
+        await trio.sleep(10.0)
+        return await record(results)
+
+    d.writer._record = slow_record
+    await nursery.start(d.run)
+    await trio.sleep_until(3.0)
+    assert sorted(sent) == ["c0", "c1", "c2", "c3"]
+    assert sent["c0"] == sent["c1"] == 0.0
+    assert 2.0 <= sent["c2"] <= 2.1 and 2.0 <= sent["c3"] <= 2.1
