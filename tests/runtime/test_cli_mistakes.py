@@ -13,7 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
 
@@ -270,6 +270,27 @@ async def test_status_with_the_server_down_names_the_url(tmp_path: Path) -> None
     assert done.stdout == b""
 
 
+async def _read_until(proc: trio.Process, seen: bytes, done: Callable[[bytes], bool]) -> bytes:
+    """``seen`` plus what ``proc`` writes on stderr until ``done`` holds of it (the caller
+    bounds the time); an early end of stderr fails with what came."""
+    assert proc.stderr is not None
+    while not done(seen):
+        chunk = await proc.stderr.receive_some(4096)
+        assert chunk, seen.decode()
+        seen += chunk
+    return seen
+
+
+async def _interrupt(proc: trio.Process, seen: bytes) -> tuple[bytes, int]:
+    """Ctrl-C ``proc``, then read its stderr to the end: everything seen, and its status."""
+    assert proc.stderr is not None
+    proc.send_signal(signal.SIGINT)
+    with trio.fail_after(30):
+        while chunk := await proc.stderr.receive_some(4096):
+            seen += chunk
+        return seen, await proc.wait()
+
+
 async def test_submit_wait_without_a_daemon_says_so_and_ctrl_c_ends_it(
     database_url: str, tmp_path: Path
 ) -> None:
@@ -278,19 +299,12 @@ async def test_submit_wait_without_a_daemon_says_so_and_ctrl_c_ends_it(
     proc = await trio.lowlevel.open_process(
         args, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, env=clean_env()
     )
-    assert proc.stderr is not None
     seen = b""
     try:
         with trio.fail_after(30):
-            while b"(Ctrl-C to stop)\n" not in seen:  # the whole warning line
-                chunk = await proc.stderr.receive_some(4096)
-                assert chunk, seen.decode()
-                seen += chunk
-        proc.send_signal(signal.SIGINT)
-        with trio.fail_after(30):
-            while chunk := await proc.stderr.receive_some(4096):
-                seen += chunk
-            status = await proc.wait()
+            # the whole warning line
+            seen = await _read_until(proc, seen, lambda s: b"(Ctrl-C to stop)\n" in s)
+        seen, status = await _interrupt(proc, seen)
     finally:
         proc.kill()
     text = seen.decode()
@@ -322,24 +336,15 @@ async def test_watch_without_a_daemon_says_so_once_and_keeps_waiting(
     proc = await trio.lowlevel.open_process(
         args, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, env=clean_env()
     )
-    assert proc.stderr is not None
     seen = b""
     try:
         with trio.fail_after(30):
-            while b"(Ctrl-C to stop)\n" not in seen:
-                chunk = await proc.stderr.receive_some(4096)
-                assert chunk, seen.decode()
-                seen += chunk
+            seen = await _read_until(proc, seen, lambda s: b"(Ctrl-C to stop)\n" in s)
             # still watching: more progress lines come after the warning
-            while seen.split(b"(Ctrl-C to stop)\n")[1].count(b"in_progress") < 2:
-                chunk = await proc.stderr.receive_some(4096)
-                assert chunk, seen.decode()
-                seen += chunk
-        proc.send_signal(signal.SIGINT)
-        with trio.fail_after(30):
-            while chunk := await proc.stderr.receive_some(4096):
-                seen += chunk
-            status = await proc.wait()
+            seen = await _read_until(
+                proc, seen, lambda s: s.split(b"(Ctrl-C to stop)\n")[1].count(b"in_progress") >= 2
+            )
+        seen, status = await _interrupt(proc, seen)
     finally:
         proc.kill()
     text = seen.decode()

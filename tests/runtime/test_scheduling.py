@@ -51,7 +51,7 @@ class Upstream_:
         try:
             if self.hold:
                 await trio.sleep_forever()
-            await trio.sleep(self.latency)
+            await trio.sleep(self.latency)  # the fake upstream's latency
         finally:
             self.in_flight -= 1
         body: dict[str, Any] = {"ok": True}

@@ -338,7 +338,7 @@ async def test_a_batch_that_will_miss_its_deadline_is_escalated_and_claimed_ahea
 
     async def slow(request: httpx.Request) -> httpx.Response:
         sent.append((trio.current_time(), request.headers["x-fusillade-custom-id"]))
-        await trio.sleep(10)
+        await trio.sleep(10)  # the fake upstream's latency (virtual time)
         return httpx.Response(200, content=b'{"ok": true}')
 
     d = Daemon(repo, config(), transport=httpx.MockTransport(slow), jitter=lambda: 0.5)
