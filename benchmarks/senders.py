@@ -1,0 +1,682 @@
+"""What puts a request's bytes on the wire, measured (issue 16, item 2): a microbenchmark.
+
+    python -m benchmarks.senders --requests 20000 --slots 256
+
+Not a harness scenario: no database, no daemon. The harness's zero-latency nginx upstream
+(``benchmarks.upstream``) answers the same POST of a small JSON body, and ``--slots``
+trio tasks send ``--requests`` requests through each candidate sender:
+
+- ``fusillade``: today's dispatch path, the real ``Dispatcher.send`` (httpcore pools of
+  ``connections_per_client`` connections, the fair-reads backend, the outcome as the
+  daemon records it); ``fusillade-1``: the same with ``connections_per_client = 1``;
+- ``httpcore-N``: httpcore's ``AsyncConnectionPool`` directly, shards of N connections,
+  its own backend (no fair reads), tuned as far as its API goes;
+- ``h11``: a minimal HTTP/1.1 keep-alive pool on trio streams with h11 as the parser
+  (httpcore's own parser, without httpcore): what httpcore's layers cost;
+- ``httptools``: the same pool on anyio streams (trio backend) with httptools' C
+  response parser (content-length and chunked); the request bytes are built once per
+  request; ``httptools-trio``: the same on trio's streams directly (anyio's layer's cost);
+- ``pycurl``: libcurl's multi interface in one dedicated thread (which releases the GIL
+  inside libcurl); requests handed over through a queue and a wake-up pipe, answers
+  handed back to trio in batches (``run_sync_soon``).
+
+Every candidate sends the headers ``Dispatcher.build`` makes for the request and turns
+the answer into the same ``Sent`` (``_outcome``), so what differs is only the sender.
+Each measurement runs in a fresh child process (a warm-up, then the timed part); the
+candidates run interleaved (A B C D, A B C D, ...), and the report gives medians of the
+rounds, req/s, the CPU seconds per 1,000 requests of the child (``getrusage``
+RUSAGE_SELF, every thread), and the ratio to ``fusillade`` in the same round. The load
+average is printed with every round: the machine may be shared. ``--processes 1 2``
+repeats it all with the requests and slots split over 2 processes at once.
+
+The prototypes have no TLS, proxies or error classification: they measure the cost of
+putting bytes on the wire. ``benchmarks.sender_faults`` shows how each reports faults.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.metadata
+import json
+import os
+import platform
+import queue
+import resource
+import select
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import trio
+
+from benchmarks.common import ENDPOINT, MODEL, REPO_ROOT, request_body
+
+CANDIDATES = (
+    "fusillade",
+    "fusillade-1",
+    "httpcore-1",
+    "httpcore-4",
+    "httpcore-16",
+    "h11",
+    "httptools",
+    "httptools-trio",
+    "pycurl",
+)
+WARMUP = 1000
+
+Exchange = tuple[int, list[tuple[bytes, bytes]], bytes]
+
+
+# --- the requests, built as the daemon builds them --------------------------------------
+
+
+def _requests(base_url: str, n: int) -> list[Any]:
+    from fusillade.core.attempts import ClaimedRequest
+
+    now = datetime.now(UTC)
+    batch = uuid.uuid4()
+    daemon = uuid.uuid4()
+    return [
+        ClaimedRequest(
+            id=uuid.uuid4(),
+            batch_id=batch,
+            attempt=1,
+            budget_used=0,
+            model=MODEL,
+            batch_expires_at=now,
+            custom_id=f"req-{i:08d}",
+            endpoint=base_url,
+            method="POST",
+            path=ENDPOINT,
+            body=request_body(i),
+            daemon_id=daemon,
+            claimed_at=now,
+            started_at=now,
+            not_before=now,
+        )
+        for i in range(n)
+    ]
+
+
+def _check(sent: Any) -> None:
+    from fusillade.core.retry import HttpResponse
+
+    if not (isinstance(sent.outcome, HttpResponse) and sent.outcome.status == 200):
+        raise SystemExit(f"unexpected outcome: {sent.outcome!r}")
+    if sent.input_tokens != 12:
+        raise SystemExit(f"usage not parsed: {sent!r}")
+
+
+async def _drive(send: Callable[[int, Any], Awaitable[None]], reqs: list[Any], slots: int) -> None:
+    """``slots`` tasks, each sending the next request until none is left."""
+    it = iter(range(len(reqs)))
+
+    async def worker(slot: int) -> None:
+        for i in it:
+            await send(slot, reqs[i])
+
+    async with trio.open_nursery() as nursery:
+        for slot in range(slots):
+            nursery.start_soon(worker, slot)
+
+
+# --- (a) today's dispatch path ----------------------------------------------------------
+
+
+async def _run_fusillade(base_url: str, n: int, slots: int, per: int) -> tuple[float, float]:
+    from fusillade.runtime.config import DaemonConfig
+    from fusillade.runtime.dispatch import Dispatcher
+
+    async with Dispatcher(DaemonConfig(connections_per_client=per)) as dispatcher:
+
+        async def send(slot: int, req: Any) -> None:
+            _check(await dispatcher.send(req))
+
+        return await _timed(send, base_url, n, slots)
+
+
+async def _timed(
+    send: Callable[[int, Any], Awaitable[None]], base: str, n: int, s: int
+) -> tuple[float, float]:
+    """Wall and CPU seconds (the process's, every thread) of sending ``n`` requests,
+    after a warm-up that opens the connections."""
+    await _drive(send, _requests(base, min(WARMUP, n)), s)
+    reqs = _requests(base, n)
+    before = resource.getrusage(resource.RUSAGE_SELF)
+    start = time.perf_counter()
+    await _drive(send, reqs, s)
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return wall, cpu
+
+
+def _builder() -> tuple[Any, Callable[..., Any]]:
+    """``Dispatcher.build`` (headers as the daemon sends them) and ``_outcome`` plus the
+    header decoding (the ``Sent`` the daemon records), for the other candidates."""
+    from fusillade.runtime.config import DaemonConfig
+    from fusillade.runtime.dispatch import Dispatcher, _header_dict, _outcome
+
+    dispatcher = Dispatcher(DaemonConfig())
+
+    def outcome(status: int, raw: list[tuple[bytes, bytes]], body: bytes) -> Any:
+        return _outcome(status, _header_dict(raw), body)
+
+    return dispatcher, outcome
+
+
+# --- (b) tuned httpcore -----------------------------------------------------------------
+
+
+async def _run_httpcore(base_url: str, n: int, slots: int, per: int) -> tuple[float, float]:
+    import httpcore
+    import httpx
+
+    dispatcher, outcome = _builder()
+    url0 = httpx.URL(base_url + ENDPOINT)
+    target = httpcore.URL(
+        scheme=url0.raw_scheme, host=url0.raw_host, port=url0.port, target=url0.raw_path
+    )
+    host = url0.netloc
+    timeouts = {"connect": 10.0, "read": 600.0, "write": 600.0, "pool": None}
+    # slot i always uses pool i // per: a task sends one request at a time, so a pool
+    # never has more requests than connections (as the dispatcher's shards)
+    pools = [
+        httpcore.AsyncConnectionPool(max_connections=per, max_keepalive_connections=per)
+        for _ in range((slots + per - 1) // per)
+    ]
+
+    async def send(slot: int, req: Any) -> None:
+        _url, headers = dispatcher.build(req)
+        content = req.body.encode()
+        raw = [(b"Host", host)]
+        raw += [(k.encode("ascii"), v.encode("ascii")) for k, v in headers.items()]
+        raw.append((b"Content-Length", str(len(content)).encode("ascii")))
+        with trio.move_on_after(600):
+            response = await pools[slot // per].handle_async_request(
+                httpcore.Request(
+                    b"POST", target, headers=raw, content=content, extensions={"timeout": timeouts}
+                )
+            )
+            try:
+                body = await response.aread()
+            finally:
+                await response.aclose()
+        _check(outcome(response.status, response.headers, body))
+
+    try:
+        return await _timed(send, base_url, n, slots)
+    finally:
+        for pool in pools:
+            await pool.aclose()
+
+
+# --- (c) HTTP/1.1 pool on anyio streams with httptools' parser --------------------------
+
+
+class _Answer:
+    """httptools' callbacks for one response."""
+
+    __slots__ = ("body", "done", "headers", "parser")
+
+    def __init__(self) -> None:
+        import httptools
+
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.body: list[bytes] = []
+        self.done = False
+        self.parser = httptools.HttpResponseParser(self)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name, value))
+
+    def on_body(self, data: bytes) -> None:
+        self.body.append(data)
+
+    def on_message_complete(self) -> None:
+        self.done = True
+
+
+class H1Pool:
+    """Keep-alive HTTP/1.1 connections to one host: an idle stack, a new connection
+    when none is idle, one request at a time on each. Errors close the connection.
+    ``raw_trio``: trio's streams directly instead of anyio's (what anyio's layer costs)."""
+
+    def __init__(
+        self, host: str, port: int, connect_timeout: float, *, raw_trio: bool = False
+    ) -> None:
+        self.host, self.port = host, port
+        self.connect_timeout = connect_timeout
+        self.raw_trio = raw_trio
+        self.idle: list[Any] = []
+
+    async def _connect(self) -> Any:
+        if self.raw_trio:
+            with trio.fail_after(self.connect_timeout):
+                return await trio.open_tcp_stream(self.host, self.port)
+        import anyio
+
+        with anyio.fail_after(self.connect_timeout):
+            return await anyio.connect_tcp(self.host, self.port)
+
+    async def exchange(self, head: bytes, body: bytes, read_timeout: float) -> Exchange:
+        stream = self.idle.pop() if self.idle else await self._connect()
+        keep = False
+        try:
+            answer = _Answer()
+            parser = answer.parser
+            # trio's and anyio's cancel scopes are the same thing under trio
+            with trio.fail_after(read_timeout):
+                if self.raw_trio:
+                    await stream.send_all(head + body)
+                    while not answer.done:
+                        data = await stream.receive_some(65536)
+                        if not data:
+                            raise EOFError("connection closed")
+                        parser.feed_data(data)
+                else:
+                    await stream.send(head + body)
+                    while not answer.done:
+                        parser.feed_data(await stream.receive(65536))
+            keep = parser.should_keep_alive()
+            return parser.get_status_code(), answer.headers, b"".join(answer.body)
+        finally:
+            if keep:
+                self.idle.append(stream)
+            else:
+                await stream.aclose()
+
+    async def aclose(self) -> None:
+        for stream in self.idle:
+            await stream.aclose()
+        self.idle.clear()
+
+
+class H11Pool:
+    """The same pool with h11 (pure Python, what httpcore uses) as the parser: (e)."""
+
+    def __init__(self, host: str, port: int, target: bytes, host_header: bytes) -> None:
+        self.host, self.port = host, port
+        self.target, self.host_header = target, host_header
+        self.idle: list[tuple[Any, Any]] = []
+
+    async def exchange(self, headers: list[tuple[bytes, bytes]], body: bytes) -> Exchange:
+        import h11
+
+        if self.idle:
+            stream, conn = self.idle.pop()
+        else:
+            stream = await trio.open_tcp_stream(self.host, self.port)
+            conn = h11.Connection(h11.CLIENT)
+        keep = False
+        try:
+            out = conn.send(h11.Request(method=b"POST", target=self.target, headers=headers))
+            out += conn.send(h11.Data(data=body)) + conn.send(h11.EndOfMessage())
+            await stream.send_all(out)
+            status, raw, chunks = 0, [], []
+            while True:
+                event = conn.next_event()
+                if event is h11.NEED_DATA:
+                    conn.receive_data(await stream.receive_some(65536))
+                elif isinstance(event, h11.Response):
+                    status, raw = event.status_code, list(event.headers)
+                elif isinstance(event, h11.Data):
+                    chunks.append(bytes(event.data))
+                elif isinstance(event, h11.EndOfMessage):
+                    break
+            if conn.our_state is h11.DONE and conn.their_state is h11.DONE:
+                conn.start_next_cycle()
+                keep = True
+            return status, raw, b"".join(chunks)
+        finally:
+            if keep:
+                self.idle.append((stream, conn))
+            else:
+                await stream.aclose()
+
+    async def aclose(self) -> None:
+        for stream, _conn in self.idle:
+            await stream.aclose()
+        self.idle.clear()
+
+
+async def _run_h11(base_url: str, n: int, slots: int, per: int) -> tuple[float, float]:
+    import httpx
+
+    dispatcher, outcome = _builder()
+    url0 = httpx.URL(base_url + ENDPOINT)
+    pool = H11Pool(url0.host, url0.port or 80, url0.raw_path, url0.netloc)
+
+    async def send(slot: int, req: Any) -> None:
+        _url, headers = dispatcher.build(req)
+        content = req.body.encode()
+        raw = [(b"Host", pool.host_header)]
+        raw += [(k.encode("ascii"), v.encode("ascii")) for k, v in headers.items()]
+        raw.append((b"Content-Length", str(len(content)).encode("ascii")))
+        with trio.fail_after(600):
+            status, rh, body = await pool.exchange(raw, content)
+        _check(outcome(status, rh, body))
+
+    try:
+        return await _timed(send, base_url, n, slots)
+    finally:
+        await pool.aclose()
+
+
+async def _run_httptools(base_url: str, n: int, slots: int, per: int) -> tuple[float, float]:
+    import httpx
+
+    dispatcher, outcome = _builder()
+    url0 = httpx.URL(base_url + ENDPOINT)
+    pool = H1Pool(url0.host, url0.port or 80, 10.0, raw_trio=per == 1)
+    request_line = b"POST " + url0.raw_path + b" HTTP/1.1\r\nHost: " + url0.netloc + b"\r\n"
+
+    async def send(slot: int, req: Any) -> None:
+        _url, headers = dispatcher.build(req)
+        content = req.body.encode()
+        head = (
+            request_line
+            + "".join(f"{k}: {v}\r\n" for k, v in headers.items()).encode("ascii")
+            + b"Content-Length: "
+            + str(len(content)).encode("ascii")
+            + b"\r\n\r\n"
+        )
+        status, raw, body = await pool.exchange(head, content, 600.0)
+        _check(outcome(status, raw, body))
+
+    try:
+        return await _timed(send, base_url, n, slots)
+    finally:
+        await pool.aclose()
+
+
+# --- (d) pycurl's multi interface in a dedicated thread ---------------------------------
+
+
+class CurlThread:
+    """libcurl's multi interface driven by one thread. ``submit`` hands a request over
+    (a queue and a byte on a wake-up pipe); the thread hands finished ones back to trio
+    in batches through ``run_sync_soon``, each waking its task's event. A prototype:
+    ``select`` takes descriptors below 1,024 only (a real one would use
+    ``socket_action`` with epoll), and a cancelled task leaves its transfer running."""
+
+    def __init__(self, token: trio.lowlevel.TrioToken, max_connections: int) -> None:
+        import pycurl
+
+        self.pycurl = pycurl
+        self.token = token
+        self.multi = pycurl.CurlMulti()
+        self.multi.setopt(pycurl.M_MAXCONNECTS, max_connections)
+        self.inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self.wake_r, self.wake_w = os.pipe()
+        os.set_blocking(self.wake_r, False)
+        self.free: list[Any] = []
+        self.stopping = False
+        self.thread = threading.Thread(target=self._loop, name="curl", daemon=True)
+        self.thread.start()
+
+    def _handle(self) -> Any:
+        if self.free:
+            return self.free.pop()
+        pc = self.pycurl
+        c = pc.Curl()
+        c.setopt(pc.NOSIGNAL, 1)
+        c.setopt(pc.FOLLOWLOCATION, 0)
+        c.setopt(pc.PROXY, "")  # no proxy from the environment; config would set it
+        c.setopt(pc.CONNECTTIMEOUT_MS, 10_000)
+        c.setopt(pc.TIMEOUT_MS, 600_000)
+        c.setopt(pc.ACCEPT_ENCODING, None)  # as sent today: no Accept-Encoding added
+        return c
+
+    async def exchange(self, url: str, headers: list[str], body: bytes) -> Exchange:
+        job = _CurlJob(url, headers, body)
+        self.inbox.put(job)
+        os.write(self.wake_w, b"x")
+        await job.event.wait()
+        if job.error is not None:
+            raise job.error
+        return job.status, job.headers, b"".join(job.body)
+
+    def _start(self, job: _CurlJob) -> None:
+        pc = self.pycurl
+        c = self._handle()
+        c.setopt(pc.URL, job.url)
+        c.setopt(pc.HTTPHEADER, job.header_lines)
+        c.setopt(pc.POSTFIELDS, job.payload)
+        c.setopt(pc.WRITEFUNCTION, job.body.append)
+        c.setopt(pc.HEADERFUNCTION, job.header_line)
+        c.job = job
+        self.multi.add_handle(c)
+
+    def _loop(self) -> None:
+        multi = self.multi
+        while not self.stopping:
+            done: list[_CurlJob] = []
+            while True:
+                try:
+                    self._start(self.inbox.get_nowait())
+                except queue.Empty:
+                    break
+            while True:
+                ret, _running = multi.perform()
+                if ret != self.pycurl.E_CALL_MULTI_PERFORM:
+                    break
+            while True:
+                queued, ok, failed = multi.info_read()
+                for c in ok:
+                    c.job.status = c.getinfo(self.pycurl.RESPONSE_CODE)
+                    done.append(self._finish(c))
+                for c, errno, message in failed:
+                    c.job.error = RuntimeError(f"curl error {errno}: {message}")
+                    done.append(self._finish(c))
+                if not queued:
+                    break
+            if done:
+                self.token.run_sync_soon(_wake_all, done)
+            reads, writes, errs = multi.fdset()
+            timeout = multi.timeout()
+            wait = 1.0 if timeout < 0 else min(timeout / 1000, 1.0)
+            if done or not self.inbox.empty():
+                wait = 0
+            r, _w, _x = select.select([*reads, self.wake_r], writes, errs, wait)
+            if self.wake_r in r:
+                with contextlib.suppress(BlockingIOError):
+                    os.read(self.wake_r, 65536)
+
+    def _finish(self, c: Any) -> _CurlJob:
+        job: _CurlJob = c.job
+        self.multi.remove_handle(c)
+        c.job = None
+        self.free.append(c)
+        return job
+
+    def close(self) -> None:
+        self.stopping = True
+        os.write(self.wake_w, b"x")
+        self.thread.join()
+        for c in self.free:
+            c.close()
+        self.multi.close()
+        os.close(self.wake_r)
+        os.close(self.wake_w)
+
+
+class _CurlJob:
+    __slots__ = ("body", "error", "event", "header_lines", "headers", "payload", "status", "url")
+
+    def __init__(self, url: str, header_lines: list[str], payload: bytes) -> None:
+        self.url = url
+        self.header_lines = header_lines
+        self.payload = payload
+        self.event = trio.Event()
+        self.status = 0
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.body: list[bytes] = []
+        self.error: Exception | None = None
+
+    def header_line(self, line: bytes) -> None:
+        name, sep, value = line.partition(b":")
+        if sep:
+            self.headers.append((name, value.strip()))
+        elif line.startswith(b"HTTP/"):
+            self.headers.clear()  # a 100 Continue's or an earlier response's
+
+
+def _wake_all(jobs: list[_CurlJob]) -> None:
+    for job in jobs:
+        job.event.set()
+
+
+async def _run_pycurl(base_url: str, n: int, slots: int, per: int) -> tuple[float, float]:
+    dispatcher, outcome = _builder()
+    curl = CurlThread(trio.lowlevel.current_trio_token(), slots)
+    url = base_url + ENDPOINT
+
+    async def send(slot: int, req: Any) -> None:
+        _url, headers = dispatcher.build(req)
+        # libcurl adds Host and Content-Length; "Expect:" stops its 100-continue (large
+        # bodies), "Accept:" its default "Accept: */*"
+        lines = [f"{k}: {v}" for k, v in headers.items()] + ["Expect:", "Accept:"]
+        status, raw, body = await curl.exchange(url, lines, req.body.encode())
+        _check(outcome(status, raw, body))
+
+    try:
+        return await _timed(send, base_url, n, slots)
+    finally:
+        curl.close()
+
+
+# --- child and parent -------------------------------------------------------------------
+
+
+def _runner(name: str) -> tuple[Callable[..., Awaitable[tuple[float, float]]], int]:
+    if name == "fusillade":
+        return _run_fusillade, 4
+    if name == "fusillade-1":
+        return _run_fusillade, 1
+    if name.startswith("httpcore-"):
+        return _run_httpcore, int(name.removeprefix("httpcore-"))
+    if name == "httptools":
+        return _run_httptools, 0
+    if name == "httptools-trio":
+        return _run_httptools, 1  # "per" 1: trio's streams directly
+    if name == "h11":
+        return _run_h11, 0
+    if name == "pycurl":
+        return _run_pycurl, 0
+    raise SystemExit(f"unknown candidate {name!r}")
+
+
+def child(name: str, url: str, n: int, slots: int) -> None:
+    run, per = _runner(name)
+    wall, cpu = trio.run(run, url, n, slots, per)
+    print(json.dumps({"name": name, "n": n, "wall": wall, "cpu": cpu}), flush=True)
+
+
+def missing(name: str) -> str | None:
+    module = {"httptools": "httptools", "httptools-trio": "httptools", "pycurl": "pycurl"}.get(name)
+    if module is None:
+        return None
+    try:
+        __import__(module)
+    except ImportError:
+        return f"not measured: {module} not installed (pip install 'fusillade[bench]')"
+    return None
+
+
+def spawn(name: str, url: str, n: int, slots: int) -> subprocess.Popen[str]:
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    cmd = [sys.executable, "-m", "benchmarks.senders", "--child", name, "--url", url]
+    cmd += ["--requests", str(n), "--slots", str(slots)]
+    return subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, text=True)
+
+
+def measure(name: str, url: str, n: int, slots: int, processes: int) -> dict[str, float]:
+    """One measurement: ``processes`` children at once sharing ``n`` and ``slots``."""
+    procs = [spawn(name, url, n // processes, slots // processes) for _ in range(processes)]
+    rows = []
+    for proc in procs:
+        out, _ = proc.communicate()
+        if proc.returncode != 0:
+            raise SystemExit(f"{name}: child failed ({proc.returncode})")
+        rows.append(json.loads(out.strip().splitlines()[-1]))
+    done = sum(r["n"] for r in rows)
+    wall = max(r["wall"] for r in rows)
+    cpu = sum(r["cpu"] for r in rows)
+    return {"rps": done / wall, "cpu_per_1k": cpu / done * 1000}
+
+
+def versions() -> str:
+    out = [f"Python {platform.python_version()}"]
+    for dist in ("trio", "anyio", "httpx", "httpcore", "h11", "httptools"):
+        try:
+            out.append(f"{dist} {importlib.metadata.version(dist)}")
+        except importlib.metadata.PackageNotFoundError:
+            out.append(f"{dist} missing")
+    try:
+        import pycurl
+
+        out.append(pycurl.version.split()[0] + " " + pycurl.version.split()[1])
+    except ImportError:
+        out.append("pycurl missing")
+    return ", ".join(out)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--requests", type=int, default=20000)
+    ap.add_argument("--slots", type=int, default=256)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--processes", type=int, nargs="+", default=[1])
+    ap.add_argument("--only", nargs="+", choices=CANDIDATES, default=list(CANDIDATES))
+    ap.add_argument("--child")
+    ap.add_argument("--url")
+    args = ap.parse_args()
+    if args.child:
+        child(args.child, args.url, args.requests, args.slots)
+        return
+
+    from benchmarks.upstream import upstreams
+
+    names = [n for n in args.only if not missing(n)]
+    for n in args.only:
+        if reason := missing(n):
+            print(f"{n}: {reason}")
+    print(versions())
+    with upstreams([]) as up:
+        print(f"upstream: {up.kind} at {up.fast}; {args.requests} requests, {args.slots} slots")
+        for procs in args.processes:
+            results: dict[str, list[dict[str, float]]] = {n: [] for n in names}
+            for rnd in range(args.rounds):
+                load = os.getloadavg()
+                print(f"round {rnd + 1}, {procs} process(es), load {load[0]:.2f} {load[1]:.2f}")
+                for name in names:
+                    row = measure(name, up.fast, args.requests, args.slots, procs)
+                    results[name].append(row)
+                    print(f"  {name:12} {row['rps']:8.0f} req/s {row['cpu_per_1k']:6.3f} cpu s/1k")
+            load = os.getloadavg()
+            print(f"\nmedians of {args.rounds}, {procs} process(es) (load now {load[0]:.2f}):")
+            print("| sender | req/s | vs fusillade (same round) | CPU s / 1,000 requests |")
+            print("|---|---|---|---|")
+            base = results.get("fusillade")
+            for name in names:
+                rows = results[name]
+                rps = statistics.median(r["rps"] for r in rows)
+                cpu = statistics.median(r["cpu_per_1k"] for r in rows)
+                ratio = "-"
+                if base:
+                    ratios = [r["rps"] / b["rps"] for r, b in zip(rows, base, strict=True)]
+                    ratio = f"{statistics.median(ratios):.2f}x"
+                print(f"| {name} | {rps:,.0f} | {ratio} | {cpu:.3f} |")
+            print()
+
+
+if __name__ == "__main__":
+    main()
