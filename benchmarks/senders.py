@@ -1,6 +1,6 @@
 """What puts a request's bytes on the wire, measured (issue 16, item 2): a microbenchmark.
 
-    python -m benchmarks.senders --requests 20000 --slots 256
+    python -m benchmarks.senders --requests 20000 --slots 256 [--processes 1 2] [--tls]
 
 Not a harness scenario: no database, no daemon. The harness's zero-latency nginx upstream
 (``benchmarks.upstream``) answers the same POST of a small JSON body, and ``--slots``
@@ -18,7 +18,9 @@ trio tasks send ``--requests`` requests through each candidate sender:
   request; ``httptools-trio``: the same on trio's streams directly (anyio's layer's cost);
 - ``pycurl``: libcurl's multi interface in one dedicated thread (which releases the GIL
   inside libcurl); requests handed over through a queue and a wake-up pipe, answers
-  handed back to trio in batches (``run_sync_soon``).
+  handed back to trio in batches (``run_sync_soon``);
+- ``floor``: no network at all, the rest of the work above (headers built, the canned
+  answer turned into a ``Sent``): what no sender can save.
 
 Every candidate sends the headers ``Dispatcher.build`` makes for the request and turns
 the answer into the same ``Sent`` (``_outcome``), so what differs is only the sender.
@@ -29,8 +31,10 @@ RUSAGE_SELF, every thread), and the ratio to ``fusillade`` in the same round. Th
 average is printed with every round: the machine may be shared. ``--processes 1 2``
 repeats it all with the requests and slots split over 2 processes at once.
 
-The prototypes have no TLS, proxies or error classification: they measure the cost of
-putting bytes on the wire. ``benchmarks.sender_faults`` shows how each reports faults.
+``--tls``: the same nginx over TLS, with a self-signed certificate every candidate is
+told to trust. The prototypes have no proxies and no error classification: they measure
+the cost of putting bytes on the wire. ``benchmarks.sender_faults`` shows how each
+reports faults. Results and the choice: docs/performance.md, "Issue 16: the sender".
 """
 
 from __future__ import annotations
@@ -44,14 +48,18 @@ import platform
 import queue
 import resource
 import select
+import shutil
+import ssl
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import trio
@@ -68,8 +76,22 @@ CANDIDATES = (
     "httptools",
     "httptools-trio",
     "pycurl",
+    "floor",
 )
 WARMUP = 1000
+# --tls: the CA file of the upstream's self-signed certificate (set in the child)
+CAFILE: str | None = None
+_TLS: list[ssl.SSLContext] = []
+
+
+def _tls() -> ssl.SSLContext | None:
+    """One client TLS context trusting the benchmark's CA (one per process, as today)."""
+    if CAFILE is None:
+        return None
+    if not _TLS:
+        _TLS.append(ssl.create_default_context(cafile=CAFILE))
+    return _TLS[0]
+
 
 Exchange = tuple[int, list[tuple[bytes, bytes]], bytes]
 
@@ -135,6 +157,7 @@ async def _run_fusillade(base_url: str, n: int, slots: int, per: int) -> tuple[f
     from fusillade.runtime.dispatch import Dispatcher
 
     async with Dispatcher(DaemonConfig(connections_per_client=per)) as dispatcher:
+        dispatcher._tls = _tls() or dispatcher._tls  # --tls: trust the benchmark's CA
 
         async def send(slot: int, req: Any) -> None:
             _check(await dispatcher.send(req))
@@ -172,6 +195,24 @@ def _builder() -> tuple[Any, Callable[..., Any]]:
     return dispatcher, outcome
 
 
+async def _run_floor(base_url: str, n: int, slots: int, per: int) -> tuple[float, float]:
+    """No network: the headers built and a canned answer turned into a ``Sent``, with a
+    checkpoint per request. What every candidate costs besides its sender."""
+    from benchmarks.common import CANNED_COMPLETION
+
+    dispatcher, outcome = _builder()
+    raw = [(b"Server", b"nginx"), (b"Content-Type", b"application/json")]
+    answer = CANNED_COMPLETION.encode()
+
+    async def send(slot: int, req: Any) -> None:
+        _url, _headers = dispatcher.build(req)
+        req.body.encode()
+        await trio.lowlevel.checkpoint()
+        _check(outcome(200, raw, answer))
+
+    return await _timed(send, base_url, n, slots)
+
+
 # --- (b) tuned httpcore -----------------------------------------------------------------
 
 
@@ -189,7 +230,9 @@ async def _run_httpcore(base_url: str, n: int, slots: int, per: int) -> tuple[fl
     # slot i always uses pool i // per: a task sends one request at a time, so a pool
     # never has more requests than connections (as the dispatcher's shards)
     pools = [
-        httpcore.AsyncConnectionPool(max_connections=per, max_keepalive_connections=per)
+        httpcore.AsyncConnectionPool(
+            ssl_context=_tls(), max_connections=per, max_keepalive_connections=per
+        )
         for _ in range((slots + per - 1) // per)
     ]
 
@@ -224,7 +267,7 @@ async def _run_httpcore(base_url: str, n: int, slots: int, per: int) -> tuple[fl
 class _Answer:
     """httptools' callbacks for one response."""
 
-    __slots__ = ("body", "done", "headers", "parser")
+    __slots__ = ("body", "done", "headers", "keep", "parser")
 
     def __init__(self) -> None:
         import httptools
@@ -232,6 +275,7 @@ class _Answer:
         self.headers: list[tuple[bytes, bytes]] = []
         self.body: list[bytes] = []
         self.done = False
+        self.keep = False
         self.parser = httptools.HttpResponseParser(self)
 
     def on_header(self, name: bytes, value: bytes) -> None:
@@ -241,6 +285,8 @@ class _Answer:
         self.body.append(data)
 
     def on_message_complete(self) -> None:
+        # asked here: once the message is complete, the parser's state is the next one's
+        self.keep = self.parser.should_keep_alive()
         self.done = True
 
 
@@ -260,11 +306,16 @@ class H1Pool:
     async def _connect(self) -> Any:
         if self.raw_trio:
             with trio.fail_after(self.connect_timeout):
-                return await trio.open_tcp_stream(self.host, self.port)
+                return await _trio_connect(self.host, self.port)
         import anyio
 
         with anyio.fail_after(self.connect_timeout):
-            return await anyio.connect_tcp(self.host, self.port)
+            tls = _tls()
+            if tls is None:
+                return await anyio.connect_tcp(self.host, self.port)
+            return await anyio.connect_tcp(
+                self.host, self.port, ssl_context=tls, tls_standard_compatible=False
+            )
 
     async def exchange(self, head: bytes, body: bytes, read_timeout: float) -> Exchange:
         stream = self.idle.pop() if self.idle else await self._connect()
@@ -285,7 +336,7 @@ class H1Pool:
                     await stream.send(head + body)
                     while not answer.done:
                         parser.feed_data(await stream.receive(65536))
-            keep = parser.should_keep_alive()
+            keep = answer.keep
             return parser.get_status_code(), answer.headers, b"".join(answer.body)
         finally:
             if keep:
@@ -297,6 +348,15 @@ class H1Pool:
         for stream in self.idle:
             await stream.aclose()
         self.idle.clear()
+
+
+async def _trio_connect(host: str, port: int) -> Any:
+    tls = _tls()
+    if tls is None:
+        return await trio.open_tcp_stream(host, port)
+    stream = await trio.open_ssl_over_tcp_stream(host, port, ssl_context=tls)
+    await stream.do_handshake()
+    return stream
 
 
 class H11Pool:
@@ -313,7 +373,7 @@ class H11Pool:
         if self.idle:
             stream, conn = self.idle.pop()
         else:
-            stream = await trio.open_tcp_stream(self.host, self.port)
+            stream = await _trio_connect(self.host, self.port)
             conn = h11.Connection(h11.CLIENT)
         keep = False
         try:
@@ -433,6 +493,8 @@ class CurlThread:
         c.setopt(pc.CONNECTTIMEOUT_MS, 10_000)
         c.setopt(pc.TIMEOUT_MS, 600_000)
         c.setopt(pc.ACCEPT_ENCODING, None)  # as sent today: no Accept-Encoding added
+        if CAFILE is not None:
+            c.setopt(pc.CAINFO, CAFILE)
         return c
 
     async def exchange(self, url: str, headers: list[str], body: bytes) -> Exchange:
@@ -559,6 +621,8 @@ async def _run_pycurl(base_url: str, n: int, slots: int, per: int) -> tuple[floa
 def _runner(name: str) -> tuple[Callable[..., Awaitable[tuple[float, float]]], int]:
     if name == "fusillade":
         return _run_fusillade, 4
+    if name == "floor":
+        return _run_floor, 0
     if name == "fusillade-1":
         return _run_fusillade, 1
     if name.startswith("httpcore-"):
@@ -575,6 +639,8 @@ def _runner(name: str) -> tuple[Callable[..., Awaitable[tuple[float, float]]], i
 
 
 def child(name: str, url: str, n: int, slots: int) -> None:
+    global CAFILE
+    CAFILE = os.environ.get("SENDERS_CAFILE")
     run, per = _runner(name)
     wall, cpu = trio.run(run, url, n, slots, per)
     print(json.dumps({"name": name, "n": n, "wall": wall, "cpu": cpu}), flush=True)
@@ -613,6 +679,66 @@ def measure(name: str, url: str, n: int, slots: int, processes: int) -> dict[str
     return {"rps": done / wall, "cpu_per_1k": cpu / done * 1000}
 
 
+TLS_CONF = """\
+worker_processes 1;
+daemon off;
+pid {tmp}/nginx.pid;
+error_log {tmp}/error.log warn;
+{user}
+events {{ worker_connections 8192; }}
+http {{
+    access_log off;
+    keepalive_requests 10000000;
+    keepalive_timeout 600s;
+    default_type application/json;
+    server {{
+        listen 127.0.0.1:{port} ssl;
+        ssl_certificate {tmp}/cert.pem;
+        ssl_certificate_key {tmp}/key.pem;
+        location / {{ return 200 '{body}'; }}
+    }}
+}}
+"""
+
+
+@contextlib.contextmanager
+def tls_upstream() -> Iterator[str]:
+    """The same zero-latency nginx over TLS with a self-signed certificate for 127.0.0.1
+    (``SENDERS_CAFILE`` tells the children to trust it): its base URL."""
+    from benchmarks.common import CANNED_COMPLETION, free_port, stop_and_reap, wait_for_port
+    from benchmarks.upstream import nginx_binary
+
+    binary = nginx_binary()
+    if binary is None or shutil.which("openssl") is None:
+        raise SystemExit("--tls needs nginx and openssl on PATH")
+    with tempfile.TemporaryDirectory(prefix="fusillade-senders-tls-") as tmp:
+        subprocess.run(
+            [
+                *("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"),
+                *("-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"),
+                *("-keyout", f"{tmp}/key.pem", "-out", f"{tmp}/cert.pem"),
+            ],
+            check=True,
+            capture_output=True,
+        )
+        port = free_port()
+        user = "user root;" if os.geteuid() == 0 else ""
+        conf = TLS_CONF.format(tmp=tmp, user=user, port=port, body=CANNED_COMPLETION)
+        Path(tmp, "nginx.conf").write_text(conf)
+        proc = subprocess.Popen(
+            [binary, "-p", tmp, "-c", f"{tmp}/nginx.conf", "-e", f"{tmp}/error.log"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            wait_for_port(port, 15, proc)
+            os.environ["SENDERS_CAFILE"] = f"{tmp}/cert.pem"
+            yield f"https://127.0.0.1:{port}"
+        finally:
+            os.environ.pop("SENDERS_CAFILE", None)
+            stop_and_reap(proc)
+
+
 def versions() -> str:
     out = [f"Python {platform.python_version()}"]
     for dist in ("trio", "anyio", "httpx", "httpcore", "h11", "httptools"):
@@ -636,6 +762,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--processes", type=int, nargs="+", default=[1])
     ap.add_argument("--only", nargs="+", choices=CANDIDATES, default=list(CANDIDATES))
+    ap.add_argument("--tls", action="store_true", help="nginx over TLS (self-signed)")
     ap.add_argument("--child")
     ap.add_argument("--url")
     args = ap.parse_args()
@@ -650,15 +777,21 @@ def main() -> None:
         if reason := missing(n):
             print(f"{n}: {reason}")
     print(versions())
-    with upstreams([]) as up:
-        print(f"upstream: {up.kind} at {up.fast}; {args.requests} requests, {args.slots} slots")
+    with contextlib.ExitStack() as stack:
+        if args.tls:
+            url = stack.enter_context(tls_upstream())
+            kind = "nginx over TLS (self-signed, TLS 1.3 where both ends have it)"
+        else:
+            up = stack.enter_context(upstreams([]))
+            url, kind = up.fast, up.kind
+        print(f"upstream: {kind} at {url}; {args.requests} requests, {args.slots} slots")
         for procs in args.processes:
             results: dict[str, list[dict[str, float]]] = {n: [] for n in names}
             for rnd in range(args.rounds):
                 load = os.getloadavg()
                 print(f"round {rnd + 1}, {procs} process(es), load {load[0]:.2f} {load[1]:.2f}")
                 for name in names:
-                    row = measure(name, up.fast, args.requests, args.slots, procs)
+                    row = measure(name, url, args.requests, args.slots, procs)
                     results[name].append(row)
                     print(f"  {name:12} {row['rps']:8.0f} req/s {row['cpu_per_1k']:6.3f} cpu s/1k")
             load = os.getloadavg()

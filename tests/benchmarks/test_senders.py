@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-CANDIDATES = ("fusillade", "fusillade-1", "httpcore-1", "httpcore-4", "httpcore-16", "h11")
+CANDIDATES = ("fusillade", "fusillade-1", "httpcore-1", "httpcore-4", "httpcore-16", "h11", "floor")
 OPTIONAL = ("httptools", "httptools-trio", "pycurl")  # the bench extra
 
 
