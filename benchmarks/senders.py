@@ -464,8 +464,9 @@ class CurlThread:
     """libcurl's multi interface driven by one thread. ``submit`` hands a request over
     (a queue and a byte on a wake-up pipe); the thread hands finished ones back to trio
     in batches through ``run_sync_soon``, each waking its task's event. A prototype:
-    ``select`` takes descriptors below 1,024 only (a real one would use
-    ``socket_action`` with epoll), and a cancelled task leaves its transfer running."""
+    ``select`` up to 1,000 connections, libcurl's ``socket_action`` on epoll from there
+    (``select`` takes descriptors below 1,024 only); a cancelled task leaves its transfer
+    running, and the epoll loop only fires libcurl's timer when no socket is ready."""
 
     def __init__(self, token: trio.lowlevel.TrioToken, max_connections: int) -> None:
         import pycurl
@@ -479,7 +480,10 @@ class CurlThread:
         os.set_blocking(self.wake_r, False)
         self.free: list[Any] = []
         self.stopping = False
-        self.thread = threading.Thread(target=self._loop, name="curl", daemon=True)
+        # past select's 1,024 descriptors: libcurl's socket_action interface on epoll
+        self.epoll = max_connections >= 1000
+        loop = self._loop_epoll if self.epoll else self._loop
+        self.thread = threading.Thread(target=loop, name="curl", daemon=True)
         self.thread.start()
 
     def _handle(self) -> Any:
@@ -551,6 +555,79 @@ class CurlThread:
             if self.wake_r in r:
                 with contextlib.suppress(BlockingIOError):
                     os.read(self.wake_r, 65536)
+
+    def _collect(self, done: list[_CurlJob]) -> None:
+        while True:
+            queued, ok, failed = self.multi.info_read()
+            for c in ok:
+                c.job.status = c.getinfo(self.pycurl.RESPONSE_CODE)
+                done.append(self._finish(c))
+            for c, errno, message in failed:
+                c.job.error = RuntimeError(f"curl error {errno}: {message}")
+                done.append(self._finish(c))
+            if not queued:
+                break
+
+    def _loop_epoll(self) -> None:
+        """The same with libcurl telling which sockets to watch (``M_SOCKETFUNCTION``)
+        and when to call back (``M_TIMERFUNCTION``): no per-loop scan of every socket."""
+        pc, multi = self.pycurl, self.multi
+        ep = select.epoll()
+        ep.register(self.wake_r, select.EPOLLIN)
+        watched: set[int] = set()
+        timer = [-1]
+        masks = {
+            pc.POLL_IN: select.EPOLLIN,
+            pc.POLL_OUT: select.EPOLLOUT,
+            pc.POLL_INOUT: select.EPOLLIN | select.EPOLLOUT,
+        }
+
+        def on_socket(event: int, fd: int, _multi: Any, _data: Any) -> None:
+            if event == pc.POLL_REMOVE:
+                if fd in watched:
+                    watched.discard(fd)
+                    with contextlib.suppress(OSError):
+                        ep.unregister(fd)
+            elif fd in watched:
+                ep.modify(fd, masks[event])
+            else:
+                watched.add(fd)
+                ep.register(fd, masks[event])
+
+        def on_timer(ms: int) -> None:
+            timer[0] = ms
+
+        multi.setopt(pc.M_SOCKETFUNCTION, on_socket)
+        multi.setopt(pc.M_TIMERFUNCTION, on_timer)
+        while not self.stopping:
+            done: list[_CurlJob] = []
+            wait = -1.0 if timer[0] < 0 else timer[0] / 1000
+            events = ep.poll(wait)
+            for fd, mask in events:
+                if fd == self.wake_r:
+                    with contextlib.suppress(BlockingIOError):
+                        os.read(self.wake_r, 65536)
+                    continue
+                flags = 0
+                if mask & select.EPOLLIN:
+                    flags |= pc.CSELECT_IN
+                if mask & select.EPOLLOUT:
+                    flags |= pc.CSELECT_OUT
+                if mask & (select.EPOLLERR | select.EPOLLHUP):
+                    flags |= pc.CSELECT_ERR
+                multi.socket_action(fd, flags)
+            while True:
+                try:
+                    self._start(self.inbox.get_nowait())
+                except queue.Empty:
+                    break
+            if not events or timer[0] == 0:
+                timer[0] = -1
+                multi.socket_action(pc.SOCKET_TIMEOUT, 0)
+            self._collect(done)
+            if done:
+                self.token.run_sync_soon(_wake_all, done)
+        ep.close()
 
     def _finish(self, c: Any) -> _CurlJob:
         job: _CurlJob = c.job
@@ -763,6 +840,7 @@ def main() -> None:
     ap.add_argument("--processes", type=int, nargs="+", default=[1])
     ap.add_argument("--only", nargs="+", choices=CANDIDATES, default=list(CANDIDATES))
     ap.add_argument("--tls", action="store_true", help="nginx over TLS (self-signed)")
+    ap.add_argument("--latency", type=float, default=0.0, help="nginx echo_sleep (P12's shape)")
     ap.add_argument("--child")
     ap.add_argument("--url")
     args = ap.parse_args()
@@ -782,8 +860,9 @@ def main() -> None:
             url = stack.enter_context(tls_upstream())
             kind = "nginx over TLS (self-signed, TLS 1.3 where both ends have it)"
         else:
-            up = stack.enter_context(upstreams([]))
-            url, kind = up.fast, up.kind
+            up = stack.enter_context(upstreams([args.latency] if args.latency else []))
+            url = up.slow_url(args.latency) if args.latency else up.fast
+            kind = up.describe(url)
         print(f"upstream: {kind} at {url}; {args.requests} requests, {args.slots} slots")
         for procs in args.processes:
             results: dict[str, list[dict[str, float]]] = {n: [] for n in names}
