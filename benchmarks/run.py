@@ -57,9 +57,9 @@ SCENARIOS: dict[str, Scenario] = {
     "P13": retention.p13,
 }
 TARGETS = {
-    "P1": ">= 0.8",
+    "P1": throughput.P1_TARGET,
     "P2": ">= 2x",
-    "P3": ">= 0.9",
+    "P3": throughput.P3_TARGET,
     "P4": ">= 50,000 lines/s, peak RSS < 300 MB",
     "P5": ">= 50,000 lines/s, peak RSS < 300 MB",
     "P6": "< 250 MB, flat",
