@@ -33,7 +33,8 @@ BACKGROUND = (
 
 
 def tree_cpu(pid: int | None) -> float | None:
-    """CPU seconds so far of ``pid`` and its living children (None without psutil)."""
+    """CPU seconds so far of ``pid``, of the children it reaped and of its living
+    descendants (None without psutil)."""
     if pid is None:
         return None
     try:
@@ -46,7 +47,7 @@ def tree_cpu(pid: int | None) -> float | None:
         for p in [proc, *proc.children(recursive=True)]:
             with contextlib.suppress(psutil.Error):
                 t = p.cpu_times()
-                total += t.user + t.system
+                total += t.user + t.system + t.children_user + t.children_system
         return total
     return None
 

@@ -46,7 +46,7 @@ P3_TARGET = ">= 0.95"
 # P1c's "today": CPU seconds (every process, PostgreSQL included, the upstream apart) per
 # 1,000 requests of `fusillade run` with default workers at commit 11643d7, measured by
 # this harness (docs/performance.md, "Issue 16: the baseline and P1c").
-P1C_TODAY: float | None = None
+P1C_TODAY: float | None = 1.28
 P1C_TODAY_COMMIT = "11643d7"
 P1C_TARGET = "reported; half of today's" + (
     f" ({P1C_TODAY:.2f} s at {P1C_TODAY_COMMIT})" if P1C_TODAY is not None else ""
