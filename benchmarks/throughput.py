@@ -241,17 +241,18 @@ def p1(env: Env, up: Upstreams) -> list[Row]:
         rates["httpx"].append(b.result["rate"])
         rss["httpx"].append(b.peak_rss_mib)
         cpu["httpx"].append(b.result["cpu"])
+        # `run` right after its baseline, then P1w's processes between the two `run`s
         for key, count in (("run", None), ("httpxN", workers), ("run1", 1)):
             if key == "httpxN":
                 t = _together(up.fast, n, slots, best, workers)
                 together.append(t)
                 rates[key].append(t["rate"])
                 rss[key].append(t["peak_rss_mib"])
-                continue
-            done, parts = _run_command(env, f"p1{key}_{i}", jsonl, up, slots, count)
-            rates[key].append(n / done.wall_seconds)
-            rss[key].append(done.peak_rss_mib)
-            cpu[key].append(parts)
+            else:
+                done, parts = _run_command(env, f"p1{key}_{i}", jsonl, up, slots, count)
+                rates[key].append(n / done.wall_seconds)
+                rss[key].append(done.peak_rss_mib)
+                cpu[key].append(parts)
         f = _fusillade_cpu(env, f"p1_{i}", up, n, slots)
         rates["lib"].append(f.result["rate"])
         rss["lib"].append(f.peak_rss_mib)
@@ -274,7 +275,7 @@ def p1(env: Env, up: Upstreams) -> list[Row]:
         _probed(probed, slots, s.p1_probe_requests),
     ]
     main.raw["layout"] = best.params()
-    main.raw["probe"] = {best_key(layout, slots): r for layout, r in probed.items()}
+    main.raw["probe"] = {layout.describe(slots): r for layout, r in probed.items()}
     one.notes.append("as above, one daemon process")
     lib.notes.append("timed from create_batch to the batch terminal (one daemon in the child)")
     ratio, ratios = _ratios(list(zip(rates["run"], rates["httpxN"], strict=True)))
@@ -294,10 +295,6 @@ def p1(env: Env, up: Upstreams) -> list[Row]:
     ]
     many.raw = {"run": rates["run"], "httpx_processes": together, "ratios": ratios}
     return [main, one, lib, many, *_p1c(n, workers, best.describe(slots), cpu, up)]
-
-
-def best_key(layout: Layout, slots: int) -> str:
-    return layout.describe(slots)
 
 
 def _per_thousand(n: int, parts: list[dict[str, float | None]], key: str) -> float | None:
