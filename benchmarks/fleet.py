@@ -338,5 +338,6 @@ def _row(
         ],
         "claim_ms_median": _pct(claim_ms, 0.5),
         "claim_ms_p95": _pct(claim_ms, 0.95),
+        "rows_per_claim": statistics.fmean(claimed) if claimed else 0.0,
     }
     return row
