@@ -16,7 +16,9 @@ not timed), K ``benchmarks.child fleet_daemon`` processes (the slots split among
 Reported per K: requests a second and against one daemon; CPU ms per request (daemons,
 their PostgreSQL backends) and requests per CPU-second; every ``claim`` call of every
 daemon timed inside the daemon (pool checkout, statement, decoding: under a saturated
-CPU it also includes waiting for the GIL), median and p95, and how many; transactions
+CPU it also includes waiting for the GIL), median and p95, and how many; the claim
+statement alone, from a probe in this process (16 rows of the batch every 0.2 s on a
+connection of its own, rolled back); transactions
 committed in the database and WAL bytes per request (``pg_current_wal_lsn``: server-wide,
 so anything else writing on the server meanwhile is counted too, and the load average
 says how busy the machine was).
@@ -30,10 +32,12 @@ import os
 import statistics
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import IO, Any
+from uuid import UUID, uuid4
 
 import psycopg
 
@@ -54,6 +58,8 @@ from benchmarks.upstream import Upstreams
 
 TARGET = "(informative)"
 READY_TIMEOUT = 60.0
+PROBE_ROWS = 16
+PROBE_INTERVAL = 0.2  # seconds between the probe's claims
 STOP_TIMEOUT = 60.0
 
 
@@ -181,6 +187,49 @@ def _stop(daemons: list[_Daemon]) -> list[dict[str, Any]]:
     return results
 
 
+class _Probe:
+    """A claim of ``PROBE_ROWS`` rows of the batch every ``PROBE_INTERVAL`` s from a
+    connection of its own, rolled back: the claim statement's duration on the database
+    while the daemons run (round trip on loopback included), outside the daemons' GIL.
+    Its rows are locked only while it runs (the daemons skip them meanwhile)."""
+
+    def __init__(self, url: str, claim_sql: str) -> None:
+        self.conn = psycopg.connect(url)
+        self.claim_sql = claim_sql
+        self.backend_pid = self.conn.info.backend_pid
+        self.ms: list[float] = []
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self, batch_id: UUID) -> None:
+        self._thread = threading.Thread(target=self._run, args=(batch_id,), daemon=True)
+        self._thread.start()
+
+    def _run(self, batch_id: UUID) -> None:
+        from datetime import UTC, datetime
+
+        from benchmarks.common import MODEL
+
+        while not self._stop.wait(PROBE_INTERVAL):
+            params = {
+                "daemon_id": uuid4(),
+                "now": datetime.now(UTC),
+                "batch_ids": [batch_id],
+                "models": [MODEL],
+                "counts": [PROBE_ROWS],
+            }
+            start = time.perf_counter()
+            self.conn.execute(self.claim_sql, params).fetchall()
+            self.ms.append(1000 * (time.perf_counter() - start))
+            self.conn.rollback()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(30)
+        self.conn.close()
+
+
 def measure(
     admin_url: str, upstream: str, n: int, slots: int, k: int, slow_start: bool, label: str
 ) -> dict[str, Any]:
@@ -201,6 +250,7 @@ def measure(
         async def main(repo: PostgresRepository) -> dict[str, Any]:
             async with fusillade.open(repository=repo, run_daemon=False) as engine:
                 file = await engine.create_file(templates(n))
+                probe = _Probe(db, repo.q.claim)
                 with _fleet([{**p, "database_url": db} for p in params]) as daemons:
                     pids = [d.proc.pid for d in daemons]
                     cpu0, pg0 = _cpu(pids), _backend_cpu(db)
@@ -208,9 +258,15 @@ def measure(
                     load0 = os.getloadavg()[0]
                     start = time.perf_counter()
                     batch = await engine.create_batch(file.id)
-                    view = await engine.wait(batch.record.id, interval=0.1)
+                    probe.start(batch.record.id)
+                    try:
+                        view = await engine.wait(batch.record.id, interval=0.1)
+                    finally:
+                        probe.stop()
                     end = time.perf_counter()
                     cpu1, pg1 = _cpu(pids), _backend_cpu(db)
+                    # the probe's own backend is not the deployment's cost
+                    pg1.pop(probe.backend_pid, None)
                     wal1, _ = _db_counters(db)
                     connections, stored = _footprint(db)
                     children = _stop(daemons)
@@ -228,6 +284,7 @@ def measure(
                 "stored_bytes": stored,
                 "rss_mib": [c["rss_mib"] for c in children],
                 "load": load0,
+                "probe_ms": probe.ms,
                 "children": children,
             }
 
@@ -299,6 +356,7 @@ def _row(
     per_cpu_s = median([n / (r["daemon_cpu"] + r["pg_cpu"]) for r in runs])
     cores = median([(r["daemon_cpu"] + r["pg_cpu"]) / r["seconds"] for r in runs])
     claim_ms = [x for r in runs for x in r["claim_ms"]]
+    probe_ms = [x for r in runs for x in r["probe_ms"]]
     claimed = [x for r in runs for x in r["claimed_rows"]]
     wal = median([r["wal_bytes"] / n for r in runs])
     xacts = median([r["xacts"] / n for r in runs])
@@ -320,6 +378,9 @@ def _row(
         f"claim call (in the daemons): median {_pct(claim_ms, 0.5):.1f} ms,"
         f" p95 {_pct(claim_ms, 0.95):.1f} ms, {len(claim_ms) // len(runs):,} claims a run,"
         f" {statistics.fmean(claimed) if claimed else 0:.1f} rows each",
+        f"claim statement ({PROBE_ROWS} rows, rolled back, from a connection of its own every"
+        f" {PROBE_INTERVAL:g} s): median {_pct(probe_ms, 0.5):.1f} ms,"
+        f" p95 {_pct(probe_ms, 0.95):.1f} ms, {len(probe_ms) // len(runs):,} a run",
         f"per request: {xacts:.2f} transactions committed, {wal:,.0f} WAL bytes (server-wide),"
         f" {stored:,.0f} bytes stored (request tables with indexes)",
         f"{connections} connections to the database at the end (daemons' pools, LISTEN, poller)",
@@ -333,11 +394,13 @@ def _row(
         "variant": label,
         "rates": rates,
         "runs": [
-            {key: v for key, v in r.items() if key not in ("claim_ms", "claimed_rows")}
+            {key: v for key, v in r.items() if key not in ("claim_ms", "claimed_rows", "probe_ms")}
             for r in runs
         ],
         "claim_ms_median": _pct(claim_ms, 0.5),
         "claim_ms_p95": _pct(claim_ms, 0.95),
         "rows_per_claim": statistics.fmean(claimed) if claimed else 0.0,
+        "probe_ms_median": _pct(probe_ms, 0.5),
+        "probe_ms_p95": _pct(probe_ms, 0.95),
     }
     return row
