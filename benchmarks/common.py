@@ -97,6 +97,10 @@ class Sizes:
     p12_latency: float = 2.0
     p13_cycles: int = 10
     p13_requests: int = 100_000  # finished requests per cycle
+    p15_daemons: tuple[int, ...] = (1, 2, 4, 8)  # daemon processes on one database
+    p15_requests: int = 20_000  # zero-latency upstream, p1_slots split among the daemons
+    p15_slow_requests: int = 10_000  # the p12_latency upstream, p15_slow_slots split
+    p15_slow_slots: int = 1_000
     informative: bool = True  # also the informative variants (P2 with pgqueuer's asyncpg)
 
     def scaled(self, factor: float) -> Sizes:
@@ -121,6 +125,8 @@ class Sizes:
             p11_long=s(self.p11_long, 5 * self.p11_short),
             p12_requests=s(self.p12_requests, self.p12_slots),
             p13_requests=s(self.p13_requests, 500),
+            p15_requests=s(self.p15_requests, 100),
+            p15_slow_requests=s(self.p15_slow_requests, self.p15_slow_slots),
         )
 
 
@@ -143,6 +149,8 @@ QUICK = replace(
     p12_requests=8_000,
     p12_slots=2_000,
     p13_requests=10_000,
+    p15_requests=2_000,
+    p15_slow_requests=2_000,
     informative=False,
 )
 SMOKE = replace(
@@ -176,6 +184,10 @@ SMOKE = replace(
     p12_latency=0.2,
     p13_cycles=3,
     p13_requests=500,
+    p15_daemons=(1, 2),
+    p15_requests=64,
+    p15_slow_requests=100,
+    p15_slow_slots=50,
     informative=False,
 )
 

@@ -27,6 +27,7 @@ if not __package__:  # `python benchmarks/run.py`: make `benchmarks` importable
 
 from benchmarks import (
     data,
+    fleet,
     inflight,
     latency,
     report,
@@ -55,6 +56,7 @@ SCENARIOS: dict[str, Scenario] = {
     "P11": scheduling.p11,
     "P12": inflight.p12,
     "P13": retention.p13,
+    "P15": fleet.p15,
 }
 TARGETS = {
     "P1": throughput.P1_TARGET,
@@ -70,6 +72,7 @@ TARGETS = {
     "P11": scheduling.P11_TARGET,
     "P12": inflight.P12_TARGET,
     "P13": f"{retention.P13_SIZE_TARGET}; {retention.P13_CLAIM_TARGET}",
+    "P15": fleet.TARGET,
 }
 
 

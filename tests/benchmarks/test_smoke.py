@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-SCENARIOS = {f"P{i}" for i in range(1, 14)}
+SCENARIOS = {f"P{i}" for i in range(1, 14)} | {"P15"}
 ROW_IDS = SCENARIOS | {"P1w", "P1c"}  # P1 also reports these (issue 16)
 
 
