@@ -27,6 +27,7 @@ if not __package__:  # `python benchmarks/run.py`: make `benchmarks` importable
 
 from benchmarks import (
     data,
+    fleet,
     inflight,
     latency,
     report,
@@ -55,11 +56,12 @@ SCENARIOS: dict[str, Scenario] = {
     "P11": scheduling.p11,
     "P12": inflight.p12,
     "P13": retention.p13,
+    "P15": fleet.p15,
 }
 TARGETS = {
-    "P1": ">= 0.8",
+    "P1": throughput.P1_TARGET,
     "P2": ">= 2x",
-    "P3": ">= 0.9",
+    "P3": throughput.P3_TARGET,
     "P4": ">= 50,000 lines/s, peak RSS < 300 MB",
     "P5": ">= 50,000 lines/s, peak RSS < 300 MB",
     "P6": "< 250 MB, flat",
@@ -70,6 +72,7 @@ TARGETS = {
     "P11": scheduling.P11_TARGET,
     "P12": inflight.P12_TARGET,
     "P13": f"{retention.P13_SIZE_TARGET}; {retention.P13_CLAIM_TARGET}",
+    "P15": fleet.TARGET,
 }
 
 
