@@ -258,6 +258,7 @@ Weight = Annotated[float, _positive_number(1e6)]
 Duration = Annotated[timedelta, _duration(positive=True)]
 LogLevel = Annotated[str, _choice("debug", "info", "warning", "error")]
 LogFormat = Annotated[str, _choice("text", "json")]
+SenderName = Annotated[str, _choice("httpcore", "httptools")]
 Grace = Annotated[timedelta, _duration(positive=False)]  # a duration that may be 0s
 Endpoints = Annotated[tuple[str, ...], _strings(_endpoint)]
 Windows = Annotated[tuple[str, ...], _strings(_window)]
@@ -307,6 +308,8 @@ class DaemonSettings:
     # daemon processes of `run` and `serve` (docs/deployment.md, "Workers"); None: one
     # per core. Limits stay the deployment's: per-model concurrency is split between them
     workers: Count | None = None
+    # what sends requests upstream (runtime/http1.py); "httptools" is opt-in for now
+    sender: SenderName = "httpcore"
 
 
 @attrs.frozen
@@ -436,6 +439,7 @@ class Settings:
             },
             webhook_timeout=d.webhook_timeout,
             webhook_allow_private=d.webhook_allow_private,
+            sender=d.sender,
             finished_batch_retention=self.retention.finished_batches,
             stopped_daemon_retention=self.retention.stopped_daemons,
         )

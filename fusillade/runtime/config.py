@@ -57,6 +57,8 @@ def _duration(value: timedelta | float) -> timedelta:
     return timedelta(seconds=value)
 
 
+SENDERS = ("httpcore", "httptools")
+
 # Models not named in the configuration that an upstream serves at full concurrency at
 # once: a few is ordinary (clients choose the names), hundreds is a mistake or abuse.
 UNNAMED_MODELS_PER_UPSTREAM = 8
@@ -124,6 +126,9 @@ class DaemonConfig:
     db_write_concurrency: int = 2
     db_call_timeout: timedelta = attrs.field(default=timedelta(seconds=30), converter=_duration)
     connections_per_client: int = 4
+    # what sends requests upstream: "httpcore" (sharded httpcore pools) or "httptools"
+    # (keep-alive pools on httptools' parser, runtime/http1.py)
+    sender: str = attrs.field(default="httpcore", validator=attrs.validators.in_(SENDERS))
     # times the claim loop may fail in a row before readiness turns false
     unhealthy_after_failures: int = 3
     upstream_budgets: Mapping[str, BudgetLimits] = attrs.field(factory=dict)

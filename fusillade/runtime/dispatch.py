@@ -42,6 +42,7 @@ from fusillade.core.results import parse_embeddable
 from fusillade.core.retry import HttpResponse, Outcome, TransportError, TransportErrorKind
 from fusillade.runtime.config import DaemonConfig
 from fusillade.runtime.fair_reads import FairBackend, Turns
+from fusillade.runtime.http1 import Sender, request_bytes
 
 # Printable ASCII without CR/LF, short enough for any proxy: safe as a header value.
 _HEADER_SAFE = re.compile(r"[\x20-\x7e]{1,256}")
@@ -204,6 +205,16 @@ class Dispatcher:
         self._backend = FairBackend(self.turns)
         # One TLS context for every shard: making one loads the CA bundle (~30 ms).
         self._tls: ssl.SSLContext | None = None
+        # [daemon] sender = "httptools": keep-alive pools on httptools' parser instead of
+        # httpcore's shards (http1.py); an injected transport still goes through httpx.
+        self._h1: Sender | None = None
+        if config.sender == "httptools" and transport is None:
+            self._h1 = Sender(
+                tls=self._tls_context,
+                connect_timeout=config.connect_timeout.total_seconds(),
+                keepalive_expiry=_KEEPALIVE_EXPIRY,
+                turns=self.turns,
+            )
         # httpcore's per-request timeouts: read and write bounded like the whole
         # request, no pool timeout (a shard never has more requests than connections).
         self._request_timeout = config.request_timeout.total_seconds()
@@ -222,6 +233,8 @@ class Dispatcher:
 
     async def aclose(self) -> None:
         shards, self._shards, self._with_room = self._shards, [], []
+        if self._h1 is not None:
+            await self._h1.aclose()
         with anyio.CancelScope(shield=True):
             if self._transport is not None:
                 await self._transport.aclose()
@@ -234,15 +247,18 @@ class Dispatcher:
     def shard_count(self) -> int:
         return len(self._shards)
 
+    def _tls_context(self) -> ssl.SSLContext:
+        if self._tls is None:
+            self._tls = httpx.create_ssl_context(trust_env=False)
+        return self._tls
+
     def _new_shard(self) -> _Shard:
         if self._transport is not None:
             return _Shard(None, self._transport)
-        if self._tls is None:
-            self._tls = httpx.create_ssl_context(trust_env=False)
         per = self.config.connections_per_client
         # what httpx.AsyncHTTPTransport(verify=tls, limits=Limits(per, per)) builds
         pool = httpcore.AsyncConnectionPool(
-            ssl_context=self._tls,
+            ssl_context=self._tls_context(),
             max_connections=per,
             max_keepalive_connections=per,
             keepalive_expiry=_KEEPALIVE_EXPIRY,
@@ -309,6 +325,8 @@ class Dispatcher:
             return Sent(built)
         url, headers = built
         target = self._target(url)
+        if self._h1 is not None:
+            return await self._send_h1(req, target, headers)
         shard = self._take_shard()
         try:
             with anyio.move_on_after(self._request_timeout) as scope:
@@ -329,6 +347,28 @@ class Dispatcher:
             self.turns.end()  # the answer is read (or abandoned)
             self._return_shard(shard)
         # The bytes, never the text: text decoding is lossy (body_of keeps them).
+        return _outcome(status, _header_dict(raw_headers), content)
+
+    async def _send_h1(self, req: ClaimedRequest, target: _Target, headers: dict[str, str]) -> Sent:
+        """``send`` through the httptools sender (http1.py): the same timeouts, the
+        same translation of its (httpcore) exceptions."""
+        assert self._h1 is not None
+        url = target.url
+        try:
+            with anyio.move_on_after(self._request_timeout) as scope:
+                pool = self._h1.pool(url.scheme, url.host, url.port)
+                request = request_bytes(
+                    req.method, url.target, target.host, headers, req.body.encode()
+                )
+                status, raw_headers, content = await pool.exchange(
+                    request, head_only=req.method == "HEAD"
+                )
+            if scope.cancelled_caught:
+                return Sent(TransportError(TransportErrorKind.READ_TIMEOUT, "request timed out"))
+        except _SEND_ERRORS as exc:
+            return Sent(_translate(exc, target.parsed))
+        finally:
+            self.turns.end()  # the answer is read (or abandoned)
         return _outcome(status, _header_dict(raw_headers), content)
 
     async def _exchange(

@@ -32,7 +32,7 @@ from fusillade.config import (
 )
 from fusillade.core.scheduling.budget import BudgetLimits
 from fusillade.errors import ConfigError
-from fusillade.runtime.config import Upstream
+from fusillade.runtime.config import DaemonConfig, Upstream
 
 FULL = """
 database_url = "postgresql://app@db/fusillade"
@@ -947,3 +947,18 @@ def test_webhooks_load_render_and_reach_the_daemon(tmp_path: Path) -> None:
 def test_webhook_mistakes_are_config_errors(tmp_path: Path, table: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         load_settings(write(tmp_path, f'[webhooks."alice"]\n{table}\n'), env={})
+
+
+# --- issue 16: the sender -----------------------------------------------------------------
+
+
+def test_sender_from_file_and_variable_reaches_the_daemon(tmp_path: Path) -> None:
+    assert load_settings(env={}).daemon_config().sender == "httpcore"  # the default, for now
+    path = write(tmp_path, '[daemon]\nsender = "httptools"\n')
+    assert load_settings(path, env={}).daemon_config().sender == "httptools"
+    env = {"FUSILLADE_DAEMON_SENDER": "httptools"}
+    assert load_settings(env=env).daemon_config().sender == "httptools"
+    with pytest.raises(ConfigError, match="FUSILLADE_DAEMON_SENDER"):
+        load_settings(env={"FUSILLADE_DAEMON_SENDER": "pycurl"})
+    with pytest.raises(ValueError, match="sender"):
+        DaemonConfig(sender="pycurl")

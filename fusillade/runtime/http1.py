@@ -1,0 +1,315 @@
+"""The httptools sender: keep-alive HTTP/1.1 connections on anyio streams, answers parsed
+by httptools' C parser (llhttp). Chosen with ``[daemon] sender = "httptools"``.
+
+Why
+---
+Measured against today's httpcore pools (docs/performance.md, "Issue 16: the sender"),
+this pool sent 4.3 times the requests per second at a quarter of the CPU per request:
+httpcore's h11 parser and its per-request bookkeeping are most of a request's CPU. It
+runs in the event loop, so cancellation and timeouts are anyio's, as before.
+
+How
+---
+One ``Pool`` per (scheme, host, port). A request takes the most recently used idle
+connection (LIFO: the warmest; the oldest expire first), else opens one; so a pool never
+holds more connections than requests were in flight at once, which the daemon's
+concurrency bounds. The request goes out in one write (head and body built together);
+the answer is parsed as it arrives: a ``Content-Length`` body, a chunked one, or one
+that lasts until the server closes (neither: HTTP/1.0 answers). A connection is reused
+only when the answer was complete and the server keeps it alive (``Connection: close``
+and HTTP/1.0 say it does not); one whose exchange failed or was cancelled is closed.
+
+A server closes idle keep-alive connections when it likes. As httpcore does, an idle
+connection is checked before reuse: one idle for longer than ``keepalive_expiry``, or
+whose socket is readable (the server's FIN, or bytes nobody asked for), is closed and
+another taken. There is no retry after a request was written: like httpcore, a server
+that closes a reused connection at the moment the request arrives gives "disconnected
+without sending a response" (a protocol error, retried by the retry policy, which may
+have processed the request: the ``Idempotency-Key`` header is for that).
+
+Failures are raised as httpcore's exceptions, the ones today's sender raises for the same
+fault, so ``dispatch._translate`` gives the same ``TransportErrorKind`` and message
+(tests/runtime/test_senders.py checks each fault through both senders): a refused or
+failed connection (TLS handshake included) is ``ConnectError``, connecting for longer
+than the connect timeout ``ConnectTimeout``, a broken connection while reading
+``ReadError``, a connection closed before the answer or in the middle of its body, or
+bytes that are not HTTP, ``RemoteProtocolError``. Reads and writes have no timeout of
+their own: today's equal the whole request's, which the dispatcher applies around the
+exchange and which always ends first.
+
+Answers take turns as httpcore's streams do (``fair_reads.py``): the turn is given back
+before each wait on the network and taken when data has arrived.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import select
+import socket
+import ssl
+import time
+from collections.abc import Callable
+
+import anyio
+import anyio.abc
+import httpcore
+import httptools
+
+from fusillade.runtime.fair_reads import Turns
+
+_READ_SIZE = 65536
+_DEFAULT_PORTS = {b"http": 80, b"https": 443}
+
+Answer = tuple[int, list[tuple[bytes, bytes]], bytes]
+
+
+class _Response:
+    """httptools' callbacks for one answer (informational 1xx answers are skipped)."""
+
+    __slots__ = ("body", "done", "headers", "keep", "parser", "started", "status")
+
+    def __init__(self) -> None:
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.body: list[bytes] = []
+        self.status = 0
+        self.started = False  # a byte of the answer arrived
+        self.done = False
+        self.keep = False
+        self.parser = httptools.HttpResponseParser(self)
+
+    def on_message_begin(self) -> None:
+        if self.done:  # bytes after the answer (nothing was asked): never reuse
+            self.keep = False
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        self.status = self.parser.get_status_code()
+
+    def on_body(self, data: bytes) -> None:
+        self.body.append(data)
+
+    def on_message_complete(self) -> None:
+        if self.done:
+            return
+        if 100 <= self.status < 200 and self.status != 101:
+            self.headers = []  # 100 Continue, 103 Early Hints: the answer is next
+            return
+        # asked here: once the message is complete, the parser's state is the next one's
+        self.keep = self.parser.should_keep_alive()
+        self.done = True
+
+    def until_eof(self) -> bool:
+        """Whether the body lasts until the server closes (no length, not chunked)."""
+        if not self.status or self.done:
+            return False
+        for name, value in self.headers:
+            lowered = name.lower()
+            if lowered == b"content-length":
+                return False
+            if lowered == b"transfer-encoding" and b"chunked" in value.lower():
+                return False
+        return True
+
+
+def _readable(stream: anyio.abc.ByteStream) -> bool:
+    """Whether an idle connection's socket has something to read: the server closed it
+    (or sent bytes nobody asked for). httpcore checks the same before reuse."""
+    sock: socket.socket | None = stream.extra(anyio.abc.SocketAttribute.raw_socket, None)
+    if sock is None or sock.fileno() < 0:
+        return True
+    try:
+        poller = select.poll()
+        poller.register(sock, select.POLLIN)
+        return bool(poller.poll(0))
+    except (OSError, ValueError):  # no poll (Windows): select
+        readable, _, _ = select.select([sock], [], [], 0)
+        return bool(readable)
+
+
+async def _discard(stream: anyio.abc.ByteStream) -> None:
+    """Close without waiting on the network (a TLS stream sends no close_notify)."""
+    await anyio.aclose_forcefully(stream)
+
+
+class Pool:
+    """Keep-alive connections to one (scheme, host, port)."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        tls: Callable[[], ssl.SSLContext] | None,
+        connect_timeout: float,
+        keepalive_expiry: float,
+        turns: Turns,
+    ) -> None:
+        self.host, self.port = host, port
+        self._tls = tls
+        self._connect_timeout = connect_timeout
+        self._expiry = keepalive_expiry
+        self._turns = turns
+        # (stream, idle since): the most recently used on top
+        self._idle: list[tuple[anyio.abc.ByteStream, float]] = []
+        self.opened = 0  # connections made (tests)
+
+    @property
+    def idle(self) -> int:
+        return len(self._idle)
+
+    async def _connect(self) -> anyio.abc.ByteStream:
+        try:
+            with anyio.fail_after(self._connect_timeout):
+                if self._tls is None:
+                    stream: anyio.abc.ByteStream = await anyio.connect_tcp(self.host, self.port)
+                else:
+                    stream = await anyio.connect_tcp(
+                        self.host,
+                        self.port,
+                        ssl_context=self._tls(),
+                        tls_hostname=self.host,
+                        tls_standard_compatible=False,
+                    )
+        except TimeoutError as exc:
+            raise httpcore.ConnectTimeout(str(exc)) from exc
+        except (OSError, anyio.BrokenResourceError, anyio.EndOfStream) as exc:
+            # refused, unreachable, no such host, the TLS handshake failed
+            raise httpcore.ConnectError(str(exc)) from exc
+        self.opened += 1
+        return stream
+
+    async def _take(self) -> anyio.abc.ByteStream:
+        now = time.monotonic()
+        while self._idle:
+            stream, since = self._idle.pop()
+            if now - since < self._expiry and not _readable(stream):
+                return stream
+            await _discard(stream)
+        return await self._connect()
+
+    async def _put(self, stream: anyio.abc.ByteStream) -> None:
+        now = time.monotonic()
+        # the oldest are at the bottom: those past their expiry go now
+        while self._idle and now - self._idle[0][1] >= self._expiry:
+            old, _ = self._idle.pop(0)
+            await _discard(old)
+        self._idle.append((stream, now))
+
+    async def exchange(self, request: bytes, *, head_only: bool = False) -> Answer:
+        """Send ``request`` (head and body) and read the answer. Raises httpcore's
+        exceptions (module docstring); a cancelled exchange closes its connection."""
+        stream = await self._take()
+        reuse = False
+        try:
+            reuse, answer = await self._exchange(stream, request, head_only)
+            return answer
+        finally:
+            if reuse:
+                await self._put(stream)
+            else:
+                await _discard(stream)
+
+    async def _exchange(
+        self, stream: anyio.abc.ByteStream, request: bytes, head_only: bool
+    ) -> tuple[bool, Answer]:
+        # As httpcore does with a failed write: read anyway, the server may have answered
+        # before closing (a 413 for a huge body); if it did not, the read says what happened.
+        with contextlib.suppress(OSError, anyio.BrokenResourceError, anyio.ClosedResourceError):
+            await stream.send(request)
+        response = _Response()
+        parser = response.parser
+        turns = self._turns
+        while not response.done:
+            turns.end()  # never wait on the network holding a turn
+            try:
+                data = await stream.receive(_READ_SIZE)
+            except anyio.EndOfStream:
+                if response.until_eof():
+                    break  # the body is what came before the close
+                if not response.started:
+                    raise httpcore.RemoteProtocolError(
+                        "Server disconnected without sending a response."
+                    ) from None
+                raise httpcore.RemoteProtocolError(
+                    "peer closed connection without sending complete message body"
+                ) from None
+            except (OSError, anyio.BrokenResourceError, anyio.ClosedResourceError) as exc:
+                raise httpcore.ReadError(str(exc) or type(exc).__name__) from exc
+            await turns.begin()
+            response.started = True
+            try:
+                parser.feed_data(data)
+            except httptools.HttpParserError as exc:
+                if not response.done:
+                    raise httpcore.RemoteProtocolError(str(exc)) from exc
+                response.keep = False  # a complete answer, then bytes that are not HTTP
+            if head_only and response.status >= 200:
+                response.done = True  # an answer to HEAD has no body, whatever it says
+                response.keep = False
+        answer = response.status, response.headers, b"".join(response.body)
+        return response.done and response.keep, answer
+
+    async def aclose(self) -> None:
+        idle, self._idle = self._idle, []
+        for stream, _ in idle:
+            await _discard(stream)
+
+
+class Sender:
+    """A ``Pool`` per (scheme, host, port), and the request bytes."""
+
+    def __init__(
+        self,
+        *,
+        tls: Callable[[], ssl.SSLContext],
+        connect_timeout: float,
+        keepalive_expiry: float,
+        turns: Turns,
+    ) -> None:
+        self._tls = tls
+        self._connect_timeout = connect_timeout
+        self._expiry = keepalive_expiry
+        self._turns = turns
+        self.pools: dict[tuple[bytes, bytes, int], Pool] = {}
+
+    def pool(self, scheme: bytes, host: bytes, port: int | None) -> Pool:
+        port = port or _DEFAULT_PORTS.get(scheme, 0)
+        key = (scheme, host, port)
+        pool = self.pools.get(key)
+        if pool is None:
+            if scheme not in _DEFAULT_PORTS:
+                raise httpcore.UnsupportedProtocol(
+                    f"Request URL has an unsupported scheme {scheme!r}"
+                )
+            pool = self.pools[key] = Pool(
+                host.decode("ascii"),
+                port,
+                tls=self._tls if scheme == b"https" else None,
+                connect_timeout=self._connect_timeout,
+                keepalive_expiry=self._expiry,
+                turns=self._turns,
+            )
+        return pool
+
+    async def aclose(self) -> None:
+        pools, self.pools = self.pools, {}
+        with anyio.CancelScope(shield=True):
+            for pool in pools.values():
+                await pool.aclose()
+
+
+def request_bytes(
+    method: str, target: bytes, host: bytes, headers: dict[str, str], content: bytes
+) -> bytes:
+    """The request as today's sender writes it: Host first, the headers, Content-Length
+    last (``0`` second for a POST, PUT or PATCH without a body), then the body."""
+    lines = [method.encode("ascii"), b" ", target, b" HTTP/1.1\r\nHost: ", host, b"\r\n"]
+    if not content and method in ("POST", "PUT", "PATCH"):
+        lines.append(b"Content-Length: 0\r\n")
+    lines.append("".join(f"{k}: {v}\r\n" for k, v in headers.items()).encode("ascii"))
+    if content:
+        lines += [b"Content-Length: ", str(len(content)).encode("ascii"), b"\r\n"]
+    lines += [b"\r\n", content]
+    return b"".join(lines)
