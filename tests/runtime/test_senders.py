@@ -1,0 +1,515 @@
+"""Both senders (``[daemon] sender``: httpcore's pools, httptools' keep-alive pools) against
+real loopback servers: each network fault classified the same (the parity issue 16 asks
+for; tests/benchmarks/test_senders.py pins today's table), the same request bytes, and
+what a keep-alive pool must get right (reuse, ``Connection: close``, a server closing an
+idle connection, cancellation, answers framed every way, TLS)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import socket
+import ssl
+import struct
+import subprocess
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import anyio
+import pytest
+
+from fusillade.core.attempts import ClaimedRequest
+from fusillade.core.retry import HttpResponse, TransportError
+from fusillade.runtime.config import DaemonConfig
+from fusillade.runtime.dispatch import Dispatcher, Sent
+
+SENDERS = ("httpcore", "httptools")
+OK_BODY = b'{"usage":{"prompt_tokens":1,"completion_tokens":2}}'
+REQUEST_ID = uuid.UUID("00000000-0000-4000-8000-000000000001")
+
+
+def _request(base_url: str, *, method: str = "POST", body: str = '{"model":"m"}') -> ClaimedRequest:
+    return ClaimedRequest(
+        id=REQUEST_ID,
+        batch_id=REQUEST_ID,
+        attempt=1,
+        budget_used=1,
+        model="m",
+        batch_expires_at=datetime(2100, 1, 1, tzinfo=UTC),
+        custom_id="c-1",
+        endpoint=base_url,
+        method=method,
+        path="/v1/chat/completions?x=1",
+        body=body,
+        daemon_id=uuid.uuid4(),
+        claimed_at=datetime(2026, 1, 1, tzinfo=UTC),
+        started_at=datetime(2026, 1, 1, tzinfo=UTC),
+        not_before=datetime(2026, 1, 1, tzinfo=UTC),
+    )
+
+
+# --- a loopback server: a thread per connection, each running a handler ------------------
+
+
+class Conn:
+    """One accepted connection as a handler sees it."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self._buffer = b""
+
+    def read_request(self) -> bytes | None:
+        """The next request's bytes (head and Content-Length body); None at EOF."""
+        while b"\r\n\r\n" not in self._buffer:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                return None
+            self._buffer += chunk
+        head, _, rest = self._buffer.partition(b"\r\n\r\n")
+        length = 0
+        for line in head.split(b"\r\n")[1:]:
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value)
+        while len(rest) < length:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                return None
+            rest += chunk
+        self._buffer = rest[length:]
+        return head + b"\r\n\r\n" + rest[:length]
+
+    def answer(self, body: bytes = OK_BODY, *, extra: bytes = b"") -> None:
+        self.sock.sendall(
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+            + extra
+            + b"Content-Length: "
+            + str(len(body)).encode()
+            + b"\r\n\r\n"
+            + body
+        )
+
+
+class Server:
+    """Counts connections and keeps every request it read (``handler`` records them)."""
+
+    def __init__(self, handler: Callable[[Conn, Server], None], tls: ssl.SSLContext | None) -> None:
+        self.handler = handler
+        self.tls = tls
+        self.connections = 0
+        self.requests: list[bytes] = []
+        self.closed = threading.Semaphore(0)  # released when a connection's handler ends
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(64)
+        self.port = self.listener.getsockname()[1]
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                sock, _ = self.listener.accept()
+            except OSError:
+                return
+            self.connections += 1
+            threading.Thread(target=self._serve, args=(sock,), daemon=True).start()
+
+    def _serve(self, sock: socket.socket) -> None:
+        try:
+            if self.tls is not None:
+                sock = self.tls.wrap_socket(sock, server_side=True)
+            with sock, contextlib.suppress(OSError):
+                self.handler(Conn(sock), self)
+        except OSError:
+            pass  # a handshake the client refused
+        finally:
+            self.closed.release()
+
+    def wait_closed(self, timeout: float = 10.0) -> None:
+        assert self.closed.acquire(timeout=timeout), "the server never closed a connection"
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.listener.shutdown(socket.SHUT_RDWR)
+        self.listener.close()
+
+
+@contextlib.contextmanager
+def serving(
+    handler: Callable[[Conn, Server], None], tls: ssl.SSLContext | None = None
+) -> Iterator[Server]:
+    server = Server(handler, tls)
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+async def _send(
+    sender: str, req: ClaimedRequest, *, timeout: float = 5.0, tls: ssl.SSLContext | None = None
+) -> Sent:
+    async with _dispatcher(sender, timeout=timeout, tls=tls) as d:
+        return await d.send(req)
+
+
+def _dispatcher(
+    sender: str, *, timeout: float = 5.0, tls: ssl.SSLContext | None = None
+) -> Dispatcher:
+    d = Dispatcher(DaemonConfig(request_timeout=timeout, connect_timeout=timeout, sender=sender))
+    if tls is not None:
+        d._tls = tls  # the shared client context, trusting the test's certificate
+    return d
+
+
+def _status(sent: Sent) -> int:
+    assert isinstance(sent.outcome, HttpResponse), sent.outcome
+    return sent.outcome.status
+
+
+# --- the faults of benchmarks/sender_faults.py ---------------------------------------------
+
+
+def _hold(conn: Conn, _s: Server) -> None:
+    conn.read_request()
+    conn.sock.recv(1)  # until the client gives up
+
+
+def _close(conn: Conn, _s: Server) -> None:
+    conn.read_request()
+
+
+def _reset(conn: Conn, _s: Server) -> None:
+    conn.read_request()
+    conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+
+
+def _truncated(conn: Conn, _s: Server) -> None:
+    conn.read_request()
+    conn.sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n" + OK_BODY[:10])
+
+
+def _garbage(conn: Conn, _s: Server) -> None:
+    conn.read_request()
+    conn.sock.sendall(b"HELLO THERE\r\n\r\n")
+
+
+def _chunked(conn: Conn, _s: Server) -> None:
+    conn.read_request()
+    half = len(OK_BODY) // 2
+    conn.sock.sendall(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Type: application/json\r\n\r\n"
+        + f"{half:x}\r\n".encode()
+        + OK_BODY[:half]
+        + f"\r\n{len(OK_BODY) - half:x}\r\n".encode()
+        + OK_BODY[half:]
+        + b"\r\n0\r\n\r\n"
+    )
+    conn.sock.recv(1)
+
+
+# fault: (handler, what today's sender makes of it; tests/benchmarks/test_senders.py)
+FAULTS: dict[str, tuple[Callable[[Conn, Server], None] | None, str]] = {
+    "refused": (None, "connect: ConnectError"),
+    "held past the timeout": (_hold, "read_timeout: request timed out"),
+    "closed before answering": (_close, "protocol: RemoteProtocolError"),
+    "reset after the request": (_reset, "read: ReadError"),
+    "truncated body": (_truncated, "protocol: RemoteProtocolError"),
+    "not HTTP": (_garbage, "protocol: RemoteProtocolError"),
+    "chunked answer (not a fault)": (_chunked, "HTTP 200"),
+}
+
+
+def _shown(sent: Sent) -> str:
+    """What benchmarks/sender_faults.py shows of an outcome."""
+    if isinstance(sent.outcome, TransportError):
+        message = sent.outcome.message.split(" (")[0]
+        kind = sent.outcome.kind.value
+        return message if message.startswith(kind) else f"{kind}: {message}"
+    assert isinstance(sent.outcome, HttpResponse)
+    return f"HTTP {sent.outcome.status}"
+
+
+@pytest.mark.parametrize("sender", SENDERS)
+@pytest.mark.parametrize("fault", FAULTS)
+async def test_each_fault_is_classified_as_today(sender: str, fault: str) -> None:
+    handler, expected = FAULTS[fault]
+    if handler is None:
+        with socket.socket() as s:  # a loopback port nothing listens on
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        sent = await _send(sender, _request(f"http://127.0.0.1:{port}"), timeout=0.5)
+        assert _shown(sent) == expected
+        assert isinstance(sent.outcome, TransportError)
+        assert sent.outcome.message.endswith(f"(upstream 127.0.0.1:{port})")
+        return
+    with serving(handler) as server:
+        sent = await _send(sender, _request(server.url), timeout=0.5)
+    assert _shown(sent) == expected
+
+
+# --- the same request, the same bytes -------------------------------------------------------
+
+
+def _recording(conn: Conn, server: Server) -> None:
+    while (request := conn.read_request()) is not None:
+        server.requests.append(request)
+        conn.answer()
+
+
+@pytest.mark.parametrize("method", ["POST", "GET"])
+async def test_both_senders_send_the_same_bytes(method: str) -> None:
+    body = "" if method == "GET" else '{"model":"m","messages":[]}'
+    sent = []
+    with serving(_recording) as server:
+        for sender in SENDERS:
+            await _send(sender, _request(server.url, method=method, body=body))
+        sent = list(server.requests)
+    assert len(sent) == 2
+    assert sent[0] == sent[1]
+    assert sent[0].startswith(
+        f"{method} /v1/chat/completions?x=1 HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\n".encode()
+    )
+
+
+async def test_a_post_without_a_body_says_content_length_0_like_today() -> None:
+    with serving(_recording) as server:
+        for sender in SENDERS:
+            await _send(sender, _request(server.url, body=""))
+        first, second = server.requests
+    assert first == second
+    assert first.split(b"\r\n")[2] == b"Content-Length: 0"
+
+
+# --- keep-alive -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("sender", SENDERS)
+async def test_connections_are_kept_alive_and_reused(sender: str) -> None:
+    with serving(_recording) as server:
+        async with _dispatcher(sender) as d:
+            for _ in range(5):
+                assert _status(await d.send(_request(server.url))) == 200
+        assert server.connections == 1
+        assert len(server.requests) == 5
+
+
+@pytest.mark.parametrize("sender", SENDERS)
+async def test_concurrent_requests_open_one_connection_each_then_reuse_them(sender: str) -> None:
+    # one connection per request in flight, never more; reused afterwards
+    release = threading.Event()
+
+    def handler(conn: Conn, server: Server) -> None:
+        while (request := conn.read_request()) is not None:
+            server.requests.append(request)
+            release.wait(10)
+            conn.answer()
+
+    with serving(handler) as server:
+        async with _dispatcher(sender) as d:
+            statuses: list[int] = []
+
+            async def one() -> None:
+                statuses.append(_status(await d.send(_request(server.url))))
+
+            async with anyio.create_task_group() as tg:
+                for _ in range(3):
+                    tg.start_soon(one)
+                with anyio.fail_after(10):
+                    while len(server.requests) < 3:
+                        await anyio.sleep(0.01)
+                release.set()
+            for _ in range(3):
+                await one()
+        assert statuses == [200] * 6
+        assert server.connections == 3
+
+
+@pytest.mark.parametrize("sender", SENDERS)
+async def test_connection_close_is_honoured(sender: str) -> None:
+    def handler(conn: Conn, server: Server) -> None:
+        server.requests.append(conn.read_request() or b"")
+        conn.answer(extra=b"Connection: close\r\n")
+        conn.sock.recv(1)  # the client closes: a server honouring close would too
+
+    with serving(handler) as server:
+        async with _dispatcher(sender) as d:
+            for _ in range(3):
+                assert _status(await d.send(_request(server.url))) == 200
+                server.wait_closed()  # the client closed it
+        assert server.connections == 3
+
+
+@pytest.mark.parametrize("sender", SENDERS)
+async def test_a_server_closing_an_idle_connection_costs_no_request(sender: str) -> None:
+    # the server answers keep-alive, then closes the idle connection (its keep-alive
+    # timeout); the next request must go out on a new connection, not fail
+    def handler(conn: Conn, server: Server) -> None:
+        server.requests.append(conn.read_request() or b"")
+        conn.answer()
+
+    with serving(handler) as server:
+        async with _dispatcher(sender) as d:
+            assert _status(await d.send(_request(server.url))) == 200
+            await anyio.to_thread.run_sync(server.wait_closed)
+            assert _status(await d.send(_request(server.url))) == 200
+            await anyio.to_thread.run_sync(server.wait_closed)
+            assert _status(await d.send(_request(server.url))) == 200
+        assert server.connections == 3
+
+
+@pytest.mark.parametrize("sender", SENDERS)
+async def test_a_cancelled_exchange_closes_its_connection(sender: str) -> None:
+    # headers and part of the body, then nothing: the request is cancelled mid-read
+    def handler(conn: Conn, server: Server) -> None:
+        while (request := conn.read_request()) is not None:
+            server.requests.append(request)
+            if len(server.requests) == 1:
+                conn.sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{")
+            else:
+                conn.answer()
+
+    with serving(handler) as server:
+        async with _dispatcher(sender) as d:
+            with anyio.move_on_after(10) as scope:
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(d.send, _request(server.url))
+                    while not server.requests:
+                        await anyio.sleep(0.01)
+                    tg.cancel_scope.cancel()
+            assert not scope.cancelled_caught
+            await anyio.to_thread.run_sync(server.wait_closed)  # the client closed it
+            assert _status(await d.send(_request(server.url))) == 200
+        assert server.connections == 2
+
+
+# --- answers framed every way -----------------------------------------------------------------
+
+
+def _big(conn: Conn, server: Server) -> None:
+    conn.read_request()
+    conn.answer(json.dumps({"usage": {"prompt_tokens": 1}, "x": "a" * (1 << 20)}).encode())
+
+
+def _http10(conn: Conn, server: Server) -> None:
+    conn.read_request()
+    conn.sock.sendall(b"HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n\r\n" + OK_BODY)
+    # no length: the body ends when the server closes
+
+
+def _early_hints(conn: Conn, server: Server) -> None:
+    conn.read_request()
+    conn.sock.sendall(b"HTTP/1.1 103 Early Hints\r\nLink: </a>; rel=preload\r\n\r\n")
+    conn.answer(extra=b"X-Twice: a\r\nx-twice: b\r\n")
+
+
+def _error(conn: Conn, server: Server) -> None:
+    conn.read_request()
+    body = b'{"error":{"message":"slow down"}}'
+    conn.sock.sendall(
+        b"HTTP/1.1 429 Too Many Requests\r\nRetry-After: 3\r\nContent-Length: "
+        + str(len(body)).encode()
+        + b"\r\n\r\n"
+        + body
+    )
+
+
+@pytest.mark.parametrize("sender", SENDERS)
+async def test_a_large_body_arrives_whole(sender: str) -> None:
+    with serving(_big) as server:
+        sent = await _send(sender, _request(server.url))
+    assert isinstance(sent.outcome, HttpResponse)
+    assert len(json.loads(sent.outcome.body)["x"]) == 1 << 20
+    assert sent.input_tokens == 1
+
+
+@pytest.mark.parametrize("sender", SENDERS)
+async def test_an_http_1_0_answer_without_a_length_ends_at_the_close(sender: str) -> None:
+    with serving(_http10) as server:
+        sent = await _send(sender, _request(server.url))
+    assert isinstance(sent.outcome, HttpResponse), sent.outcome
+    assert (sent.outcome.status, sent.outcome.body) == (200, OK_BODY.decode())
+    assert sent.output_tokens == 2
+
+
+@pytest.mark.parametrize("sender", SENDERS)
+async def test_chunked_answers_are_joined(sender: str) -> None:
+    with serving(_chunked) as server:
+        sent = await _send(sender, _request(server.url))
+    assert isinstance(sent.outcome, HttpResponse)
+    assert sent.outcome.body == OK_BODY.decode()
+    assert sent.outcome.headers["transfer-encoding"] == "chunked"
+
+
+@pytest.mark.parametrize("sender", SENDERS)
+async def test_an_informational_answer_is_skipped_and_headers_are_joined(sender: str) -> None:
+    with serving(_early_hints) as server:
+        sent = await _send(sender, _request(server.url))
+    assert isinstance(sent.outcome, HttpResponse)
+    assert sent.outcome.status == 200
+    assert sent.outcome.headers["x-twice"] == "a, b"
+    assert "link" not in sent.outcome.headers
+
+
+@pytest.mark.parametrize("sender", SENDERS)
+async def test_an_error_answer_keeps_status_headers_and_body(sender: str) -> None:
+    with serving(_error) as server:
+        sent = await _send(sender, _request(server.url))
+    assert sent.outcome == HttpResponse(
+        429,
+        {"retry-after": "3", "content-length": "33"},
+        '{"error":{"message":"slow down"}}',
+    )
+
+
+# --- TLS ----------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 (openssl's command line)."""
+    if shutil.which("openssl") is None:
+        pytest.skip("needs the openssl command to make a certificate")
+    where = tmp_path_factory.mktemp("tls")
+    cert, key = where / "cert.pem", where / "key.pem"
+    subprocess.run(
+        [
+            *("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2"),
+            *("-keyout", str(key), "-out", str(cert), "-subj", "/CN=127.0.0.1"),
+            *("-addext", "subjectAltName=IP:127.0.0.1"),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    return cert, key
+
+
+def _server_tls(certificate: tuple[Path, Path]) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(*certificate)
+    return ctx
+
+
+@pytest.mark.parametrize("sender", SENDERS)
+async def test_tls_with_a_trusted_certificate(sender: str, certificate: tuple[Path, Path]) -> None:
+    client = ssl.create_default_context(cafile=str(certificate[0]))
+    with serving(_recording, _server_tls(certificate)) as server:
+        async with _dispatcher(sender, tls=client) as d:
+            for _ in range(3):
+                assert _status(await d.send(_request(server.url))) == 200
+        assert server.connections == 1  # kept alive over TLS too
+        assert server.requests[0].startswith(b"POST /v1/chat/completions?x=1 HTTP/1.1\r\n")
+
+
+@pytest.mark.parametrize("sender", SENDERS)
+async def test_tls_with_an_untrusted_certificate_is_a_connect_error(
+    sender: str, certificate: tuple[Path, Path]
+) -> None:
+    with serving(_recording, _server_tls(certificate)) as server:
+        sent = await _send(sender, _request(server.url))  # the default CA bundle
+    assert _shown(sent) == "connect: ConnectError"
