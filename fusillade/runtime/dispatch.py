@@ -356,7 +356,7 @@ class Dispatcher:
         url = target.url
         try:
             with anyio.move_on_after(self._request_timeout) as scope:
-                pool = self._h1.pool(url.scheme, url.host, url.port)
+                pool = await self._h1.pool(url.scheme, url.host, url.port)
                 request = request_bytes(
                     req.method, url.target, target.host, headers, req.body.encode()
                 )

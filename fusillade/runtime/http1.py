@@ -93,7 +93,9 @@ class _Response:
     def on_message_complete(self) -> None:
         if self.done:
             return
-        if 100 <= self.status < 200 and self.status != 101:
+        if self.status == 101:  # 101 Switching Protocols, never asked for
+            raise httpcore.RemoteProtocolError("unexpected protocol switch")
+        if 100 <= self.status < 200:
             self.headers = []  # 100 Continue, 103 Early Hints: the answer is next
             return
         # asked here: once the message is complete, the parser's state is the next one's
@@ -154,6 +156,7 @@ class Pool:
         # (stream, idle since): the most recently used on top
         self._idle: list[tuple[anyio.abc.ByteStream, float]] = []
         self.opened = 0  # connections made (tests)
+        self.active = 0  # exchanges under way
 
     @property
     def idle(self) -> int:
@@ -174,8 +177,10 @@ class Pool:
                     )
         except TimeoutError as exc:
             raise httpcore.ConnectTimeout(str(exc)) from exc
-        except (OSError, anyio.BrokenResourceError, anyio.EndOfStream) as exc:
-            # refused, unreachable, no such host, the TLS handshake failed
+        except Exception as exc:
+            # refused, unreachable, no such host, the TLS handshake failed; also what
+            # anyio's happy eyeballs raises for a port out of range (an exception group):
+            # httpcore calls each of these a connect error
             raise httpcore.ConnectError(str(exc)) from exc
         self.opened += 1
         return stream
@@ -190,26 +195,35 @@ class Pool:
         return await self._connect()
 
     async def _put(self, stream: anyio.abc.ByteStream) -> None:
+        self._idle.append((stream, time.monotonic()))
+        await self.expire()
+
+    async def expire(self) -> None:
+        """Close the idle connections past their expiry (the oldest are at the bottom).
+        Shielded: the answer is read, the request's deadline must not lose it now."""
         now = time.monotonic()
-        # the oldest are at the bottom: those past their expiry go now
-        while self._idle and now - self._idle[0][1] >= self._expiry:
-            old, _ = self._idle.pop(0)
-            await _discard(old)
-        self._idle.append((stream, now))
+        with anyio.CancelScope(shield=True):
+            while self._idle and now - self._idle[0][1] >= self._expiry:
+                old, _ = self._idle.pop(0)
+                await _discard(old)
 
     async def exchange(self, request: bytes, *, head_only: bool = False) -> Answer:
         """Send ``request`` (head and body) and read the answer. Raises httpcore's
         exceptions (module docstring); a cancelled exchange closes its connection."""
-        stream = await self._take()
+        self.active += 1  # before the first await: a sweep never drops a pool in use
+        stream: anyio.abc.ByteStream | None = None
         reuse = False
         try:
+            stream = await self._take()
             reuse, answer = await self._exchange(stream, request, head_only)
             return answer
         finally:
-            if reuse:
-                await self._put(stream)
-            else:
-                await _discard(stream)
+            self.active -= 1
+            if stream is not None:
+                if reuse:
+                    await self._put(stream)
+                else:
+                    await _discard(stream)
 
     async def _exchange(
         self, stream: anyio.abc.ByteStream, request: bytes, head_only: bool
@@ -241,6 +255,14 @@ class Pool:
             response.started = True
             try:
                 parser.feed_data(data)
+            except httptools.HttpParserUpgrade as exc:
+                # 101 Switching Protocols, never asked for: httpcore says the same
+                raise httpcore.RemoteProtocolError("unexpected protocol switch") from exc
+            except httptools.HttpParserCallbackError as exc:
+                cause = exc.__cause__ or exc.__context__  # what a callback raised
+                if isinstance(cause, httpcore.RemoteProtocolError):
+                    raise cause from None  # on_message_complete's
+                raise httpcore.RemoteProtocolError(str(exc)) from exc
             except httptools.HttpParserError as exc:
                 if not response.done:
                     raise httpcore.RemoteProtocolError(str(exc)) from exc
@@ -273,8 +295,18 @@ class Sender:
         self._expiry = keepalive_expiry
         self._turns = turns
         self.pools: dict[tuple[bytes, bytes, int], Pool] = {}
+        self._swept = time.monotonic()
 
-    def pool(self, scheme: bytes, host: bytes, port: int | None) -> Pool:
+    async def pool(self, scheme: bytes, host: bytes, port: int | None) -> Pool:
+        """The pool of (scheme, host, port); every ``keepalive_expiry`` the idle
+        connections of every pool are expired first, and pools left empty dropped: a
+        host sent to once keeps no connection and no pool."""
+        if time.monotonic() - self._swept >= self._expiry:
+            self._swept = time.monotonic()
+            for key, each in list(self.pools.items()):
+                await each.expire()
+                if not each.idle and not each.active:
+                    del self.pools[key]
         port = port or _DEFAULT_PORTS.get(scheme, 0)
         key = (scheme, host, port)
         pool = self.pools.get(key)

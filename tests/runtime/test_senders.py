@@ -513,3 +513,44 @@ async def test_tls_with_an_untrusted_certificate_is_a_connect_error(
     with serving(_recording, _server_tls(certificate)) as server:
         sent = await _send(sender, _request(server.url))  # the default CA bundle
     assert _shown(sent) == "connect: ConnectError"
+
+
+# --- the httptools pools themselves ------------------------------------------------------------
+
+
+async def test_idle_connections_expire_and_unused_pools_go() -> None:
+    from fusillade.runtime.fair_reads import Turns
+    from fusillade.runtime.http1 import Sender, request_bytes
+
+    sender = Sender(
+        tls=ssl.create_default_context, connect_timeout=5, keepalive_expiry=0.05, turns=Turns(4)
+    )
+
+    async def get(server: Server) -> int:
+        pool = await sender.pool(b"http", b"127.0.0.1", server.port)
+        head = request_bytes("GET", b"/", b"127.0.0.1", {}, b"")
+        status, _, _ = await pool.exchange(head)
+        return status
+
+    with serving(_recording) as a, serving(_recording) as b:
+        assert await get(a) == 200
+        assert (b"http", b"127.0.0.1", a.port) in sender.pools
+        # sending elsewhere past the expiry closes a's idle connection and drops its pool
+        with anyio.fail_after(10):
+            while not a.closed.acquire(blocking=False):
+                assert await get(b) == 200
+                await anyio.sleep(0.01)
+        assert (b"http", b"127.0.0.1", a.port) not in sender.pools
+        assert a.connections == 1
+        await sender.aclose()
+
+
+@pytest.mark.parametrize("sender", SENDERS)
+async def test_a_protocol_switch_nobody_asked_for_is_a_protocol_error(sender: str) -> None:
+    def handler(conn: Conn, server: Server) -> None:
+        conn.read_request()
+        conn.sock.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\n\r\nbytes")
+
+    with serving(handler) as server:
+        sent = await _send(sender, _request(server.url))
+    assert _shown(sent) == "protocol: RemoteProtocolError"  # today's, not a crash
