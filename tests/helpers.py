@@ -199,10 +199,11 @@ def claim_by_model(
     return out
 
 
-SUITE_VARIABLES = ("FUSILLADE_DAEMON_WORKERS",)
+SUITE_VARIABLES = ("FUSILLADE_DAEMON_WORKERS", "FUSILLADE_DAEMON_SENDER")
 """Settings the whole suite runs under (``FUSILLADE_DAEMON_WORKERS=1 pytest``: the commands
-the tests start use one daemon process): kept when a test clears the ``FUSILLADE_*``
-variables of the environment it starts a command in."""
+the tests start use one daemon process; ``FUSILLADE_DAEMON_SENDER=httptools``: they send
+with the httptools sender): kept when a test clears the ``FUSILLADE_*`` variables of the
+environment it starts a command in."""
 
 
 def is_setting(name: str) -> bool:
