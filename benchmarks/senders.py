@@ -9,6 +9,8 @@ trio tasks send ``--requests`` requests through each candidate sender:
 - ``fusillade``: today's dispatch path, the real ``Dispatcher.send`` (httpcore pools of
   ``connections_per_client`` connections, the fair-reads backend, the outcome as the
   daemon records it); ``fusillade-1``: the same with ``connections_per_client = 1``;
+  ``fusillade-httptools``: the same ``Dispatcher.send`` with ``sender = "httptools"``
+  (fusillade/runtime/http1.py, the production form of ``httptools`` below);
 - ``httpcore-N``: httpcore's ``AsyncConnectionPool`` directly, shards of N connections,
   its own backend (no fair reads), tuned as far as its API goes;
 - ``h11``: a minimal HTTP/1.1 keep-alive pool on trio streams with h11 as the parser
@@ -69,6 +71,7 @@ from benchmarks.common import ENDPOINT, MODEL, REPO_ROOT, request_body
 CANDIDATES = (
     "fusillade",
     "fusillade-1",
+    "fusillade-httptools",
     "httpcore-1",
     "httpcore-4",
     "httpcore-16",
@@ -156,7 +159,11 @@ async def _run_fusillade(base_url: str, n: int, slots: int, per: int) -> tuple[f
     from fusillade.runtime.config import DaemonConfig
     from fusillade.runtime.dispatch import Dispatcher
 
-    async with Dispatcher(DaemonConfig(connections_per_client=per)) as dispatcher:
+    # per 0: the Dispatcher with [daemon] sender = "httptools" (fusillade/runtime/http1.py)
+    config = DaemonConfig(
+        connections_per_client=max(per, 1), sender="httptools" if per == 0 else "httpcore"
+    )
+    async with Dispatcher(config) as dispatcher:
         dispatcher._tls = _tls() or dispatcher._tls  # --tls: trust the benchmark's CA
 
         async def send(slot: int, req: Any) -> None:
@@ -702,6 +709,8 @@ def _runner(name: str) -> tuple[Callable[..., Awaitable[tuple[float, float]]], i
         return _run_floor, 0
     if name == "fusillade-1":
         return _run_fusillade, 1
+    if name == "fusillade-httptools":
+        return _run_fusillade, 0
     if name.startswith("httpcore-"):
         return _run_httpcore, int(name.removeprefix("httpcore-"))
     if name == "httptools":
