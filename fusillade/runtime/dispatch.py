@@ -17,6 +17,10 @@ are translated here, and only here, into ``TransportError`` outcomes: the rest o
 runtime never sees one. The pools' network backend processes answers first come first
 served (``fair_reads.py``).
 
+With ``[daemon] sender = "httptools"`` the shards are not used: requests go through
+keep-alive pools on httptools' parser (``http1.py``), which raise httpcore's exceptions
+for the same faults, translated here the same way (tests/runtime/test_senders.py).
+
 Each request carries ``X-Fusillade-Request-Id`` and ``Idempotency-Key`` (the request
 id, stable across attempts, so an upstream that deduplicates can), the batch id, and
 the ``custom_id`` when it is safe as a header value. The api key is attached here, at
