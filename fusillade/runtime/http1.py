@@ -115,10 +115,21 @@ class _Response:
         return True
 
 
-def _readable(stream: anyio.abc.ByteStream) -> bool:
+class _Conn:
+    """A connection, its socket (asked once: anyio builds a dict of attributes each
+    time) and since when it is idle."""
+
+    __slots__ = ("since", "sock", "stream")
+
+    def __init__(self, stream: anyio.abc.ByteStream) -> None:
+        self.stream = stream
+        self.sock: socket.socket | None = stream.extra(anyio.abc.SocketAttribute.raw_socket, None)
+        self.since = 0.0
+
+
+def _readable(sock: socket.socket | None) -> bool:
     """Whether an idle connection's socket has something to read: the server closed it
     (or sent bytes nobody asked for). httpcore checks the same before reuse."""
-    sock: socket.socket | None = stream.extra(anyio.abc.SocketAttribute.raw_socket, None)
     if sock is None or sock.fileno() < 0:
         return True
     try:
@@ -153,8 +164,8 @@ class Pool:
         self._connect_timeout = connect_timeout
         self._expiry = keepalive_expiry
         self._turns = turns
-        # (stream, idle since): the most recently used on top
-        self._idle: list[tuple[anyio.abc.ByteStream, float]] = []
+        # the most recently used on top
+        self._idle: list[_Conn] = []
         self.opened = 0  # connections made (tests)
         self.active = 0  # exchanges under way
 
@@ -162,7 +173,7 @@ class Pool:
     def idle(self) -> int:
         return len(self._idle)
 
-    async def _connect(self) -> anyio.abc.ByteStream:
+    async def _connect(self) -> _Conn:
         try:
             with anyio.fail_after(self._connect_timeout):
                 if self._tls is None:
@@ -183,47 +194,49 @@ class Pool:
             # httpcore calls each of these a connect error
             raise httpcore.ConnectError(str(exc)) from exc
         self.opened += 1
-        return stream
+        return _Conn(stream)
 
-    async def _take(self) -> anyio.abc.ByteStream:
+    async def _take(self) -> _Conn:
         now = time.monotonic()
         while self._idle:
-            stream, since = self._idle.pop()
-            if now - since < self._expiry and not _readable(stream):
-                return stream
-            await _discard(stream)
+            conn = self._idle.pop()
+            if now - conn.since < self._expiry and not _readable(conn.sock):
+                return conn
+            await _discard(conn.stream)
         return await self._connect()
 
-    async def _put(self, stream: anyio.abc.ByteStream) -> None:
-        self._idle.append((stream, time.monotonic()))
+    async def _put(self, conn: _Conn) -> None:
+        conn.since = time.monotonic()
+        self._idle.append(conn)
         await self.expire()
 
     async def expire(self) -> None:
         """Close the idle connections past their expiry (the oldest are at the bottom).
         Shielded: the answer is read, the request's deadline must not lose it now."""
         now = time.monotonic()
+        if not self._idle or now - self._idle[0].since < self._expiry:
+            return  # the usual case: no cancel scope to make
         with anyio.CancelScope(shield=True):
-            while self._idle and now - self._idle[0][1] >= self._expiry:
-                old, _ = self._idle.pop(0)
-                await _discard(old)
+            while self._idle and now - self._idle[0].since >= self._expiry:
+                await _discard(self._idle.pop(0).stream)
 
     async def exchange(self, request: bytes, *, head_only: bool = False) -> Answer:
         """Send ``request`` (head and body) and read the answer. Raises httpcore's
         exceptions (module docstring); a cancelled exchange closes its connection."""
         self.active += 1  # before the first await: a sweep never drops a pool in use
-        stream: anyio.abc.ByteStream | None = None
+        conn: _Conn | None = None
         reuse = False
         try:
-            stream = await self._take()
-            reuse, answer = await self._exchange(stream, request, head_only)
+            conn = await self._take()
+            reuse, answer = await self._exchange(conn.stream, request, head_only)
             return answer
         finally:
             self.active -= 1
-            if stream is not None:
+            if conn is not None:
                 if reuse:
-                    await self._put(stream)
+                    await self._put(conn)
                 else:
-                    await _discard(stream)
+                    await _discard(conn.stream)
 
     async def _exchange(
         self, stream: anyio.abc.ByteStream, request: bytes, head_only: bool
@@ -275,8 +288,8 @@ class Pool:
 
     async def aclose(self) -> None:
         idle, self._idle = self._idle, []
-        for stream, _ in idle:
-            await _discard(stream)
+        for conn in idle:
+            await _discard(conn.stream)
 
 
 class Sender:
