@@ -19,7 +19,7 @@ served (``fair_reads.py``).
 
 With ``[daemon] sender = "httptools"`` the shards are not used: requests go through
 keep-alive pools on httptools' parser (``http1.py``), which raise httpcore's exceptions
-for the same faults, translated here the same way (tests/runtime/test_senders.py).
+for the same faults, translated here the same way (tests/runtime/test_dispatch_senders.py).
 
 Each request carries ``X-Fusillade-Request-Id`` and ``Idempotency-Key`` (the request
 id, stable across attempts, so an upstream that deduplicates can), the batch id, and

@@ -29,7 +29,7 @@ have processed the request: the ``Idempotency-Key`` header is for that).
 
 Failures are raised as httpcore's exceptions, the ones today's sender raises for the same
 fault, so ``dispatch._translate`` gives the same ``TransportErrorKind`` and message
-(tests/runtime/test_senders.py checks each fault through both senders): a refused or
+(tests/runtime/test_dispatch_senders.py checks each fault through both senders): a refused or
 failed connection (TLS handshake included) is ``ConnectError``, connecting for longer
 than the connect timeout ``ConnectTimeout``, a broken connection while reading
 ``ReadError``, a connection closed before the answer or in the middle of its body, or
