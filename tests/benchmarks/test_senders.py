@@ -14,7 +14,16 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-CANDIDATES = ("fusillade", "fusillade-1", "httpcore-1", "httpcore-4", "httpcore-16", "h11", "floor")
+CANDIDATES = (
+    "fusillade",
+    "fusillade-1",
+    "fusillade-httptools",
+    "httpcore-1",
+    "httpcore-4",
+    "httpcore-16",
+    "h11",
+    "floor",
+)
 OPTIONAL = ("httptools", "httptools-trio", "pycurl")  # the bench extra
 
 
