@@ -480,7 +480,7 @@ def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
         [
             *("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2"),
             *("-keyout", str(key), "-out", str(cert), "-subj", "/CN=127.0.0.1"),
-            *("-addext", "subjectAltName=IP:127.0.0.1"),
+            *("-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"),
         ],
         check=True,
         capture_output=True,
@@ -554,3 +554,38 @@ async def test_a_protocol_switch_nobody_asked_for_is_a_protocol_error(sender: st
     with serving(handler) as server:
         sent = await _send(sender, _request(server.url))
     assert _shown(sent) == "protocol: RemoteProtocolError"  # today's, not a crash
+
+
+@pytest.mark.parametrize("sender", SENDERS)
+async def test_tls_names_the_host_it_wants(sender: str, certificate: tuple[Path, Path]) -> None:
+    # SNI: the server learns the host name (a virtual host's certificate depends on it)
+    names: list[str | None] = []
+    server_tls = _server_tls(certificate)
+
+    def sni(_sock: ssl.SSLObject, name: str | None, _ctx: ssl.SSLContext) -> None:
+        names.append(name)
+
+    server_tls.sni_callback = sni
+    client = ssl.create_default_context(cafile=str(certificate[0]))
+    with serving(_recording, server_tls) as server:
+        url = f"https://localhost:{server.port}"
+        sent = await _send(sender, _request(url), tls=client)
+    assert _status(sent) == 200
+    assert names == ["localhost"]
+    assert f"\r\nHost: localhost:{server.port}\r\n".encode() in server.requests[0]
+
+
+async def test_an_injected_transport_still_goes_through_httpx() -> None:
+    import httpx
+
+    seen: list[httpx.Request] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, content=OK_BODY)
+
+    config = DaemonConfig(sender="httptools")
+    async with Dispatcher(config, transport=httpx.MockTransport(answer)) as d:
+        sent = await d.send(_request("http://upstream.invalid"))
+    assert _status(sent) == 200
+    assert [str(r.url) for r in seen] == ["http://upstream.invalid/v1/chat/completions?x=1"]
