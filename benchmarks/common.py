@@ -95,6 +95,7 @@ class Sizes:
     p12_latency: float = 2.0
     p13_cycles: int = 10
     p13_requests: int = 100_000  # finished requests per cycle
+    p14_requests: int = 20_000  # PostgreSQL's work per recorded request
     informative: bool = True  # also the informative variants (P2 with pgqueuer's asyncpg)
 
     def scaled(self, factor: float) -> Sizes:
@@ -117,6 +118,7 @@ class Sizes:
             p11_long=s(self.p11_long, 5 * self.p11_short),
             p12_requests=s(self.p12_requests, self.p12_slots),
             p13_requests=s(self.p13_requests, 500),
+            p14_requests=s(self.p14_requests, 100),
         )
 
 
@@ -137,6 +139,7 @@ QUICK = replace(
     p12_requests=8_000,
     p12_slots=2_000,
     p13_requests=10_000,
+    p14_requests=2_000,
     informative=False,
 )
 SMOKE = replace(
@@ -168,6 +171,7 @@ SMOKE = replace(
     p12_latency=0.2,
     p13_cycles=3,
     p13_requests=500,
+    p14_requests=64,
     informative=False,
 )
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-SCENARIOS = {f"P{i}" for i in range(1, 14)}
+SCENARIOS = {f"P{i}" for i in range(1, 15)}
 
 
 @pytest.mark.slow
@@ -51,7 +51,7 @@ def test_every_scenario_produces_rows(tmp_path: Path, database_server: object) -
     assert data["versions"]["PostgreSQL"]
     text = table.read_text()
     assert "STALE-TABLE" not in text and text.endswith("kept\n")
-    assert "| P8 |" in text and "| P13 |" in text
+    assert "| P8 |" in text and "| P14 |" in text
     assert sorted(p.name for p in (tmp_path / "explain").iterdir()) == [
         "explain-claim-unclaimable.txt",
         "explain-claim.txt",
