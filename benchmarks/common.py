@@ -74,7 +74,7 @@ class Sizes:
     download_lines: int = 1_000_000
     p6_pending: int = 1_000_000
     p6_seconds: float = 30.0
-    p7_rows: int = 5_000_000
+    p7_rows: int = 20_000_000
     p8_trials: int = 10
     p8_idle: float = 1.0  # seconds the daemon idles before each P8 trial (plus 0-0.74)
     per_client: int = 4  # connections per shard, as DaemonConfig's default
