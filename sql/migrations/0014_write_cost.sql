@@ -1,4 +1,5 @@
--- 0014_write_cost: less PostgreSQL work per recorded result (issue 16, item 3; P14).
+-- 0014_write_cost: less PostgreSQL work per recorded result (issue 16, item 3; P14, P7):
+-- a partial index instead of requests_batch_state, lz4 bodies, request ids in creation order.
 --
 -- Append-only: once shipped, this file is never edited (see 0001_initial.sql).
 --
@@ -42,3 +43,28 @@ EXCEPTION WHEN feature_not_supported THEN
     RAISE NOTICE 'lz4 is not supported by this server: bodies stay pglz-compressed';
 END
 $$;
+
+-- Request ids in creation order (uuid7: 48 bits of Unix milliseconds, then random bits),
+-- as files and batches already are (made by the application). With gen_random_uuid() the
+-- rows of one batch are scattered over the whole primary key: a claim of 256 neighbouring
+-- rows, and the result flush after it, each read and wrote 256 random leaf pages of it,
+-- outside the cache once the table is large (P7 at 20,000,000 rows: a 600 MB primary key,
+-- docs/performance.md). Now a batch's rows sit on a few neighbouring leaf pages, and new
+-- entries go to the right edge of the index. Nothing reads meaning into a request id (it
+-- is only compared for equality and as the last key of an order), so existing random ids
+-- and new ordered ones live side by side. PostgreSQL 15 has no uuidv7(): this is the
+-- same layout from the version-4 one, with the time in front and the version bits set
+-- to 7 (bits 52 and 53, counted from the end of each byte as set_bit does).
+CREATE FUNCTION fusillade_uuid7() RETURNS uuid
+LANGUAGE sql VOLATILE PARALLEL SAFE AS $$
+    SELECT encode(
+        set_bit(set_bit(
+            overlay(uuid_send(gen_random_uuid())
+                    PLACING substring(int8send(floor(extract(epoch FROM clock_timestamp())
+                                                     * 1000)::bigint) FROM 3)
+                    FROM 1 FOR 6),
+            52, 1), 53, 1),
+        'hex')::uuid
+$$;
+
+ALTER TABLE requests ALTER COLUMN id SET DEFAULT fusillade_uuid7();
