@@ -95,7 +95,8 @@ FROM generate_series(1, %(n)s::int) AS g
 # The requests table's indexes (the primary key's too) as the migrations made them, for
 # dropping them before the bulk load and building them again after it: building an index
 # over the loaded rows takes a sort, while keeping 20,000,000 rows' entries in every index
-# row by row takes a random index page per row (the ids are random), beyond the cache.
+# row by row touches index pages all over (random ids before migration 0014; several
+# indexes lead with batch ids of batches written side by side), beyond the cache.
 INDEX_DEFS = """
 SELECT c.relname, pg_get_indexdef(i.indexrelid), con.conname
 FROM pg_index i
