@@ -1,17 +1,26 @@
 """The baselines fusillade is divided by: bare httpx under trio, and pgqueuer.
 
-Both use the client configuration fusillade's ``Dispatcher`` uses (its measured best,
-docs/performance.md): shards of ``per_client`` connections each, a request
-going to the least-busy shard and a new shard made when every shard is full; each shard
-an ``httpx.AsyncHTTPTransport`` called directly (no ``AsyncClient`` layers), the URL
-parsed once, the same timeouts, no environment proxies. So for 256 concurrent requests
-there are 16 shards of 16 connections; for 400, 25.
+Bare httpx comes in several client layouts (``LAYOUTS``), and P1 and P3 probe them all in
+the same run and divide fusillade by the best one (issue 16: the baseline must be the best
+layout a user could find). A layout is how many connections each client holds; there are
+as many clients as the slots need (256 slots with 4 per client: 64 clients):
+
+- ``client``: ``httpx.AsyncClient``s, as a user writes it (``client.post(url, ...)``);
+  task ``i`` of the ``concurrency`` tasks always uses client ``i // per_client``;
+- ``transport``: ``httpx.AsyncHTTPTransport``s called directly (no ``AsyncClient``
+  layers), the URL parsed once; ``static`` as above, or ``least-busy`` as fusillade's
+  ``Dispatcher`` shards (a request goes to the least-busy shard, a new shard is made
+  when every shard is full; ``Shards``).
+
+Every layout has the same timeouts, one shared TLS context, no environment proxies.
+pgqueuer (P2) sends through ``Shards``.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import httpx
@@ -22,6 +31,39 @@ HEADERS = {"content-type": "application/json"}
 
 
 TIMEOUTS = {"connect": 10.0, "read": 600.0, "write": 600.0, "pool": None}
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How bare httpx spreads its connections (see the module's docstring)."""
+
+    kind: str  # "client" (httpx.AsyncClient) or "transport" (AsyncHTTPTransport)
+    per_client: int  # connections per client
+    pick: str = "static"  # "static" (task i -> client i // per_client) or "least-busy"
+
+    def clients(self, slots: int) -> int:
+        return -(-slots // self.per_client)
+
+    def describe(self, slots: int) -> str:
+        what = "AsyncClients" if self.kind == "client" else "transports"
+        text = f"{self.clients(slots)} {what} x {self.per_client}"
+        return text + (", least-busy" if self.pick == "least-busy" else "")
+
+    def params(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# What P1 and P3 probe: the issue's measured layouts (256 x 1, 64 x 4, 16 x 16 clients),
+# the harness's baseline before issue 16 (16 x 16 least-busy transports), the
+# Dispatcher's shards (4 connections each) and single-connection transports.
+LAYOUTS = (
+    Layout("client", 1),
+    Layout("client", 4),
+    Layout("client", 16),
+    Layout("transport", 1),
+    Layout("transport", 4, "least-busy"),
+    Layout("transport", 16, "least-busy"),
+)
 
 
 class Shards:
@@ -74,40 +116,103 @@ class Shards:
             await client.aclose()
 
 
+Post = Callable[[int, bytes], Awaitable[int]]  # (task index, body) -> status code
+
+
+def _sender(layout: Layout, url: str, concurrency: int) -> tuple[Post, Callable[[], Any]]:
+    """The ``post`` of a layout, and the coroutine function closing its clients."""
+    tls = httpx.create_ssl_context(trust_env=False)
+    if layout.pick == "least-busy":
+        shards = Shards(layout.per_client)
+
+        async def post_shards(_task: int, body: bytes) -> int:
+            return (await shards.post(url, body)).status_code
+
+        return post_shards, shards.aclose
+    per = layout.per_client
+    limits = httpx.Limits(max_connections=per, max_keepalive_connections=per)
+    if layout.kind == "client":
+        timeout = httpx.Timeout(**TIMEOUTS)
+        clients = [
+            httpx.AsyncClient(verify=tls, limits=limits, timeout=timeout, trust_env=False)
+            for _ in range(layout.clients(concurrency))
+        ]
+
+        async def post_client(task: int, body: bytes) -> int:
+            r = await clients[task // per].post(url, content=body, headers=HEADERS)
+            return r.status_code
+
+        async def close_clients() -> None:
+            for c in clients:
+                await c.aclose()
+
+        return post_client, close_clients
+    transports = [
+        httpx.AsyncHTTPTransport(verify=tls, limits=limits, trust_env=False)
+        for _ in range(layout.clients(concurrency))
+    ]
+    parsed = httpx.URL(url)
+
+    async def post_transport(task: int, body: bytes) -> int:
+        request = httpx.Request(
+            "POST", parsed, content=body, headers=HEADERS, extensions={"timeout": TIMEOUTS}
+        )
+        response = await transports[task // per].handle_async_request(request)
+        try:
+            await response.aread()
+        finally:
+            await response.aclose()
+        return response.status_code
+
+    async def close_transports() -> None:
+        for t in transports:
+            await t.aclose()
+
+    return post_transport, close_transports
+
+
 def httpx_trio(params: dict[str, Any]) -> dict[str, Any]:
-    """Send ``n`` requests with ``concurrency`` tasks over sharded clients, under trio."""
+    """Send ``n`` requests with ``concurrency`` tasks in one ``layout``, under trio.
+
+    ``seconds`` and ``rate`` time the sending only; ``started``/``ended`` are the same
+    instants on ``time.monotonic`` (one clock for every process: P1w's several processes
+    are timed from the first start to the last end)."""
     import trio
 
     url = params["upstream"] + ENDPOINT
     n, concurrency = params["n"], params["concurrency"]
+    layout = Layout(**params["layout"])
     bodies = [request_body(i).encode() for i in range(n)]
     counts = {"ok": 0, "errors": 0}
     error_kinds: dict[str, int] = {}
+    stamps: dict[str, float] = {}
 
     async def main() -> float:
-        shards = Shards(params["per_client"])
+        post, close = _sender(layout, url, concurrency)
         todo: Iterator[int] = iter(range(n))
 
-        async def worker() -> None:
+        async def worker(task: int) -> None:
             for i in todo:
                 try:
-                    r = await shards.post(url, bodies[i])
-                    counts["ok" if r.status_code == 200 else "errors"] += 1
+                    status = await post(task, bodies[i])
+                    counts["ok" if status == 200 else "errors"] += 1
                 except httpx.HTTPError as exc:
                     counts["errors"] += 1
                     kind = type(exc).__name__
                     error_kinds[kind] = error_kinds.get(kind, 0) + 1
 
+        stamps["started"] = time.monotonic()
         start = time.perf_counter()
         async with trio.open_nursery() as nursery:
-            for _ in range(concurrency):
-                nursery.start_soon(worker)
+            for task in range(concurrency):
+                nursery.start_soon(worker, task)
         seconds = time.perf_counter() - start
-        await shards.aclose()
+        stamps["ended"] = time.monotonic()
+        await close()
         return seconds
 
     seconds = trio.run(main)
-    return {"seconds": seconds, "rate": n / seconds, **counts, "error_kinds": error_kinds}
+    return {"seconds": seconds, "rate": n / seconds, **counts, "error_kinds": error_kinds, **stamps}
 
 
 # One statement per job, as a job would naturally store its result.

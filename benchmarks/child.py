@@ -157,6 +157,38 @@ def idle_daemon(params: dict[str, Any]) -> dict[str, Any]:
     return trio.run(main)
 
 
+def fleet_daemon(params: dict[str, Any]) -> dict[str, Any]:
+    """P15: one of K daemons on one database, until its standard input closes (READY once
+    it runs); every ``claim`` call of its daemon is timed (repository call: pool checkout,
+    statement and decoding, in the daemon's database thread)."""
+    import trio
+
+    import fusillade
+
+    claims: list[tuple[float, float, int]] = []  # (started, seconds, rows)
+
+    async def main() -> dict[str, Any]:
+        config = daemon_config(params)
+        async with fusillade.open(params["database_url"], config, migrate=False) as engine:
+            daemon = engine.daemon
+            assert daemon is not None
+            repo = daemon.repo.sync
+            claim = repo.claim
+
+            def timed_claim(*args: Any, **kwargs: Any) -> Any:
+                start = time.perf_counter()
+                rows = claim(*args, **kwargs)
+                claims.append((start, time.perf_counter() - start, len(rows)))
+                return rows
+
+            repo.claim = timed_claim  # type: ignore[method-assign]
+            print(READY_LINE, flush=True)
+            await trio.to_thread.run_sync(sys.stdin.buffer.read)  # until end of file
+        return {"claims": [(round(t, 4), round(d, 6), n) for t, d, n in claims]}
+
+    return trio.run(main)
+
+
 async def _finished_at(engine: Any, batch_id: Any, start: float, interval: float) -> float:
     """Seconds from ``start`` until the batch is terminal (polled every ``interval``)."""
     view = await engine.wait(batch_id, interval=interval)
@@ -353,6 +385,7 @@ CHILDREN: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
     "download": download,
     "fairness": fairness,
     "first_request": first_request,
+    "fleet_daemon": fleet_daemon,
     "fusillade_batch": fusillade_batch,
     "httpx": httpx_baseline,
     "idle_daemon": idle_daemon,

@@ -70,6 +70,8 @@ class Sizes:
     p3_requests: int = 8_000
     p3_slots: int = 400
     p3_latency: float = 0.5
+    p1_probe_requests: int = 5_000  # each bare-httpx layout of P1's probe (issue 16)
+    p3_probe_requests: int = 2_000  # each layout of P3's probe: five rounds of 400
     ingest_lines: int = 1_000_000
     download_lines: int = 1_000_000
     p6_pending: int = 1_000_000
@@ -96,6 +98,10 @@ class Sizes:
     p13_cycles: int = 10
     p13_requests: int = 100_000  # finished requests per cycle
     p14_requests: int = 20_000  # PostgreSQL's work per recorded request
+    p15_daemons: tuple[int, ...] = (1, 2, 4, 8)  # daemon processes on one database
+    p15_requests: int = 20_000  # zero-latency upstream, p1_slots split among the daemons
+    p15_slow_requests: int = 10_000  # the p12_latency upstream, p15_slow_slots split
+    p15_slow_slots: int = 1_000
     informative: bool = True  # also the informative variants (P2 with pgqueuer's asyncpg)
 
     def scaled(self, factor: float) -> Sizes:
@@ -106,6 +112,8 @@ class Sizes:
             self,
             name=f"{self.name} x{factor:g}",
             p1_requests=s(self.p1_requests, 100),
+            p1_probe_requests=s(self.p1_probe_requests, 100),
+            p3_probe_requests=s(self.p3_probe_requests, self.p3_slots),
             p3_requests=s(self.p3_requests, self.p3_slots),
             ingest_lines=s(self.ingest_lines, 500),
             download_lines=s(self.download_lines, 500),
@@ -119,6 +127,8 @@ class Sizes:
             p12_requests=s(self.p12_requests, self.p12_slots),
             p13_requests=s(self.p13_requests, 500),
             p14_requests=s(self.p14_requests, 100),
+            p15_requests=s(self.p15_requests, 100),
+            p15_slow_requests=s(self.p15_slow_requests, self.p15_slow_slots),
         )
 
 
@@ -127,7 +137,9 @@ QUICK = replace(
     FULL,
     name="quick",
     p1_requests=1_000,
+    p1_probe_requests=1_000,
     p3_requests=800,
+    p3_probe_requests=800,
     ingest_lines=50_000,
     download_lines=20_000,
     p6_pending=50_000,
@@ -140,6 +152,8 @@ QUICK = replace(
     p12_slots=2_000,
     p13_requests=10_000,
     p14_requests=2_000,
+    p15_requests=2_000,
+    p15_slow_requests=2_000,
     informative=False,
 )
 SMOKE = replace(
@@ -147,8 +161,10 @@ SMOKE = replace(
     name="smoke",
     p1_requests=32,
     p1_slots=32,
+    p1_probe_requests=32,
     p3_requests=64,
     p3_slots=32,
+    p3_probe_requests=32,
     ingest_lines=1_000,
     download_lines=1_000,
     p6_pending=1_000,
@@ -172,6 +188,10 @@ SMOKE = replace(
     p13_cycles=3,
     p13_requests=500,
     p14_requests=64,
+    p15_daemons=(1, 2),
+    p15_requests=64,
+    p15_slow_requests=100,
+    p15_slow_slots=50,
     informative=False,
 )
 
@@ -215,6 +235,7 @@ class ChildResult:
     wall_seconds: float
     returncode: int
     stderr_tail: str
+    cpu_seconds: float = 0.0  # user + system, its reaped children included (wait4)
 
 
 class ChildFailed(RuntimeError):
@@ -282,6 +303,7 @@ class Finished:
     returncode: int
     wall_seconds: float
     peak_rss_mib: float
+    cpu_seconds: float = 0.0  # user + system of it and of the children it reaped (wait4)
 
     def tail(self, lines: int = 15) -> str:
         return "\n".join(self.stderr.strip().splitlines()[-lines:])
@@ -295,12 +317,14 @@ def run_process(
     on_ready: Callable[[int], None] | None = None,
     sample: Callable[[int], None] | None = None,
     sample_interval: float = 0.5,
+    sample_at_once: bool = False,
     cwd: Path = REPO_ROOT,
 ) -> Finished:
     """Run ``cmd`` to its end; reap it with ``os.wait4`` to read its own ``ru_maxrss``.
 
     With ``on_ready`` or ``sample``: once the process prints ``READY``, ``on_ready(pid)``
-    is called, then ``sample(pid)`` every ``sample_interval`` seconds until it exits.
+    is called, then ``sample(pid)`` every ``sample_interval`` seconds until it exits
+    (with ``sample_at_once``: from its start, without waiting for ``READY``).
     ``cwd``: where it runs (``python -m`` imports from there first: P9 runs an older
     checkout's ``benchmarks.child`` with its own fusillade).
     """
@@ -308,7 +332,9 @@ def run_process(
         start = time.perf_counter()
         proc = subprocess.Popen(cmd, stdout=out, stderr=err, cwd=cwd, text=True, env=env)
         try:
-            reaped = _watch(proc, out, timeout, on_ready, sample, sample_interval)
+            reaped = _watch(
+                proc, out, timeout, on_ready, sample, sample_interval, ready=sample_at_once
+            )
         except BaseException:
             kill_and_reap(proc)
             raise
@@ -320,7 +346,14 @@ def run_process(
         proc.returncode = os.waitstatus_to_exitcode(status)
         out.seek(0)
         err.seek(0)
-        return Finished(out.read(), err.read(), proc.returncode, wall, usage.ru_maxrss / 1024)
+        return Finished(
+            out.read(),
+            err.read(),
+            proc.returncode,
+            wall,
+            usage.ru_maxrss / 1024,
+            usage.ru_utime + usage.ru_stime,
+        )
 
 
 def _watch(
@@ -330,10 +363,11 @@ def _watch(
     on_ready: Callable[[int], None] | None,
     sample: Callable[[int], None] | None,
     sample_interval: float,
+    ready: bool = False,
 ) -> tuple[int, Any] | None:
     """Poll until ``proc`` exits: (wait status, rusage), or None after ``timeout``."""
     deadline = time.monotonic() + timeout
-    ready = on_ready is None and sample is None
+    ready = ready or (on_ready is None and sample is None)
     next_sample = 0.0
     while True:
         pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
@@ -379,11 +413,75 @@ def stop_and_reap(proc: subprocess.Popen[Any], timeout: float = 30.0) -> float:
 
 def run_child(name: str, params: dict[str, Any], **kwargs: Any) -> ChildResult:
     """Run ``benchmarks.child NAME`` (see ``run_process``) and decode its RESULT line."""
-    done = run_process(child_command(name, params), **kwargs)
+    return _decode(name, run_process(child_command(name, params), **kwargs))
+
+
+def _decode(name: str, done: Finished) -> ChildResult:
     result: dict[str, Any] | None = None
     for line in done.stdout.splitlines():
         if line.startswith(RESULT_PREFIX):
             result = json.loads(line[len(RESULT_PREFIX) :])
     if done.returncode != 0 or result is None:
         raise ChildFailed(f"child {name} exited with status {done.returncode}:\n{done.tail()}")
-    return ChildResult(result, done.peak_rss_mib, done.wall_seconds, done.returncode, done.tail())
+    return ChildResult(
+        result,
+        done.peak_rss_mib,
+        done.wall_seconds,
+        done.returncode,
+        done.tail(),
+        done.cpu_seconds,
+    )
+
+
+def run_children_together(
+    name: str, params: list[dict[str, Any]], *, timeout: float = 1800.0
+) -> list[ChildResult]:
+    """``benchmarks.child NAME`` once per parameter set, all started at once (P1w), each
+    reaped with ``os.wait4`` as it ends."""
+    with contextlib.ExitStack() as stack:
+        files = [stack.enter_context(_output_files()) for _ in params]
+        start = time.perf_counter()
+        procs = [
+            subprocess.Popen(child_command(name, p), stdout=o, stderr=e, cwd=REPO_ROOT, text=True)
+            for p, (o, e) in zip(params, files, strict=True)
+        ]
+        done: dict[int, Finished] = {}
+        try:
+            _reap_all(procs, files, start, time.monotonic() + timeout, done)
+        except BaseException:
+            for i, proc in enumerate(procs):
+                if i not in done:
+                    kill_and_reap(proc)
+            raise
+    return [_decode(name, done[i]) for i in range(len(procs))]
+
+
+def _reap_all(
+    procs: list[subprocess.Popen[str]],
+    files: list[tuple[Any, Any]],
+    start: float,
+    deadline: float,
+    done: dict[int, Finished],
+) -> None:
+    """Reap every one of ``procs`` into ``done`` (by index) as it ends."""
+    while len(done) < len(procs):
+        if time.monotonic() > deadline:
+            raise ChildFailed(f"{len(procs) - len(done)} children still running at the timeout")
+        for i, proc in enumerate(procs):
+            if i in done:
+                continue
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                proc.returncode = os.waitstatus_to_exitcode(status)
+                out, err = files[i]
+                out.seek(0)
+                err.seek(0)
+                done[i] = Finished(
+                    out.read(),
+                    err.read(),
+                    proc.returncode,
+                    time.perf_counter() - start,
+                    usage.ru_maxrss / 1024,
+                    usage.ru_utime + usage.ru_stime,
+                )
+        time.sleep(0.01)

@@ -1,4 +1,4 @@
-"""``python -m benchmarks``: run P1-P14 (or some) on this machine and write the table.
+"""``python -m benchmarks``: run P1-P15 (or some) on this machine and write the table.
 
     python -m benchmarks                       # everything, full size, 3 runs (~15+ min)
     python -m benchmarks --quick               # scaled down, 1 run: about a minute or two
@@ -27,6 +27,7 @@ if not __package__:  # `python benchmarks/run.py`: make `benchmarks` importable
 
 from benchmarks import (
     data,
+    fleet,
     inflight,
     latency,
     pgcost,
@@ -57,11 +58,12 @@ SCENARIOS: dict[str, Scenario] = {
     "P12": inflight.p12,
     "P13": retention.p13,
     "P14": pgcost.p14,
+    "P15": fleet.p15,
 }
 TARGETS = {
-    "P1": ">= 0.8",
+    "P1": throughput.P1_TARGET,
     "P2": ">= 2x",
-    "P3": ">= 0.9",
+    "P3": throughput.P3_TARGET,
     "P4": ">= 50,000 lines/s, peak RSS < 300 MB",
     "P5": ">= 50,000 lines/s, peak RSS < 300 MB",
     "P6": "< 250 MB, flat",
@@ -73,6 +75,7 @@ TARGETS = {
     "P12": inflight.P12_TARGET,
     "P13": f"{retention.P13_SIZE_TARGET}; {retention.P13_CLAIM_TARGET}",
     "P14": pgcost.P14_TARGET,
+    "P15": fleet.TARGET,
 }
 
 

@@ -161,6 +161,7 @@ class Upstreams:
     def _start_mock(self, flags: list[str]) -> str:
         proc, url = spawn_mock(flags)
         self._procs.append(proc)
+        self.pids[url] = proc.pid
         return url
 
     def stop(self) -> None:
@@ -206,6 +207,7 @@ def _start_nginx(binary: str, latencies: list[float]) -> Upstreams:
     )
     kind = f"nginx {nginx_version(binary)} (1 worker)"
     up = Upstreams(kind=kind, fast=f"http://127.0.0.1:{fast_port}", _procs=[proc], _tmp=tmp)
+    up.pids[up.fast] = proc.pid  # the master: its worker is its child (P1c's upstream CPU)
     try:
         wait_for_port(fast_port, 15, proc)
     except ChildFailed:
@@ -220,6 +222,7 @@ def _start_nginx(binary: str, latencies: list[float]) -> Upstreams:
         else:
             up.slow[seconds] = url
             up.notes[url] = f"{kind}, echo_sleep {seconds}"
+            up.pids[url] = proc.pid
     return up
 
 
