@@ -367,6 +367,12 @@ def _backend_cpu(database_url: str) -> dict[int, float]:
     return out
 
 
+def pgcost(params: dict[str, Any]) -> dict[str, Any]:
+    from benchmarks.pgcost import child
+
+    return child(params)
+
+
 def httpx_baseline(params: dict[str, Any]) -> dict[str, Any]:
     from benchmarks.baselines import httpx_trio
 
@@ -385,6 +391,7 @@ CHILDREN: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
     "idle_daemon": idle_daemon,
     "inflight": inflight,
     "ingest": ingest,
+    "pgcost": pgcost,
     "pgqueuer": pgqueuer,
 }
 

@@ -76,7 +76,7 @@ class Sizes:
     download_lines: int = 1_000_000
     p6_pending: int = 1_000_000
     p6_seconds: float = 30.0
-    p7_rows: int = 5_000_000
+    p7_rows: int = 20_000_000
     p8_trials: int = 10
     p8_idle: float = 1.0  # seconds the daemon idles before each P8 trial (plus 0-0.74)
     per_client: int = 4  # connections per shard, as DaemonConfig's default
@@ -97,6 +97,7 @@ class Sizes:
     p12_latency: float = 2.0
     p13_cycles: int = 10
     p13_requests: int = 100_000  # finished requests per cycle
+    p14_requests: int = 20_000  # PostgreSQL's work per recorded request
     p15_daemons: tuple[int, ...] = (1, 2, 4, 8)  # daemon processes on one database
     p15_requests: int = 20_000  # zero-latency upstream, p1_slots split among the daemons
     p15_slow_requests: int = 10_000  # the p12_latency upstream, p15_slow_slots split
@@ -125,6 +126,7 @@ class Sizes:
             p11_long=s(self.p11_long, 5 * self.p11_short),
             p12_requests=s(self.p12_requests, self.p12_slots),
             p13_requests=s(self.p13_requests, 500),
+            p14_requests=s(self.p14_requests, 100),
             p15_requests=s(self.p15_requests, 100),
             p15_slow_requests=s(self.p15_slow_requests, self.p15_slow_slots),
         )
@@ -149,6 +151,7 @@ QUICK = replace(
     p12_requests=8_000,
     p12_slots=2_000,
     p13_requests=10_000,
+    p14_requests=2_000,
     p15_requests=2_000,
     p15_slow_requests=2_000,
     informative=False,
@@ -184,6 +187,7 @@ SMOKE = replace(
     p12_latency=0.2,
     p13_cycles=3,
     p13_requests=500,
+    p14_requests=64,
     p15_daemons=(1, 2),
     p15_requests=64,
     p15_slow_requests=100,

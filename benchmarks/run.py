@@ -1,4 +1,4 @@
-"""``python -m benchmarks``: run P1-P13 (or some) on this machine and write the table.
+"""``python -m benchmarks``: run P1-P15 (or some) on this machine and write the table.
 
     python -m benchmarks                       # everything, full size, 3 runs (~15+ min)
     python -m benchmarks --quick               # scaled down, 1 run: about a minute or two
@@ -30,6 +30,7 @@ from benchmarks import (
     fleet,
     inflight,
     latency,
+    pgcost,
     report,
     retention,
     scale,
@@ -56,6 +57,7 @@ SCENARIOS: dict[str, Scenario] = {
     "P11": scheduling.p11,
     "P12": inflight.p12,
     "P13": retention.p13,
+    "P14": pgcost.p14,
     "P15": fleet.p15,
 }
 TARGETS = {
@@ -72,6 +74,7 @@ TARGETS = {
     "P11": scheduling.P11_TARGET,
     "P12": inflight.P12_TARGET,
     "P13": f"{retention.P13_SIZE_TARGET}; {retention.P13_CLAIM_TARGET}",
+    "P14": pgcost.P14_TARGET,
     "P15": fleet.TARGET,
 }
 

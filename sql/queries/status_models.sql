@@ -1,8 +1,9 @@
 -- status_models: per model, the requests of the given batches in flight now, and those
 -- that completed or failed since `since` (the status page's throughput).
 -- Parameters: batch_ids (the batches unfinished or finished since `since`: no other can
--- have such rows), since. Each part reads its partial index per batch: requests_batch_state
--- for in flight, requests_output and requests_errors (batch_id, finished_at) for the rest.
+-- have such rows), since. Each part reads its partial index per batch: requests_unsettled
+-- (0014) for in flight, requests_output and requests_errors (batch_id, finished_at) for the
+-- rest.
 SELECT model,
        count(*) FILTER (WHERE kind = 'in_flight')::integer AS in_flight,
        count(*) FILTER (WHERE kind = 'completed')::integer AS completed,
