@@ -8,6 +8,7 @@ one ``RESULT {...}`` line; a child that must be observed while it runs (P6) prin
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -15,7 +16,7 @@ from pathlib import Path
 from typing import IO, Any
 from uuid import UUID
 
-from benchmarks.common import MODEL, READY_LINE, RESULT_PREFIX, request_body
+from benchmarks.common import MODEL, READY_LINE, RESULT_PREFIX, SENDER_VARIABLE, request_body
 
 
 def daemon_config(params: dict[str, Any]) -> Any:
@@ -24,6 +25,8 @@ def daemon_config(params: dict[str, Any]) -> Any:
     import fusillade
 
     extra: dict[str, Any] = {k: params[k] for k in ("flush_interval",) if k in params}
+    if os.environ.get(SENDER_VARIABLE):  # the harness's --sender
+        extra["sender"] = os.environ[SENDER_VARIABLE]
     if "budget_share" in params:
         from fusillade.core.scheduling.budget import BudgetLimits
 

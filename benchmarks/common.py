@@ -284,6 +284,21 @@ def vm_rss_mib(pid: int) -> float | None:
     return None
 
 
+# The harness's `--sender` reaches every child (library daemons and `run`/`serve`) through
+# this variable; every other FUSILLADE_* setting of the caller's shell is dropped.
+SENDER_VARIABLE = "FUSILLADE_DAEMON_SENDER"
+
+
+def child_environment() -> dict[str, str]:
+    """This environment without ``FUSILLADE_*`` (no configuration file, no workers set),
+    but with the harness's ``--sender``."""
+    return {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("FUSILLADE_") or k == SENDER_VARIABLE
+    }
+
+
 def child_command(name: str, params: dict[str, Any]) -> list[str]:
     return [sys.executable, "-m", "benchmarks.child", name, json.dumps(params)]
 

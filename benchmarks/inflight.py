@@ -12,7 +12,6 @@ after the first wave of answers (the claim loop's timeline).
 from __future__ import annotations
 
 import contextlib
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from benchmarks.common import (
     ChildFailed,
     Env,
     Row,
+    child_environment,
     fmt_mib,
     fmt_rate,
     median,
@@ -115,7 +115,7 @@ def _run_command(
     and of the workers it reaped)."""
     config = env.workdir / f"{label}.toml"
     config.write_text(RUN_CONFIG.format(url=url, slots=slots))
-    environ = {k: v for k, v in os.environ.items() if not k.startswith("FUSILLADE_")}
+    environ = child_environment()
     rss = TreeRss()
     with fresh_database(env.admin_url, label) as db:
         out = env.workdir / f"{label}.out.jsonl"

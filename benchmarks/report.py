@@ -109,7 +109,8 @@ def markdown(rows: list[Row], context: dict[str, Any]) -> str:
     ]
     lines += [f"- **{k}**: {v}" for k, v in context["machine"].items()]
     lines.append("- **versions**: " + ", ".join(f"{k} {v}" for k, v in context["versions"].items()))
-    lines += [f"- **{k}**: {context[k]}" for k in ("commit", "upstream", "database", "elapsed")]
+    keys = ("commit", "upstream", "sender", "database", "elapsed")
+    lines += [f"- **{k}**: {context[k]}" for k in keys if k in context]
     lines += ["", "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     lines += ["| " + " | ".join(esc(c) for c in _cells(r)) + " |" for r in rows]
     return "\n".join(lines) + "\n"

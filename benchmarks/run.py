@@ -14,6 +14,7 @@ fails becomes a row saying so; the exit status is then 1.
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 import tempfile
@@ -37,7 +38,7 @@ from benchmarks import (
     scheduling,
     throughput,
 )
-from benchmarks.common import FULL, QUICK, SMOKE, Env, Row, Sizes
+from benchmarks.common import FULL, QUICK, SENDER_VARIABLE, SMOKE, Env, Row, Sizes
 from benchmarks.database import admin_url, check_server, server_version
 from benchmarks.server import server_available
 from benchmarks.upstream import Upstreams, upstreams
@@ -103,6 +104,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--database-url", help="maintenance database URL (default: $DATABASE_URL)")
     p.add_argument("--results-dir", type=Path, help="where P7 saves its EXPLAIN output")
     p.add_argument("--no-nginx", action="store_true", help="use mock-upstream even with nginx")
+    p.add_argument(
+        "--sender",
+        choices=["httpcore", "httptools"],
+        help="the daemons' [daemon] sender, for every child (default: the daemon's default)",
+    )
     args = p.parse_args(argv)
     ids = [s.strip().upper() for s in args.only.split(",")] if args.only else list(SCENARIOS)
     unknown = [i for i in ids if i not in SCENARIOS]
@@ -123,6 +129,8 @@ def sizes_of(args: argparse.Namespace) -> tuple[Sizes, int]:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     sizes, runs = sizes_of(args)
+    if args.sender:
+        os.environ[SENDER_VARIABLE] = args.sender
     started = time.monotonic()
     commit, machine = report.commit(), report.machine()
 
@@ -173,6 +181,7 @@ def main(argv: list[str] | None = None) -> int:
         "versions": report.versions({"PostgreSQL": server_version(admin)}),
         "commit": commit,
         "upstream": up.kind,
+        "sender": os.environ.get(SENDER_VARIABLE) or "the default ([daemon] sender)",
         "database": f"{origin} (a fresh database per scenario run)",
         "elapsed": f"{time.monotonic() - started:.0f} s",
     }

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
-import os
 import subprocess
 import sys
 import tempfile
@@ -22,6 +21,7 @@ import httpx
 from benchmarks.common import (
     REPO_ROOT,
     ChildFailed,
+    child_environment,
     free_port,
     kill_and_reap,
     stop_and_reap,
@@ -54,7 +54,7 @@ class Server:
 
 
 def _environment(extra: dict[str, str]) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FUSILLADE_")}
+    env = child_environment()
     env.update(extra)
     env.setdefault("FUSILLADE_LOG_LEVEL", "WARNING")
     return env

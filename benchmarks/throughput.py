@@ -14,7 +14,6 @@ with the best median rate is then measured at full size beside fusillade in ever
 from __future__ import annotations
 
 import importlib.util
-import os
 import sys
 from importlib.metadata import version
 from pathlib import Path
@@ -27,6 +26,7 @@ from benchmarks.common import (
     Env,
     Finished,
     Row,
+    child_environment,
     fmt_mib,
     fmt_rate,
     median,
@@ -346,11 +346,6 @@ def _p1c(
     return rows
 
 
-def _environment() -> dict[str, str]:
-    """This environment without ``FUSILLADE_*`` (no configuration file, no workers set)."""
-    return {k: v for k, v in os.environ.items() if not k.startswith("FUSILLADE_")}
-
-
 def _run_command(
     env: Env, label: str, jsonl: Path, up: Upstreams, slots: int, workers: int | None
 ) -> tuple[Finished, dict[str, float | None]]:
@@ -365,7 +360,7 @@ def _run_command(
         ]  # fmt: skip
         if workers is not None:
             cmd += ["--workers", str(workers)]
-        done = run_process(cmd, env=_environment(), sample=cpu.sample, **SAMPLED)
+        done = run_process(cmd, env=child_environment(), sample=cpu.sample, **SAMPLED)
     if done.returncode != 0:
         raise ChildFailed(f"fusillade run exited with {done.returncode}:\n{done.tail()}")
     return done, cpu.total(done.cpu_seconds)
