@@ -302,10 +302,13 @@ async def test_connections_are_kept_alive_and_reused(sender: str) -> None:
 async def test_concurrent_requests_open_one_connection_each_then_reuse_them(sender: str) -> None:
     # one connection per request in flight, never more; reused afterwards
     release = threading.Event()
+    all_arrived = threading.Event()
 
     def handler(conn: Conn, server: Server) -> None:
         while (request := conn.read_request()) is not None:
             server.requests.append(request)
+            if len(server.requests) >= 3:
+                all_arrived.set()
             release.wait(10)
             conn.answer()
 
@@ -319,9 +322,7 @@ async def test_concurrent_requests_open_one_connection_each_then_reuse_them(send
             async with anyio.create_task_group() as tg:
                 for _ in range(3):
                     tg.start_soon(one)
-                with anyio.fail_after(10):
-                    while len(server.requests) < 3:
-                        await anyio.sleep(0.01)
+                assert await anyio.to_thread.run_sync(all_arrived.wait, 10)
                 release.set()
             for _ in range(3):
                 await one()
