@@ -28,28 +28,11 @@ from benchmarks.common import (
     run_process,
     write_jsonl,
 )
+from benchmarks.cpu import tree_cpu
 from benchmarks.database import fresh_database
 from benchmarks.upstream import Upstreams
 
 P12_TARGET = ">= 0.9 of ideal, peak RSS < 500 MB"
-
-
-def _process_cpu(pid: int | None) -> float | None:
-    """CPU seconds so far of ``pid`` and its children (None without psutil)."""
-    if pid is None:
-        return None
-    try:
-        import psutil
-    except ImportError:
-        return None
-    with contextlib.suppress(psutil.Error):
-        proc = psutil.Process(pid)
-        total = 0.0
-        for p in [proc, *proc.children(recursive=True)]:
-            t = p.cpu_times()
-            total += t.user + t.system
-        return total
-    return None
 
 
 def refill(claims: list[list[float]], latency: float, slots: int) -> dict[str, float | None]:
@@ -154,7 +137,7 @@ def p12(env: Env, up: Upstreams) -> list[Row]:
     cmd_cpu_ms: list[float] = []
     for i in range(env.runs):
         env.log(f"P12 run {i + 1}/{env.runs}: fusillade library, {slots} slots")
-        up_before = _process_cpu(upstream_pid)
+        up_before = tree_cpu(upstream_pid)
         with fresh_database(env.admin_url, f"p12_{i}") as db:
             child = run_child(
                 "inflight",
@@ -167,7 +150,7 @@ def p12(env: Env, up: Upstreams) -> list[Row]:
                     "slow_start": False,
                 },
             )
-        up_after = _process_cpu(upstream_pid)
+        up_after = tree_cpu(upstream_pid)
         r = child.result
         if r["completed"] != n:
             raise ChildFailed(f"fusillade completed {r['completed']} of {n}")
