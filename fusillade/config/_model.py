@@ -308,8 +308,9 @@ class DaemonSettings:
     # daemon processes of `run` and `serve` (docs/deployment.md, "Workers"); None: one
     # per core. Limits stay the deployment's: per-model concurrency is split between them
     workers: Count | None = None
-    # what sends requests upstream (runtime/http1.py); "httptools" is opt-in for now
-    sender: SenderName = "httpcore"
+    # what sends requests upstream: "httptools" (runtime/http1.py) or "httpcore" (the
+    # sender before 0.2, kept as a fallback)
+    sender: SenderName = "httptools"
 
 
 @attrs.frozen

@@ -126,9 +126,10 @@ class DaemonConfig:
     db_write_concurrency: int = 2
     db_call_timeout: timedelta = attrs.field(default=timedelta(seconds=30), converter=_duration)
     connections_per_client: int = 4
-    # what sends requests upstream: "httpcore" (sharded httpcore pools) or "httptools"
-    # (keep-alive pools on httptools' parser, runtime/http1.py)
-    sender: str = attrs.field(default="httpcore", validator=attrs.validators.in_(SENDERS))
+    # what sends requests upstream: "httptools" (keep-alive pools on httptools' parser,
+    # runtime/http1.py; chosen by measurement, docs/performance.md) or "httpcore"
+    # (sharded httpcore pools, the sender before 0.2)
+    sender: str = attrs.field(default="httptools", validator=attrs.validators.in_(SENDERS))
     # times the claim loop may fail in a row before readiness turns false
     unhealthy_after_failures: int = 3
     upstream_budgets: Mapping[str, BudgetLimits] = attrs.field(factory=dict)

@@ -2,24 +2,25 @@
 
 Theory of operation
 -------------------
-One connection pool does not scale with concurrency (its bookkeeping grows with the
-square of its connections; see docs/performance.md), so requests are spread over
-*shards*: httpcore pools of at most ``connections_per_client`` connections each. A
-request takes a shard with a free connection from a stack (O(1) at thousands of
-shards); a new shard is made when every shard is full.
+By default (``[daemon] sender = "httptools"``) requests go out through keep-alive pools
+on httptools' parser, one per upstream host (``http1.py``): chosen by measurement over
+httpcore, pycurl and h11 (docs/performance.md, "Issue 16: the sender"). Those pools raise
+httpcore's exceptions for the same faults, translated here the same way as httpcore's own
+(tests/runtime/test_dispatch_senders.py runs each fault through both senders).
 
-Requests go straight to httpcore, not through httpx: httpx's client layers (cookies,
-auth, redirects, hooks, URL merging) do nothing for these requests, and its request and
-response models cost about a fifth of each request's CPU (docs/performance.md, P12). The
-headers are the ones httpx would send; the URL of each endpoint is parsed once. A
-transport passed in (tests) is used through httpx instead. httpx and httpcore exceptions
-are translated here, and only here, into ``TransportError`` outcomes: the rest of the
-runtime never sees one. The pools' network backend processes answers first come first
-served (``fair_reads.py``).
+With ``sender = "httpcore"`` (the sender before 0.2) requests are spread over *shards*:
+httpcore pools of at most ``connections_per_client`` connections each, since one pool
+does not scale with concurrency (its bookkeeping grows with the square of its
+connections). A request takes a shard with a free connection from a stack (O(1) at
+thousands of shards); a new shard is made when every shard is full.
 
-With ``[daemon] sender = "httptools"`` the shards are not used: requests go through
-keep-alive pools on httptools' parser (``http1.py``), which raise httpcore's exceptions
-for the same faults, translated here the same way (tests/runtime/test_dispatch_senders.py).
+Neither goes through httpx's client: its layers (cookies, auth, redirects, hooks, URL
+merging) do nothing for these requests, and its request and response models cost about
+a fifth of each request's CPU (docs/performance.md, P12). The headers are the ones httpx
+would send; the URL of each endpoint is parsed once. A transport passed in (tests) is
+used through httpx instead. httpx and httpcore exceptions are translated here, and only
+here, into ``TransportError`` outcomes: the rest of the runtime never sees one. Answers
+are processed first come first served (``fair_reads.py``).
 
 Each request carries ``X-Fusillade-Request-Id`` and ``Idempotency-Key`` (the request
 id, stable across attempts, so an upstream that deduplicates can), the batch id, and
@@ -249,6 +250,10 @@ class Dispatcher:
 
     @property
     def shard_count(self) -> int:
+        """Connection pools in use: httpcore's shards, or httptools' pools (one per
+        upstream host)."""
+        if self._h1 is not None:
+            return len(self._h1.pools)
         return len(self._shards)
 
     def _tls_context(self) -> ssl.SSLContext:

@@ -1,5 +1,6 @@
 """The httptools sender: keep-alive HTTP/1.1 connections on anyio streams, answers parsed
-by httptools' C parser (llhttp). Chosen with ``[daemon] sender = "httptools"``.
+by httptools' C parser (llhttp). The default ``[daemon] sender``; ``"httpcore"`` selects
+the sharded httpcore pools instead (dispatch.py).
 
 Why
 ---

@@ -953,11 +953,12 @@ def test_webhook_mistakes_are_config_errors(tmp_path: Path, table: str, message:
 
 
 def test_sender_from_file_and_variable_reaches_the_daemon(tmp_path: Path) -> None:
-    assert load_settings(env={}).daemon_config().sender == "httpcore"  # the default, for now
-    path = write(tmp_path, '[daemon]\nsender = "httptools"\n')
-    assert load_settings(path, env={}).daemon_config().sender == "httptools"
-    env = {"FUSILLADE_DAEMON_SENDER": "httptools"}
-    assert load_settings(env=env).daemon_config().sender == "httptools"
+    assert load_settings(env={}).daemon_config().sender == "httptools"  # the default
+    assert DaemonConfig().sender == "httptools"
+    path = write(tmp_path, '[daemon]\nsender = "httpcore"\n')
+    assert load_settings(path, env={}).daemon_config().sender == "httpcore"
+    env = {"FUSILLADE_DAEMON_SENDER": "httpcore"}
+    assert load_settings(env=env).daemon_config().sender == "httpcore"
     with pytest.raises(ConfigError, match="FUSILLADE_DAEMON_SENDER"):
         load_settings(env={"FUSILLADE_DAEMON_SENDER": "pycurl"})
     with pytest.raises(ValueError, match="sender"):
