@@ -516,6 +516,69 @@ async def test_tls_with_an_untrusted_certificate_is_a_connect_error(
     assert _shown(sent) == "connect: ConnectError"
 
 
+@pytest.mark.parametrize("sender", SENDERS)
+async def test_thousands_of_https_connections_at_once(
+    sender: str, certificate: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # 2,000 requests in flight over TLS: the server answers none until all have arrived, so
+    # 2,000 connections are open at once; a second wave reuses them all (no new handshake)
+    from anyio.streams.tls import TLSListener
+
+    from fusillade.runtime import dispatch
+
+    # 4,000 handshakes and exchanges in one process can outlast the 5 s keep-alive expiry
+    # on a busy machine, and an expired connection is rightly replaced
+    monkeypatch.setattr(dispatch, "_KEEPALIVE_EXPIRY", 600.0)
+
+    n = 2000
+    seen = {"connections": 0, "requests": 0}
+    all_arrived = anyio.Event()
+
+    async def answer_each_request(stream: anyio.abc.ByteStream) -> None:
+        buffer = b""
+        while True:
+            while b"\r\n\r\n" not in buffer:
+                buffer += await stream.receive()
+            head, _, buffer = buffer.partition(b"\r\n\r\n")
+            length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+            while len(buffer) < length:
+                buffer += await stream.receive()
+            buffer = buffer[length:]
+            seen["requests"] += 1
+            if seen["requests"] == n:
+                all_arrived.set()
+            await all_arrived.wait()
+            await stream.send(
+                b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(OK_BODY), OK_BODY)
+            )
+
+    async def handle(stream: anyio.abc.ByteStream) -> None:
+        seen["connections"] += 1
+        async with stream:
+            with contextlib.suppress(anyio.EndOfStream, anyio.BrokenResourceError):
+                await answer_each_request(stream)
+
+    tcp = await anyio.create_tcp_listener(local_host="127.0.0.1", backlog=4096)
+    listener = TLSListener(tcp, _server_tls(certificate), standard_compatible=False)
+    port = tcp.extra(anyio.abc.SocketAttribute.local_port)
+    client = ssl.create_default_context(cafile=str(certificate[0]))
+    statuses: list[int] = []
+    async with listener, anyio.create_task_group() as server:
+        server.start_soon(listener.serve, handle)
+        async with _dispatcher(sender, timeout=120, tls=client) as d:
+
+            async def one() -> None:
+                statuses.append(_status(await d.send(_request(f"https://127.0.0.1:{port}"))))
+
+            for _wave in range(2):
+                async with anyio.create_task_group() as tg:
+                    for _ in range(n):
+                        tg.start_soon(one)
+        server.cancel_scope.cancel()
+    assert statuses == [200] * (2 * n)
+    assert seen == {"connections": n, "requests": 2 * n}
+
+
 # --- the httptools pools themselves ------------------------------------------------------------
 
 
