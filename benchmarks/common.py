@@ -371,6 +371,36 @@ def run_process(
         )
 
 
+def run_fusillade(
+    env: Env,
+    label: str,
+    jsonl: Path,
+    database_url: str,
+    args: Sequence[str],
+    sample: Callable[[int], None],
+    sample_interval: float = 0.5,
+) -> Finished:
+    """``python -m fusillade run JSONL`` on ``database_url`` with ``args``, in the children's
+    environment (``child_environment``), ``sample(pid)`` from its start; its output file is
+    removed. Raises ``ChildFailed`` when it does not exit 0."""
+    out = env.workdir / f"{label}.out.jsonl"
+    cmd = [
+        sys.executable, "-m", "fusillade", "run", str(jsonl), "-o", str(out),
+        "--database-url", database_url, "--progress-interval", "3600", *args,
+    ]  # fmt: skip
+    done = run_process(
+        cmd,
+        env=child_environment(),
+        sample=sample,
+        sample_interval=sample_interval,
+        sample_at_once=True,
+    )
+    out.unlink(missing_ok=True)
+    if done.returncode != 0:
+        raise ChildFailed(f"fusillade run exited with {done.returncode}:\n{done.tail()}")
+    return done
+
+
 def _watch(
     proc: subprocess.Popen[str],
     out: Any,

@@ -12,7 +12,6 @@ after the first wave of answers (the claim loop's timeline).
 from __future__ import annotations
 
 import contextlib
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -20,12 +19,11 @@ from benchmarks.common import (
     ChildFailed,
     Env,
     Row,
-    child_environment,
     fmt_mib,
     fmt_rate,
     median,
     run_child,
-    run_process,
+    run_fusillade,
     write_jsonl,
 )
 from benchmarks.cpu import tree_cpu
@@ -98,18 +96,9 @@ def _run_command(
     and of the workers it reaped)."""
     config = env.workdir / f"{label}.toml"
     config.write_text(RUN_CONFIG.format(url=url, slots=slots))
-    environ = child_environment()
     rss = TreeRss()
     with fresh_database(env.admin_url, label) as db:
-        out = env.workdir / f"{label}.out.jsonl"
-        cmd = [
-            sys.executable, "-m", "fusillade", "run", str(jsonl), "-o", str(out),
-            "--config", str(config), "--database-url", db, "--progress-interval", "3600",
-        ]  # fmt: skip
-        done = run_process(cmd, env=environ, sample=rss.sample, sample_at_once=True)
-    if done.returncode != 0:
-        raise ChildFailed(f"fusillade run exited with {done.returncode}:\n{done.tail()}")
-    out.unlink(missing_ok=True)
+        done = run_fusillade(env, label, jsonl, db, ["--config", str(config)], rss.sample)
     return done.wall_seconds, max(rss.peak_mib, done.peak_rss_mib), done.cpu_seconds
 
 

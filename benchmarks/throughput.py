@@ -14,7 +14,6 @@ with the best median rate is then measured at full size beside fusillade in ever
 from __future__ import annotations
 
 import importlib.util
-import sys
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
@@ -26,13 +25,12 @@ from benchmarks.common import (
     Env,
     Finished,
     Row,
-    child_environment,
     fmt_mib,
     fmt_rate,
     median,
     run_child,
     run_children_together,
-    run_process,
+    run_fusillade,
     write_jsonl,
 )
 from benchmarks.cpu import PostgresCpu, tree_cpu
@@ -351,18 +349,11 @@ def _run_command(
 ) -> tuple[Finished, dict[str, float | None]]:
     """``python -m fusillade run`` on a fresh database (``--workers`` when given): the
     finished process and its CPU (see ``Cpu``)."""
+    args = ["--upstream", up.fast, "--concurrency", str(slots)]
+    if workers is not None:
+        args += ["--workers", str(workers)]
     with fresh_database(env.admin_url, label) as url, Cpu(env, url, up.pids.get(up.fast)) as cpu:
-        out = env.workdir / f"{label}.out.jsonl"
-        cmd = [
-            sys.executable, "-m", "fusillade", "run", str(jsonl), "-o", str(out),
-            "--upstream", up.fast, "--concurrency", str(slots), "--database-url", url,
-            "--progress-interval", "3600",
-        ]  # fmt: skip
-        if workers is not None:
-            cmd += ["--workers", str(workers)]
-        done = run_process(cmd, env=child_environment(), sample=cpu.sample, **SAMPLED)
-    if done.returncode != 0:
-        raise ChildFailed(f"fusillade run exited with {done.returncode}:\n{done.tail()}")
+        done = run_fusillade(env, label, jsonl, url, args, cpu.sample, SAMPLE_INTERVAL)
     return done, cpu.total(done.cpu_seconds)
 
 
