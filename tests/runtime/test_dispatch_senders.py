@@ -294,6 +294,7 @@ async def test_connections_are_kept_alive_and_reused(sender: str) -> None:
         async with _dispatcher(sender) as d:
             for _ in range(5):
                 assert _status(await d.send(_request(server.url))) == 200
+            assert d.shard_count == 1  # DaemonStats.shards: one httpcore shard, or one pool
         assert server.connections == 1
         assert len(server.requests) == 5
 
