@@ -21,6 +21,7 @@ import typing
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import attrs
 import cattrs
@@ -277,6 +278,15 @@ def _check(settings: Settings, tree: _Tree) -> None:
             known = ", ".join(sorted(defined)) or "none"
             problem = f"no upstream named {name!r} in [upstreams] (defined: {known})"
             raise tree.error(path, Invalid(problem))
+    proxy = settings.daemon.proxy
+    if proxy is not None:
+        if urlsplit(proxy).scheme != "http":
+            problem = f"must be an http:// URL (a proxy reached over TLS is not supported), got {proxy.split('://')[0]}://"
+            raise tree.error(("daemon", "proxy"), Invalid(problem))
+        if settings.daemon.sender != "httptools":
+            key = "sender" if ("daemon", "sender") in tree.sources else "proxy"
+            problem = 'a proxy needs sender = "httptools" (the httpcore sender has none)'
+            raise tree.error(("daemon", key), Invalid(problem))
     stale, beat = settings.daemon.stale_after, settings.daemon.heartbeat_interval
     if stale <= beat:
         key = "stale_after" if ("daemon", "stale_after") in tree.sources else "heartbeat_interval"

@@ -201,6 +201,11 @@ def _host(text: str) -> None:
         )
 
 
+def _no_proxy_entry(text: str) -> None:
+    # as allowed_hosts, and curl's ".domain" (the domain and its subdomains, like "domain")
+    _host(text[1:] if text.startswith(".") and text != "." else text)
+
+
 @attrs.frozen
 class ApiKey:
     """A bearer key accepted by the server: its value is read from ``key_env``."""
@@ -263,6 +268,7 @@ Grace = Annotated[timedelta, _duration(positive=False)]  # a duration that may b
 Endpoints = Annotated[tuple[str, ...], _strings(_endpoint)]
 Windows = Annotated[tuple[str, ...], _strings(_window)]
 Hosts = Annotated[tuple[str, ...], _strings(_host, empty=True)]
+ProxyExceptions = Annotated[tuple[str, ...], _strings(_no_proxy_entry, empty=True)]
 EventTypes = Annotated[tuple[str, ...], _strings(_event_type)]
 ApiKeys = Annotated[tuple[ApiKey, ...], Rule(_api_keys, _api_keys_from_text)]
 
@@ -311,6 +317,10 @@ class DaemonSettings:
     # what sends requests upstream: "httptools" (runtime/http1.py) or "httpcore" (the
     # sender before 0.2, kept as a fallback)
     sender: SenderName = "httptools"
+    # an http:// proxy for upstream requests, and the hosts reached without it
+    # (docs/configuration.md, "Proxies"); needs sender = "httptools"
+    proxy: Url | None = None
+    no_proxy: ProxyExceptions = ()
 
 
 @attrs.frozen
@@ -441,6 +451,8 @@ class Settings:
             webhook_timeout=d.webhook_timeout,
             webhook_allow_private=d.webhook_allow_private,
             sender=d.sender,
+            proxy=d.proxy,
+            no_proxy=d.no_proxy,
             finished_batch_retention=self.retention.finished_batches,
             stopped_daemon_retention=self.retention.stopped_daemons,
         )

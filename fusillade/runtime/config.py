@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Mapping
 from datetime import timedelta
+from urllib.parse import urlsplit
 
 import attrs
 
@@ -46,6 +47,10 @@ class Webhook:
 
 def _names(names: Iterable[str]) -> frozenset[str]:
     return frozenset(names)
+
+
+def _strings(values: Iterable[str]) -> tuple[str, ...]:
+    return tuple(values)
 
 
 def _duration(value: timedelta | float) -> timedelta:
@@ -130,6 +135,10 @@ class DaemonConfig:
     # runtime/http1.py; chosen by measurement, docs/performance.md) or "httpcore"
     # (sharded httpcore pools, the sender before 0.2)
     sender: str = attrs.field(default="httptools", validator=attrs.validators.in_(SENDERS))
+    # an http:// proxy for every upstream (runtime/http1.py) but the hosts in no_proxy
+    # ("*", a host, a domain and its subdomains, optionally ":port"); httptools only
+    proxy: str | None = None
+    no_proxy: tuple[str, ...] = attrs.field(default=(), converter=_strings)
     # times the claim loop may fail in a row before readiness turns false
     unhealthy_after_failures: int = 3
     upstream_budgets: Mapping[str, BudgetLimits] = attrs.field(factory=dict)
@@ -142,6 +151,13 @@ class DaemonConfig:
     webhook_timeout: timedelta = attrs.field(default=timedelta(seconds=15), converter=_duration)
     webhook_allow_private: bool = False
     webhook_policy: WebhookPolicy = attrs.field(factory=WebhookPolicy)
+
+    def __attrs_post_init__(self) -> None:
+        if self.proxy is not None:
+            if self.sender != "httptools":
+                raise ValueError('a proxy needs sender = "httptools"')
+            if urlsplit(self.proxy).scheme != "http" or not urlsplit(self.proxy).hostname:
+                raise ValueError("a proxy must be an http:// URL with a host")
 
     def upstream_name_for(self, model: str) -> str | None:
         name = self.model_upstreams.get(model, self.default_upstream)

@@ -47,7 +47,7 @@ from fusillade.core.results import parse_embeddable
 from fusillade.core.retry import HttpResponse, Outcome, TransportError, TransportErrorKind
 from fusillade.runtime.config import DaemonConfig
 from fusillade.runtime.fair_reads import FairBackend, Turns
-from fusillade.runtime.http1 import Sender, request_bytes
+from fusillade.runtime.http1 import Proxy, Sender, request_bytes
 
 # Printable ASCII without CR/LF, short enough for any proxy: safe as a header value.
 _HEADER_SAFE = re.compile(r"[\x20-\x7e]{1,256}")
@@ -219,6 +219,7 @@ class Dispatcher:
                 connect_timeout=config.connect_timeout.total_seconds(),
                 keepalive_expiry=_KEEPALIVE_EXPIRY,
                 turns=self.turns,
+                proxy=Proxy(config.proxy, config.no_proxy) if config.proxy else None,
             )
         # httpcore's per-request timeouts: read and write bounded like the whole
         # request, no pool timeout (a shard never has more requests than connections).
@@ -367,7 +368,12 @@ class Dispatcher:
             with anyio.move_on_after(self._request_timeout) as scope:
                 pool = await self._h1.pool(url.scheme, url.host, url.port)
                 request = request_bytes(
-                    req.method, url.target, target.host, headers, req.body.encode()
+                    req.method,
+                    pool.target_prefix + url.target,
+                    target.host,
+                    headers,
+                    req.body.encode(),
+                    pool.proxy_header,
                 )
                 status, raw_headers, content = await pool.exchange(
                     request, head_only=req.method == "HEAD"

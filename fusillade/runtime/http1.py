@@ -40,21 +40,31 @@ exchange and which always ends first.
 
 Answers take turns as httpcore's streams do (``fair_reads.py``): the turn is given back
 before each wait on the network and taken when data has arrived.
+
+Through a proxy (``[daemon] proxy``, an ``http://`` URL; docs/configuration.md): a plain
+HTTP request goes to the proxy in absolute form (``POST http://host:port/path``) with its
+``Proxy-Authorization``; an HTTPS one through a ``CONNECT`` tunnel, then TLS with the
+upstream inside it, so the proxy sees neither the request nor the api key. Hosts in
+``no_proxy`` are reached directly. A proxy that refuses the tunnel is ``ProxyError``, one
+that cannot be reached ``ConnectError``, as with httpcore's proxy pools.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import select
 import socket
 import ssl
 import time
 from collections.abc import Callable
+from urllib.parse import unquote, urlsplit
 
 import anyio
 import anyio.abc
 import httpcore
 import httptools
+from anyio.streams.tls import TLSStream
 
 from fusillade.runtime.fair_reads import Turns
 
@@ -147,6 +157,75 @@ async def _discard(stream: anyio.abc.ByteStream) -> None:
     await anyio.aclose_forcefully(stream)
 
 
+class Proxy:
+    """An HTTP proxy: where it is, the ``Proxy-Authorization`` of its URL's user and
+    password, and the hosts reached without it (``no_proxy``: ``*``, a host, a domain and
+    its subdomains, optionally ``:port``)."""
+
+    __slots__ = ("authorization", "bypass", "host", "port")
+
+    def __init__(self, url: str, no_proxy: tuple[str, ...] = ()) -> None:
+        parts = urlsplit(url)
+        if parts.scheme != "http" or not parts.hostname:
+            raise ValueError(f"a proxy must be an http:// URL with a host, got {parts.scheme}://")
+        self.host = parts.hostname
+        self.port = parts.port or 80
+        self.authorization: bytes | None = None
+        if parts.username is not None:
+            user = unquote(parts.username) + ":" + unquote(parts.password or "")
+            self.authorization = b"Basic " + base64.b64encode(user.encode())
+        self.bypass = tuple(_host_and_port(entry.lower().lstrip(".")) for entry in no_proxy)
+
+    def used_for(self, host: str, port: int) -> bool:
+        host = host.lower().strip("[]")
+        for name, only_port in self.bypass:
+            if name == "*" or (
+                (host == name or host.endswith("." + name))
+                and (only_port is None or only_port == port)
+            ):
+                return False
+        return True
+
+    def header(self) -> bytes:
+        """The ``Proxy-Authorization`` header line, or nothing."""
+        if self.authorization is None:
+            return b""
+        return b"Proxy-Authorization: " + self.authorization + b"\r\n"
+
+
+def _host_and_port(entry: str) -> tuple[str, int | None]:
+    """``name``, ``name:port``, ``[v6]:port`` or a bare IPv6 address."""
+    if entry.startswith("["):
+        name, _, rest = entry[1:].partition("]")
+        return name, int(rest[1:]) if rest.startswith(":") and rest[1:].isdigit() else None
+    name, colon, port = entry.rpartition(":")
+    if colon and ":" not in name and port.isdigit():
+        return name, int(port)
+    return entry, None
+
+
+async def _tunnel(stream: anyio.abc.ByteStream, host: str, port: int, proxy: Proxy) -> None:
+    """Ask the proxy for a tunnel to ``host:port`` (``CONNECT``) and read its answer."""
+    authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    await stream.send(
+        f"CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n".encode("ascii")
+        + proxy.header()
+        + b"\r\n"
+    )
+    head = b""
+    while b"\r\n\r\n" not in head:
+        if len(head) > 65536:
+            raise httpcore.ProxyError("the proxy's answer to CONNECT has no end")
+        try:
+            head += await stream.receive()
+        except anyio.EndOfStream:
+            raise httpcore.ProxyError("the proxy closed the connection at CONNECT") from None
+    status_line = head.split(b"\r\n", 1)[0].split(b" ", 2)
+    if len(status_line) < 2 or not status_line[1].startswith(b"2"):
+        shown = status_line[1].decode("ascii", "replace") if len(status_line) > 1 else "?"
+        raise httpcore.ProxyError(f"the proxy answered {shown} to CONNECT")
+
+
 class Pool:
     """Keep-alive connections to one (scheme, host, port)."""
 
@@ -159,9 +238,19 @@ class Pool:
         connect_timeout: float,
         keepalive_expiry: float,
         turns: Turns,
+        proxy: Proxy | None = None,
     ) -> None:
         self.host, self.port = host, port
         self._tls = tls
+        self._proxy = proxy
+        # what a request's head needs through a proxy: plain HTTP goes in absolute form
+        # (this before the path) with the proxy's credentials; a tunnel needs neither
+        self.target_prefix = b""
+        self.proxy_header = b""
+        if proxy is not None and tls is None:
+            authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+            self.target_prefix = f"http://{authority}".encode("ascii")
+            self.proxy_header = proxy.header()
         self._connect_timeout = connect_timeout
         self._expiry = keepalive_expiry
         self._turns = turns
@@ -177,18 +266,11 @@ class Pool:
     async def _connect(self) -> _Conn:
         try:
             with anyio.fail_after(self._connect_timeout):
-                if self._tls is None:
-                    stream: anyio.abc.ByteStream = await anyio.connect_tcp(self.host, self.port)
-                else:
-                    stream = await anyio.connect_tcp(
-                        self.host,
-                        self.port,
-                        ssl_context=self._tls(),
-                        tls_hostname=self.host,
-                        tls_standard_compatible=False,
-                    )
+                stream = await self._open()
         except TimeoutError as exc:
             raise httpcore.ConnectTimeout(str(exc)) from exc
+        except httpcore.ProxyError:
+            raise
         except Exception as exc:
             # refused, unreachable, no such host, the TLS handshake failed; also what
             # anyio's happy eyeballs raises for a port out of range (an exception group):
@@ -196,6 +278,30 @@ class Pool:
             raise httpcore.ConnectError(str(exc)) from exc
         self.opened += 1
         return _Conn(stream)
+
+    async def _open(self) -> anyio.abc.ByteStream:
+        proxy = self._proxy
+        if proxy is None:
+            if self._tls is None:
+                return await anyio.connect_tcp(self.host, self.port)
+            return await anyio.connect_tcp(
+                self.host,
+                self.port,
+                ssl_context=self._tls(),
+                tls_hostname=self.host,
+                tls_standard_compatible=False,
+            )
+        stream: anyio.abc.ByteStream = await anyio.connect_tcp(proxy.host, proxy.port)
+        if self._tls is None:
+            return stream
+        try:
+            await _tunnel(stream, self.host, self.port, proxy)
+            return await TLSStream.wrap(
+                stream, hostname=self.host, ssl_context=self._tls(), standard_compatible=False
+            )
+        except BaseException:
+            await _discard(stream)
+            raise
 
     async def _take(self) -> _Conn:
         now = time.monotonic()
@@ -303,11 +409,13 @@ class Sender:
         connect_timeout: float,
         keepalive_expiry: float,
         turns: Turns,
+        proxy: Proxy | None = None,
     ) -> None:
         self._tls = tls
         self._connect_timeout = connect_timeout
         self._expiry = keepalive_expiry
         self._turns = turns
+        self._proxy = proxy
         self.pools: dict[tuple[bytes, bytes, int], Pool] = {}
         self._swept = time.monotonic()
 
@@ -329,13 +437,16 @@ class Sender:
                 raise httpcore.UnsupportedProtocol(
                     f"Request URL has an unsupported scheme {scheme!r}"
                 )
+            name = host.decode("ascii")
+            proxy = self._proxy
             pool = self.pools[key] = Pool(
-                host.decode("ascii"),
+                name,
                 port,
                 tls=self._tls if scheme == b"https" else None,
                 connect_timeout=self._connect_timeout,
                 keepalive_expiry=self._expiry,
                 turns=self._turns,
+                proxy=proxy if proxy is not None and proxy.used_for(name, port) else None,
             )
         return pool
 
@@ -347,14 +458,21 @@ class Sender:
 
 
 def request_bytes(
-    method: str, target: bytes, host: bytes, headers: dict[str, str], content: bytes
+    method: str,
+    target: bytes,
+    host: bytes,
+    headers: dict[str, str],
+    content: bytes,
+    extra: bytes = b"",
 ) -> bytes:
     """The request as today's sender writes it: Host first, the headers, Content-Length
-    last (``0`` second for a POST, PUT or PATCH without a body), then the body."""
+    last (``0`` second for a POST, PUT or PATCH without a body), then the body.
+    ``extra``: header lines after the headers (a proxy's ``Proxy-Authorization``)."""
     lines = [method.encode("ascii"), b" ", target, b" HTTP/1.1\r\nHost: ", host, b"\r\n"]
     if not content and method in ("POST", "PUT", "PATCH"):
         lines.append(b"Content-Length: 0\r\n")
     lines.append("".join(f"{k}: {v}\r\n" for k, v in headers.items()).encode("ascii"))
+    lines.append(extra)
     if content:
         lines += [b"Content-Length: ", str(len(content)).encode("ascii"), b"\r\n"]
     lines += [b"\r\n", content]

@@ -18,6 +18,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import anyio
 import pytest
@@ -654,3 +655,195 @@ async def test_an_injected_transport_still_goes_through_httpx() -> None:
         sent = await d.send(_request("http://upstream.invalid"))
     assert _status(sent) == 200
     assert [str(r.url) for r in seen] == ["http://upstream.invalid/v1/chat/completions?x=1"]
+
+
+# --- through a proxy ([daemon] proxy, httptools only) ------------------------------------------
+
+
+def _pipe(source: socket.socket, sink: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        while chunk := source.recv(65536):
+            sink.sendall(chunk)
+    with contextlib.suppress(OSError):
+        sink.shutdown(socket.SHUT_WR)
+
+
+class ForwardProxy:
+    """An HTTP proxy on loopback: ``CONNECT`` tunnels, and absolute-form requests passed
+    on as they came. Keeps the head of each connection's first request (``refuse``: the
+    answer to every one instead)."""
+
+    def __init__(self, refuse: bytes | None = None) -> None:
+        self.refuse = refuse
+        self.heads: list[bytes] = []
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(64)
+        self.port = self.listener.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
+
+    def _serve(self, client: socket.socket) -> None:
+        with client, contextlib.suppress(OSError):
+            buffer = b""
+            while b"\r\n\r\n" not in buffer:
+                if not (chunk := client.recv(65536)):
+                    return
+                buffer += chunk
+            head, _, rest = buffer.partition(b"\r\n\r\n")
+            self.heads.append(head)
+            if self.refuse is not None:
+                client.sendall(self.refuse)
+                return
+            method, target, _ = head.split(b"\r\n", 1)[0].split(b" ")
+            if method == b"CONNECT":
+                host, _, port = target.decode().rpartition(":")
+                first = rest
+            else:
+                parts = urlsplit(target.decode())
+                host, port, first = str(parts.hostname), str(parts.port), buffer
+            with socket.create_connection((host, int(port)), timeout=10) as upstream:
+                upstream.settimeout(None)
+                if method == b"CONNECT":
+                    client.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                if first:
+                    upstream.sendall(first)
+                back = threading.Thread(target=_pipe, args=(upstream, client), daemon=True)
+                back.start()
+                _pipe(client, upstream)
+                back.join(10)
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.listener.shutdown(socket.SHUT_RDWR)
+        self.listener.close()
+
+
+@contextlib.contextmanager
+def proxying(refuse: bytes | None = None) -> Iterator[ForwardProxy]:
+    proxy = ForwardProxy(refuse)
+    try:
+        yield proxy
+    finally:
+        proxy.close()
+
+
+def _proxied(
+    url: str, *, no_proxy: tuple[str, ...] = (), tls: ssl.SSLContext | None = None
+) -> Dispatcher:
+    d = Dispatcher(
+        DaemonConfig(request_timeout=10, connect_timeout=10, proxy=url, no_proxy=no_proxy)
+    )
+    if tls is not None:
+        d._tls = tls
+    return d
+
+
+# what "user:p@ss" (percent-encoded in the proxy's URL) becomes
+BASIC = b"Proxy-Authorization: Basic dXNlcjpwQHNz\r\n"
+
+
+async def test_plain_http_goes_to_the_proxy_in_absolute_form() -> None:
+    with serving(_recording) as server, proxying() as proxy:
+        async with _proxied(f"http://user:p%40ss@127.0.0.1:{proxy.port}") as d:
+            for _ in range(3):
+                assert _status(await d.send(_request(server.url))) == 200
+    assert len(proxy.heads) == 1  # one connection to the proxy, kept alive
+    assert len(server.requests) == 3
+    for request in server.requests:  # passed on as the proxy got them
+        assert request.startswith(
+            f"POST http://127.0.0.1:{server.port}/v1/chat/completions?x=1 HTTP/1.1\r\n"
+            f"Host: 127.0.0.1:{server.port}\r\n".encode()
+        )
+        assert BASIC in request
+
+
+async def test_https_goes_through_a_tunnel_the_proxy_cannot_read(
+    certificate: tuple[Path, Path],
+) -> None:
+    client = ssl.create_default_context(cafile=str(certificate[0]))
+    with serving(_recording, _server_tls(certificate)) as server, proxying() as proxy:
+        async with _proxied(f"http://user:p%40ss@127.0.0.1:{proxy.port}", tls=client) as d:
+            for _ in range(3):
+                assert _status(await d.send(_request(server.url))) == 200
+    authority = f"127.0.0.1:{server.port}"
+    assert proxy.heads == [
+        f"CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n".encode() + BASIC.rstrip()
+    ]  # one tunnel for the three requests; the api key and body went inside it
+    assert server.connections == 1
+    for request in server.requests:
+        assert request.startswith(b"POST /v1/chat/completions?x=1 HTTP/1.1\r\n")
+        assert b"Proxy-Authorization" not in request
+
+
+async def test_no_proxy_hosts_are_reached_directly() -> None:
+    with serving(_recording) as server, proxying() as proxy:
+        async with _proxied(f"http://127.0.0.1:{proxy.port}", no_proxy=("127.0.0.1",)) as d:
+            assert _status(await d.send(_request(server.url))) == 200
+        assert proxy.heads == []
+        other_port = f"127.0.0.1:{server.port + 1 if server.port < 65535 else 1}"
+        async with _proxied(f"http://127.0.0.1:{proxy.port}", no_proxy=(other_port,)) as d:
+            assert _status(await d.send(_request(server.url))) == 200
+        assert len(proxy.heads) == 1  # another port of the host: through the proxy
+    assert server.requests[0].startswith(b"POST /v1/chat/completions?x=1 HTTP/1.1\r\n")
+
+
+@pytest.mark.parametrize(
+    ("host", "port", "entries", "proxied"),
+    [
+        ("api.example.com", 443, ("*",), False),
+        ("example.com", 443, ("example.com",), False),
+        ("api.example.com", 443, ("example.com",), False),  # subdomains too
+        ("api.example.com", 443, (".example.com",), False),  # curl's leading dot
+        ("API.Example.COM", 443, ("example.com",), False),
+        ("badexample.com", 443, ("example.com",), True),  # a suffix is not a domain
+        ("example.com", 8443, ("example.com:8443",), False),
+        ("example.com", 443, ("example.com:8443",), True),
+        ("::1", 8080, ("[::1]:8080",), False),
+        ("::1", 8081, ("[::1]:8080",), True),
+        ("::1", 80, ("::1",), False),
+        ("10.0.0.7", 80, ("10.0.0.8", "internal"), True),
+        ("internal", 80, ("10.0.0.8", "internal"), False),
+    ],
+)
+def test_which_hosts_the_proxy_is_used_for(
+    host: str, port: int, entries: tuple[str, ...], proxied: bool
+) -> None:
+    from fusillade.runtime.http1 import Proxy
+
+    assert Proxy("http://proxy:3128", entries).used_for(host, port) is proxied
+
+
+async def test_a_proxy_refusing_the_tunnel_is_a_proxy_error(certificate: tuple[Path, Path]) -> None:
+    refusal = b"HTTP/1.1 407 Proxy Authentication Required\r\nContent-Length: 0\r\n\r\n"
+    client = ssl.create_default_context(cafile=str(certificate[0]))
+    with serving(_recording, _server_tls(certificate)) as server, proxying(refusal) as proxy:
+        async with _proxied(f"http://127.0.0.1:{proxy.port}", tls=client) as d:
+            sent = await d.send(_request(server.url))
+    assert _shown(sent) == "protocol: ProxyError"
+    assert server.connections == 0
+
+
+async def test_a_proxy_that_is_down_is_a_connect_error() -> None:
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]  # nothing listens there
+    with serving(_recording) as server:
+        async with _proxied(f"http://127.0.0.1:{port}") as d:
+            sent = await d.send(_request(server.url))
+    assert _shown(sent) == "connect: ConnectError"
+    assert server.connections == 0
+
+
+def test_a_proxy_needs_the_httptools_sender_and_an_http_url() -> None:
+    with pytest.raises(ValueError, match="httptools"):
+        DaemonConfig(proxy="http://proxy:3128", sender="httpcore")
+    with pytest.raises(ValueError, match="http://"):
+        DaemonConfig(proxy="https://proxy:3128")

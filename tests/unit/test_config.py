@@ -963,3 +963,35 @@ def test_sender_from_file_and_variable_reaches_the_daemon(tmp_path: Path) -> Non
         load_settings(env={"FUSILLADE_DAEMON_SENDER": "pycurl"})
     with pytest.raises(ValueError, match="sender"):
         DaemonConfig(sender="pycurl")
+
+
+def test_a_proxy_and_its_exceptions_from_the_file_and_the_environment(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        '[daemon]\nproxy = "http://user:secret@proxy.internal:3128"\n'
+        'no_proxy = ["vllm.internal", ".corp", "10.0.0.7:8000"]\n',
+    )
+    config = load_settings(path, env={}).daemon_config()
+    assert config.proxy == "http://user:secret@proxy.internal:3128"
+    assert config.no_proxy == ("vllm.internal", ".corp", "10.0.0.7:8000")
+    env = {"FUSILLADE_DAEMON_PROXY": "http://p:3128", "FUSILLADE_DAEMON_NO_PROXY": "a, b:81"}
+    config = load_settings(env=env).daemon_config()
+    assert (config.proxy, config.no_proxy) == ("http://p:3128", ("a", "b:81"))
+    assert load_settings(env={}).daemon_config().proxy is None  # none unless configured
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('proxy = "https://user:secret@p:3128"', r"\[daemon\] proxy: must be an http:// URL"),
+        ('proxy = "socks5://p:1080"', r"\[daemon\] proxy: must be an http:// or https:// URL"),
+        ('proxy = "http://p:3128"\nsender = "httpcore"', r"\[daemon\] sender: a proxy needs"),
+        ('no_proxy = ["a b"]', r"\[daemon\] no_proxy: each entry"),
+    ],
+)
+def test_a_proxy_that_cannot_work_is_a_config_error(
+    tmp_path: Path, text: str, message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message) as caught:
+        load_settings(write(tmp_path, f"[daemon]\n{text}\n"), env={})
+    assert "secret" not in str(caught.value)  # the error never shows a credential
