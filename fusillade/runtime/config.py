@@ -137,7 +137,8 @@ class DaemonConfig:
     sender: str = attrs.field(default="httptools", validator=attrs.validators.in_(SENDERS))
     # an http:// proxy for every upstream (runtime/http1.py) but the hosts in no_proxy
     # ("*", a host, a domain and its subdomains, optionally ":port"); httptools only
-    proxy: str | None = None
+    # not in the repr: its URL may hold the proxy's password
+    proxy: str | None = attrs.field(default=None, repr=False)
     no_proxy: tuple[str, ...] = attrs.field(default=(), converter=_strings)
     # times the claim loop may fail in a row before readiness turns false
     unhealthy_after_failures: int = 3

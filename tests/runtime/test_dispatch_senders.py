@@ -847,3 +847,4 @@ def test_a_proxy_needs_the_httptools_sender_and_an_http_url() -> None:
         DaemonConfig(proxy="http://proxy:3128", sender="httpcore")
     with pytest.raises(ValueError, match="http://"):
         DaemonConfig(proxy="https://proxy:3128")
+    assert "secret" not in repr(DaemonConfig(proxy="http://user:secret@proxy:3128"))
