@@ -193,6 +193,11 @@ class Proxy:
         return b"Proxy-Authorization: " + self.authorization + b"\r\n"
 
 
+def _authority(host: str, port: int) -> str:
+    """``host:port`` as a request target or ``Host`` names it (an IPv6 host in brackets)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def _host_and_port(entry: str) -> tuple[str, int | None]:
     """``name``, ``name:port``, ``[v6]:port`` or a bare IPv6 address."""
     if entry.startswith("["):
@@ -206,7 +211,7 @@ def _host_and_port(entry: str) -> tuple[str, int | None]:
 
 async def _tunnel(stream: anyio.abc.ByteStream, host: str, port: int, proxy: Proxy) -> None:
     """Ask the proxy for a tunnel to ``host:port`` (``CONNECT``) and read its answer."""
-    authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    authority = _authority(host, port)
     await stream.send(
         f"CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n".encode("ascii")
         + proxy.header()
@@ -248,7 +253,7 @@ class Pool:
         self.target_prefix = b""
         self.proxy_header = b""
         if proxy is not None and tls is None:
-            authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+            authority = _authority(host, port)
             self.target_prefix = f"http://{authority}".encode("ascii")
             self.proxy_header = proxy.header()
         self._connect_timeout = connect_timeout
