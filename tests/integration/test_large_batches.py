@@ -41,17 +41,34 @@ def lines_of(db: psycopg.Connection[Any], batch: UUID) -> list[int]:
     return [r[0] for r in rows]
 
 
+# A server where inserting a request costs 0.1 ms, on any machine: a trigger sleeps 10 ms
+# every 100 rows. Whether a statement fits a timeout must not depend on the machine's speed
+# (a fixed 60,000-row insert fit 400 ms on a fast, idle host).
+_SLOW_INSERTS = """
+CREATE FUNCTION slow_insert() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.line_number % 100 = 0 THEN PERFORM pg_sleep(0.01); END IF;
+    RETURN NEW;
+END $$;
+CREATE TRIGGER slow_insert BEFORE INSERT ON requests FOR EACH ROW EXECUTE FUNCTION slow_insert();
+"""
+
+
 def test_a_batch_too_large_for_one_statement_is_created_in_chunks(
     database_url: str, db: psycopg.Connection[Any]
 ) -> None:
     """With a timeout one INSERT of every line cannot meet, chunks each meet it."""
-    n = 60_000
-    with PostgresRepository(database_url, statement_timeout_ms=400, create_chunk=2_000) as repo:
+    n, chunk, timeout_ms = 20_000, 1_000, 800  # the whole: >= 2 s; a chunk: 100 ms + work
+    db.execute(_SLOW_INSERTS)
+    db.commit()
+    with PostgresRepository(
+        database_url, statement_timeout_ms=timeout_ms, create_chunk=chunk
+    ) as repo:
         f = repo.create_file("alice", "big.jsonl", templates(n), now=T0)
         # the single statement of old, under the same timeout, does not fit
         with (
             pytest.raises(psycopg.errors.QueryCanceled),
-            psycopg.connect(database_url, options="-c statement_timeout=400") as conn,
+            psycopg.connect(database_url, options=f"-c statement_timeout={timeout_ms}") as conn,
         ):
             conn.execute(
                 "INSERT INTO requests (batch_id, file_id, line_number, model,"
