@@ -76,3 +76,37 @@ WEBHOOK_OUTBOX_PENDING = Gauge(
     "fusillade_webhook_outbox_pending",
     "Webhook events of the owners this daemon sends for, neither delivered nor given up",
 )
+
+
+class ModelSeries:
+    """One model label's series that every request touches, looked up once: ``labels()``
+    takes a lock and builds a key on each call, five times a request otherwise
+    (docs/performance.md, the httptools profile). Safe to keep: label sets are never
+    removed."""
+
+    __slots__ = ("_completed", "claimed", "in_flight", "label", "upstream_seconds")
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self.claimed = CLAIMED.labels(label)
+        self.in_flight = IN_FLIGHT.labels(label)
+        self.upstream_seconds = UPSTREAM_SECONDS.labels(label)
+        self._completed: dict[int, Counter] = {}
+
+    def completed(self, status: int) -> Counter:
+        """The ``fusillade_requests_completed`` series of this model and ``status``."""
+        child = self._completed.get(status)
+        if child is None:
+            child = self._completed[status] = COMPLETED.labels(self.label, str(status))
+        return child
+
+
+_SERIES: dict[str, ModelSeries] = {}
+
+
+def model_series(label: str) -> ModelSeries:
+    """The cached series of ``label`` (a bounded set: ``DaemonConfig.metric_label``)."""
+    series = _SERIES.get(label)
+    if series is None:
+        series = _SERIES[label] = ModelSeries(label)
+    return series

@@ -40,11 +40,11 @@ R = TypeVar("R")
 class InFlight:
     """One request this daemon is sending, and how to abort it."""
 
-    __slots__ = ("abort", "label", "released", "request", "scope")
+    __slots__ = ("abort", "released", "request", "scope", "series")
 
-    def __init__(self, request: ClaimedRequest, label: str) -> None:
+    def __init__(self, request: ClaimedRequest, series: metrics.ModelSeries) -> None:
         self.request = request
-        self.label = label  # the request's model label in the metrics (bounded)
+        self.series = series  # its model's metrics (a bounded label)
         self.scope = anyio.CancelScope()
         self.abort: AbortReason | None = None  # aborted: its result says why
         self.released = False  # aborted at shutdown: no result, the row is released
@@ -104,7 +104,9 @@ class DaemonBase:
         self._next_due: float | None = None
         self._check_cancels = anyio.Event()
         self._lease_now = anyio.Event()  # a budget in use has no lease yet
-        self._tokens_returned = anyio.Event()  # set (and replaced) when a request settles
+        # set (and replaced) when a request settles while requests wait for tokens
+        self._tokens_returned = anyio.Event()
+        self._token_waiters = 0
         # maintenance's samples of each claimable batch's progress (core.deadlines)
         self._deadline_samples: dict[UUID, tuple[Sample, ...]] = {}
         # health and counters

@@ -62,13 +62,14 @@ class ClaimLoop(RequestTasks):
                 except (StoreError, TimeoutError) as exc:
                     backoff = await self._claim_failed(exc, backoff)
                     continue
-                metrics.CLAIM_SECONDS.observe(anyio.current_time() - started)
+                claimed_at = anyio.current_time()
+                metrics.CLAIM_SECONDS.observe(claimed_at - started)
                 self._claim_failures, backoff = 0, 0.05
                 got: dict[tuple[UUID, str], int] = {}
                 for req in claimed:
                     pair = (req.batch_id, req.model)
                     got[pair] = got.get(pair, 0) + 1
-                    self._start_request(tg, req)
+                    self._start_request(tg, req, claimed_at)
                 starved = {(b, m) for b, m, n in allotments if got.get((b, m), 0) < n}
                 self._starved |= starved
                 if starved:

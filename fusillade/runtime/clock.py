@@ -53,7 +53,11 @@ class Clock:
     def now(self) -> datetime:
         """The database's time now. Call it on the event loop (it reads the loop's clock),
         never from a worker thread."""
-        return self._anchor + timedelta(seconds=anyio.current_time() - self._start)
+        return self.at(anyio.current_time())
+
+    def at(self, loop_time: float) -> datetime:
+        """The database's time at ``loop_time`` (``anyio.current_time()`` scale)."""
+        return self._anchor + timedelta(seconds=loop_time - self._start)
 
     def loop_time_at(self, when: datetime) -> float:
         """The loop time (``anyio.current_time()`` scale) at which ``when`` arrives."""

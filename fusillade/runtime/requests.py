@@ -11,6 +11,8 @@ commit (exactly once: every write is a compare-and-set under owner and attempt).
 
 from __future__ import annotations
 
+from datetime import datetime
+
 import anyio
 import anyio.abc
 
@@ -25,16 +27,17 @@ from fusillade.runtime.upstream_trouble import TroubleReports
 
 
 class RequestTasks(TroubleReports):
-    def _start_request(self, tg: anyio.abc.TaskGroup, req: ClaimedRequest) -> None:
-        entry = InFlight(req, self.config.metric_label(req.model))
+    def _start_request(self, tg: anyio.abc.TaskGroup, req: ClaimedRequest, now: float) -> None:
+        """Start sending ``req``, claimed at loop time ``now``."""
+        entry = InFlight(req, metrics.model_series(self.config.metric_label(req.model)))
         self._in_flight[req.id] = entry
         self._batch_in_flight[req.batch_id] = self._batch_in_flight.get(req.batch_id, 0) + 1
         pair = (req.batch_id, req.model)
         self._pair_in_flight[pair] = self._pair_in_flight.get(pair, 0) + 1
         self.limits.acquire_nowait(req.model)
-        self.budgets.start(req.model, anyio.current_time())
-        metrics.CLAIMED.labels(entry.label).inc()
-        metrics.IN_FLIGHT.labels(entry.label).inc()
+        self.budgets.start(req.model, now)
+        entry.series.claimed.inc()
+        entry.series.in_flight.inc()
         if self._tasks_done.is_set():
             self._tasks_done = anyio.Event()
         tg.start_soon(self._run_request, entry)
@@ -54,7 +57,7 @@ class RequestTasks(TroubleReports):
         else:
             del self._pair_in_flight[pair]
         self.limits.release(req.model)
-        metrics.IN_FLIGHT.labels(entry.label).dec()
+        entry.series.in_flight.dec()
         if not self._in_flight:
             self._tasks_done.set()
         if self._claimable_stale or req.model in self._hungry:
@@ -72,16 +75,20 @@ class RequestTasks(TroubleReports):
                 reserved = True
                 sent = await self.dispatcher.send(req)
         finally:
+            # one reading of the clocks for what follows (each costs a backend lookup)
+            ended = anyio.current_time()
             self._finish_request(entry)
-            self._settle(reservation, reserved, sent)
-        metrics.UPSTREAM_SECONDS.labels(entry.label).observe(anyio.current_time() - started)
+            self._settle(reservation, reserved, sent, ended)
+        entry.series.upstream_seconds.observe(ended - started)
+        assert self._clock is not None
+        now = self._clock.at(ended)
         if sent is None:  # aborted
             if entry.abort is None or entry.released:
                 return  # released at shutdown, without a result
             metrics.CANCELED.labels(entry.abort.value).inc()
-            result = req.result(entry.abort.kind, self.now())
+            result = req.result(entry.abort.kind, now)
         else:
-            result = self._result_of(req, sent, entry.label)
+            result = self._result_of(req, sent, entry.series, now)
         written = await self.writer.submit(result)
         if written and result.kind is ResultKind.RETRY:
             assert self._clock is not None
@@ -96,35 +103,45 @@ class RequestTasks(TroubleReports):
             if self.budgets.reserve(reservation, now):
                 return
             # until the bucket has refilled enough, or a settled request gave tokens back
-            with anyio.move_on_after(self.budgets.reserve_wait(reservation, now)):
-                await self._tokens_returned.wait()
+            self._token_waiters += 1
+            try:
+                with anyio.move_on_after(self.budgets.reserve_wait(reservation, now)):
+                    await self._tokens_returned.wait()
+            finally:
+                self._token_waiters -= 1
 
-    def _settle(self, reservation: Reservation, reserved: bool, sent: Sent | None) -> None:
-        """Give the budgets the answer: tokens actually used, rate-limit headers, a 429."""
+    def _settle(
+        self, reservation: Reservation, reserved: bool, sent: Sent | None, now: float
+    ) -> None:
+        """Give the budgets the answer (at loop time ``now``): tokens actually used,
+        rate-limit headers, a 429."""
         response = (
             sent.outcome if sent is not None and isinstance(sent.outcome, HttpResponse) else None
         )
         used = used_tokens(sent.input_tokens, sent.output_tokens) if sent is not None else None
-        self._tokens_returned.set()
-        self._tokens_returned = anyio.Event()
+        if self._token_waiters:  # an event a request costs only when one waits
+            self._tokens_returned.set()
+            self._tokens_returned = anyio.Event()
+        assert self._clock is not None
         self.budgets.finish(
             reservation,
-            anyio.current_time(),
+            now,
             reserved=reserved,
             used=used,
             response=response,
-            wall_clock=self.now(),
+            wall_clock=self._clock.at(now),
         )
 
-    def _result_of(self, req: ClaimedRequest, sent: Sent, label: str) -> AttemptResult:
-        """What the attempt came to, decided by the core: classified, retried or given
-        up (``fusillade.core.retry``), and the request's new state and fields
+    def _result_of(
+        self, req: ClaimedRequest, sent: Sent, series: metrics.ModelSeries, now: datetime
+    ) -> AttemptResult:
+        """What the attempt came to at ``now``, decided by the core: classified, retried
+        or given up (``fusillade.core.retry``), and the request's new state and fields
         (``ClaimedRequest.result``, the state table)."""
-        now = self.now()
         self._note_outcome(req.model, sent.outcome)
         verdict = classify(sent.outcome, self.config.retry)
         if isinstance(verdict, Success):
-            metrics.COMPLETED.labels(label, str(verdict.response.status)).inc()
+            series.completed(verdict.response.status).inc()
             return req.result(
                 ResultKind.SUCCEEDED,
                 now,
@@ -152,7 +169,7 @@ class RequestTasks(TroubleReports):
         body = response.body if response else None
         body_raw = sent.body_raw if response else None
         if isinstance(decision, RetryAt):
-            metrics.RETRIED.labels(label, failure.reason.value).inc()
+            metrics.RETRIED.labels(series.label, failure.reason.value).inc()
             return req.result(
                 ResultKind.RETRY,
                 now,
@@ -163,7 +180,7 @@ class RequestTasks(TroubleReports):
                 body_raw=body_raw,
             )
         assert isinstance(decision, GiveUp)
-        metrics.FAILED.labels(label, failure.reason.value).inc()
+        metrics.FAILED.labels(series.label, failure.reason.value).inc()
         return req.result(
             ResultKind.FAILED, now, status=status, body=body, failure=failure, body_raw=body_raw
         )
