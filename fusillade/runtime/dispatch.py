@@ -139,7 +139,12 @@ def _translate(exc: Exception, url: httpx.URL) -> TransportError:
     for cls, kind in (*_HTTPX_ERRORS, *_HTTPCORE_KINDS):
         if isinstance(exc, cls):
             where = f"upstream {host_port(url)}"
-            return TransportError(kind, f"{kind.value}: {type(exc).__name__} ({where})")
+            what = type(exc).__name__
+            if isinstance(exc, httpcore.ProxyError):
+                # only http1's own messages ("the proxy answered 407 to CONNECT"): the
+                # proxy's status is what an operator needs, and they hold no secret
+                what = f"{what}: {exc}"
+            return TransportError(kind, f"{kind.value}: {what} ({where})")
     raise exc
 
 

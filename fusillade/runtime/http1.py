@@ -227,7 +227,8 @@ async def _tunnel(stream: anyio.abc.ByteStream, host: str, port: int, proxy: Pro
             raise httpcore.ProxyError("the proxy closed the connection at CONNECT") from None
     status_line = head.split(b"\r\n", 1)[0].split(b" ", 2)
     if len(status_line) < 2 or not status_line[1].startswith(b"2"):
-        shown = status_line[1].decode("ascii", "replace") if len(status_line) > 1 else "?"
+        # the status only, cut short: it goes into results and logs
+        shown = status_line[1][:16].decode("ascii", "replace") if len(status_line) > 1 else "?"
         raise httpcore.ProxyError(f"the proxy answered {shown} to CONNECT")
 
 

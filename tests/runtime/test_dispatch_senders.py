@@ -826,7 +826,7 @@ async def test_a_proxy_refusing_the_tunnel_is_a_proxy_error(certificate: tuple[P
     with serving(_recording, _server_tls(certificate)) as server, proxying(refusal) as proxy:
         async with _proxied(f"http://127.0.0.1:{proxy.port}", tls=client) as d:
             sent = await d.send(_request(server.url))
-    assert _shown(sent) == "protocol: ProxyError"
+    assert _shown(sent) == "protocol: ProxyError: the proxy answered 407 to CONNECT"
     assert server.connections == 0
 
 
