@@ -106,7 +106,6 @@ class DaemonBase:
         self._lease_now = anyio.Event()  # a budget in use has no lease yet
         # set (and replaced) when a request settles while requests wait for tokens
         self._tokens_returned = anyio.Event()
-        self._token_waiters = 0
         # maintenance's samples of each claimable batch's progress (core.deadlines)
         self._deadline_samples: dict[UUID, tuple[Sample, ...]] = {}
         # health and counters
@@ -119,6 +118,11 @@ class DaemonBase:
     def now(self) -> datetime:
         assert self._clock is not None, "the daemon is not running"
         return self._clock.now()
+
+    def at(self, loop_time: float) -> datetime:
+        """The database's time at ``loop_time`` (``anyio.current_time()`` scale)."""
+        assert self._clock is not None, "the daemon is not running"
+        return self._clock.at(loop_time)
 
     async def _db(self, fn: Callable[..., R], *args: Any, **kwargs: Any) -> R:
         with anyio.fail_after(self._db_call_timeout):

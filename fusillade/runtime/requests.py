@@ -77,11 +77,10 @@ class RequestTasks(TroubleReports):
         finally:
             # one reading of the clocks for what follows (each costs a backend lookup)
             ended = anyio.current_time()
+            now = self.at(ended)
             self._finish_request(entry)
-            self._settle(reservation, reserved, sent, ended)
+            self._settle(reservation, reserved, sent, ended, now)
         entry.series.upstream_seconds.observe(ended - started)
-        assert self._clock is not None
-        now = self._clock.at(ended)
         if sent is None:  # aborted
             if entry.abort is None or entry.released:
                 return  # released at shutdown, without a result
@@ -103,33 +102,34 @@ class RequestTasks(TroubleReports):
             if self.budgets.reserve(reservation, now):
                 return
             # until the bucket has refilled enough, or a settled request gave tokens back
-            self._token_waiters += 1
-            try:
-                with anyio.move_on_after(self.budgets.reserve_wait(reservation, now)):
-                    await self._tokens_returned.wait()
-            finally:
-                self._token_waiters -= 1
+            with anyio.move_on_after(self.budgets.reserve_wait(reservation, now)):
+                await self._tokens_returned.wait()
 
     def _settle(
-        self, reservation: Reservation, reserved: bool, sent: Sent | None, now: float
+        self,
+        reservation: Reservation,
+        reserved: bool,
+        sent: Sent | None,
+        now: float,
+        wall_clock: datetime,
     ) -> None:
-        """Give the budgets the answer (at loop time ``now``): tokens actually used,
-        rate-limit headers, a 429."""
+        """Give the budgets the answer (at loop time ``now``, ``wall_clock`` the
+        database's time then): tokens actually used, rate-limit headers, a 429."""
         response = (
             sent.outcome if sent is not None and isinstance(sent.outcome, HttpResponse) else None
         )
         used = used_tokens(sent.input_tokens, sent.output_tokens) if sent is not None else None
-        if self._token_waiters:  # an event a request costs only when one waits
+        # a new event only when a request waits on this one (most settle with none)
+        if self._tokens_returned.statistics().tasks_waiting:
             self._tokens_returned.set()
             self._tokens_returned = anyio.Event()
-        assert self._clock is not None
         self.budgets.finish(
             reservation,
             now,
             reserved=reserved,
             used=used,
             response=response,
-            wall_clock=self._clock.at(now),
+            wall_clock=wall_clock,
         )
 
     def _result_of(
